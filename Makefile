@@ -1,0 +1,39 @@
+# senet-ablate: `make demo` and `make test` each set up everything on a fresh machine by themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test lint bench data clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# Debian's dataset-fashion-mnist is the embedded default data; install it when apt is there and it is missing.
+data:
+	@if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else echo "note: no apt-get; give Fashion-MNIST with --set data.root=DIR"; fi
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff format --check senet_core ablations tests benchmarks
+	$(VENV)/bin/ruff check senet_core ablations tests benchmarks
+	$(VENV)/bin/mypy senet_core
+
+test: $(VENV)/.installed data lint
+	$(PY) -m pytest -q
+
+demo: $(VENV)/.installed data
+	$(VENV)/bin/senet-ablate profile --paper
+
+bench: $(VENV)/.installed data
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,93 @@
+"""`senet-ablate profile`: params and GFLOPs of any configuration, with the paper's figure beside ours."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import torch
+
+from ablations.paper import PaperRow, complexity_rows, find_rows
+from senet_core import build_model, measure, model_info
+
+
+@dataclass(frozen=True)
+class ProfileRow:
+    """Our measurement of one configuration and, where published, the paper's."""
+
+    model: str
+    options: dict[str, Any]
+    input_size: int
+    params: int
+    gflops: float
+    paper: PaperRow | None = None
+
+    @property
+    def params_ok(self) -> bool | None:
+        """Within ±0.1M of the paper at the paper's precision (0.1M), None when unpublished."""
+        if self.paper is None or self.paper.params_m is None:
+            return None
+        return abs(round(self.params / 1e6, 1) - self.paper.params_m) <= 0.1 + 1e-9
+
+    @property
+    def gflops_ok(self) -> bool | None:
+        """Equal to the paper's figure at the paper's precision, None when unpublished."""
+        if self.paper is None or self.paper.gflops is None:
+            return None
+        decimals = 3 if self.paper.gflops < 1 else 2
+        return round(self.gflops, decimals) == round(self.paper.gflops, decimals)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": self.model,
+            "options": self.options,
+            "input_size": self.input_size,
+            "params": self.params,
+            "gflops": round(self.gflops, 4),
+        }
+        if self.paper is not None:
+            out |= {
+                "paper_table": self.paper.table,
+                "paper_row": self.paper.label,
+                "paper_params_m": self.paper.params_m,
+                "paper_gflops": self.paper.gflops,
+                "params_match": self.params_ok,
+                "gflops_match": self.gflops_ok,
+            }
+        return out
+
+
+def _freeze(options: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
+
+
+@cache
+def _measure(model: str, frozen_options: tuple, input_size: int) -> tuple[int, float]:
+    options = dict(frozen_options)
+    in_channels = options.get("model.in_channels", model_info(model).defaults()["model.in_channels"])
+    # Built on the meta device: counting needs shapes, not weights, so ResNet-152 costs no memory or init time.
+    with torch.device("meta"):
+        net = build_model(model, options)
+    c = measure(net, input_size, in_channels)
+    return c.params, c.gflops
+
+
+def profile(model: str, options: dict[str, Any] | None = None, input_size: int = 224) -> list[ProfileRow]:
+    """Measure one configuration; one row per published table that has it (one row if none has)."""
+    options = dict(options or {})
+    params, gflops = _measure(model, _freeze(options), input_size)
+    papers = find_rows(model, options) if input_size == 224 else []
+    papers = [p for p in papers if p.params_m is not None or p.gflops is not None]
+    return [ProfileRow(model, options, input_size, params, gflops, p) for p in papers] or [
+        ProfileRow(model, options, input_size, params, gflops)
+    ]
+
+
+def profile_paper() -> list[ProfileRow]:
+    """Every published params/GFLOPs figure of Tables 2, 3, 10, 13, 15 and 16 next to our measurement."""
+    rows = []
+    for paper in complexity_rows():
+        params, gflops = _measure(paper.model, _freeze(paper.options), 224)
+        rows.append(ProfileRow(paper.model, paper.options, 224, params, gflops, paper))
+    return rows

@@ -1,0 +1,32 @@
+"""senet_core: Squeeze-and-Excitation blocks, their placements, backbones and complexity (pure PyTorch)."""
+
+from senet_core import mobilenet, resnet, vgg  # noqa: F401  (registers the backbones)
+from senet_core._registry import MODEL_OPTIONS, SE_OPTIONS, ModelInfo, build_model, list_models, model_info, resolve
+from senet_core.complexity import Complexity, count_params, measure
+from senet_core.errors import SenetError
+from senet_core.probe import ExcitationProbe, se_blocks
+from senet_core.se import SE_OFF, SEBlock, SEConfig, hidden_width, se_param_count
+from senet_core.units import BasicBlock, Bottleneck
+
+__all__ = [
+    "MODEL_OPTIONS",
+    "SE_OFF",
+    "SE_OPTIONS",
+    "BasicBlock",
+    "Bottleneck",
+    "Complexity",
+    "ExcitationProbe",
+    "ModelInfo",
+    "SEBlock",
+    "SEConfig",
+    "SenetError",
+    "build_model",
+    "count_params",
+    "hidden_width",
+    "list_models",
+    "measure",
+    "model_info",
+    "resolve",
+    "se_blocks",
+    "se_param_count",
+]

@@ -1,0 +1,71 @@
+"""Read the excitation (gate) values of every SE block by its paper name, e.g. SE_4_6 (paper §7.2, Figs. 6-7).
+
+The probe attaches forward hooks only while it is open, so a model without a probe runs exactly as before and
+the probe never changes the model's output.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from types import TracebackType
+
+import torch
+from torch import nn
+
+from senet_core.se import SEBlock
+
+
+def se_blocks(model: nn.Module) -> dict[str, SEBlock]:
+    """The model's SE blocks by name, in forward order."""
+    return {m.name: m for m in model.modules() if isinstance(m, SEBlock)}
+
+
+class ExcitationProbe:
+    """Context manager recording gate values per sample and channel for the named SE blocks.
+
+    Example:
+        >>> with ExcitationProbe(model, ["SE_4_6"]) as probe:
+        ...     model(images)
+        >>> probe.values()["SE_4_6"].shape  # (images, channels)
+
+    Args:
+        model: a model built by `build_model`.
+        names: block names to record; None records every SE block. An unknown name raises KeyError listing
+            the model's names.
+
+    For NoSqueeze (one gate per position) the recorded value is the gate's spatial mean.
+    """
+
+    def __init__(self, model: nn.Module, names: list[str] | None = None) -> None:
+        blocks = se_blocks(model)
+        missing = sorted(set(names or ()) - set(blocks))
+        if missing:
+            raise KeyError(f"{missing[0]} is not an SE block of this model; blocks: {', '.join(blocks)}")
+        self._blocks = {n: blocks[n] for n in (names or blocks)}
+        self._values: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> ExcitationProbe:
+        for name, block in self._blocks.items():
+            self._hooks.append(block.gate.register_forward_hook(self._recorder(name)))
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+
+    def _recorder(self, name: str):  # type: ignore[no-untyped-def]
+        def record(_module: nn.Module, _args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            self._values[name].append(out.detach().float().mean(dim=(2, 3)).cpu())
+
+        return record
+
+    def values(self) -> dict[str, torch.Tensor]:
+        """Gate values recorded so far: name → (samples, channels)."""
+        return {n: torch.cat(v) for n, v in self._values.items()}
+
+    def clear(self) -> None:
+        self._values.clear()
