@@ -1,0 +1,493 @@
+"""Datasets for the ablations: load one split, hold it where training runs, and batch it.
+
+Small datasets (Fashion-MNIST, CIFAR, synthetic) live on the training device as uint8 tensors and are batched
+and augmented there, as airbench does; image folders (ImageNet, Imagenette) stream through a DataLoader.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import math
+import pickle
+import struct
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets, transforms
+
+from ablations.errors import SenetError
+
+DEFAULT_ROOT = Path("results/data")  # where torchvision downloads land
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")  # `apt-get install dataset-fashion-mnist`
+FASHION_FILES = tuple(f"{split}-{kind}-ubyte" for split in ("train", "t10k") for kind in ("images-idx3", "labels-idx1"))
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PAD = 4  # pixels of zero padding before the random crop (He et al. 2016, §4.2)
+
+
+class DataConfig(BaseModel):
+    """Which dataset to load and how to split, subsample and augment it; user-facing names are `data.<field>`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: Literal["fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic"] = "fashion_mnist"
+    root: str | None = None  # data folder; None = the dataset's default location
+    val_size: int = 5000  # images held out of the training set for validation (He et al. 2016: 45k/5k)
+    data_seed: int = 0  # fixes the validation split, the subsets and the synthetic images
+    train_subset: int | None = None  # training images kept after the split; None = all
+    val_subset: int | None = None  # validation images kept; None = all
+    test_subset: int | None = None  # test images kept (a seeded random choice); None = all, in file order
+    augment: bool = True  # pad-4 random crop + horizontal flip on the train split (imagefolder: random resized crop)
+    download: bool = False  # let torchvision fetch a missing dataset (fashion_mnist, cifar10, cifar100)
+    image_size: int = 224  # pixels, side of the ImageFolder crop
+    workers: int = 4  # ImageFolder DataLoader worker processes
+    synthetic_classes: int = 10  # classes
+    synthetic_size: int = 32  # pixels, side of a synthetic image
+    synthetic_channels: int = 3  # channels
+    synthetic_train: int = 512  # images in the training set, before the validation split
+    synthetic_test: int = 256  # images in the test set
+
+
+def _mix(seed: int, epoch: int) -> int:
+    # Plain seed + epoch would make run seed 1, epoch 0 replay run seed 0, epoch 1; SeedSequence keeps them apart.
+    return int(np.random.SeedSequence((seed % 2**64, epoch)).generate_state(1, np.uint64)[0])
+
+
+def _crop_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Crop each image from its zero-padded copy at its own offset and mirror the flagged ones, with no loop.
+
+    He et al. (2016, §4.2): "4 pixels are padded on each side, and a 32×32 crop is randomly sampled from the
+    padded image or its horizontal flip".
+
+    Args:
+        x: uint8 images, (B, C, H, W).
+        shifts: (B, 2) crop offsets (row, column) in 0..2*PAD.
+        flips: (B,) bool, True where the crop is mirrored.
+    """
+    b, c, h, w = x.shape
+    padded = F.pad(x, (PAD, PAD, PAD, PAD))
+    rows = shifts[:, :1] + torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device).expand(b, w)
+    cols = torch.where(flips[:, None], w - 1 - cols, cols) + shifts[:, 1:]
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of uint8 NCHW images in [0, 1] units, exact (float64 from a 256-bin histogram)."""
+    values = torch.arange(256, dtype=torch.float64, device=images.device)
+    counts = torch.stack([torch.bincount(images[:, c].reshape(-1), minlength=256) for c in range(images.shape[1])])
+    p = counts.double() / counts.sum(1, keepdim=True)
+    mean = (p * values).sum(1)
+    std = ((p * values**2).sum(1) - mean**2).clamp(min=0).sqrt()
+    return (mean / 255).float().cpu(), (std / 255).float().cpu()
+
+
+def _to_output(x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    x = x.to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+class DeviceLoader:
+    """Batches of a uint8 image tensor that lives on the training device, augmented there (airbench-style).
+
+    The shuffle order and the augmentation of an epoch are drawn from a generator seeded with (seed, epoch), so
+    `set_epoch(e)` before iterating reproduces epoch e exactly, e.g. after a resume. Each pass advances the
+    epoch by one, so a loop that never calls `set_epoch` still gets a fresh order every epoch.
+
+    Args:
+        images: uint8 (N, C, H, W) on the device that will consume the batches.
+        labels: int64 (N,).
+        batch_size: images per batch.
+        train: shuffle every epoch; False keeps the stored order.
+        mean: per-channel mean in [0, 1] units, subtracted after scaling pixels to [0, 1].
+        std: per-channel std in [0, 1] units.
+        augment: pad-4 random crop and horizontal flip, drawn per image.
+        seed: seed of the order and augmentation stream.
+        drop_last: skip the final short batch.
+        channels_last: return batches in channels-last memory format.
+        dtype: floating dtype of the returned images.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        train: bool,
+        mean: Sequence[float] | torch.Tensor,
+        std: Sequence[float] | torch.Tensor,
+        augment: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        channels_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError(f"need uint8 NCHW images and one label each, got {images.dtype} {tuple(images.shape)}")
+        self.images, self.labels = images, labels.to(images.device, torch.int64)
+        self.batch_size, self.train, self.augment, self.drop_last = batch_size, train, augment, drop_last
+        self.seed, self.epoch, self.channels_last, self.dtype = seed, 0, channels_last, dtype
+        self.mean = torch.as_tensor(mean, dtype=torch.float32)
+        self.std = torch.as_tensor(std, dtype=torch.float32)
+        # (x / 255 - mean) / std folded into one multiply-add per pixel.
+        self._scale = (1 / (255 * self.std)).view(1, -1, 1, 1).to(images.device)
+        self._shift = (-self.mean / self.std).view(1, -1, 1, 1).to(images.device)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass use the order and augmentation of `epoch`."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.images)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        self.epoch += 1
+        n, device = len(self.images), self.images.device
+        # Drawn on the CPU, so a run gives the same batches on any device.
+        order = (torch.randperm(n, generator=gen) if self.train else torch.arange(n)).to(device)
+        shifts = torch.randint(0, 2 * PAD + 1, (n, 2), generator=gen).to(device) if self.augment else None
+        flips = (torch.rand(n, generator=gen) < 0.5).to(device) if self.augment else None
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            part = slice(start, start + self.batch_size)
+            x = self.images[order[part]]
+            if shifts is not None and flips is not None:
+                x = _crop_flip(x, shifts[part], flips[part])
+            x = torch.addcmul(self._shift, x.float(), self._scale)
+            yield _to_output(x, self.dtype, self.channels_last), self.labels[order[part]]
+
+
+class FolderLoader:
+    """A DataLoader over an image folder that yields device batches and has `set_epoch`, like DeviceLoader.
+
+    The shuffle order is a function of (seed, epoch). The random crops run in worker processes whose generators
+    are not re-seeded per epoch, so a resumed run sees the same order but not the same crops.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        train: bool,
+        device: torch.device,
+        seed: int = 0,
+        workers: int = 4,
+        channels_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.device, self.seed, self.epoch, self.channels_last, self.dtype = device, seed, 0, channels_last, dtype
+        self.batch_size, self.train = batch_size, train
+        self.mean, self.std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        self._gen = torch.Generator()
+        self._loader = DataLoader(
+            dataset,
+            batch_size,
+            shuffle=train,
+            generator=self._gen,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass use the order of `epoch`."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._gen.manual_seed(_mix(self.seed, self.epoch))
+        self.epoch += 1
+        for x, y in self._loader:
+            x = x.to(self.device, non_blocking=True)
+            yield _to_output(x, self.dtype, self.channels_last), y.to(self.device, non_blocking=True)
+
+
+Loader = DeviceLoader | FolderLoader
+
+
+@dataclass
+class DataBundle:
+    """The three loaders of a dataset and the shape facts a model builder needs."""
+
+    train: Loader
+    val: Loader
+    test: Loader
+    num_classes: int
+    in_channels: int
+    image_size: int  # pixels, side of the images the model sees
+    train_size: int
+    val_size: int
+    test_size: int
+    name: str
+
+
+@dataclass
+class _Arrays:
+    """A whole dataset in memory: uint8 NCHW images and int64 labels."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+
+
+def _fetch(make: Callable[[], object], name: str, root: Path) -> None:
+    try:
+        make()
+    except (OSError, RuntimeError) as err:
+        raise SenetError(f"data.download: could not download {name} into {root} ({err}); fetch it by hand") from err
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    """Read an idx file (LeCun's MNIST format, optionally gzipped), checking magic number and byte count."""
+    try:
+        with gzip.open(path) if path.suffix == ".gz" else path.open("rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as err:
+        raise SenetError(f"{path}: unreadable ({err}); reinstall or re-download the dataset") from err
+    ndim = magic & 0xFF
+    head = 4 + 4 * ndim
+    if len(data) < head or struct.unpack(">I", data[:4])[0] != magic:
+        raise SenetError(f"{path}: not an idx file with magic number {magic}; reinstall or re-download the dataset")
+    dims = struct.unpack(f">{ndim}I", data[4:head])
+    if len(data) - head != math.prod(dims):
+        raise SenetError(f"{path}: header says {dims} but holds {len(data) - head} bytes; the file is truncated")
+    return np.frombuffer(data, np.uint8, offset=head).reshape(dims)
+
+
+def _idx_path(folder: Path, stem: str) -> Path:
+    return folder / f"{stem}.gz" if (folder / f"{stem}.gz").is_file() else folder / stem
+
+
+def _load_fashion(cfg: DataConfig) -> _Arrays:
+    """Fashion-MNIST from raw idx files: `root`, then Debian's package, then an earlier torchvision download."""
+    root = Path(cfg.root) if cfg.root else None
+    tried = [root, root / "FashionMNIST" / "raw"] if root else [DEBIAN_FASHION, DEFAULT_ROOT / "FashionMNIST" / "raw"]
+    found = [d for d in tried if all(_idx_path(d, s).is_file() for s in FASHION_FILES)]
+    if not found and cfg.download:
+        target = root or DEFAULT_ROOT
+        _fetch(lambda: datasets.FashionMNIST(str(target), download=True), "Fashion-MNIST", target)
+        found = [target / "FashionMNIST" / "raw"]
+    if not found:
+        raise SenetError(
+            f"data.root: Fashion-MNIST not found in {', '.join(map(str, tried))}; run `apt-get install "
+            "dataset-fashion-mnist`, or --set data.root=DIR (a folder with the idx .gz files), or data.download=true"
+        )
+    folder = found[0]
+
+    def pair(prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+        x = _read_idx(_idx_path(folder, f"{prefix}-images-idx3-ubyte"), 2051)
+        y = _read_idx(_idx_path(folder, f"{prefix}-labels-idx1-ubyte"), 2049)
+        if len(x) != len(y) or y.max(initial=0) > 9:
+            raise SenetError(f"{folder}: {len(x)} {prefix} images but {len(y)} labels in 0..9; the files do not match")
+        return torch.from_numpy(x.copy())[:, None], torch.from_numpy(y.astype(np.int64))
+
+    return _Arrays(*pair("train"), *pair("t10k"), num_classes=10)
+
+
+def _load_cifar(cfg: DataConfig) -> _Arrays:
+    """CIFAR-10/100 through torchvision (python pickles, md5-checked), as uint8 NCHW arrays."""
+    kind = datasets.CIFAR10 if cfg.dataset == "cifar10" else datasets.CIFAR100
+    root = Path(cfg.root) if cfg.root else DEFAULT_ROOT
+    folder = root / kind.base_folder
+    if cfg.download:
+        _fetch(lambda: kind(str(root), download=True), cfg.dataset, root)
+    elif not folder.is_dir():
+        raise SenetError(
+            f"data.root: {cfg.dataset} not found at {folder}; set data.download=true to fetch it there, "
+            f"or --set data.root=DIR for the folder that holds {kind.base_folder}/"
+        )
+    try:
+        train, test = kind(str(root), train=True), kind(str(root), train=False)
+    except (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:
+        raise SenetError(f"{folder}: incomplete or corrupt ({err}); delete it and set data.download=true") from err
+
+    def nchw(ds: datasets.CIFAR10) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
+
+    return _Arrays(*nchw(train), *nchw(test), num_classes=len(train.classes))
+
+
+def _load_synthetic(cfg: DataConfig) -> _Arrays:
+    """Seeded random images whose class shows in a smooth per-class pattern under noise; for tests only."""
+    gen = torch.Generator().manual_seed(cfg.data_seed)
+    k, c, s = cfg.synthetic_classes, cfg.synthetic_channels, cfg.synthetic_size
+    # Smooth patterns barely change under a 4-pixel shift; a flip gives each class a second pattern to learn.
+    coarse = torch.rand(k, c, 4, 4, generator=gen)
+    patterns = F.interpolate(coarse, size=(s, s), mode="bilinear", align_corners=False) * 160 + 48
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.randint(0, k, (n,), generator=gen)
+        x = patterns[y] + 24 * torch.randn(n, c, s, s, generator=gen)
+        return x.round().clamp(0, 255).to(torch.uint8), y
+
+    return _Arrays(*draw(cfg.synthetic_train), *draw(cfg.synthetic_test), num_classes=k)
+
+
+_LOADERS: dict[str, Callable[[DataConfig], _Arrays]] = {
+    "fashion_mnist": _load_fashion,
+    "cifar10": _load_cifar,
+    "cifar100": _load_cifar,
+    "synthetic": _load_synthetic,
+}
+
+
+def _take(idx: torch.Tensor, n: int | None, field: str) -> torch.Tensor:
+    if n is None:
+        return idx
+    if not 1 <= n <= len(idx):
+        raise SenetError(f"data.{field}: {n} is not allowed; allowed: 1..{len(idx)} or null for all")
+    return idx[:n]
+
+
+def split_indices(n_train: int, n_test: int, cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Train, validation and test indices: a seeded validation hold-out, then the subsets.
+
+    He et al. (2016, §4.2) train on 45k CIFAR-10 images and validate on the other 5k; `val_size` is that 5k.
+    The first `val_size` images of a `data_seed` permutation of the training set validate, the rest train.
+    """
+    if not 1 <= cfg.val_size < n_train:
+        raise SenetError(
+            f"data.val_size: {cfg.val_size} is not allowed; allowed: 1..{n_train - 1} "
+            f"(the {cfg.dataset} training set has {n_train} images)"
+        )
+    gen = torch.Generator().manual_seed(cfg.data_seed)
+    perm = torch.randperm(n_train, generator=gen)
+    # A test subset is a random draw too: image folders list val/ class by class, so its head is one class.
+    test = torch.arange(n_test) if cfg.test_subset is None else torch.randperm(n_test, generator=gen)
+    return (
+        _take(perm[cfg.val_size :], cfg.train_subset, "train_subset"),
+        _take(perm[: cfg.val_size], cfg.val_subset, "val_subset"),
+        _take(test, cfg.test_subset, "test_subset"),
+    )
+
+
+def _check_sizes(cfg: DataConfig) -> None:
+    lows = {"workers": 0, "image_size": 1, "synthetic_classes": 2, "synthetic_size": 1, "synthetic_channels": 1}
+    lows |= {"synthetic_train": 2, "synthetic_test": 1}
+    for field, low in lows.items():
+        if getattr(cfg, field) < low:
+            raise SenetError(f"data.{field}: {getattr(cfg, field)} is not allowed; allowed: >= {low}")
+
+
+def _folder_bundle(
+    cfg: DataConfig, batch_size: int, eval_batch_size: int, device: torch.device, channels_last: bool, seed: int
+) -> DataBundle:
+    """ImageNet-layout folders: train/ gives train and validation, val/ is the test set."""
+    if cfg.root is None:
+        raise SenetError("data.root: required for imagefolder; a folder with train/ and val/ (one folder per class)")
+    root = Path(cfg.root)
+    s = cfg.image_size
+    norm = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    eval_tf = transforms.Compose([transforms.Resize(int(s * 256 / 224)), transforms.CenterCrop(s), *norm])
+    train_tf = transforms.Compose([transforms.RandomResizedCrop(s), transforms.RandomHorizontalFlip(), *norm])
+    try:
+        train_set = datasets.ImageFolder(str(root / "train"), transform=train_tf if cfg.augment else eval_tf)
+        test_set = datasets.ImageFolder(str(root / "val"), transform=eval_tf)
+    except FileNotFoundError as err:
+        raise SenetError(
+            f"data.root: {err}; imagefolder needs {root}/train and {root}/val, one folder per class"
+        ) from err
+    if train_set.classes != test_set.classes:
+        raise SenetError(f"data.root: {root}/train and {root}/val hold different class folders; they must match")
+    # A shallow copy shares the scanned file list (slow to rebuild for ImageNet) but gets the eval transform.
+    val_set = copy.copy(train_set)
+    val_set.transform = eval_tf
+    train_idx, val_idx, test_idx = split_indices(len(train_set), len(test_set), cfg)
+
+    def loader(dataset: Dataset, idx: torch.Tensor, size: int, train: bool) -> FolderLoader:
+        subset = Subset(dataset, idx.tolist())
+        return FolderLoader(
+            subset, size, train=train, device=device, seed=seed, workers=cfg.workers, channels_last=channels_last
+        )
+
+    return DataBundle(
+        train=loader(train_set, train_idx, batch_size, True),
+        val=loader(val_set, val_idx, eval_batch_size, False),
+        test=loader(test_set, test_idx, eval_batch_size, False),
+        num_classes=len(train_set.classes),
+        in_channels=3,
+        image_size=s,
+        train_size=len(train_idx),
+        val_size=len(val_idx),
+        test_size=len(test_idx),
+        name=cfg.dataset,
+    )
+
+
+def build_data(
+    cfg: DataConfig,
+    *,
+    batch_size: int,
+    eval_batch_size: int | None = None,
+    device: torch.device,
+    channels_last: bool = False,
+    seed: int | None = None,
+) -> DataBundle:
+    """Load `cfg.dataset`, split it and wrap train, validation and test in loaders on `device`.
+
+    Args:
+        cfg: the data config.
+        batch_size: training images per batch.
+        eval_batch_size: validation and test images per batch; None = `batch_size`.
+        device: where batches (and, for small datasets, the whole split) live.
+        channels_last: return batches in channels-last memory format.
+        seed: seed of the training order and augmentation; None = `cfg.data_seed`. Pass the run's seed so that
+            repeated runs differ in data order as well as initialisation.
+
+    Raises:
+        SenetError: the dataset is missing or corrupt, or a size does not fit it.
+    """
+    _check_sizes(cfg)
+    eval_bs = eval_batch_size or batch_size
+    train_seed = cfg.data_seed if seed is None else seed
+    if cfg.dataset == "imagefolder":
+        return _folder_bundle(cfg, batch_size, eval_bs, device, channels_last, train_seed)
+    data = _LOADERS[cfg.dataset](cfg)
+    train_idx, val_idx, test_idx = split_indices(len(data.train_y), len(data.test_y), cfg)
+
+    def put(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x[idx].to(device), y[idx].to(device)
+
+    train_xy, val_xy, test_xy = (
+        put(data.train_x, data.train_y, train_idx),
+        put(data.train_x, data.train_y, val_idx),
+        put(data.test_x, data.test_y, test_idx),
+    )
+    mean, std = channel_stats(train_xy[0])
+
+    def loader(part: tuple[torch.Tensor, torch.Tensor], size: int, train: bool) -> DeviceLoader:
+        augment = train and cfg.augment
+        return DeviceLoader(
+            *part, size, train=train, mean=mean, std=std, augment=augment, seed=train_seed, channels_last=channels_last
+        )
+
+    return DataBundle(
+        train=loader(train_xy, batch_size, True),
+        val=loader(val_xy, eval_bs, False),
+        test=loader(test_xy, eval_bs, False),
+        num_classes=data.num_classes,
+        in_channels=train_xy[0].shape[1],
+        image_size=train_xy[0].shape[-1],
+        train_size=len(train_idx),
+        val_size=len(val_idx),
+        test_size=len(test_idx),
+        name=cfg.dataset,
+    )
