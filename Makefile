@@ -30,9 +30,10 @@ test: $(VENV)/.installed data lint
 	$(PY) -m pytest -q
 
 demo: $(VENV)/.installed data
-	$(VENV)/bin/senet-ablate profile --paper
+	$(VENV)/bin/senet-ablate sweep demo
 
 bench: $(VENV)/.installed data
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m benchmarks.run
 
 clean:
