@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -92,7 +95,143 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list the registered backbones and their options")
     m.set_defaults(func=_cmd_models)
+
+    ls = sub.add_parser("list", help="the shipped studies, what they mirror, and their trial counts")
+    ls.set_defaults(func=_cmd_list)
+
+    def place(q: argparse.ArgumentParser) -> None:
+        q.add_argument("study", help="a shipped study name (see `senet-ablate list`) or a path to a YAML spec")
+        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+        q.add_argument("--results", type=Path, default=Path("results"), help="output folder (default ./results)")
+        q.add_argument("--storage", help="ledger URL (default: journal file in the results folder)")
+        q.add_argument("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI, else sqlite in results)")
+        q.add_argument("--max-retries", type=int, default=1, help="retries of a failed trial (default 1)")
+
+    sw = sub.add_parser("sweep", help="train every trial of a study that has no finished result yet")
+    place(sw)
+    sw.add_argument("--workers", type=int, default=1, help="trials at once (CPU)")
+    sw.add_argument("--gpus", default="", help="comma-separated CUDA device ids, e.g. 0,1")
+    sw.add_argument("--trials-per-gpu", type=int, default=1, help="small trials packed per GPU")
+    sw.add_argument("--fail-fast", action="store_true", help="stop at the first failed trial")
+    sw.add_argument("--dry-run", action="store_true", help="print the expanded trials and their cost, run nothing")
+    sw.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
+    sw.set_defaults(func=_cmd_sweep)
+
+    wk = sub.add_parser("worker", help="join a running sweep from another shell or host")
+    place(wk)
+    wk.add_argument("--workers", type=int, default=1, help="trials at once in this process")
+    wk.add_argument("--gpus", default="", help="comma-separated CUDA device ids")
+    wk.add_argument("--trials-per-gpu", type=int, default=1)
+    wk.add_argument("--no-progress", action="store_true")
+    wk.set_defaults(func=_cmd_worker)
+
+    st = sub.add_parser("status", help="done / running / failed / pending trials of a study")
+    place(st)
+    st.set_defaults(func=_cmd_status)
+
+    ui = sub.add_parser("ui", help="the MLflow UI on the results folder, bound to 127.0.0.1")
+    ui.add_argument("--results", type=Path, default=Path("results"))
+    ui.add_argument("--tracking-uri")
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; see README before exposing)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=_cmd_ui)
     return parser
+
+
+def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from ablations.runner import SweepOptions
+
+    workers = getattr(args, "workers", 1)
+    if workers < 1:
+        raise SenetError(f"--workers: {workers} is not allowed; allowed: an integer >= 1")
+    if args.max_retries < 0:
+        raise SenetError(f"--max-retries: {args.max_retries} is not allowed; allowed: an integer >= 0")
+    gpus = [g.strip() for g in getattr(args, "gpus", "").split(",") if g.strip()]
+    if any(not g.isdigit() for g in gpus):
+        raise SenetError(f"--gpus: {args.gpus!r} is not allowed; allowed: comma-separated device ids, e.g. 0,1")
+    return SweepOptions(
+        results=args.results,
+        storage=args.storage,
+        tracking_uri=args.tracking_uri,
+        workers=workers,
+        gpus=gpus,
+        trials_per_gpu=getattr(args, "trials_per_gpu", 1),
+        max_retries=args.max_retries,
+        fail_fast=getattr(args, "fail_fast", False),
+        overrides=parse_set(args.set),
+        progress=not getattr(args, "no_progress", False) and sys.stderr.isatty(),
+    )
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from ablations.spec import expand, list_studies
+
+    for spec in list_studies():
+        trials = expand(spec, {})
+        mirrors = ", ".join(spec.mirrors) or "—"
+        print(f"{spec.name:16s} {len(trials):4d} trials  mirrors {mirrors}\n{'':16s} {spec.description.strip()}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from ablations.runner import sweep
+    from ablations.spec import expand, load_spec, plan
+
+    opts = _options(args)
+    if args.dry_run:
+        trials = expand(load_spec(args.study), opts.overrides)
+        table = plan(trials)
+        print(table.to_string(index=False))
+        print(f"{len(trials)} trials, {int(table['epochs'].sum())} epochs in all")
+        return 0
+    code, statuses = sweep(args.study, opts)
+    _print_summary(args.study, opts, statuses)
+    return code
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from ablations.runner import join
+
+    return join(args.study, _options(args))
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from ablations.runner import counts, status
+
+    statuses = status(args.study, _options(args))
+    c = counts(statuses)
+    print(", ".join(f"{c.get(k, 0)} {k}" for k in ("done", "running", "failed", "pending")))
+    for s in statuses:
+        extra = s.outcome if s.state == "done" else s.reason
+        print(f"  {s.state:8s} {s.trial.label} seed {s.trial.seed} [{s.trial.key}] {extra}".rstrip())
+    return 0
+
+
+def _print_summary(study: str, opts, statuses) -> None:  # type: ignore[no-untyped-def]
+    from ablations.runner import counts
+    from ablations.summary import study_runs, summary_table
+    from ablations.tracking import Tracker, tracking_uri
+
+    c = counts(statuses)
+    print(", ".join(f"{c.get(k, 0)} {k}" for k in ("done", "running", "failed", "pending")))
+    for s in statuses:
+        if s.state == "failed":
+            print(f"  failed: {s.trial.label} seed {s.trial.seed}: {s.reason}")
+    tracker = Tracker(tracking_uri(opts.tracking_uri, opts.results), opts.results)
+    table = summary_table(study_runs(tracker, {s.trial.key for s in statuses}))
+    print(table.to_string(index=False))
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from ablations.tracking import tracking_uri
+
+    uri = tracking_uri(args.tracking_uri, args.results)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port",
+           str(args.port)]  # fmt: skip
+    if uri.startswith("sqlite:"):
+        cmd += ["--default-artifact-root", (args.results.resolve() / "artifacts").as_uri()]
+    print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C to stop)")
+    return subprocess.call(cmd)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -107,6 +246,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines (DB migrations) drown the progress
     try:
         return int(args.func(args))
     except SenetError as err:
