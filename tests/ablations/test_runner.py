@@ -267,3 +267,43 @@ def test_dry_run_prints_trials_and_cost(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "6 trials" in out and "gflops" in out and "no SE" in out
     assert not (tmp_path / "r").exists()
+
+
+def test_real_fashion_mnist_subsets_end_to_end(tmp_path, capsys):
+    from ablations.data import DEBIAN_FASHION
+
+    if not (DEBIAN_FASHION / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Debian package dataset-fashion-mnist not installed (make test installs it)")
+    spec = write_spec(
+        tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1,
+        extra=[{"label": "no SE", "set": {"se.enabled": False}}],
+        data={"dataset": "fashion_mnist", "val_size": 5000, "train_subset": 256, "val_subset": 128, "test_subset": 256},
+        train={"epochs": 1, "batch_size": 64},
+    )  # fmt: skip
+    results = tmp_path / "results"
+    assert main(["sweep", str(spec), "--results", str(results), "--no-progress"]) == 0
+    assert_each_trial_complete_once(results, 2)
+    trials = runs(results).query("`tags.senet.role` == 'trial'")
+    assert set(trials["params.data.dataset"]) == {'"fashion_mnist"'}
+    assert (trials["metrics.test_top1_err"] < 90).all()  # better than chance on 10 classes after 1 epoch
+    assert "no SE" in capsys.readouterr().out
+
+
+def test_ui_binds_to_loopback_by_default(tmp_path, monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr(subprocess, "call", lambda cmd: seen.setdefault("cmd", cmd) and 0)
+    assert main(["ui", "--results", str(tmp_path), "--port", "5123"]) == 0
+    cmd = seen["cmd"]
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "5123"
+    assert f"sqlite:///{tmp_path.resolve()}/mlflow.db" in cmd
+    assert "http://127.0.0.1:5123" in capsys.readouterr().out
+
+
+def test_gpu_slots_pack_trials_per_device(tmp_path):
+    from ablations.runner import Sweep, SweepOptions
+    from ablations.spec import expand, load_spec
+
+    spec = load_spec(write_spec(tmp_path))
+    sweep = Sweep(spec, expand(spec), SweepOptions(results=tmp_path, gpus=["0", "1"], trials_per_gpu=3, workers=9))
+    assert sweep._slots() == ["0", "0", "0", "1", "1", "1"]
+    assert Sweep(spec, [], SweepOptions(results=tmp_path, workers=2))._slots() == [None, None]
