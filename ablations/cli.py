@@ -129,6 +129,29 @@ def build_parser() -> argparse.ArgumentParser:
     place(st)
     st.set_defaults(func=_cmd_status)
 
+    rp = sub.add_parser("report", help="paper-style tables, figures and CSV of a study, from MLflow")
+    place(rp)
+    rp.add_argument("--out", type=Path, help="report folder (default reports/<study>/)")
+    rp.set_defaults(func=_cmd_report)
+
+    ex = sub.add_parser("excitation", help="role of excitation (paper Figs. 6-7) for a run id or a study's reference")
+    ex.add_argument("target", help="an MLflow run id of a trial, or a study (its reference model, first seed)")
+    ex.add_argument("--classes", type=int, nargs="+", help="class indices to draw (default: the first 4)")
+    ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the study's overrides")
+    ex.add_argument("--results", type=Path, default=Path("results"))
+    ex.add_argument("--tracking-uri")
+    ex.add_argument("--out", type=Path, help="figure folder (default reports/<target>/excitation)")
+    ex.set_defaults(func=_cmd_excitation)
+
+    sv = sub.add_parser("server", help="an MLflow tracking server for many hosts (e.g. on PostgreSQL)")
+    sv.add_argument("--backend-store-uri", help="database URL; default $MLFLOW_BACKEND_STORE_URI (keeps passwords "
+                    "out of the process list), else sqlite in the results folder")  # fmt: skip
+    sv.add_argument("--artifacts-destination", help="where run artifacts go (default <results>/artifacts)")
+    sv.add_argument("--results", type=Path, default=Path("results"))
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; see README before exposing)")
+    sv.add_argument("--port", type=int, default=5000)
+    sv.set_defaults(func=_cmd_server)
+
     ui = sub.add_parser("ui", help="the MLflow UI on the results folder, bound to 127.0.0.1")
     ui.add_argument("--results", type=Path, default=Path("results"))
     ui.add_argument("--tracking-uri")
@@ -220,6 +243,43 @@ def _print_summary(study: str, opts, statuses) -> None:  # type: ignore[no-untyp
     tracker = Tracker(tracking_uri(opts.tracking_uri, opts.results), opts.results)
     table = summary_table(study_runs(tracker, {s.trial.key for s in statuses}))
     print(table.to_string(index=False))
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ablations.report import write_report
+
+    path = write_report(args.study, results=args.results, tracking_uri=args.tracking_uri, out=args.out,
+                        overrides=parse_set(args.set), storage=args.storage)  # fmt: skip
+    print(f"report written to {path}")
+    return 0
+
+
+def _cmd_excitation(args: argparse.Namespace) -> int:
+    from ablations.excitation import excitation_report
+
+    out = args.out or Path("reports") / Path(args.target).stem / "excitation"
+    paths = excitation_report(args.target, results=args.results, tracking_uri=args.tracking_uri, out=out,
+                              classes=args.classes, overrides=parse_set(args.set))  # fmt: skip
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    import os
+
+    env = dict(os.environ)
+    backend = args.backend_store_uri or env.get("MLFLOW_BACKEND_STORE_URI")
+    if not backend:
+        args.results.mkdir(parents=True, exist_ok=True)
+        backend = f"sqlite:///{args.results.resolve() / 'mlflow.db'}"
+    env["MLFLOW_BACKEND_STORE_URI"] = backend  # passed by environment, never on the command line
+    artifacts = args.artifacts_destination or (args.results.resolve() / "artifacts").as_uri()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", args.host, "--port", str(args.port),
+           "--artifacts-destination", artifacts]  # fmt: skip
+    print(f"MLflow tracking server on http://{args.host}:{args.port}, artifacts in {artifacts} (Ctrl-C to stop)",
+          flush=True)  # fmt: skip
+    return subprocess.call(cmd, env=env)
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:

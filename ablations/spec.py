@@ -320,7 +320,7 @@ def load_spec(name_or_path: str | Path) -> StudySpec:
             file and field.
     """
     spec = _load_one(str(name_or_path), None)
-    _closure(spec)
+    closure(spec)
     return spec
 
 
@@ -342,7 +342,7 @@ def _load_one(ref: str, near: Path | None, path: str = "study") -> StudySpec:
     return _read(file, str(file))
 
 
-def _closure(spec: StudySpec, chain: tuple[str, ...] = ()) -> list[StudySpec]:
+def closure(spec: StudySpec, chain: tuple[str, ...] = ()) -> list[StudySpec]:
     """The spec and every study it includes, depth first, each once; an include cycle is a SenetError."""
     chain = (*chain, spec.name)
     out = [spec]
@@ -351,7 +351,7 @@ def _closure(spec: StudySpec, chain: tuple[str, ...] = ()) -> list[StudySpec]:
         child = _load_one(ref, near, f"{spec.where}: include[{i}]")
         if child.name in chain:
             raise SenetError(f"{spec.where}: include[{i}]: cycle {' → '.join((*chain, child.name))}")
-        out += [s for s in _closure(child, chain) if s.name not in {o.name for o in out}]
+        out += [s for s in closure(child, chain) if s.name not in {o.name for o in out}]
     return out
 
 
@@ -419,7 +419,7 @@ def expand(
             refuses, or a reference that matches no trial.
     """
     overrides = dict(overrides or {})
-    studies = _closure(spec)
+    studies = closure(spec)
     for key, value in overrides.items():
         _check_value(key, value, f"--set {key}")
         owner = next((s for s in studies if key in s.varied_keys()), None)

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from ablations.errors import SenetError
+from ablations.ledger import host_name
 
 PARENT = "parent"
 TRIAL = "trial"
@@ -70,7 +71,7 @@ def environment_tags(device: str) -> dict[str, str]:
         f"{T}mlflow": mlflow.__version__,
         f"{T}cuda": torch.version.cuda or "none",
         f"{T}device": device,
-        f"{T}host": platform.node(),
+        f"{T}host": host_name(),
         f"{T}python": platform.python_version(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -206,6 +207,18 @@ class Tracker:
         """Child runs of the study still marked RUNNING."""
         exp = self.experiment(study)
         return self.client.search_runs([exp], f"tags.`{T}role` = '{TRIAL}' and attributes.status = 'RUNNING'")
+
+
+def open_store(uri: str, results: Path) -> Tracker:
+    """A tracker on an existing store, for readers (reports): a missing SQLite file is a user error, not a new
+    empty database."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not db.is_file():
+            raise SenetError(f"--tracking-uri: no tracking store at {db}; run `senet-ablate sweep` first")
+    tracker = Tracker(uri, results)
+    tracker.check()
+    return tracker
 
 
 def _now_ms() -> int:

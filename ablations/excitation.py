@@ -1,0 +1,273 @@
+"""The role of excitation (paper §7.2, Figs. 6-7): what a trained model's SE gates do for images of different classes.
+
+A trained trial's checkpoint is run over its validation split with the excitation probe on. For the last SE block
+of each stage we plot the mean gate value per channel for a few classes against the all-class mean (Fig. 6) and
+each class's mean ± std (Fig. 7). Beyond the paper, every block gets a class-specificity score, the share of its
+gate variance that the class explains, plotted against depth: the paper's reading is that early blocks are
+class-agnostic and later ones class-specific, with the very last ones saturating.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+
+from ablations import figures
+from ablations.checkpoint import load_checkpoint
+from ablations.config import RunConfig, build_config, unflatten
+from ablations.data import build_data
+from ablations.errors import SenetError
+from ablations.spec import Trial, closure, expand, load_spec, shipped_names
+from ablations.tracking import T, open_store, tracking_uri
+from senet_core import ExcitationProbe, build_model, se_blocks
+
+PER_CLASS = 50  # validation images per class, as in the paper's Figs. 6-7
+MAX_CHANNELS = 64  # channels drawn per block (the paper samples 50); the specificity score uses them all
+DEFAULT_CLASSES = 4  # classes drawn when none are named (the paper shows four)
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A trained model to analyse: its configuration and where its weights are."""
+
+    config: RunConfig
+    key: str  # trial key, the name of its run folder
+    checkpoint: Path
+    label: str  # how figures name it, e.g. "demo: sigmoid, seed 0"
+
+
+@dataclass(frozen=True)
+class Excitation:
+    """Gate statistics of one model over validation images.
+
+    Attributes:
+        blocks: the last SE block of each stage, forward order (the ones Figs. 6-7 draw).
+        classes: the classes drawn, as dataset class indices.
+        images: images used per drawn class.
+        mean, std: block → (classes, channels) per-class mean and std of the gate values.
+        overall: block → (channels,) mean over every class (each class capped at the same image count).
+        specificity: every SE block in forward order → share of its gate variance explained by the class.
+    """
+
+    blocks: list[str]
+    classes: list[int]
+    images: list[int]
+    mean: dict[str, np.ndarray]
+    std: dict[str, np.ndarray]
+    overall: dict[str, np.ndarray]
+    specificity: dict[str, float]
+
+    def depth_trend(self) -> float:
+        """Spearman's ρ between depth and specificity (NaN with fewer than two blocks or all scores equal)."""
+        scores = list(self.specificity.values())
+        if len(scores) < 2 or len(set(scores)) == 1:
+            return float("nan")
+        return float(stats.spearmanr(range(len(scores)), scores).statistic)
+
+
+def last_per_stage(names: Sequence[str]) -> list[str]:
+    """`SE_<stage>_<unit>` names → the highest unit of each stage, in stage order."""
+    last: dict[int, tuple[int, str]] = {}
+    for name in names:
+        _, stage, unit = name.split("_")
+        if int(stage) not in last or int(unit) > last[int(stage)][0]:
+            last[int(stage)] = (int(unit), name)
+    return [last[s][1] for s in sorted(last)]
+
+
+def class_share(values: np.ndarray, labels: np.ndarray) -> float:
+    """Share of the total variance of `values` (images, channels) explained by `labels`, pooled over channels:
+    Σ_c between-class sum of squares / Σ_c total sum of squares (η²). 0 when the gates do not vary at all."""
+    centred = values - values.mean(axis=0)
+    total = float((centred**2).sum())
+    if total == 0.0:
+        return 0.0
+    between = 0.0
+    for k in np.unique(labels):
+        rows = centred[labels == k]
+        between += len(rows) * float((rows.mean(axis=0) ** 2).sum())
+    return between / total
+
+
+def _balanced(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """Indices of the first `per_class` images of every class, in loader order."""
+    keep = np.zeros(len(labels), dtype=bool)
+    for k in np.unique(labels):
+        keep[np.flatnonzero(labels == k)[:per_class]] = True
+    return np.flatnonzero(keep)
+
+
+@torch.no_grad()
+def analyze(model: torch.nn.Module, loader: Any, classes: Sequence[int], per_class: int = PER_CLASS) -> Excitation:
+    """Run `loader`'s images through `model` with the probe on every SE block and summarise the gates.
+
+    Args:
+        model: a trained model (put in eval mode here).
+        loader: yields (images, labels) batches, e.g. a `DataBundle.val`.
+        classes: the classes Figs. 6-7 draw.
+        per_class: images per class used for every statistic (the first ones the loader yields).
+
+    Raises:
+        SenetError: the model has no SE blocks, or a drawn class has no validation image.
+    """
+    model.eval()
+    names = list(se_blocks(model))
+    if not names:
+        raise SenetError("excitation: the model has no SE blocks (se.enabled is false)")
+    ys = []
+    with ExcitationProbe(model, names) as probe:
+        for x, y in loader:
+            model(x)
+            ys.append(y.cpu())
+    labels = torch.cat(ys).numpy()
+    keep = _balanced(labels, per_class)
+    labels = labels[keep]
+    gates = {n: v.numpy()[keep].astype(np.float64) for n, v in probe.values().items()}
+    missing = [k for k in classes if not (labels == k).any()]
+    if missing:
+        raise SenetError(f"--classes: class {missing[0]} has no image in the validation split")
+    blocks = last_per_stage(names)
+    mean = {b: np.stack([gates[b][labels == k].mean(axis=0) for k in classes]) for b in blocks}
+    std = {b: np.stack([_std(gates[b][labels == k]) for k in classes]) for b in blocks}
+    overall = {b: gates[b].mean(axis=0) for b in blocks}
+    share = {n: class_share(gates[n], labels) for n in names}
+    images = [int((labels == k).sum()) for k in classes]
+    return Excitation(blocks, list(classes), images, mean, std, overall, share)
+
+
+def _std(rows: np.ndarray) -> np.ndarray:
+    return rows.std(axis=0, ddof=1) if len(rows) > 1 else np.zeros(rows.shape[1])
+
+
+def load_model(target: Target) -> tuple[torch.nn.Module, Any, int]:
+    """The trained model on the CPU, its validation loader and its dataset's class count."""
+    if not target.checkpoint.is_file():
+        raise SenetError(f"excitation: {target.checkpoint}: no checkpoint; train the trial first (senet-ablate sweep)")
+    state = load_checkpoint(target.checkpoint)
+    cfg = target.config
+    data = build_data(
+        cfg.data,
+        batch_size=cfg.train.batch_size,
+        eval_batch_size=cfg.train.eval_batch_size,
+        device=torch.device("cpu"),
+        seed=cfg.seed,
+    )
+    model = build_model(cfg.model.name, cfg.model_options(data.in_channels, data.num_classes))
+    model.load_state_dict(state["model"])
+    return model, data.val, data.num_classes
+
+
+def pick_classes(classes: list[int] | None, num_classes: int) -> list[int]:
+    """The named classes, checked against the dataset, or the first four."""
+    if classes is None:
+        return list(range(min(DEFAULT_CLASSES, num_classes)))
+    if not classes:
+        raise SenetError("--classes: give at least one class index")
+    for k in classes:
+        if not 0 <= k < num_classes:
+            raise SenetError(f"--classes: {k} is not a class; allowed: 0..{num_classes - 1}")
+    return list(dict.fromkeys(classes))
+
+
+def write(ex: Excitation, out: Path, label: str) -> list[Path]:
+    """Figs. 6 and 7, the specificity plot and its CSV under `out`; returns their paths."""
+    names = [f"class {k}" for k in ex.classes]
+    shown = {b: slice(0, min(MAX_CHANNELS, ex.overall[b].shape[0])) for b in ex.blocks}
+    mean = {b: ex.mean[b][:, shown[b]] for b in ex.blocks}
+    std = {b: ex.std[b][:, shown[b]] for b in ex.blocks}
+    overall = {b: ex.overall[b][shown[b]] for b in ex.blocks}
+    paths = [
+        figures.save(
+            figures.excitation_profiles(ex.blocks, names, mean, overall, title=f"Mean excitation per class: {label}"),
+            out / "excitation_profiles.png",
+        ),
+        figures.save(
+            figures.excitation_spread(ex.blocks, names, mean, std, title=f"Excitation mean ± std per class: {label}"),
+            out / "excitation_spread.png",
+        ),
+        figures.save(
+            figures.specificity(
+                list(ex.specificity), list(ex.specificity.values()), title=f"Class-specificity\n{label}"
+            ),
+            out / "excitation_specificity.png",
+        ),
+    ]
+    csv = out / "excitation_specificity.csv"
+    lines = ["block,depth,class_share"] + [f"{b},{i},{s:.6f}" for i, (b, s) in enumerate(ex.specificity.items(), 1)]
+    csv.write_text("\n".join(lines) + "\n")
+    return [*paths, csv]
+
+
+def reference_trial(study: str, overrides: dict[str, Any]) -> Trial:
+    """The first seed of the study's reference configuration (for a study with includes: of the first included
+    study that has one)."""
+    spec = load_spec(study)
+    trials = expand(spec, overrides)
+    for s in closure(spec):
+        if not s.points() or not s.reference_keys():
+            continue
+        matches = [t for t in trials if s.name in t.studies and s.is_reference(t.config)]
+        if matches:
+            first = matches[0].config_hash
+            return min((t for t in matches if t.config_hash == first), key=lambda t: t.seed)
+    raise SenetError(f"{spec.where}: no reference configuration among its trials (the study varies no reference key)")
+
+
+def resolve_target(target: str, *, results: Path, tracking: str | None, overrides: dict[str, Any]) -> Target:
+    """A study name or YAML path → its reference trial's first seed; otherwise an MLflow run id → that run."""
+    if target in shipped_names() or target.endswith((".yaml", ".yml")) or Path(target).is_file():
+        trial = reference_trial(target, overrides)
+        label = f"{trial.study}: {trial.label}, seed {trial.seed}"
+        return Target(trial.config, trial.key, results / "runs" / trial.key / CHECKPOINT, label)
+    tracker = open_store(tracking_uri(tracking, results), results)
+    try:
+        run = tracker.client.get_run(target)
+    except Exception:  # MLflow raises its own exception types for an unknown or malformed id
+        allowed = ", ".join(shipped_names())
+        raise SenetError(
+            f"excitation: {target!r} is neither a study ({allowed}, or a .yaml path) nor a run id in {tracker.uri}"
+        ) from None
+    tags, params = run.data.tags, run.data.params
+    key = tags.get(f"{T}trial_key")
+    if tags.get(f"{T}role") != "trial" or not key:
+        raise SenetError(f"excitation: run {target} is not a senet-ablate trial run (no {T}trial_key tag)")
+    config = build_config(unflatten({k: json.loads(v) for k, v in params.items()}))
+    label = f"{tags.get(f'{T}label', key)}, seed {tags.get(f'{T}seed', config.seed)}"
+    return Target(config, key, results / "runs" / key / CHECKPOINT, label)
+
+
+def excitation_report(
+    target: str,
+    *,
+    results: Path,
+    tracking_uri: str | None,
+    out: Path,
+    classes: list[int] | None,
+    overrides: dict[str, Any],
+) -> list[Path]:
+    """`senet-ablate excitation RUN_ID_OR_STUDY`: Figs. 6-7 and the specificity plot for one trained model.
+
+    Args:
+        target: an MLflow run id of a trial, or a study (name or YAML path) whose reference trial's first seed
+            is analysed.
+        results: the results folder holding `runs/<trial key>/checkpoint.pt` (and the default tracking store).
+        tracking_uri: MLflow URI for a run id (default: $MLFLOW_TRACKING_URI, else SQLite in `results`).
+        out: where the figures and the CSV go.
+        classes: class indices to draw; None = the first four.
+        overrides: `--set` values the study was swept with (they change its trial keys).
+
+    Raises:
+        SenetError: an unknown study or run, a missing checkpoint, a model without SE, a bad class index.
+    """
+    resolved = resolve_target(target, results=results, tracking=tracking_uri, overrides=dict(overrides or {}))
+    model, loader, num_classes = load_model(resolved)
+    ex = analyze(model, loader, pick_classes(classes, num_classes))
+    return write(ex, out, resolved.label)
