@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test lint bench data clean
+.PHONY: demo test lint bench data postgres clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,12 +21,20 @@ data:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	else echo "note: no apt-get; give Fashion-MNIST with --set data.root=DIR"; fi
 
+# The multi-host tests start a throwaway PostgreSQL cluster on 127.0.0.1 from Debian's binaries.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql >/dev/null; \
+	else echo "note: no apt-get; the PostgreSQL tests will skip and say why"; fi
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check senet_core ablations tests benchmarks
 	$(VENV)/bin/ruff check senet_core ablations tests benchmarks
 	$(VENV)/bin/mypy senet_core
 
-test: $(VENV)/.installed data lint
+test: $(VENV)/.installed data postgres lint
 	$(PY) -m pytest -q
 
 demo: $(VENV)/.installed data

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -14,6 +15,8 @@ from typing import Any
 import yaml
 
 from ablations.errors import SenetError
+
+STORAGE_ENV = "SENET_ABLATE_STORAGE"  # the ledger URL, read from the environment so passwords stay out of `ps`
 
 
 def parse_set(items: Sequence[str]) -> dict[str, Any]:
@@ -103,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("study", help="a shipped study name (see `senet-ablate list`) or a path to a YAML spec")
         q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
         q.add_argument("--results", type=Path, default=Path("results"), help="output folder (default ./results)")
-        q.add_argument("--storage", help="ledger URL (default: journal file in the results folder)")
+        q.add_argument("--storage", help="ledger URL; default $SENET_ABLATE_STORAGE (keeps a password out of the "
+                       "process list), else a journal file in the results folder")  # fmt: skip
         q.add_argument("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI, else sqlite in results)")
         q.add_argument("--max-retries", type=int, default=1, help="retries of a failed trial (default 1)")
 
@@ -174,7 +178,7 @@ def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         raise SenetError(f"--gpus: {args.gpus!r} is not allowed; allowed: comma-separated device ids, e.g. 0,1")
     return SweepOptions(
         results=args.results,
-        storage=args.storage,
+        storage=args.storage or os.environ.get(STORAGE_ENV),
         tracking_uri=args.tracking_uri,
         workers=workers,
         gpus=gpus,
@@ -249,7 +253,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from ablations.report import write_report
 
     path = write_report(args.study, results=args.results, tracking_uri=args.tracking_uri, out=args.out,
-                        overrides=parse_set(args.set), storage=args.storage)  # fmt: skip
+                        overrides=parse_set(args.set), storage=args.storage or os.environ.get(STORAGE_ENV))  # fmt: skip
     print(f"report written to {path}")
     return 0
 
@@ -266,14 +270,13 @@ def _cmd_excitation(args: argparse.Namespace) -> int:
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
-    import os
-
     env = dict(os.environ)
     backend = args.backend_store_uri or env.get("MLFLOW_BACKEND_STORE_URI")
     if not backend:
         args.results.mkdir(parents=True, exist_ok=True)
         backend = f"sqlite:///{args.results.resolve() / 'mlflow.db'}"
     env["MLFLOW_BACKEND_STORE_URI"] = backend  # passed by environment, never on the command line
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # its GenAI job runners: 7 idle processes
     artifacts = args.artifacts_destination or (args.results.resolve() / "artifacts").as_uri()
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", args.host, "--port", str(args.port),
            "--artifacts-destination", artifacts]  # fmt: skip
@@ -306,7 +309,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines (DB migrations) drown the progress
+    # MLflow's INFO lines (database migrations, monitors) drown the progress bars; it reads this variable when
+    # it configures its loggers on import, so a level set on the logger before that import would be undone.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])
     try:
         return int(args.func(args))
     except SenetError as err:

@@ -161,6 +161,11 @@ def paper_match(config: RunConfig, varied: set[str], rows: list[PaperRow]) -> Pa
     backbone, dataset and FC bias are not compared: the paper's rows are ImageNet ResNet-50s.
     """
     se_keys = {k for k in varied if k != "se.enabled"}
+    if "model.name" in varied:  # Table 4: backbones with and without SE, matched by name
+        if se_keys - {"model.name"}:
+            return None
+        return next((r for r in rows if r.model.removeprefix("se_") == config.model.name
+                     and r.model.startswith("se_") == config.se.enabled), None)  # fmt: skip
     if not se_keys <= set(STANDARD_SE):
         return None  # the study varies something the paper's ablation tables do not (a backbone, a recipe)
     flat = config.flat()
@@ -616,9 +621,9 @@ def write_report(
     runs = tracker.runs_frame(f"tags.`{T}role` = 'trial'")
     if not runs.empty:
         runs = runs[runs[f"tags.{T}trial_key"].isin(keys)]
-    if runs.empty:
-        raise SenetError(f"report: no runs of study {spec.name!r} in {uri}; run `senet-ablate sweep {study}` first")
     statuses = status(study, SweepOptions(results=results, storage=storage, overrides=overrides, progress=False))
+    if runs.empty and not any(s.known for s in statuses):  # a sweep that has only queued its trials still renders
+        raise SenetError(f"report: no runs of study {spec.name!r} in {uri}; run `senet-ablate sweep {study}` first")
     factors = gather(spec, overrides, runs, statuses, tracker)
     out = out if out is not None else REPORTS / spec.name
     out.mkdir(parents=True, exist_ok=True)

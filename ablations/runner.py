@@ -25,12 +25,10 @@ from typing import Any
 from optuna.trial import TrialState
 
 from ablations.errors import SenetError
-from ablations.ledger import Entry, Ledger, is_alive, open_storage, storage_url
+from ablations.ledger import Entry, Ledger, is_alive, is_journal, open_storage, storage_url
 from ablations.spec import StudySpec, Trial, expand, load_spec
 from ablations.tracking import Tracker, tracking_uri
-from ablations.worker import EXIT, KIND_BY_EXIT
-
-STALE_AFTER_S = 900.0  # a RUNNING trial on another host is dead after this long without a heartbeat
+from ablations.worker import EXIT, KIND_BY_EXIT, STORAGE_ENV
 
 
 @dataclass
@@ -58,6 +56,7 @@ class TrialStatus:
     outcome: str = ""  # finished / diverged for done trials
     attempts: int = 0
     reason: str = ""
+    known: bool = False  # the ledger has an entry for it (queued, running, failed or done)
 
 
 def _group(entries: list[Entry]) -> dict[str, list[Entry]]:
@@ -68,8 +67,9 @@ def _group(entries: list[Entry]) -> dict[str, list[Entry]]:
 
 
 def _failures(entries: list[Entry]) -> list[Entry]:
-    """Failed attempts that count against retries (a kill is not the trial's fault)."""
-    return [e for e in entries if e.state == TrialState.FAIL and e.attrs.get("kind") != "killed"]
+    """Failed attempts that count against retries. A kill is not the trial's fault, nor is a FAIL without a kind:
+    that is Optuna failing a trial whose heartbeat stopped (its host died)."""
+    return [e for e in entries if e.state == TrialState.FAIL and e.attrs.get("kind", "killed") != "killed"]
 
 
 def trial_status(trials: list[Trial], ledger: Ledger, max_retries: int) -> list[TrialStatus]:
@@ -81,14 +81,16 @@ def trial_status(trials: list[Trial], ledger: Ledger, max_retries: int) -> list[
         fails = _failures(entries)
         last_fail = fails[-1].attrs if fails else {}
         reason = f"{last_fail.get('kind', '')}: {last_fail.get('reason', '')}" if fails else ""
+        known = bool(entries)
         if complete:
-            out.append(TrialStatus(t, "done", complete[0].attrs.get("outcome", "finished"), len(fails) + 1))
+            outcome = complete[0].attrs.get("outcome", "finished")
+            out.append(TrialStatus(t, "done", outcome, len(fails) + 1, known=known))
         elif any(e.state == TrialState.RUNNING for e in entries):
-            out.append(TrialStatus(t, "running", attempts=len(fails) + 1, reason=reason))
+            out.append(TrialStatus(t, "running", attempts=len(fails) + 1, reason=reason, known=known))
         elif len(fails) > max_retries:
-            out.append(TrialStatus(t, "failed", attempts=len(fails), reason=reason))
+            out.append(TrialStatus(t, "failed", attempts=len(fails), reason=reason, known=known))
         else:
-            out.append(TrialStatus(t, "pending", attempts=len(fails), reason=reason))
+            out.append(TrialStatus(t, "pending", attempts=len(fails), reason=reason, known=known))
     return out
 
 
@@ -106,21 +108,37 @@ class Sweep:
         self.lock = threading.Lock()
 
     # -- set-up --------------------------------------------------------------------------------------------------
-    def prepare(self) -> None:
-        """Create the tracking store, experiment, parent run and ledger before any worker starts."""
-        self.tracker = Tracker(self.uri, self.results)
-        if self.uri.startswith("sqlite:"):
-            self.results.mkdir(parents=True, exist_ok=True)
-        self.tracker.check()
-        self.results.mkdir(parents=True, exist_ok=True)
-        self.parent_id = self.tracker.parent_run(self.spec.name, self.spec.description)
-        self.ledger = Ledger(open_storage(self.storage_url))
+    def prepare(self, create: bool = True) -> None:
+        """Create (or, joining, find) the tracking store, experiment, parent run and ledger before any worker.
+
+        Remote stores are checked first, so a server or database that is down stops us before anything is
+        written; then the local folder, the SQLite database (created once, here) and the journal file.
+        """
+        local_tracking = self.uri.startswith("sqlite:")
+        if not local_tracking:
+            self.tracker = Tracker(self.uri, self.results)
+            self.tracker.check()
+        storage = None if is_journal(self.storage_url) else open_storage(self.storage_url)
+        check_writable(self.results)
+        if local_tracking:
+            self.tracker = Tracker(self.uri, self.results)  # a SQLite client creates its database at once
+            self.tracker.check()
+        self.ledger = Ledger(storage or open_storage(self.storage_url))
+        if create:
+            self.parent_id = self.tracker.parent_run(self.spec.name, self.spec.description)
+            return
+        exp = self.tracker.experiment(self.spec.name)
+        parent = self.tracker.client.search_runs([exp], "tags.`senet.role` = 'parent'", max_results=1)
+        if not parent:
+            raise SenetError(f"worker: no sweep of {self.spec.name!r} in {self.uri}; start one with `sweep`")
+        self.parent_id = parent[0].info.run_id
 
     def reconcile(self) -> int:
         """Mark dead RUNNING trials, queue every trial without a COMPLETE result; returns how many are queued."""
+        self.ledger.fail_stale()
         entries = self.ledger.entries()
         for e in entries:
-            if e.state == TrialState.RUNNING and not is_alive(e.attrs, STALE_AFTER_S):
+            if e.state == TrialState.RUNNING and not is_alive(e.attrs, self.ledger.has_heartbeat):
                 self.ledger.fail(e.trial_id, {"kind": "killed", "reason": "worker died (stale RUNNING trial)"})
                 if e.attrs.get("run_id"):
                     self.tracker.end(e.attrs["run_id"], "KILLED")
@@ -158,9 +176,12 @@ class Sweep:
         }
 
     # -- running -------------------------------------------------------------------------------------------------
-    def run(self) -> int:
-        """Run until every trial is COMPLETE or out of retries; 0 when all finished, 1 when some failed."""
-        self.prepare()
+    def run(self, create: bool = True) -> int:
+        """Run until every trial is COMPLETE or out of retries; 0 when all finished, 1 when some failed.
+
+        With `create=False` (a joining worker) the parent run must exist and is left as it is.
+        """
+        self.prepare(create)
         progress = _Progress(self.opts.progress, len(self.trials))
         with progress:
             while not self.stop.is_set():
@@ -178,7 +199,8 @@ class Sweep:
                     break
         statuses = trial_status(self.trials, self.ledger, self.opts.max_retries)
         ok = all(s.state == "done" for s in statuses)
-        self.tracker.finish_parent(self.parent_id, ok)
+        if create:
+            self.tracker.finish_parent(self.parent_id, ok)
         self.statuses = statuses
         return 0 if ok else 1
 
@@ -231,9 +253,10 @@ class Sweep:
         elif "OMP_NUM_THREADS" not in env:
             # CPU slots share the cores; oversubscribed threads make every step several times slower.
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(self._slots())))
+        env[STORAGE_ENV] = self.storage_url  # not in argv: a database password must not show in `ps`
         cmd = [sys.executable, "-m", "ablations.worker", "--trial-id", str(entry.trial_id), "--study",
-               self.spec.name, "--parent-run", self.parent_id, "--storage", self.storage_url,
-               "--tracking-uri", self.uri, "--results", str(self.results)]  # fmt: skip
+               self.spec.name, "--parent-run", self.parent_id, "--tracking-uri", self.uri,
+               "--results", str(self.results)]  # fmt: skip
         log_dir = self.results / "runs" / entry.key
         log_dir.mkdir(parents=True, exist_ok=True)
         label = f"{entry.attrs['label']} s{entry.attrs['seed']}"
@@ -255,7 +278,7 @@ class Sweep:
         if code < 0 or code not in KIND_BY_EXIT:
             # Killed by a signal (or crashed) before it could end its own records: end them here.
             self.ledger.fail(entry.trial_id, {"kind": "killed", "reason": f"worker exited with {code}"})
-            run_id = self.ledger.storage.get_trial(entry.trial_id).user_attrs.get("run_id")
+            run_id = self.ledger.attrs(entry.trial_id).get("run_id")
             if run_id:
                 self.tracker.end(run_id, "KILLED")
         return code
@@ -342,23 +365,23 @@ def sweep(study: str, opts: SweepOptions) -> tuple[int, list[TrialStatus]]:
 
 
 def join(study: str, opts: SweepOptions) -> int:
-    """`senet-ablate worker`: claim and train queued trials of a running sweep until its queue is empty."""
+    """`senet-ablate worker`: help a running sweep until nothing is left to run (re-queueing dead hosts' trials)."""
     spec = load_spec(study)
-    trials = expand(spec, opts.overrides)
-    s = Sweep(spec, trials, opts)
+    s = Sweep(spec, expand(spec, opts.overrides), opts)
     _install_signals(s)
-    s.tracker = Tracker(s.uri, s.results)
-    s.tracker.check()
-    s.ledger = Ledger(open_storage(s.storage_url))
-    parent = s.tracker.client.search_runs(
-        [s.tracker.experiment(spec.name)], "tags.`senet.role` = 'parent'", max_results=1
-    )
-    if not parent:
-        raise SenetError(f"worker: no sweep of {spec.name!r} in {s.uri}; start it with `senet-ablate sweep`")
-    s.parent_id = parent[0].info.run_id
-    with _Progress(opts.progress, len(trials)) as progress:
-        s._run_slots(progress)
-    return 0
+    code = s.run(create=False)
+    return 130 if s.stop.is_set() and not s.failed_hard else code
+
+
+def check_writable(results: Path) -> None:
+    """The results folder exists (or is created) and takes a file; else one clear line, nothing written."""
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+        probe = results / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise SenetError(f"--results: {results} is not a writable folder ({err.strerror or err})") from None
 
 
 def status(study: str, opts: SweepOptions) -> list[TrialStatus]:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
-import platform
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -24,12 +25,13 @@ import yaml
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 from ablations.config import RunConfig, build_config
-from ablations.ledger import Ledger, open_storage
+from ablations.ledger import HEARTBEAT_S, Ledger, host_name, open_storage
 from ablations.spec import cost, input_shape
 from ablations.tracking import Tracker
 from ablations.train import Callback, RunResult, failure_kind, pick_device, train
 from senet_core import build_model, se_blocks
 
+STORAGE_ENV = "SENET_ABLATE_STORAGE"  # same variable as the CLI's default for --storage
 EXIT = {"done": 0, "oom": 3, "error": 4, "killed": 5, "data": 6}
 KIND_BY_EXIT = {v: k for k, v in EXIT.items()}
 
@@ -50,7 +52,7 @@ class Track(Callback):
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.tracker.log_epoch(self.run_id, epoch, metrics)
-        self.ledger.set_attrs(self.trial_id, {"heartbeat": time.time(), "epoch": epoch})
+        self.ledger.set_attrs(self.trial_id, {"epoch": epoch})
         print(f"@@epoch {epoch} {self.epochs} {metrics['val_top1_err']:.2f}", flush=True)
 
 
@@ -58,12 +60,22 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
+def _beat(ledger: Ledger, trial_id: int, stop: threading.Event) -> None:
+    """Keep the trial's heartbeat while this process lives; when its host dies, the beat stops."""
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            ledger.heartbeat(trial_id)
+        except Exception as err:  # a lost beat must not kill training; the next one may get through
+            print(f"heartbeat failed: {type(err).__name__}", file=sys.stderr, flush=True)
+
+
 def run_trial(trial_id: int, study: str, parent_id: str, storage: str, uri: str, results: Path) -> int:
     """Train ledger trial `trial_id` and record it everywhere; returns the process exit code."""
     ledger = Ledger(open_storage(storage))
-    trial = ledger.storage.get_trial(trial_id)
-    attrs = dict(trial.user_attrs)
-    ledger.set_attrs(trial_id, {"host": platform.node(), "pid": os.getpid(), "heartbeat": time.time()})
+    attrs = ledger.attrs(trial_id)
+    ledger.heartbeat(trial_id)
+    threading.Thread(target=_beat, args=(ledger, trial_id, threading.Event()), daemon=True).start()
+    ledger.set_attrs(trial_id, {"host": host_name(), "pid": os.getpid(), "heartbeat": time.time()})
     cfg = build_config(attrs["config"])
     tracker = Tracker(uri, results)
     device = str(pick_device(cfg.train.device))
@@ -124,13 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trial-id", type=int, required=True)
     p.add_argument("--study", required=True)
     p.add_argument("--parent-run", required=True)
-    p.add_argument("--storage", required=True)
+    p.add_argument("--storage", help=f"ledger URL; default ${STORAGE_ENV} (keeps passwords out of the process list)")
     p.add_argument("--tracking-uri", required=True)
     p.add_argument("--results", type=Path, required=True)
     a = p.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
-    return run_trial(a.trial_id, a.study, a.parent_run, a.storage, a.tracking_uri, a.results)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    storage = a.storage or os.environ.get(STORAGE_ENV)
+    if not storage:
+        p.error(f"give --storage or set {STORAGE_ENV}")
+    return run_trial(a.trial_id, a.study, a.parent_run, storage, a.tracking_uri, a.results)
 
 
 if __name__ == "__main__":

@@ -249,3 +249,18 @@ def test_report_draws_the_role_of_excitation_of_the_reference_model(store, tmp_p
     assert [p.name for p in again][:1] == ["excitation_profiles.png"]
     with pytest.raises(SenetError, match="neither a study"):
         excitation_report("f" * 32, results=checkpoints, tracking_uri=uri, out=tmp_path, classes=None, overrides={})
+
+
+def test_table4_rows_match_by_backbone():
+    spec = load_spec("cifar_table4")
+    rows = [r for r in paper_rows() if r.table == "Table 4"]
+    found = {
+        (t.config.model.name, t.config.se.enabled): paper_match(t.config, spec.varied_keys(), rows)
+        for t in expand(spec, {})
+    }
+    assert {k: (r.label, r.top1) for k, r in found.items()} == {
+        ("resnet110", False): ("ResNet-110", 6.37),
+        ("resnet110", True): ("SE-ResNet-110", 5.21),
+        ("resnet164", False): ("ResNet-164", 5.46),
+        ("resnet164", True): ("SE-ResNet-164", 4.39),
+    }
