@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test lint bench data postgres clean
+.PHONY: demo test faults lint bench data postgres clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,11 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy senet_core
 
 test: $(VENV)/.installed data postgres lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not faults"
+
+# 20 seeded rounds of random kills per storage (about 4 minutes); CI runs it after `make test`.
+faults: $(VENV)/.installed data postgres
+	$(PY) -m pytest -q -s -m faults
 
 demo: $(VENV)/.installed data
 	$(VENV)/bin/senet-ablate sweep demo
