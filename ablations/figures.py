@@ -49,6 +49,13 @@ def _ci(summaries: Sequence[Summary]) -> tuple[np.ndarray, np.ndarray]:
     return means, np.vstack([lo, hi])
 
 
+def _clamp_to_percent(ax: Any) -> None:
+    """Keep an error axis inside 0-100 %: a t-interval over two seeds can reach past both ends, which no error
+    can; the bars are then cut at the frame rather than drawn into impossible values."""
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(max(lo, 0.0), min(hi, 100.0))
+
+
 def error_by_level(
     labels: Sequence[str], ours: Sequence[Summary], paper: Sequence[float | None], *, ylabel: str, title: str
 ) -> Figure:
@@ -63,6 +70,7 @@ def error_by_level(
     ]
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    _clamp_to_percent(ax)
     values = [math.nan if v is None else v for v in paper]
     if any(not math.isnan(v) for v in values):
         twin = ax.twinx()
@@ -95,6 +103,7 @@ def tradeoff(
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(ylabel)
+    _clamp_to_percent(axes[0])
     fig.suptitle(title)
     return fig
 
