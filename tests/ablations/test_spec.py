@@ -28,6 +28,7 @@ TRIALS = {
     "paper": 17 * 3,
     "cifar_table4": 4 * 3,
     "demo": 4 * 2,
+    "fmnist_se": 2 * 3,
 }
 
 
