@@ -118,7 +118,8 @@ def test_paper_runs_each_shared_configuration_once_and_lists_every_table_it_belo
 @pytest.mark.parametrize("name", sorted(TRIALS))
 def test_every_shipped_study_loads_expands_and_validates(name):
     spec = load_spec(name)
-    assert spec.name == name and spec.description.strip() and spec.mirrors
+    assert spec.name == name and spec.description.strip()
+    assert spec.mirrors or name == "fmnist_se"  # the CPU sanity study mirrors no paper table, and says so
     trials = expand(spec)
     assert len(trials) == TRIALS[name]
     for t in trials:
