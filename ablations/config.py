@@ -11,11 +11,12 @@ import hashlib
 import json
 from typing import Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ablations.data import DataConfig
 from ablations.errors import SenetError
-from senet_core import SE_OFF, list_models, model_info, resolve
+from senet_core import SE_OFF, Complexity, build_model, list_models, measure, model_info, resolve
 
 
 class _Section(BaseModel):
@@ -168,3 +169,33 @@ def build_config(tree: dict[str, Any]) -> RunConfig:
         raise SenetError(f"model.name: {cfg.model.name!r} is not a backbone (SE lives in se.*); allowed: {allowed}")
     cfg.check_model()
     return cfg
+
+
+_COSTS: dict[str, Complexity] = {}
+
+
+def input_shape(config: RunConfig) -> tuple[int, int, int]:
+    """(in_channels, image side in pixels, classes) the model sees, from the config alone (no data is read).
+
+    ImageFolder's class count comes from its folders; without `model.num_classes` the backbone's default is used.
+    """
+    data = config.data
+    channels, size, classes = {
+        "fashion_mnist": (1, 28, 10),
+        "cifar10": (3, 32, 10),
+        "cifar100": (3, 32, 100),
+        "synthetic": (data.synthetic_channels, data.synthetic_size, data.synthetic_classes),
+        "imagefolder": (3, data.image_size, model_info(config.model.name).defaults().get("model.num_classes", 1000)),
+    }[data.dataset]
+    return config.model.in_channels or channels, size, config.model.num_classes or classes
+
+
+def cost(config: RunConfig) -> Complexity:
+    """Params and multiply-adds of the trial's network at its data's image size (built on `meta`, cached)."""
+    digest = config.config_hash()
+    if digest not in _COSTS:
+        channels, size, classes = input_shape(config)
+        with torch.device("meta"):
+            model = build_model(config.model.name, config.model_options(channels, classes))
+            _COSTS[digest] = measure(model, size, channels)
+    return _COSTS[digest]

@@ -20,11 +20,11 @@ from typing import Any
 import pandas as pd
 
 from ablations import excitation, figures
-from ablations.config import RunConfig, build_config, unflatten
+from ablations.config import RunConfig, build_config, cost, unflatten
 from ablations.errors import SenetError
 from ablations.paper import PaperRow, paper_rows
 from ablations.runner import SweepOptions, TrialStatus, status
-from ablations.spec import STANDARD_SE, StudySpec, Trial, closure, cost, expand, load_spec
+from ablations.spec import STANDARD_SE, StudySpec, Trial, closure, expand, load_spec
 from ablations.stats import Agreement, Paired, Summary, paired, rank_agreement, summarize
 from ablations.tracking import T, Tracker, open_store
 from ablations.tracking import tracking_uri as resolve_uri

@@ -15,15 +15,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pandas as pd
-import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from ablations.config import RunConfig, build_config, flatten, unflatten, validation_message
+from ablations.config import RunConfig, build_config, cost, flatten, unflatten, validation_message
 from ablations.errors import SenetError
 from ablations.paper import tables
 from ablations.recipes import RECIPES
-from senet_core import Complexity, build_model, measure, model_info
 
 STUDIES = files("ablations").joinpath("studies")
 # The paper's standard SE block (§3, the bold rows of Tables 10-16): what every ablation is compared with.
@@ -452,36 +450,6 @@ def expand(
             raise SenetError(f"{study.where}: reference: {shown} matches no trial; name one of its levels, e.g. "
                              f"reference: {{{example}}}")  # fmt: skip
     return list(trials.values())
-
-
-_COSTS: dict[str, Complexity] = {}
-
-
-def input_shape(config: RunConfig) -> tuple[int, int, int]:
-    """(in_channels, image side in pixels, classes) the model sees, from the config alone (no data is read).
-
-    ImageFolder's class count comes from its folders; without `model.num_classes` the backbone's default is used.
-    """
-    data = config.data
-    channels, size, classes = {
-        "fashion_mnist": (1, 28, 10),
-        "cifar10": (3, 32, 10),
-        "cifar100": (3, 32, 100),
-        "synthetic": (data.synthetic_channels, data.synthetic_size, data.synthetic_classes),
-        "imagefolder": (3, data.image_size, model_info(config.model.name).defaults().get("model.num_classes", 1000)),
-    }[data.dataset]
-    return config.model.in_channels or channels, size, config.model.num_classes or classes
-
-
-def cost(config: RunConfig) -> Complexity:
-    """Params and multiply-adds of the trial's network at its data's image size (built on `meta`, cached)."""
-    digest = config.config_hash()
-    if digest not in _COSTS:
-        channels, size, classes = input_shape(config)
-        with torch.device("meta"):
-            model = build_model(config.model.name, config.model_options(channels, classes))
-            _COSTS[digest] = measure(model, size, channels)
-    return _COSTS[digest]
 
 
 def plan(trials: list[Trial]) -> pd.DataFrame:

@@ -227,13 +227,14 @@ def train(
     schedule = Schedule(t, len(data.train))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
+    digest = cfg.config_hash()
     history: list[dict[str, float]] = []
     notes: list[str] = []
     ckpt = run_dir / CHECKPOINT if run_dir is not None else None
     if ckpt is not None and ckpt.exists():
         try:
             state = load_checkpoint(ckpt)
-            if state.get("config_hash") != cfg.config_hash() or state.get("seed") != cfg.seed:
+            if state.get("config_hash") != digest or state.get("seed") != cfg.seed:
                 raise CheckpointError(f"{ckpt}: belongs to another configuration or seed")
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -255,7 +256,7 @@ def train(
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     check_every = 1 if device.type == "cpu" else 25  # a host sync per step would stall the GPU
     info = {"params": cost.params, "gflops": cost.gflops, "device": str(device), "resumed_from": start,
-            "config_hash": cfg.config_hash(), "bf16": use_bf16, "channels_last": channels_last}  # fmt: skip
+            "config_hash": digest, "bf16": use_bf16, "channels_last": channels_last}  # fmt: skip
     for cb in callbacks:
         cb.on_start(info)
 
@@ -310,7 +311,7 @@ def train(
                 "rng_cpu": torch.get_rng_state(),
                 "epoch": epoch + 1,
                 "history": history,
-                "config_hash": cfg.config_hash(),
+                "config_hash": digest,
                 "seed": cfg.seed,
             }
             if device.type == "cuda":

@@ -24,9 +24,8 @@ import torch
 import yaml
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-from ablations.config import RunConfig, build_config
+from ablations.config import RunConfig, build_config, cost, input_shape
 from ablations.ledger import HEARTBEAT_S, Ledger, host_name, open_storage
-from ablations.spec import cost, input_shape
 from ablations.tracking import Tracker
 from ablations.train import Callback, RunResult, failure_kind, pick_device, train
 from senet_core import build_model, se_blocks
