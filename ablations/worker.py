@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import yaml
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+from optuna.exceptions import UpdateFinishedTrialError
 
 from ablations.config import RunConfig, build_config, cost, input_shape
 from ablations.ledger import HEARTBEAT_S, Ledger, host_name, open_storage
@@ -64,6 +65,8 @@ def _beat(ledger: Ledger, trial_id: int, stop: threading.Event) -> None:
     while not stop.wait(HEARTBEAT_S):
         try:
             ledger.heartbeat(trial_id)
+        except UpdateFinishedTrialError:
+            return  # another process ended the trial (it judged this worker dead); nothing left to keep alive
         except Exception as err:  # a lost beat must not kill training; the next one may get through
             print(f"heartbeat failed: {type(err).__name__}", file=sys.stderr, flush=True)
 

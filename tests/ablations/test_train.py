@@ -245,3 +245,11 @@ def test_recipes():
     assert RECIPES["imagenet_ablation"]["se.bias"] is False
     with pytest.raises(SenetError, match="allowed: he2016_cifar, cifar_fast, fmnist_cpu, imagenet_ablation"):
         recipe("fast")
+
+
+@pytest.mark.parametrize("content", [b"torn", b"", b"PK\x03\x04 half a zip", b"\x80\x02]q\x00(K\x01"])
+def test_any_torn_checkpoint_is_a_checkpoint_error(tmp_path, content):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="checkpoint is unreadable"):
+        load_checkpoint(path)
