@@ -131,6 +131,7 @@ class Entry:
     key: str
     state: TrialState
     attrs: dict[str, Any]
+    started: float | None = None  # when it became RUNNING (epoch seconds)
 
 
 class Ledger:
@@ -156,7 +157,8 @@ class Ledger:
             sid = self._study_id(name)
             for t in self.storage.get_all_trials(sid, deepcopy=False):
                 if "key" in t.user_attrs:
-                    out.append(Entry(t._trial_id, name, t.user_attrs["key"], t.state, dict(t.user_attrs)))
+                    started = t.datetime_start.timestamp() if t.datetime_start else None
+                    out.append(Entry(t._trial_id, name, t.user_attrs["key"], t.state, dict(t.user_attrs), started))
         return out
 
     def enqueue(self, study: str, attrs: dict[str, Any]) -> int:
@@ -175,10 +177,15 @@ class Ledger:
                     continue
             except UpdateFinishedTrialError:
                 continue
+            self.take(t._trial_id)
             self.heartbeat(t._trial_id)
-            self.set_attrs(t._trial_id, {"host": host_name(), "pid": os.getpid(), "heartbeat": time.time()})
-            return Entry(t._trial_id, study, t.user_attrs["key"], TrialState.RUNNING, dict(t.user_attrs))
+            return Entry(t._trial_id, study, t.user_attrs["key"], TrialState.RUNNING, dict(t.user_attrs), time.time())
         return None
+
+    def take(self, trial_id: int) -> None:
+        """Record this process as the trial's owner, in one write so that no reader sees half an owner."""
+        pid = os.getpid()
+        self.set_attrs(trial_id, {"owner": {"host": host_name(), "pid": pid, "start": _process_start(pid)}})
 
     def attrs(self, trial_id: int) -> dict[str, Any]:
         return _retrying(lambda: dict(self.storage.get_trial(trial_id).user_attrs))
@@ -224,27 +231,39 @@ def _waiting(attrs: dict[str, Any]) -> FrozenTrial:
     return optuna.trial.create_trial(state=TrialState.WAITING, user_attrs=attrs)
 
 
-def is_alive(attrs: dict[str, Any], rdb_heartbeat: bool) -> bool:
+CLAIM_GRACE_S = 10.0  # a claim writes its owner within milliseconds; an ownerless RUNNING trial older is dead
+
+
+def is_alive(entry: Entry, rdb_heartbeat: bool) -> bool:
     """Whether the worker holding a RUNNING trial still lives: its pid on this host; elsewhere its heartbeat
-    (Optuna's on RDB, which `Ledger.fail_stale` already applied; our time-stamp on a shared journal file)."""
-    if attrs.get("host") == host_name() and "pid" in attrs:
+    (Optuna's on RDB, which `Ledger.fail_stale` already applied; our time-stamp on a shared journal file).
+
+    A claimer killed between taking the trial and naming itself leaves a RUNNING trial without an owner: alive
+    for CLAIM_GRACE_S after it started, dead after.
+    """
+    owner = entry.attrs.get("owner")
+    if owner is None:
+        return entry.started is not None and time.time() - entry.started < CLAIM_GRACE_S
+    if owner.get("host") == host_name():
+        pid = int(owner["pid"])
         try:
-            os.kill(int(attrs["pid"]), 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
             return False
         except PermissionError:
-            return True
-        return _pid_is_worker(int(attrs["pid"]))
+            pass
+        # A live pid may be a new process that reused the number: compare start times where /proc has them.
+        return owner.get("start") is None or _process_start(pid) == owner["start"]
     if rdb_heartbeat:
         return True
-    beat = attrs.get("heartbeat")
+    beat = entry.attrs.get("heartbeat")
     return beat is not None and time.time() - float(beat) < 10 * HEARTBEAT_S
 
 
-def _pid_is_worker(pid: int) -> bool:
-    """Guard against pid reuse: the live process must still be a senet-ablate worker."""
+def _process_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), None without /proc."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return True  # no /proc: trust the pid
-    return b"ablations" in cmdline or b"senet-ablate" in cmdline
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])

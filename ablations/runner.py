@@ -138,7 +138,7 @@ class Sweep:
         self.ledger.fail_stale()
         entries = self.ledger.entries()
         for e in entries:
-            if e.state == TrialState.RUNNING and not is_alive(e.attrs, self.ledger.has_heartbeat):
+            if e.state == TrialState.RUNNING and not is_alive(e, self.ledger.has_heartbeat):
                 self.ledger.fail(e.trial_id, {"kind": "killed", "reason": "worker died (stale RUNNING trial)"})
                 if e.attrs.get("run_id"):
                     self.tracker.end(e.attrs["run_id"], "KILLED")

@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 import threading
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from optuna.exceptions import UpdateFinishedTrialError
 
 from ablations.config import RunConfig, build_config, cost, input_shape
-from ablations.ledger import HEARTBEAT_S, Ledger, host_name, open_storage
+from ablations.ledger import HEARTBEAT_S, Ledger, open_storage
 from ablations.tracking import Tracker
 from ablations.train import Callback, RunResult, failure_kind, pick_device, train
 from senet_core import build_model, se_blocks
@@ -77,7 +76,7 @@ def run_trial(trial_id: int, study: str, parent_id: str, storage: str, uri: str,
     attrs = ledger.attrs(trial_id)
     ledger.heartbeat(trial_id)
     threading.Thread(target=_beat, args=(ledger, trial_id, threading.Event()), daemon=True).start()
-    ledger.set_attrs(trial_id, {"host": host_name(), "pid": os.getpid(), "heartbeat": time.time()})
+    ledger.take(trial_id)
     cfg = build_config(attrs["config"])
     tracker = Tracker(uri, results)
     device = str(pick_device(cfg.train.device))

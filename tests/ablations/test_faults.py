@@ -26,7 +26,7 @@ from ablations import train as train_mod
 from ablations import worker
 from ablations.checkpoint import load_checkpoint
 from ablations.cli import main
-from ablations.ledger import Ledger, open_storage
+from ablations.ledger import CLAIM_GRACE_S, Ledger, open_storage
 from ablations.runner import Sweep, SweepOptions
 from ablations.spec import expand, load_spec
 from ablations.tracking import Tracker
@@ -70,7 +70,12 @@ def _invariants(spec_path: Path, storage: str, results: Path, planted: set[Path]
     sweep = Sweep(spec, trials, SweepOptions(results=results, storage=storage, max_retries=100))
     sweep.prepare()
     sweep.reconcile()
-    entries = Ledger(open_storage(storage)).entries()
+    ledger = Ledger(open_storage(storage))
+    if any(e.state == TrialState.RUNNING for e in ledger.entries()):
+        # A claimer killed before naming itself: a rerun keeps reconciling and frees it after the claim grace.
+        time.sleep(CLAIM_GRACE_S + 1)
+        sweep.reconcile()
+    entries = ledger.entries()
     complete = Counter(e.key for e in entries if e.state == TrialState.COMPLETE)
     assert all(n == 1 for n in complete.values()), f"duplicated in the ledger: {complete}"
     assert not [e for e in entries if e.state == TrialState.RUNNING], "RUNNING trial without a live worker"

@@ -100,7 +100,7 @@ def test_three_workers_on_postgres_run_every_trial_once(pg, mlflow_server, tmp_p
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
     runs = check_once(url, mlflow_server, "three", 6)
-    hosts = Counter(e.attrs.get("host") for e in ledger(url).entries("three"))
+    hosts = Counter(e.attrs.get("owner", {}).get("host") for e in ledger(url).entries("three"))
     assert sum(hosts.values()) == 6
     assert all(pg.password not in str(r.data.params) + str(r.data.tags) for r in runs)
 
@@ -117,7 +117,7 @@ def test_a_dead_host_is_noticed_by_heartbeat_and_its_trial_resumed_elsewhere(pg,
                               and "run_id" in e.attrs], timeout=60)[0]  # fmt: skip
     # Host B dies: its controller and its worker vanish without a word.
     os.kill(host_b.pid, signal.SIGKILL)
-    os.kill(int(entry.attrs["pid"]), signal.SIGKILL)
+    os.kill(int(entry.attrs["owner"]["pid"]), signal.SIGKILL)
     host_b.wait()
     survivor = run("worker", str(spec), *common, env={"SENET_ABLATE_HOST": "hostA", **FAST_BEAT}, cwd=tmp_path)
     out, err = survivor.communicate(timeout=300)
@@ -126,7 +126,7 @@ def test_a_dead_host_is_noticed_by_heartbeat_and_its_trial_resumed_elsewhere(pg,
     assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
     log = next(results.glob("runs/*/worker.log")).read_text()
     assert "resumed after epoch" in log
-    hosts = [e.attrs.get("host") for e in ledger(url).entries("dead")]
+    hosts = [e.attrs.get("owner", {}).get("host") for e in ledger(url).entries("dead")]
     assert hosts == ["hostB", "hostA"]
 
 

@@ -142,7 +142,7 @@ def test_kill_9_of_a_worker_mid_trial_then_the_trial_resumes_from_its_checkpoint
     proc = cli("sweep", str(spec), "--results", str(results), "--no-progress", cwd=tmp_path)
     ckpt = wait_for(lambda: next(results.glob("runs/*/checkpoint.pt"), None))
     running = wait_for(lambda: [e for e in entries(results) if e.state == TrialState.RUNNING and "run_id" in e.attrs])
-    os.kill(int(running[0].attrs["pid"]), signal.SIGKILL)
+    os.kill(int(running[0].attrs["owner"]["pid"]), signal.SIGKILL)
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
     assert_each_trial_complete_once(results, 1)
