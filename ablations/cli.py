@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -15,8 +18,9 @@ from typing import Any
 import yaml
 
 from ablations.errors import SenetError
+from ablations.paths import RESULTS, STORAGE_ENV
 
-STORAGE_ENV = "SENET_ABLATE_STORAGE"  # the ledger URL, read from the environment so passwords stay out of `ps`
+MAX_WORKERS = 256
 
 
 def parse_set(items: Sequence[str]) -> dict[str, Any]:
@@ -105,36 +109,47 @@ def build_parser() -> argparse.ArgumentParser:
     def place(q: argparse.ArgumentParser) -> None:
         q.add_argument("study", help="a shipped study name (see `senet-ablate list`) or a path to a YAML spec")
         q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-        q.add_argument("--results", type=Path, default=Path("results"), help="output folder (default ./results)")
+        q.add_argument("--results", type=Path, default=RESULTS, help="output folder (default ./results)")
         q.add_argument("--storage", help="ledger URL; default $SENET_ABLATE_STORAGE (keeps a password out of the "
                        "process list), else a journal file in the results folder")  # fmt: skip
         q.add_argument("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI, else sqlite in results)")
-        q.add_argument("--max-retries", type=int, default=1, help="retries of a failed trial (default 1)")
+        q.add_argument(
+            "--max-retries", type=int, default=1, help="retries of a crashed or out-of-memory trial (default 1)"
+        )
+
+    def slots(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--workers", type=int, default=1, help="warm worker processes on the CPU (default 1)")
+        q.add_argument("--gpus", default="", help="CUDA devices: indices, GPU-<uuid> or MIG-<uuid>, comma-separated")
+        q.add_argument("--trials-per-gpu", default="1", help="workers sharing each GPU, or auto (measure, then pack)")
+        q.add_argument("--recycle-after", type=int, default=50, help="trials per worker process before a fresh one")
+        q.add_argument("--fresh-process", action="store_true", help="one fresh process per trial (--recycle-after 1)")
+        q.add_argument("--max-worker-mb", type=float, help="replace a worker whose resident memory grows past this")
+        q.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
 
     sw = sub.add_parser("sweep", help="train every trial of a study that has no finished result yet")
     place(sw)
-    sw.add_argument("--workers", type=int, default=1, help="trials at once (CPU)")
-    sw.add_argument("--gpus", default="", help="comma-separated CUDA device ids, e.g. 0,1")
-    sw.add_argument("--trials-per-gpu", type=int, default=1, help="small trials packed per GPU")
+    slots(sw)
     sw.add_argument("--fail-fast", action="store_true", help="stop at the first failed trial")
     sw.add_argument("--dry-run", action="store_true", help="print the expanded trials and their cost, run nothing")
-    sw.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     sw.set_defaults(func=_cmd_sweep)
 
     wk = sub.add_parser("worker", help="join a running sweep from another shell or host")
     place(wk)
-    wk.add_argument("--workers", type=int, default=1, help="trials at once in this process")
-    wk.add_argument("--gpus", default="", help="comma-separated CUDA device ids")
-    wk.add_argument("--trials-per-gpu", type=int, default=1)
-    wk.add_argument("--no-progress", action="store_true")
+    slots(wk)
     wk.set_defaults(func=_cmd_worker)
+
+    def reading(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--device", choices=["cpu", "cuda"], help="what `auto` resolved to in the sweep (default: "
+                       "as the ledger recorded it)")  # fmt: skip
 
     st = sub.add_parser("status", help="done / running / failed / pending trials of a study")
     place(st)
+    reading(st)
     st.set_defaults(func=_cmd_status)
 
     rp = sub.add_parser("report", help="paper-style tables, figures and CSV of a study, from MLflow")
     place(rp)
+    reading(rp)
     rp.add_argument("--out", type=Path, help="report folder (default reports/<study>/)")
     rp.set_defaults(func=_cmd_report)
 
@@ -142,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("target", help="an MLflow run id of a trial, or a study (its reference model, first seed)")
     ex.add_argument("--classes", type=int, nargs="+", help="class indices to draw (default: the first 4)")
     ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the study's overrides")
-    ex.add_argument("--results", type=Path, default=Path("results"))
+    ex.add_argument("--results", type=Path, default=RESULTS)
     ex.add_argument("--tracking-uri")
     ex.add_argument("--out", type=Path, help="figure folder (default reports/<target>/excitation)")
     ex.set_defaults(func=_cmd_excitation)
@@ -151,13 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--backend-store-uri", help="database URL; default $MLFLOW_BACKEND_STORE_URI (keeps passwords "
                     "out of the process list), else sqlite in the results folder")  # fmt: skip
     sv.add_argument("--artifacts-destination", help="where run artifacts go (default <results>/artifacts)")
-    sv.add_argument("--results", type=Path, default=Path("results"))
+    sv.add_argument("--results", type=Path, default=RESULTS)
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; see README before exposing)")
     sv.add_argument("--port", type=int, default=5000)
     sv.set_defaults(func=_cmd_server)
 
     ui = sub.add_parser("ui", help="the MLflow UI on the results folder, bound to 127.0.0.1")
-    ui.add_argument("--results", type=Path, default=Path("results"))
+    ui.add_argument("--results", type=Path, default=RESULTS)
     ui.add_argument("--tracking-uri")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; see README before exposing)")
     ui.add_argument("--port", type=int, default=5000)
@@ -165,28 +180,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from ablations.runner import SweepOptions
+def _count(value: int, option: str, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise SenetError(f"{option}: {value} is not allowed; allowed: an integer in {low}..{high}")
+    return value
 
-    workers = getattr(args, "workers", 1)
-    if workers < 1:
-        raise SenetError(f"--workers: {workers} is not allowed; allowed: an integer >= 1")
-    if args.max_retries < 0:
-        raise SenetError(f"--max-retries: {args.max_retries} is not allowed; allowed: an integer >= 0")
-    gpus = [g.strip() for g in getattr(args, "gpus", "").split(",") if g.strip()]
-    if any(not g.isdigit() for g in gpus):
-        raise SenetError(f"--gpus: {args.gpus!r} is not allowed; allowed: comma-separated device ids, e.g. 0,1")
+
+def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from ablations.sweep.runner import SweepOptions
+    from ablations.sweep.slots import parse_gpus
+
+    workers = _count(getattr(args, "workers", 1), "--workers", 1, MAX_WORKERS)
+    _count(args.max_retries, "--max-retries", 0, 1000)
+    per_gpu_text = str(getattr(args, "trials_per_gpu", "1")).strip()
+    if per_gpu_text == "auto":
+        per_gpu = None
+    elif per_gpu_text.isdigit():
+        per_gpu = _count(int(per_gpu_text), "--trials-per-gpu", 1, 64)
+    else:
+        raise SenetError(f"--trials-per-gpu: {per_gpu_text!r} is not allowed; allowed: 1..64 or auto")
+    recycle = 1 if getattr(args, "fresh_process", False) else getattr(args, "recycle_after", 50)
+    _count(recycle, "--recycle-after", 1, 1_000_000)
+    max_mb = getattr(args, "max_worker_mb", None)
+    if max_mb is not None and not max_mb > 0:
+        raise SenetError(f"--max-worker-mb: {max_mb} is not allowed; allowed: megabytes > 0")
     return SweepOptions(
         results=args.results,
         storage=args.storage or os.environ.get(STORAGE_ENV),
         tracking_uri=args.tracking_uri,
         workers=workers,
-        gpus=gpus,
-        trials_per_gpu=getattr(args, "trials_per_gpu", 1),
+        gpus=parse_gpus(getattr(args, "gpus", "")),
+        trials_per_gpu=per_gpu,
         max_retries=args.max_retries,
         fail_fast=getattr(args, "fail_fast", False),
         overrides=parse_set(args.set),
         progress=not getattr(args, "no_progress", False) and sys.stderr.isatty(),
+        recycle_after=recycle,
+        max_rss_mb=max_mb,
+        device=getattr(args, "device", None),
     )
 
 
@@ -201,8 +232,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from ablations.runner import sweep
     from ablations.spec import expand, load_spec, plan
+    from ablations.sweep.runner import run
 
     opts = _options(args)
     if args.dry_run:
@@ -211,68 +242,73 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(table.to_string(index=False))
         print(f"{len(trials)} trials, {int(table['epochs'].sum())} epochs in all")
         return 0
-    code, statuses = sweep(args.study, opts)
-    _print_summary(args.study, opts, statuses)
+    code, statuses = run(args.study, opts)
+    _print_summary(opts, statuses)
     return code
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from ablations.runner import join
+    from ablations.sweep.runner import run
 
-    return join(args.study, _options(args))
+    opts = _options(args)
+    code, statuses = run(args.study, opts, create=False)
+    _print_summary(opts, statuses)
+    return code
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from ablations.runner import counts, status
+    from ablations.sweep.runner import study_status
+    from ablations.sweep.status import summary_line
 
-    statuses = status(args.study, _options(args))
-    c = counts(statuses)
-    print(", ".join(f"{c.get(k, 0)} {k}" for k in ("done", "running", "failed", "pending")))
+    _, _, statuses = study_status(args.study, _options(args))
+    print(summary_line(statuses))
     for s in statuses:
         extra = s.outcome if s.state == "done" else s.reason
         print(f"  {s.state:8s} {s.trial.label} seed {s.trial.seed} [{s.trial.key}] {extra}".rstrip())
     return 0
 
 
-def _print_summary(study: str, opts, statuses) -> None:  # type: ignore[no-untyped-def]
-    from ablations.runner import counts
-    from ablations.summary import study_runs, summary_table
+def _print_summary(opts, statuses) -> None:  # type: ignore[no-untyped-def]
+    from ablations.reporting.summary import summary_table
+    from ablations.sweep.status import summary_line
     from ablations.tracking import Tracker, tracking_uri
 
-    c = counts(statuses)
-    print(", ".join(f"{c.get(k, 0)} {k}" for k in ("done", "running", "failed", "pending")))
+    print(summary_line(statuses))
     for s in statuses:
         if s.state == "failed":
             print(f"  failed: {s.trial.label} seed {s.trial.seed}: {s.reason}")
     tracker = Tracker(tracking_uri(opts.tracking_uri, opts.results), opts.results)
-    table = summary_table(study_runs(tracker, {s.trial.key for s in statuses}))
-    print(table.to_string(index=False))
+    print(summary_table(tracker.trial_runs({s.trial.key for s in statuses}, status="FINISHED")).to_string(index=False))
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from ablations.report import write_report
+    from ablations.reporting.report import write_report
 
-    path = write_report(args.study, results=args.results, tracking_uri=args.tracking_uri, out=args.out,
-                        overrides=parse_set(args.set), storage=args.storage or os.environ.get(STORAGE_ENV))  # fmt: skip
+    path = write_report(args.study, _options(args), out=args.out)
     print(f"report written to {path}")
     return 0
 
 
 def _cmd_excitation(args: argparse.Namespace) -> int:
-    from ablations.excitation import excitation_report
+    from ablations.reporting.excitation import excitation_report
 
     out = args.out or Path("reports") / Path(args.target).stem / "excitation"
-    paths = excitation_report(args.target, results=args.results, tracking_uri=args.tracking_uri, out=out,
-                              classes=args.classes, overrides=parse_set(args.set))  # fmt: skip
+    args.max_retries, args.storage = 1, None
+    paths = excitation_report(args.target, _options(args), out, args.classes)
     for p in paths:
         print(p)
     return 0
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
+    from ablations.urls import DATABASES, check_url, redact, with_driver
+
     env = dict(os.environ)
     backend = args.backend_store_uri or env.get("MLFLOW_BACKEND_STORE_URI")
-    if not backend:
+    if backend:
+        check_url(backend, "--backend-store-uri", DATABASES)
+        backend = with_driver(backend, "--backend-store-uri")
+    else:
         args.results.mkdir(parents=True, exist_ok=True)
         backend = f"sqlite:///{args.results.resolve() / 'mlflow.db'}"
     env["MLFLOW_BACKEND_STORE_URI"] = backend  # passed by environment, never on the command line
@@ -280,21 +316,56 @@ def _cmd_server(args: argparse.Namespace) -> int:
     artifacts = args.artifacts_destination or (args.results.resolve() / "artifacts").as_uri()
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", args.host, "--port", str(args.port),
            "--artifacts-destination", artifacts]  # fmt: skip
-    print(f"MLflow tracking server on http://{args.host}:{args.port}, artifacts in {artifacts} (Ctrl-C to stop)",
-          flush=True)  # fmt: skip
-    return subprocess.call(cmd, env=env)
+    print(f"MLflow tracking server on http://{args.host}:{args.port} ({redact(backend)}), artifacts in {artifacts} "
+          "(Ctrl-C to stop)", flush=True)  # fmt: skip
+    return serve(cmd, env)
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from ablations.tracking import tracking_uri
+    from ablations.tracking import Tracker, tracking_uri
 
     uri = tracking_uri(args.tracking_uri, args.results)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port",
            str(args.port)]  # fmt: skip
     if uri.startswith("sqlite:"):
         cmd += ["--default-artifact-root", (args.results.resolve() / "artifacts").as_uri()]
-    print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C to stop)")
-    return subprocess.call(cmd)
+    base = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI on {base} (Ctrl-C to stop)")
+    store = Path(uri.removeprefix("sqlite:///"))
+    if not uri.startswith("sqlite:") or store.is_file():
+        # MLflow 3 opens an experiment on its GenAI overview, empty for training runs: link the runs tables.
+        with contextlib.suppress(Exception):
+            for study, exp in sorted(Tracker(uri, args.results).studies().items()):
+                print(f"  {study}: {base}/#/experiments/{exp}/runs")
+    sys.stdout.flush()
+    return serve(cmd, dict(os.environ))
+
+
+def serve(cmd: list[str], env: dict[str, str]) -> int:
+    """Run an MLflow server in its own process group and take the whole group down with us: on Ctrl-C, SIGTERM or
+    SIGHUP, and (through the parent-death signal) when we are killed outright."""
+
+    def die_with_parent() -> None:
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=die_with_parent)
+
+    def stop(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+    try:
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            stop(signal.SIGTERM, None)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group (uvicorn workers)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

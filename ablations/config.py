@@ -1,22 +1,52 @@
 """The resolved configuration of one training run: model, SE, data, recipe and seed, validated once.
 
-Everything downstream (trainer, sweep ledger, MLflow params, reports) reads this object. Its `config_hash`
-identifies a trial with everything that changes the result, so identical trials in different studies are
-trained once; `seed` is kept apart, as the second half of a trial's identity.
+Everything downstream (trainer, sweep ledger, MLflow params, reports) reads this object. Its identity
+(`config_hash`) holds everything that changes the result and nothing that does not, so identical trials of
+different studies train once and a field added later at its default leaves every earlier key as it was;
+`seed` is kept apart, as the second half of a trial's identity.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ablations.data import DataConfig
 from ablations.errors import SenetError
-from senet_core import SE_OFF, Complexity, build_model, list_models, measure, model_info, resolve
+from senet_core import (
+    SE_OFF,
+    Complexity,
+    Excitation,
+    Placement,
+    Rounding,
+    SEConfig,
+    Shortcut,
+    Squeeze,
+    StrideLayout,
+    build_model,
+    list_models,
+    measure,
+    model_info,
+    resolve,
+)
+
+_SE = SEConfig()  # the library's standard SE block: the defaults of `se.*`
+# Bumped on purpose when the meaning of a configuration changes (a default, a field's semantics), which makes
+# every trial key new. Version 1 hashed the raw dump; version 2 resolves `auto` settings and drops defaults.
+IDENTITY_VERSION = 2
+# Fields that never change a result: where files are, how many loader processes read them, how big the
+# evaluation batches are (the same sums, in another grouping).
+_BOOKKEEPING = {"data": ("download", "workers"), "train": ("eval_batch_size",)}
+# Schedule settings that only one schedule reads; under another they are left out of the identity.
+_SCHEDULE_FIELDS = {"milestones": ("multistep",), "gamma": ("multistep", "plateau"),
+                    "plateau_patience": ("plateau",), "plateau_max_drops": ("plateau",)}  # fmt: skip
 
 
 class _Section(BaseModel):
@@ -27,30 +57,33 @@ class ModelSection(_Section):
     """`model.*`: the backbone and its structural options (None = the backbone's default)."""
 
     name: str = "resnet20"  # registry name of the backbone, without the se_ prefix
-    stride_layout: Literal["original", "v1.5"] | None = None  # bottleneck nets only
-    shortcut: Literal["A", "B"] | None = None  # CIFAR nets only
+    stride_layout: StrideLayout | None = None  # bottleneck nets only
+    shortcut: Shortcut | None = None  # CIFAR nets only
     zero_init: bool = False  # zero the last BN gamma of every residual branch
     in_channels: int | None = Field(None, ge=1)  # None = the dataset's channels
     num_classes: int | None = Field(None, ge=1)  # None = the dataset's classes
 
 
 class SESection(_Section):
-    """`se.*`: the SE design factors the paper ablates (see senet_core.SEConfig)."""
+    """`se.*`: the SE design factors the paper ablates (see senet_core.SEConfig, whose defaults these are)."""
 
-    enabled: bool = True
-    reduction: int = Field(16, ge=1)  # r
-    squeeze: Literal["avg", "max", "none"] = "avg"
-    excitation: Literal["sigmoid", "tanh", "relu"] = "sigmoid"
-    placement: Literal["standard", "pre", "post", "identity", "inner"] = "standard"
+    enabled: bool = _SE.enabled
+    reduction: int = Field(_SE.reduction, ge=1)  # r: channels per hidden unit of the first FC
+    squeeze: Squeeze = _SE.squeeze
+    excitation: Excitation = _SE.excitation
+    placement: Placement = _SE.placement
     stages: list[int] | None = None  # None = every residual stage
-    bias: bool = True  # FC biases; the paper's ablations removed them
-    rounding: Literal["floor", "divisible8"] = "floor"
+    bias: bool = _SE.bias  # FC biases; the paper's ablations removed them
+    rounding: Rounding = _SE.rounding
+
+
+Compile = Literal["off", "default", "reduce-overhead", "max-autotune"]
 
 
 class TrainSection(_Section):
     """`train.*`: the optimisation recipe; every quantity with its unit."""
 
-    epochs: int = Field(3, ge=1)  # passes over the training split
+    epochs: int = Field(3, ge=1, le=100_000)  # passes over the training split
     batch_size: int = Field(128, ge=1)  # images per optimizer step
     eval_batch_size: int = Field(512, ge=1)  # images per evaluation batch
     lr: float = Field(0.1, gt=0)  # peak learning rate, for `batch_size` images per step
@@ -64,10 +97,28 @@ class TrainSection(_Section):
     plateau_patience: int = Field(5, ge=0)  # plateau: epochs without a better validation loss before a drop
     plateau_max_drops: int = Field(3, ge=0)  # plateau: drops at most (the paper: three)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when present
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when the host has it
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on the CPU
     channels_last: bool | None = None  # None = on for CUDA
-    compile: bool = False  # torch.compile the model (CUDA)
+    compile: Compile = "off"  # torch.compile mode; reduce-overhead adds CUDA graphs
+    drop_last: bool | None = None  # skip the last short training batch; None = when compiling (one graph shape)
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile(cls, value: Any) -> Any:
+        return {True: "default", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+@dataclass(frozen=True)
+class Host:
+    """What a trial's `auto` settings resolve to: the kind of device that will train it."""
+
+    device: Literal["cpu", "cuda"]
+
+    @classmethod
+    def here(cls) -> Host:
+        """This process's host: CUDA when a device is visible."""
+        return cls("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class RunConfig(_Section):
@@ -77,7 +128,7 @@ class RunConfig(_Section):
     se: SESection = SESection()
     data: DataConfig = DataConfig()
     train: TrainSection = TrainSection()
-    seed: int = 0  # model init, data order and augmentation
+    seed: int = Field(0, ge=0)  # model init, data order and augmentation
 
     def model_options(self, in_channels: int, num_classes: int) -> dict[str, Any]:
         """User-facing `build_model` options; the dataset fills channels and classes the config leaves open."""
@@ -98,24 +149,56 @@ class RunConfig(_Section):
         """Raise SenetError now for a model/SE combination the backbone cannot build (before anything runs)."""
         resolve(self.model.name, self.model_options(1, 2))
 
-    def canonical(self) -> dict[str, Any]:
-        """Everything that changes the result, spelled one way: SE fields of a disabled SE and the backbone's
-        defaults are normalised, and bookkeeping (paths, worker counts, download) is left out."""
-        info, se, _ = resolve(self.model.name, self.model_options(1, 2))
-        out = self.model_dump(exclude={"seed"})
+    def resolved(self, host: Host | None = None) -> RunConfig:
+        """The configuration with every `auto` setting decided for `host` (default: this one), as it will run.
+
+        A resolved configuration is what a trial records and hashes: a CPU fp32 run and a GPU bf16 run of the
+        same spec are different trials.
+        """
+        t = self.train
+        device = t.device if t.device != "auto" else (host or Host.here()).device
+        precision = t.precision if t.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
+        channels_last = device == "cuda" if t.channels_last is None else t.channels_last
+        drop_last = t.compile != "off" if t.drop_last is None else t.drop_last
+        train = t.model_copy(
+            update={"device": device, "precision": precision, "channels_last": channels_last, "drop_last": drop_last}
+        )
+        return self.model_copy(update={"train": train})
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes the result, spelled one way (seed excluded).
+
+        `auto` settings are resolved for this host unless already resolved; SE fields of a disabled SE and the
+        backbone's defaults are normalised; bookkeeping fields and other schedules' settings are left out; a
+        leaf equal to its declared default is left out, so adding a field with a default keeps every key; an
+        image folder is identified by its absolute path (the packaged datasets by their checked file formats).
+        """
+        cfg = self.resolved()
+        info, se, _ = resolve(cfg.model.name, cfg.model_options(1, 2))
+        tree = cfg.model_dump(exclude={"seed"})
         for key, default in info.defaults().items():
-            section, field = key.split(".")
-            if section == "model" and out["model"].get(field) is None:
-                out["model"][field] = default
-        out["se"] = {f: getattr(se if se.enabled else SE_OFF, f) for f in out["se"]}
-        out["se"]["stages"] = list(se.stages) if se.stages is not None else None
-        for field in ("root", "download", "workers"):
-            out["data"].pop(field)
-        return out
+            section, name = key.split(".")
+            if section == "model" and tree["model"].get(name) is None:
+                tree["model"][name] = default
+        tree["se"] = {f: getattr(se if se.enabled else SE_OFF, f) for f in tree["se"]}
+        tree["se"]["stages"] = list(se.stages) if se.stages is not None else None
+        for section, names in _BOOKKEEPING.items():
+            for name in names:
+                tree[section].pop(name)
+        data = tree["data"]
+        data["root"] = os.path.realpath(data["root"]) if data["dataset"] == "imagefolder" and data["root"] else None
+        for name, schedules in _SCHEDULE_FIELDS.items():
+            if tree["train"]["schedule"] not in schedules:
+                tree["train"].pop(name)
+        defaults = RunConfig().model_dump(exclude={"seed"})
+        return {"version": IDENTITY_VERSION} | {
+            section: {k: v for k, v in fields.items() if k not in defaults[section] or v != defaults[section][k]}
+            for section, fields in tree.items()
+        }
 
     def config_hash(self) -> str:
-        """12 hex digits of SHA-256 over the canonical configuration (seed excluded)."""
-        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        """12 hex digits of SHA-256 over `identity()`."""
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def flat(self) -> dict[str, Any]:
@@ -146,6 +229,12 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
+def shorten(value: Any, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters, so a message never echoes a huge input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]} ...{text[-1]}"
+
+
 def validation_message(err: ValidationError, prefix: str = "") -> str:
     """pydantic's first error as one line naming the dotted field path and what is allowed."""
     e = err.errors()[0]
@@ -154,8 +243,8 @@ def validation_message(err: ValidationError, prefix: str = "") -> str:
         return f"{path}: unknown key"
     if e["type"] == "literal_error":
         expected = e.get("ctx", {}).get("expected", "")
-        return f"{path}: {e['input']!r} is not allowed; allowed: {expected.replace(' or ', ', ')}"
-    return f"{path}: {e['msg']} (got {e['input']!r})"
+        return f"{path}: {shorten(e['input'])} is not allowed; allowed: {expected.replace(' or ', ', ')}"
+    return f"{path}: {e['msg']} (got {shorten(e['input'])})"
 
 
 def build_config(tree: dict[str, Any]) -> RunConfig:
@@ -169,9 +258,6 @@ def build_config(tree: dict[str, Any]) -> RunConfig:
         raise SenetError(f"model.name: {cfg.model.name!r} is not a backbone (SE lives in se.*); allowed: {allowed}")
     cfg.check_model()
     return cfg
-
-
-_COSTS: dict[str, Complexity] = {}
 
 
 def input_shape(config: RunConfig) -> tuple[int, int, int]:
@@ -190,12 +276,23 @@ def input_shape(config: RunConfig) -> tuple[int, int, int]:
     return config.model.in_channels or channels, size, config.model.num_classes or classes
 
 
+def network_cost(name: str, options: dict[str, Any], size: int) -> Complexity:
+    """Params and multiply-adds of a network for one `size`×`size` image, built on `meta` (no memory, no init);
+    cached, so a sweep measures each architecture once."""
+    frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
+    return _network_cost(name, frozen, size)
+
+
+@lru_cache(maxsize=256)
+def _network_cost(name: str, frozen: tuple, size: int) -> Complexity:
+    options = dict(frozen)
+    channels = options.get("model.in_channels", model_info(name).defaults().get("model.in_channels", 3))
+    with torch.device("meta"):
+        net = build_model(name, options)
+    return measure(net, size, channels)
+
+
 def cost(config: RunConfig) -> Complexity:
-    """Params and multiply-adds of the trial's network at its data's image size (built on `meta`, cached)."""
-    digest = config.config_hash()
-    if digest not in _COSTS:
-        channels, size, classes = input_shape(config)
-        with torch.device("meta"):
-            model = build_model(config.model.name, config.model_options(channels, classes))
-            _COSTS[digest] = measure(model, size, channels)
-    return _COSTS[digest]
+    """Params and multiply-adds of the trial's network at its data's image size (from the config alone)."""
+    channels, size, classes = input_shape(config)
+    return network_cost(config.model.name, config.model_options(channels, classes), size)

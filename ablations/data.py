@@ -15,16 +15,18 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision import datasets, transforms
 
 from ablations.errors import SenetError
+
+# torchvision is imported where a dataset needs it (CIFAR, image folders, downloads): Fashion-MNIST and synthetic
+# data never pay for its import in a sweep worker.
 
 DEFAULT_ROOT = Path("results/data")  # where torchvision downloads land
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")  # `apt-get install dataset-fashion-mnist`
@@ -186,6 +188,7 @@ class FolderLoader:
         device: torch.device,
         seed: int = 0,
         workers: int = 4,
+        drop_last: bool = False,
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -199,6 +202,7 @@ class FolderLoader:
             shuffle=train,
             generator=self._gen,
             num_workers=workers,
+            drop_last=drop_last,
             pin_memory=device.type == "cuda",
             persistent_workers=workers > 0,
         )
@@ -282,6 +286,8 @@ def _load_fashion(cfg: DataConfig) -> _Arrays:
     tried = [root, root / "FashionMNIST" / "raw"] if root else [DEBIAN_FASHION, DEFAULT_ROOT / "FashionMNIST" / "raw"]
     found = [d for d in tried if all(_idx_path(d, s).is_file() for s in FASHION_FILES)]
     if not found and cfg.download:
+        from torchvision import datasets
+
         target = root or DEFAULT_ROOT
         _fetch(lambda: datasets.FashionMNIST(str(target), download=True), "Fashion-MNIST", target)
         found = [target / "FashionMNIST" / "raw"]
@@ -304,6 +310,8 @@ def _load_fashion(cfg: DataConfig) -> _Arrays:
 
 def _load_cifar(cfg: DataConfig) -> _Arrays:
     """CIFAR-10/100 through torchvision (python pickles, md5-checked), as uint8 NCHW arrays."""
+    from torchvision import datasets
+
     kind = datasets.CIFAR10 if cfg.dataset == "cifar10" else datasets.CIFAR100
     root = Path(cfg.root) if cfg.root else DEFAULT_ROOT
     folder = root / kind.base_folder
@@ -319,7 +327,7 @@ def _load_cifar(cfg: DataConfig) -> _Arrays:
     except (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:
         raise SenetError(f"{folder}: incomplete or corrupt ({err}); delete it and set data.download=true") from err
 
-    def nchw(ds: datasets.CIFAR10) -> tuple[torch.Tensor, torch.Tensor]:
+    def nchw(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
 
     return _Arrays(*nchw(train), *nchw(test), num_classes=len(train.classes))
@@ -387,10 +395,18 @@ def _check_sizes(cfg: DataConfig) -> None:
             raise SenetError(f"data.{field}: {getattr(cfg, field)} is not allowed; allowed: >= {low}")
 
 
-def _folder_bundle(
-    cfg: DataConfig, batch_size: int, eval_batch_size: int, device: torch.device, channels_last: bool, seed: int
-) -> DataBundle:
-    """ImageNet-layout folders: train/ gives train and validation, val/ is the test set."""
+DataCache = dict[str, Any]  # what a warm worker keeps between trials: scanned folders, decoded splits on the device
+
+
+def _cache_key(cfg: DataConfig, device: torch.device) -> str:
+    """Everything that decides the cached arrays; the augmentation and loader settings are applied per trial."""
+    return cfg.model_dump_json(exclude={"augment", "workers", "download"}) + f"@{device}"
+
+
+def _folder_sets(cfg: DataConfig) -> tuple[Any, Any, Any]:
+    """The scanned train/ and val/ folders: (train with augmentation, train with eval transforms, val)."""
+    from torchvision import datasets, transforms
+
     if cfg.root is None:
         raise SenetError("data.root: required for imagefolder; a folder with train/ and val/ (one folder per class)")
     root = Path(cfg.root)
@@ -410,13 +426,35 @@ def _folder_bundle(
     # A shallow copy shares the scanned file list (slow to rebuild for ImageNet) but gets the eval transform.
     val_set = copy.copy(train_set)
     val_set.transform = eval_tf
+    return train_set, val_set, test_set
+
+
+def _folder_bundle(
+    cfg: DataConfig,
+    batch_size: int,
+    eval_batch_size: int,
+    device: torch.device,
+    channels_last: bool,
+    seed: int,
+    drop_last: bool,
+    cache: DataCache | None,
+) -> DataBundle:
+    """ImageNet-layout folders: train/ gives train and validation, val/ is the test set."""
+    key = _cache_key(cfg, device) + f"/augment={cfg.augment}"
+    sets = cache.get(key) if cache is not None else None
+    if sets is None:
+        sets = _folder_sets(cfg)
+        if cache is not None:
+            cache[key] = sets
+    train_set, val_set, test_set = sets
     train_idx, val_idx, test_idx = split_indices(len(train_set), len(test_set), cfg)
 
     def loader(dataset: Dataset, idx: torch.Tensor, size: int, train: bool) -> FolderLoader:
         subset = Subset(dataset, idx.tolist())
         return FolderLoader(
-            subset, size, train=train, device=device, seed=seed, workers=cfg.workers, channels_last=channels_last
-        )
+            subset, size, train=train, device=device, seed=seed, workers=cfg.workers, drop_last=train and drop_last,
+            channels_last=channels_last,
+        )  # fmt: skip
 
     return DataBundle(
         train=loader(train_set, train_idx, batch_size, True),
@@ -424,12 +462,33 @@ def _folder_bundle(
         test=loader(test_set, test_idx, eval_batch_size, False),
         num_classes=len(train_set.classes),
         in_channels=3,
-        image_size=s,
+        image_size=cfg.image_size,
         train_size=len(train_idx),
         val_size=len(val_idx),
         test_size=len(test_idx),
         name=cfg.dataset,
     )
+
+
+Splits = tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+
+def _device_splits(cfg: DataConfig, device: torch.device) -> tuple[Splits, torch.Tensor, torch.Tensor, int]:
+    """Train, validation and test (images, labels) on `device`, the training split's channel statistics and the
+    class count."""
+    data = _LOADERS[cfg.dataset](cfg)
+    train_idx, val_idx, test_idx = split_indices(len(data.train_y), len(data.test_y), cfg)
+
+    def put(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x[idx].to(device), y[idx].to(device)
+
+    splits = (
+        put(data.train_x, data.train_y, train_idx),
+        put(data.train_x, data.train_y, val_idx),
+        put(data.test_x, data.test_y, test_idx),
+    )
+    mean, std = channel_stats(splits[0][0])
+    return splits, mean, std, data.num_classes
 
 
 def build_data(
@@ -440,6 +499,8 @@ def build_data(
     device: torch.device,
     channels_last: bool = False,
     seed: int | None = None,
+    drop_last: bool = False,
+    cache: DataCache | None = None,
 ) -> DataBundle:
     """Load `cfg.dataset`, split it and wrap train, validation and test in loaders on `device`.
 
@@ -451,6 +512,8 @@ def build_data(
         channels_last: return batches in channels-last memory format.
         seed: seed of the training order and augmentation; None = `cfg.data_seed`. Pass the run's seed so that
             repeated runs differ in data order as well as initialisation.
+        drop_last: skip the last short training batch (one input shape for a compiled model).
+        cache: a dict kept between calls (a warm worker's): decoded splits and scanned folders are reused.
 
     Raises:
         SenetError: the dataset is missing or corrupt, or a size does not fit it.
@@ -459,35 +522,30 @@ def build_data(
     eval_bs = eval_batch_size or batch_size
     train_seed = cfg.data_seed if seed is None else seed
     if cfg.dataset == "imagefolder":
-        return _folder_bundle(cfg, batch_size, eval_bs, device, channels_last, train_seed)
-    data = _LOADERS[cfg.dataset](cfg)
-    train_idx, val_idx, test_idx = split_indices(len(data.train_y), len(data.test_y), cfg)
-
-    def put(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x[idx].to(device), y[idx].to(device)
-
-    train_xy, val_xy, test_xy = (
-        put(data.train_x, data.train_y, train_idx),
-        put(data.train_x, data.train_y, val_idx),
-        put(data.test_x, data.test_y, test_idx),
-    )
-    mean, std = channel_stats(train_xy[0])
+        return _folder_bundle(cfg, batch_size, eval_bs, device, channels_last, train_seed, drop_last, cache)
+    key = _cache_key(cfg, device)
+    found = cache.get(key) if cache is not None else None
+    if found is None:
+        found = _device_splits(cfg, device)
+        if cache is not None:
+            cache[key] = found
+    (train_xy, val_xy, test_xy), mean, std, num_classes = found
 
     def loader(part: tuple[torch.Tensor, torch.Tensor], size: int, train: bool) -> DeviceLoader:
-        augment = train and cfg.augment
         return DeviceLoader(
-            *part, size, train=train, mean=mean, std=std, augment=augment, seed=train_seed, channels_last=channels_last
-        )
+            *part, size, train=train, mean=mean, std=std, augment=train and cfg.augment, seed=train_seed,
+            drop_last=train and drop_last, channels_last=channels_last,
+        )  # fmt: skip
 
     return DataBundle(
         train=loader(train_xy, batch_size, True),
         val=loader(val_xy, eval_bs, False),
         test=loader(test_xy, eval_bs, False),
-        num_classes=data.num_classes,
+        num_classes=num_classes,
         in_channels=train_xy[0].shape[1],
         image_size=train_xy[0].shape[-1],
-        train_size=len(train_idx),
-        val_size=len(val_idx),
-        test_size=len(test_idx),
+        train_size=len(train_xy[1]),
+        val_size=len(val_xy[1]),
+        test_size=len(test_xy[1]),
         name=cfg.dataset,
     )

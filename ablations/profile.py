@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
-import torch
-
+from ablations.config import network_cost
 from ablations.paper import PaperRow, complexity_rows, find_rows
-from senet_core import build_model, measure, model_info
 
 
 @dataclass(frozen=True)
@@ -58,25 +55,11 @@ class ProfileRow:
         return out
 
 
-def _freeze(options: dict[str, Any]) -> tuple:
-    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
-
-
-@cache
-def _measure(model: str, frozen_options: tuple, input_size: int) -> tuple[int, float]:
-    options = dict(frozen_options)
-    in_channels = options.get("model.in_channels", model_info(model).defaults()["model.in_channels"])
-    # Built on the meta device: counting needs shapes, not weights, so ResNet-152 costs no memory or init time.
-    with torch.device("meta"):
-        net = build_model(model, options)
-    c = measure(net, input_size, in_channels)
-    return c.params, c.gflops
-
-
 def profile(model: str, options: dict[str, Any] | None = None, input_size: int = 224) -> list[ProfileRow]:
     """Measure one configuration; one row per published table that has it (one row if none has)."""
     options = dict(options or {})
-    params, gflops = _measure(model, _freeze(options), input_size)
+    c = network_cost(model, options, input_size)
+    params, gflops = c.params, c.gflops
     papers = find_rows(model, options) if input_size == 224 else []
     papers = [p for p in papers if p.params_m is not None or p.gflops is not None]
     return [ProfileRow(model, options, input_size, params, gflops, p) for p in papers] or [
@@ -88,6 +71,6 @@ def profile_paper() -> list[ProfileRow]:
     """Every published params/GFLOPs figure of Tables 2, 3, 10, 13, 15 and 16 next to our measurement."""
     rows = []
     for paper in complexity_rows():
-        params, gflops = _measure(paper.model, _freeze(paper.options), 224)
-        rows.append(ProfileRow(paper.model, paper.options, 224, params, gflops, paper))
+        c = network_cost(paper.model, paper.options, 224)
+        rows.append(ProfileRow(paper.model, paper.options, 224, c.params, c.gflops, paper))
     return rows

@@ -18,21 +18,20 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from ablations.config import RunConfig, build_config, cost, flatten, unflatten, validation_message
+from ablations.config import Host, RunConfig, build_config, cost, flatten, shorten, unflatten, validation_message
 from ablations.errors import SenetError
 from ablations.paper import tables
 from ablations.recipes import RECIPES
+from senet_core import SEConfig
 
 STUDIES = files("ablations").joinpath("studies")
-# The paper's standard SE block (§3, the bold rows of Tables 10-16): what every ablation is compared with.
-STANDARD_SE = {
-    "se.enabled": True,
-    "se.reduction": 16,
-    "se.squeeze": "avg",
-    "se.excitation": "sigmoid",
-    "se.placement": "standard",
-    "se.stages": None,
-}
+# The paper's standard SE block (§3, the bold rows of Tables 10-16): what every ablation is compared with. Its
+# design factors are senet_core's defaults; the FC bias and the width rounding are not ablated by the paper.
+STANDARD_SE = {f"se.{k}": getattr(SEConfig(), k) for k in ("enabled", "reduction", "squeeze", "excitation",
+                                                           "placement", "stages")}  # fmt: skip
+MAX_SEEDS = 10_000  # seeds per study
+MAX_SPEC_BYTES = 1 << 20  # a study file larger than this is not a study
+MAX_NODES = 100_000  # values a study file may hold once its YAML aliases are expanded
 _SECTIONS = {name: list(fields) for name, fields in RunConfig().model_dump(exclude={"seed"}).items()}
 _NAME = re.compile(r"[a-z0-9_]+")
 
@@ -63,7 +62,7 @@ def _check_value(key: str, value: Any, path: str) -> None:
 def _check_settings(settings: Any, path: str) -> dict[str, Any]:
     """A mapping of config keys to values, nested or dotted, as a flat dict with every key and value checked."""
     if not isinstance(settings, dict):
-        raise SenetError(f"{path}: must be a mapping of config keys to values, got {settings!r}")
+        raise SenetError(f"{path}: must be a mapping of config keys to values, got {shorten(settings)}")
     flat = flatten(settings)
     for key, value in flat.items():
         _check_value(key, value, f"{path}.{key}")
@@ -95,7 +94,7 @@ def _spec_message(err: ValidationError) -> str:
     if e["type"] == "extra_forbidden":
         parent = StudySpec if len(e["loc"]) == 1 else Extra
         return f"{path}: unknown key; allowed: {', '.join(parent.model_fields)}"
-    return f"{path}: {e['msg']} (got {e['input']!r})"
+    return f"{path}: {e['msg']} (got {shorten(e['input'])})"
 
 
 class Point(NamedTuple):
@@ -189,7 +188,7 @@ class StudySpec(BaseModel):
             path = f"grid.{key}"
             _check_key(key, path)
             if not isinstance(levels, list) or not levels:
-                raise SenetError(f"{path}: must be a non-empty list of levels, e.g. [4, 8, 16]; got {levels!r}")
+                raise SenetError(f"{path}: must be a non-empty list of levels, e.g. [4, 8, 16]; got {shorten(levels)}")
             for i, level in enumerate(levels):
                 _check_value(key, level, f"{path}[{i}]")
                 if level in levels[:i]:
@@ -256,15 +255,16 @@ class StudySpec(BaseModel):
 
 def parse_seeds(seeds: Any, path: str = "seeds") -> list[int]:
     """`n` → [0, ..., n-1]; a list of distinct integers ≥ 0 as it is; anything else a SenetError naming `path`."""
+    allowed = f"allowed: a count 1..{MAX_SEEDS} or a list of at most {MAX_SEEDS} seeds in 0..{2**31 - 1}"
     if isinstance(seeds, int) and not isinstance(seeds, bool):
-        if seeds < 1:
-            raise SenetError(f"{path}: {seeds} is not allowed; allowed: a count >= 1 or a list of seeds >= 0")
+        if not 1 <= seeds <= MAX_SEEDS:
+            raise SenetError(f"{path}: {seeds} is not allowed; {allowed}")
         return list(range(seeds))
-    if not isinstance(seeds, list) or not seeds:
-        raise SenetError(f"{path}: {seeds!r} is not allowed; allowed: a count >= 1 or a list of seeds >= 0")
+    if not isinstance(seeds, list) or not seeds or len(seeds) > MAX_SEEDS:
+        raise SenetError(f"{path}: {shorten(seeds)} is not allowed; {allowed}")
     for i, seed in enumerate(seeds):
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise SenetError(f"{path}[{i}]: {seed!r} is not allowed; allowed: an integer >= 0")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+            raise SenetError(f"{path}[{i}]: {shorten(seed)} is not allowed; allowed: an integer in 0..{2**31 - 1}")
         if seed in seeds[:i]:
             raise SenetError(f"{path}[{i}]: seed {seed} is listed twice; give each seed once")
     return list(seeds)
@@ -293,13 +293,41 @@ def shipped_names() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in STUDIES.iterdir() if p.name.endswith(".yaml"))
 
 
+class _Loader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a document whose aliases expand to more than MAX_NODES nodes (the "billion
+    laughs": a few aliases of aliases make gigabytes for whoever walks the document, validation included)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        if _expanded(node, {}) > MAX_NODES:
+            raise yaml.YAMLError(f"its aliases (*name) expand to more than {MAX_NODES} values; write settings out")
+        return super().construct_document(node)
+
+
+def _expanded(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Nodes in `node` with every alias expanded, counted without expanding (shared nodes counted once each)."""
+    if id(node) not in memo:
+        memo[id(node)] = 1  # a recursive alias counts once instead of looping
+        if isinstance(node, yaml.SequenceNode):
+            memo[id(node)] = 1 + sum(_expanded(n, memo) for n in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            memo[id(node)] = 1 + sum(_expanded(k, memo) + _expanded(v, memo) for k, v in node.value)
+    return memo[id(node)]
+
+
 def _read(path: Path, label: str) -> StudySpec:
     try:
-        text = path.read_text()
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SenetError(f"{label}: {size} bytes; a study file is at most {MAX_SPEC_BYTES} bytes of YAML text")
+        text = path.read_bytes().decode("utf-8")
     except OSError as err:
         raise SenetError(f"{label}: cannot read the study file ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise SenetError(f"{label}: not UTF-8 text (byte {err.start}); a study file is YAML text") from None
+    if "\x00" in text:
+        raise SenetError(f"{label}: holds NUL bytes; a study file is YAML text")
     try:
-        tree = yaml.safe_load(text)
+        tree = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f", line {mark.line + 1}" if mark is not None else ""
@@ -403,7 +431,10 @@ def _resolve(spec: StudySpec, point: Point, overrides: dict[str, Any]) -> RunCon
 
 
 def expand(
-    spec: StudySpec, overrides: dict[str, Any] | None = None, seeds: int | list[int] | None = None
+    spec: StudySpec,
+    overrides: dict[str, Any] | None = None,
+    seeds: int | list[int] | None = None,
+    host: Host | None = None,
 ) -> list[Trial]:
     """Every trial of the study and of the studies it includes, each identical trial once.
 
@@ -411,6 +442,8 @@ def expand(
         spec: the study.
         overrides: `--set` values, dotted key → value, applied last to every trial (included studies too).
         seeds: replaces the seeds of every study (a count or a list, as in a spec); None keeps them.
+        host: what `auto` settings resolve to (device, precision, channels_last); None = this host. The
+            trials carry resolved configurations, so a CPU and a GPU run of one spec are different trials.
 
     Raises:
         SenetError: a bad override, an override of a key the study varies, a configuration `build_config`
@@ -424,11 +457,12 @@ def expand(
         if owner is not None:
             raise SenetError(f"--set {key}: study {owner.name!r} varies this key; drop the override or edit the study")
     trials: dict[str, Trial] = {}
+    host = host or Host.here()
     for study in studies:
         study_seeds = parse_seeds(seeds, "--seeds") if seeds is not None else study.seeds
         configs = []
         for point in study.points():
-            cfg = _resolve(study, point, overrides)
+            cfg = _resolve(study, point, overrides).resolved(host)
             configs.append(cfg)
             digest = cfg.config_hash()
             for seed in study_seeds:

@@ -1,8 +1,10 @@
-"""A thin layer over `MlflowClient`: one experiment and one parent run per study, one child run per trial.
+"""A thin layer over `MlflowClient`: one experiment and one parent run per study, one child run per trial attempt.
 
-Workers talk to MLflow with explicit run ids (no global active run), so a process that dies leaves a RUNNING
-run that the controller later marks KILLED. The store is created once, by the controller, before any worker
-starts: several processes creating a fresh SQLite database at once race in its migrations.
+The Tracker owns every MLflow name the project uses (experiment names, tag keys, the parent-run lookup), so
+the rest of the code reads typed `TrialRun` records instead of `tags.…` strings. Workers talk to MLflow with
+explicit run ids (no global active run) through a `RunLog` that buffers and retries, so a locked SQLite file or
+a slow server delays a trial's logging but never fails the trial. The sweep ledger is the source of truth: a
+run is FINISHED only after the ledger accepted its trial's result, and the sweep repairs MLflow from the ledger.
 """
 
 from __future__ import annotations
@@ -10,39 +12,84 @@ from __future__ import annotations
 import json
 import os
 import platform
+import queue
 import socket
 import subprocess
+import sys
+import threading
 import time
 import urllib.parse
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ablations.errors import SenetError
-from ablations.ledger import host_name
+from ablations.paths import TRACKING_ENV, artifacts_dir, mlflow_db
+from ablations.urls import DATABASES, check_url, redact, scrub, with_driver
 
-PARENT = "parent"
-TRIAL = "trial"
-T = "senet."  # prefix of our tags
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.entities import Run
+
+EXPERIMENT_PREFIX = "senet-ablate/"
 MAX_PARAM = 6000  # MLflow 3 param value limit in characters
+RETRY_S = float(os.environ.get("SENET_ABLATE_TRACKING_RETRY_S", "300"))  # how long a worker rides out MLflow
+SCHEMES = ("http", "https", "databricks", *DATABASES)
+
+
+class Tag:
+    """The tag keys senet-ablate writes; nothing else spells them."""
+
+    ROLE = "senet.role"  # parent | trial
+    STUDY = "senet.study"
+    KEY = "senet.trial_key"
+    CONFIG_HASH = "senet.config_hash"
+    SEED = "senet.seed"
+    LABEL = "senet.label"
+    ATTEMPT = "senet.attempt"  # 1, 2, ... for the trial
+    ATTEMPT_ID = "senet.attempt_id"  # the ledger's id of the attempt
+    OUTCOME = "senet.outcome"  # finished | diverged
+    ENDED_BY = "senet.ended_by"  # why a run ended KILLED or FAILED
+    HOST_DEVICE = "senet.host_device"  # parent: the device `auto` resolved to in the last sweep
+    FACTOR = "factor."  # + grid key, the level as JSON
+    PARENT = "mlflow.parentRunId"
+    NOTE = "mlflow.note.content"
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    """One child run as the reports read it."""
+
+    run_id: str
+    key: str
+    seed: int
+    label: str
+    status: str  # RUNNING / FINISHED / FAILED / KILLED
+    outcome: str  # finished / diverged for FINISHED runs, else ""
+    start_ms: int
+    end_ms: int | None
+    metrics: dict[str, float]
+    tags: dict[str, str] = field(repr=False)
+
+    def tag(self, name: str) -> str | None:
+        """A `senet.<name>` tag (device, torch, git_sha, ...)."""
+        return self.tags.get(f"senet.{name}")
 
 
 def tracking_uri(explicit: str | None, results: Path) -> str:
-    """`--tracking-uri`, else MLFLOW_TRACKING_URI, else SQLite in the results folder (never MLflow's cwd default)."""
-    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{results.resolve() / 'mlflow.db'}"
-    return uri
+    """`--tracking-uri`, else MLFLOW_TRACKING_URI, else SQLite in the results folder (never MLflow's cwd default).
 
-
-def redact(uri: str) -> str:
-    """The URI with any password replaced, for logs and tags."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    return uri
+    Raises:
+        SenetError: an unknown scheme or a URL typo that would otherwise become a file.
+    """
+    uri = explicit or os.environ.get(TRACKING_ENV) or f"sqlite:///{mlflow_db(results).resolve()}"
+    option = "--tracking-uri" if explicit else TRACKING_ENV if os.environ.get(TRACKING_ENV) else "--tracking-uri"
+    check_url(uri, option, SCHEMES)
+    if "://" not in uri:
+        raise SenetError(f"{option}: {redact(uri)} is not a URL; allowed: http(s)://host:port or a database URL")
+    return with_driver(uri, option)
 
 
 @cache
@@ -51,7 +98,10 @@ def code_version() -> dict[str, str]:
     root = Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        try:
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
         return out.stdout.strip() if out.returncode == 0 else ""
 
     sha = git("rev-parse", "HEAD")
@@ -59,24 +109,35 @@ def code_version() -> dict[str, str]:
     return {"git_sha": sha or "unknown", "git_dirty": str(dirty).lower()}
 
 
-def environment_tags(device: str) -> dict[str, str]:
-    """Code version, library versions and the device, saved beside every run."""
-    import mlflow
-    import torchvision
+def code_tags(code: dict[str, str]) -> dict[str, str]:
+    """`code_version()` as run tags."""
+    return {f"senet.{k}": v for k, v in code.items()}
 
-    tags = {f"{T}{k}": v for k, v in code_version().items()}
-    tags |= {
-        f"{T}torch": torch.__version__,
-        f"{T}torchvision": torchvision.__version__,
-        f"{T}mlflow": mlflow.__version__,
-        f"{T}cuda": torch.version.cuda or "none",
-        f"{T}device": device,
-        f"{T}host": host_name(),
-        f"{T}python": platform.python_version(),
+
+@cache
+def environment_tags(device: str) -> dict[str, str]:
+    """Library versions and the device, saved beside every run (the code version comes from the sweep)."""
+    import mlflow
+    import torch
+
+    tags = {
+        "senet.torch": torch.__version__,
+        "senet.mlflow": mlflow.__version__,
+        "senet.cuda": torch.version.cuda or "none",
+        "senet.device": device,
+        "senet.host": platform.node(),
+        "senet.python": platform.python_version(),
     }
+    if "torchvision" in sys.modules:
+        tags["senet.torchvision"] = sys.modules["torchvision"].__version__
     if device.startswith("cuda") and torch.cuda.is_available():
-        tags[f"{T}gpu"] = torch.cuda.get_device_name()
+        tags["senet.gpu"] = torch.cuda.get_device_name()
     return tags
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 class Tracker:
@@ -88,6 +149,11 @@ class Tracker:
         self.uri = uri
         self.results = results
         self.client = MlflowClient(tracking_uri=uri)
+        self._experiments: dict[str, str] = {}
+
+    @property
+    def remote(self) -> bool:
+        return self.uri.startswith(("http://", "https://", "databricks"))
 
     def check(self) -> None:
         """Fail with one clear line when the store cannot be reached (and create it when it is a new SQLite file)."""
@@ -101,53 +167,94 @@ class Tracker:
                 raise SenetError(f"--tracking-uri: cannot reach {redact(self.uri)} ({err.strerror or err})") from None
         try:
             self.client.search_experiments(max_results=1)
+        except ModuleNotFoundError as err:
+            raise SenetError(
+                f"--tracking-uri: {redact(self.uri)} needs the {err.name} package; pip install 'senet-ablate[postgres]'"
+            ) from None
         except Exception as err:  # MLflow raises many types (requests, SQLAlchemy, MlflowException)
-            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            raise SenetError(f"--tracking-uri: cannot reach {redact(self.uri)} ({first})") from None
+            reason = scrub(_first_line(err), self.uri)
+            raise SenetError(f"--tracking-uri: cannot reach {redact(self.uri)} ({reason})") from None
 
-    def experiment(self, study: str) -> str:
+    # -- experiments and parent runs ---------------------------------------------------------------------------
+    def experiment(self, study: str, create: bool = True) -> str | None:
         """The study's experiment id, created with artifacts under `<results>/artifacts/<study>` if new."""
-        name = f"senet-ablate/{study}"
+        if study in self._experiments:
+            return self._experiments[study]
+        name = EXPERIMENT_PREFIX + study
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
-            return exp.experiment_id
-        artifacts = None
-        if not self.uri.startswith(("http://", "https://", "databricks")):
-            artifacts = (self.results.resolve() / "artifacts" / study).as_uri()
-        return self.client.create_experiment(name, artifact_location=artifacts, tags={f"{T}study": study})
+            self._experiments[study] = exp.experiment_id
+        elif create:
+            location = None if self.remote else artifacts_dir(self.results, study).as_uri()
+            self._experiments[study] = self.client.create_experiment(
+                name, artifact_location=location, tags={Tag.STUDY: study}
+            )
+        return self._experiments.get(study)
 
-    def parent_run(self, study: str, description: str) -> str:
-        """The study's parent run; a resumed sweep attaches to the existing one."""
-        exp = self.experiment(study)
-        runs = self.client.search_runs([exp], f"tags.`{T}role` = '{PARENT}'", max_results=1)
-        if runs:
-            run_id = runs[0].info.run_id
-            self.client.update_run(run_id, status="RUNNING")
-            return run_id
-        tags = {f"{T}role": PARENT, f"{T}study": study, "mlflow.note.content": description}
-        return self.client.create_run(exp, run_name=study, tags=tags).info.run_id
+    def studies(self) -> dict[str, str]:
+        """Study name → experiment id of every senet-ablate experiment in the store."""
+        return {
+            e.name.removeprefix(EXPERIMENT_PREFIX): e.experiment_id
+            for e in self.client.search_experiments()
+            if e.name.startswith(EXPERIMENT_PREFIX)
+        }
+
+    def find_parent(self, study: str) -> str | None:
+        """The study's parent run id, or None when the study was never swept into this store."""
+        exp = self.experiment(study, create=False)
+        if exp is None:
+            return None
+        runs = self.client.search_runs([exp], f"tags.`{Tag.ROLE}` = 'parent'", max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def parent_run(self, study: str, description: str, tags: dict[str, str]) -> str:
+        """The study's parent run, created on the first sweep; a resumed sweep attaches to it and marks it RUNNING."""
+        run_id = self.find_parent(study)
+        if run_id is None:
+            all_tags = {Tag.ROLE: "parent", Tag.STUDY: study, Tag.NOTE: description, **tags}
+            return self.client.create_run(self.experiment(study), run_name=study, tags=all_tags).info.run_id
+        self.client.update_run(run_id, status="RUNNING")
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, v)
+        return run_id
+
+    def parent_tag(self, study: str, name: str) -> str | None:
+        run_id = self.find_parent(study)
+        return self.client.get_run(run_id).data.tags.get(name) if run_id else None
 
     def finish_parent(self, run_id: str, ok: bool) -> None:
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
-    def start_trial(self, study: str, parent_id: str, trial: dict[str, Any], device: str) -> str:
-        """A child run carrying the flattened config as params and the trial's identity as tags."""
+    def log_files(self, run_id: str, paths: Iterable[Path], folder: str) -> None:
+        for path in paths:
+            self.client.log_artifact(run_id, str(path), artifact_path=folder)
+
+    # -- trial runs ---------------------------------------------------------------------------------------------
+    def start_trial(self, study: str, parent_id: str | None, trial: dict[str, Any], tags: dict[str, str]) -> str:
+        """A child run carrying the flattened config as params and the trial's identity as tags.
+
+        Args:
+            trial: key, config_hash, seed, label, factors, attempt, attempt_id and `flat` (the flattened config).
+            tags: environment and code-version tags.
+        """
         from mlflow.entities import Param
 
-        exp = self.experiment(study)
-        tags = {
-            "mlflow.parentRunId": parent_id,
-            f"{T}role": TRIAL,
-            f"{T}study": study,
-            f"{T}trial_key": trial["key"],
-            f"{T}config_hash": trial["config_hash"],
-            f"{T}seed": str(trial["seed"]),
-            f"{T}label": trial["label"],
-            f"{T}attempt": str(trial.get("attempt", 1)),
-            **{f"factor.{k}": json.dumps(v) for k, v in trial["factors"].items()},
-            **environment_tags(device),
+        all_tags = {
+            Tag.ROLE: "trial",
+            Tag.STUDY: study,
+            Tag.KEY: trial["key"],
+            Tag.CONFIG_HASH: trial["config_hash"],
+            Tag.SEED: str(trial["seed"]),
+            Tag.LABEL: trial["label"],
+            Tag.ATTEMPT: str(trial.get("attempt", 1)),
+            Tag.ATTEMPT_ID: str(trial.get("attempt_id", "")),
+            **{f"{Tag.FACTOR}{k}": json.dumps(v) for k, v in trial["factors"].items()},
+            **tags,
         }
-        run = self.client.create_run(exp, run_name=f"{trial['label']} s{trial['seed']}", tags=tags)
+        if parent_id:
+            all_tags[Tag.PARENT] = parent_id
+        run = self.client.create_run(self.experiment(study), run_name=f"{trial['label']} s{trial['seed']}",
+                                     tags=all_tags)  # fmt: skip
         params = [Param(k, json.dumps(v)[:MAX_PARAM]) for k, v in sorted(trial["flat"].items())]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run.info.run_id, params=params[i : i + 100])
@@ -160,53 +267,79 @@ class Tracker:
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
         self.client.log_batch(run_id, metrics=batch)
 
-    def log_summary(self, run_id: str, summary: dict[str, float], status: str) -> None:
+    def log_summary(self, run_id: str, summary: dict[str, float], outcome: str) -> None:
         from mlflow.entities import Metric, RunTag
 
         now = _now_ms()
-        self.client.log_batch(
-            run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()],
-            tags=[RunTag(f"{T}outcome", status)],
-        )
+        metrics = [Metric(k, float(v), now, 0) for k, v in summary.items()]
+        self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(Tag.OUTCOME, outcome)])
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
 
-    def end(self, run_id: str, status: str) -> None:
-        """FINISHED, FAILED or KILLED."""
+    def end(self, run_id: str, status: str, why: str | None = None) -> None:
+        """FINISHED, FAILED or KILLED; `why` (for the latter two) goes into the ended_by tag."""
+        if why:
+            self.client.set_tag(run_id, Tag.ENDED_BY, why[:500])
         self.client.set_terminated(run_id, status)
 
-    def runs_frame(self, filter_string: str = "") -> pd.DataFrame:
-        """Runs of every senet-ablate experiment as a DataFrame shaped like `mlflow.search_runs` (run_id, status,
-        start_time, `params.*`, `metrics.*` = last value, `tags.*`), without touching MLflow's global tracking URI
-        (`mlflow.set_tracking_uri` exports it to every child process)."""
-        exps = [e.experiment_id for e in self.client.search_experiments() if e.name.startswith("senet-ablate/")]
-        rows: list[dict[str, Any]] = []
+    def trial_runs(self, keys: Iterable[str] | None = None, status: str | None = None) -> list[TrialRun]:
+        """Child runs of every senet-ablate experiment (optionally only of `keys`, only in `status`), oldest first."""
+        wanted = set(keys) if keys is not None else None
+        query = f"tags.`{Tag.ROLE}` = 'trial'" + (f" and attributes.status = '{status}'" if status else "")
+        out = []
+        for run in self._search(query):
+            tags = run.data.tags
+            key = tags.get(Tag.KEY, "")
+            if wanted is not None and key not in wanted:
+                continue
+            out.append(
+                TrialRun(
+                    run_id=run.info.run_id,
+                    key=key,
+                    seed=int(tags.get(Tag.SEED, "0")),
+                    label=tags.get(Tag.LABEL, ""),
+                    status=run.info.status,
+                    outcome=tags.get(Tag.OUTCOME, ""),
+                    start_ms=run.info.start_time or 0,
+                    end_ms=run.info.end_time,
+                    metrics=dict(run.data.metrics),
+                    tags=dict(tags),
+                )
+            )
+        return sorted(out, key=lambda r: (r.start_ms, r.run_id))
+
+    def history(self, run_id: str, metric: str) -> dict[int, float]:
+        """Step (epoch) → value of one metric of one run."""
+        return {int(m.step): float(m.value) for m in self.client.get_metric_history(run_id, metric)}
+
+    def _search(self, query: str) -> list[Run]:
+        exps = list(self.studies().values())
+        runs: list[Run] = []
         token = None
         while exps:
-            page = self.client.search_runs(exps, filter_string, max_results=1000, page_token=token)
-            for run in page:
-                row: dict[str, Any] = {
-                    "run_id": run.info.run_id,
-                    "experiment_id": run.info.experiment_id,
-                    "status": run.info.status,
-                    "start_time": run.info.start_time,
-                    "end_time": run.info.end_time,
-                }
-                row |= {f"params.{k}": v for k, v in run.data.params.items()}
-                row |= {f"metrics.{k}": v for k, v in run.data.metrics.items()}
-                row |= {f"tags.{k}": v for k, v in run.data.tags.items()}
-                rows.append(row)
+            page = self.client.search_runs(exps, query, max_results=1000, page_token=token)
+            runs += list(page)
             token = page.token
             if not token:
                 break
-        return pd.DataFrame(rows)
+        return runs
 
-    def running_trials(self, study: str) -> list[Any]:
-        """Child runs of the study still marked RUNNING."""
-        exp = self.experiment(study)
-        return self.client.search_runs([exp], f"tags.`{T}role` = '{TRIAL}' and attributes.status = 'RUNNING'")
+    def runs_frame(self, filter_string: str = "") -> pd.DataFrame:
+        """Every run of every senet-ablate experiment as a DataFrame shaped like `mlflow.search_runs` (run_id,
+        status, start_time, `params.*`, `metrics.*` = last value, `tags.*`), for people and tests."""
+        import pandas as pd
+
+        rows = []
+        for run in self._search(filter_string):
+            row: dict[str, Any] = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+                                   "status": run.info.status, "start_time": run.info.start_time,
+                                   "end_time": run.info.end_time}  # fmt: skip
+            row |= {f"params.{k}": v for k, v in run.data.params.items()}
+            row |= {f"metrics.{k}": v for k, v in run.data.metrics.items()}
+            row |= {f"tags.{k}": v for k, v in run.data.tags.items()}
+            rows.append(row)
+        return pd.DataFrame(rows)
 
 
 def open_store(uri: str, results: Path) -> Tracker:
@@ -219,6 +352,58 @@ def open_store(uri: str, results: Path) -> Tracker:
     tracker = Tracker(uri, results)
     tracker.check()
     return tracker
+
+
+class RunLog:
+    """Ordered MLflow writes on a background thread, each retried with back-off for up to `retry_s` seconds.
+
+    A worker hands its per-epoch metrics and text artifacts here and goes on training; `flush` waits until every
+    write went through (or gave up), so the summary that follows is written after them. A write that still fails
+    after `retry_s` is dropped with a note on stderr: the sweep repairs a trial's MLflow record from its
+    `result.json` later, so losing a tracking write never loses the trial.
+    """
+
+    def __init__(self, retry_s: float = RETRY_S, log: Callable[[str], None] | None = None) -> None:
+        self.retry_s = retry_s
+        self._log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+        self._queue: queue.Queue[Callable[[], object] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._drain, daemon=True, name="mlflow-log")
+        self._thread.start()
+
+    def submit(self, write: Callable[[], object]) -> None:
+        self._queue.put(write)
+
+    def flush(self) -> None:
+        self._queue.join()
+
+    def call(self, write: Callable[[], object]) -> bool:
+        """Run `write` now (in order after everything submitted), retrying; True when it went through."""
+        self.flush()
+        return retry(write, self.retry_s, self._log)
+
+    def _drain(self) -> None:
+        while True:
+            write = self._queue.get()
+            try:
+                if write is not None:
+                    retry(write, self.retry_s, self._log)
+            finally:
+                self._queue.task_done()
+
+
+def retry(write: Callable[[], object], retry_s: float, log: Callable[[str], None]) -> bool:
+    """Call `write` until it succeeds or `retry_s` seconds have passed; False (and a note) when it gave up."""
+    delay, deadline = 0.2, time.monotonic() + retry_s
+    while True:
+        try:
+            write()
+            return True
+        except Exception as err:  # locked SQLite, refused connection, a 5xx from the server
+            if time.monotonic() > deadline:
+                log(f"tracking: gave up on a write after {retry_s:.0f} s ({type(err).__name__}); repaired later")
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def _now_ms() -> int:

@@ -1,6 +1,6 @@
 """Training steps as the engine runs them, and the fused SE epilogue experiment (benchmark-local).
 
-`train_step` mirrors the inner loop of `ablations.train.train`: bf16 autocast and channels_last on CUDA, fp32
+`train_step` mirrors the inner loop of `ablations.training.engine.train`: bf16 autocast and channels_last on CUDA, fp32
 NCHW on the CPU, SGD with momentum 0.9 and weight decay 1e-4, `zero_grad(set_to_none=True)`, backward, step.
 """
 

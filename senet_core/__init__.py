@@ -5,8 +5,18 @@ from senet_core._registry import MODEL_OPTIONS, SE_OPTIONS, ModelInfo, build_mod
 from senet_core.complexity import Complexity, count_params, measure
 from senet_core.errors import SenetError
 from senet_core.probe import ExcitationProbe, se_blocks
-from senet_core.se import SE_OFF, SEBlock, SEConfig, hidden_width, se_param_count
-from senet_core.units import BasicBlock, Bottleneck
+from senet_core.se import (
+    SE_OFF,
+    Excitation,
+    Placement,
+    Rounding,
+    SEBlock,
+    SEConfig,
+    Squeeze,
+    hidden_width,
+    se_param_count,
+)
+from senet_core.units import BasicBlock, Bottleneck, Shortcut, StrideLayout
 
 __all__ = [
     "MODEL_OPTIONS",
@@ -15,11 +25,17 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "Complexity",
+    "Excitation",
     "ExcitationProbe",
     "ModelInfo",
+    "Placement",
+    "Rounding",
     "SEBlock",
     "SEConfig",
     "SenetError",
+    "Shortcut",
+    "Squeeze",
+    "StrideLayout",
     "build_model",
     "count_params",
     "hidden_width",

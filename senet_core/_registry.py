@@ -5,12 +5,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, get_args
 
 from torch import nn
 
 from senet_core.errors import SenetError
 from senet_core.se import SE_OFF, SEConfig
+from senet_core.units import Shortcut, StrideLayout
 
 Builder = Callable[..., nn.Module]
 
@@ -24,7 +25,7 @@ MODEL_OPTIONS = {
     "model.zero_init": "zero_init",
 }
 SE_OPTIONS = {f"se.{f.name}": f.name for f in fields(SEConfig)}
-_CHOICES = {"model.stride_layout": ("original", "v1.5"), "model.shortcut": ("A", "B")}
+_CHOICES = {"model.stride_layout": get_args(StrideLayout), "model.shortcut": get_args(Shortcut)}
 _COUNTS = ("model.in_channels", "model.num_classes")
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from senet_core._init import init_weights
 from senet_core._registry import register_model
-from senet_core.resnet import _init_weights
 from senet_core.se import SEBlock, SEConfig
 
 # (output width, stride) per depthwise-separable unit, grouped by stage.
@@ -33,13 +33,13 @@ def _conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int, grou
 class SeparableUnit(nn.Module):
     """Depthwise 3×3 + BN + ReLU, pointwise 1×1 + BN + ReLU, then the SE block when active."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, se: SEConfig, stage: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, se: SEConfig, stage: int, index: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
             *_conv_bn(in_channels, in_channels, 3, stride, groups=in_channels),
             *_conv_bn(in_channels, out_channels, 1, 1),
         )
-        self.se = SEBlock.from_config(out_channels, se) if se.active_in(stage) else None
+        self.se = SEBlock.from_config(out_channels, se).place(stage, index) if se.active_in(stage) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.body(x)
@@ -56,15 +56,12 @@ class MobileNet(nn.Module):
         channels = 32
         for stage, spec in enumerate(_MOBILENET, start=1):
             for i, (width, stride) in enumerate(spec, start=1):
-                unit = SeparableUnit(channels, width, stride, se, stage)
-                if unit.se is not None:
-                    unit.se.name = f"SE_{stage}_{i}"
-                units.append(unit)
+                units.append(SeparableUnit(channels, width, stride, se, stage, i))
                 channels = width
         self.units = nn.Sequential(*units)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
-        _init_weights(self, zero_init=False)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(self.units(self.stem(x))).flatten(1))

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from senet_core._init import init_weights
 from senet_core._registry import register_model
 from senet_core.se import SEConfig
 from senet_core.units import BasicBlock, Bottleneck, Shortcut, StrideLayout, _Unit
-
-ALL_PLACEMENTS = ("standard", "pre", "post", "identity", "inner")
 
 
 class ResNet(nn.Module):
@@ -69,14 +68,18 @@ class ResNet(nn.Module):
                 stride = 2 if i == 0 and index > 0 else 1
                 unit = block(channels, planes, stride=stride, se=se, stage=stage, **unit_options)  # type: ignore[arg-type]
                 if unit.se is not None:
-                    unit.se.name = f"SE_{stage}_{i + 1}"
+                    unit.se.place(stage, i + 1)
                 units.append(unit)
                 channels = unit.out_channels
             stages.append(nn.Sequential(*units))
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
-        _init_weights(self, zero_init)
+        init_weights(self)
+        if zero_init:
+            for m in self.modules():
+                if isinstance(m, _Unit):
+                    nn.init.zeros_(m.last_bn().weight)
 
     def forward_features(self, x):  # type: ignore[no-untyped-def]
         return self.stages(self.stem(x))
@@ -85,27 +88,11 @@ class ResNet(nn.Module):
         return self.fc(self.pool(self.forward_features(x)).flatten(1))
 
 
-def _init_weights(model: nn.Module, zero_init: bool) -> None:
-    """He (Kaiming) normal init for convs (paper §5.1 cites He et al. 2015), unit BN, optional zero gamma."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-    if zero_init:
-        for m in model.modules():
-            if isinstance(m, _Unit):
-                nn.init.zeros_(m.last_bn().weight)
-
-
 # ---- ImageNet ResNets (He et al. 2016, Table 1; ResNeXt: Xie et al. 2017) ----------------------------------
 
 _IMAGENET_WIDTHS = (64, 128, 256, 512)
-_BASIC_UNITS = ((2, 64), (3, 128), (4, 256), (5, 512))
 _BOTTLENECK_OUT = (256, 512, 1024, 2048)
+_STAGES = (2, 3, 4, 5)
 
 
 def _units(layers: tuple[int, ...], out_widths: tuple[int, ...], first_stage: int = 2) -> tuple:
@@ -122,130 +109,166 @@ def _imagenet(
     **unit_options: object,
 ) -> ResNet:
     return ResNet(
-        block,
-        layers,
-        _IMAGENET_WIDTHS,
-        se=se,
-        stem="imagenet",
-        in_channels=in_channels,
-        num_classes=num_classes,
-        zero_init=zero_init,
-        **unit_options,
-    )
+        block, layers, _IMAGENET_WIDTHS, se=se, stem="imagenet", in_channels=in_channels, num_classes=num_classes,
+        zero_init=zero_init, **unit_options,
+    )  # fmt: skip
 
 
-@register_model(
-    "resnet18",
-    stages=(2, 3, 4, 5),
-    units=_units((2, 2, 2, 2), _IMAGENET_WIDTHS),
-    num_params=11_689_512,
-    paper_name="ResNet-18",
-)
+@register_model("resnet18", stages=_STAGES, units=_units((2, 2, 2, 2), _IMAGENET_WIDTHS), num_params=11_689_512,
+                paper_name="ResNet-18")  # fmt: skip
 def resnet18(*, se: SEConfig, in_channels: int = 3, num_classes: int = 1000, zero_init: bool = False) -> ResNet:
     """ResNet-18 (basic units, projection shortcuts)."""
     return _imagenet(BasicBlock, (2, 2, 2, 2), se, in_channels, num_classes, zero_init)
 
 
-@register_model(
-    "resnet34",
-    stages=(2, 3, 4, 5),
-    units=_units((3, 4, 6, 3), _IMAGENET_WIDTHS),
-    num_params=21_797_672,
-    paper_name="ResNet-34",
-)
+@register_model("resnet34", stages=_STAGES, units=_units((3, 4, 6, 3), _IMAGENET_WIDTHS), num_params=21_797_672,
+                paper_name="ResNet-34")  # fmt: skip
 def resnet34(*, se: SEConfig, in_channels: int = 3, num_classes: int = 1000, zero_init: bool = False) -> ResNet:
     """ResNet-34 (basic units, projection shortcuts)."""
     return _imagenet(BasicBlock, (3, 4, 6, 3), se, in_channels, num_classes, zero_init)
 
 
-def _bottleneck_model(
-    name: str,
-    paper_name: str,
-    layers: tuple[int, ...],
-    num_params: int,
-    layout: StrideLayout = "original",
-    **unit_options: int,
-):
-    @register_model(
-        name, stages=(2, 3, 4, 5), units=_units(layers, _BOTTLENECK_OUT), num_params=num_params, paper_name=paper_name
-    )
-    def build(
-        *,
-        se: SEConfig,
-        in_channels: int = 3,
-        num_classes: int = 1000,
-        zero_init: bool = False,
-        stride_layout: StrideLayout = layout,
-    ) -> ResNet:
-        return _imagenet(
-            Bottleneck, layers, se, in_channels, num_classes, zero_init, stride_layout=stride_layout, **unit_options
-        )
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = (
-        f"{paper_name} with bottleneck units and projection shortcuts; default `stride_layout={layout!r}`. "
-        "`'original'` puts the stride on the first 1×1 conv (the paper's ResNets, 3.86 GFLOPs for ResNet-50), "
-        "`'v1.5'` on the 3×3 conv (torchvision and timm; also Xie et al.'s ResNeXt, 4.24 GFLOPs for ResNeXt-50)."
-    )
-    return build
+@register_model("resnet50", stages=_STAGES, units=_units((3, 4, 6, 3), _BOTTLENECK_OUT), num_params=25_557_032,
+                paper_name="ResNet-50")  # fmt: skip
+def resnet50(
+    *,
+    se: SEConfig,
+    in_channels: int = 3,
+    num_classes: int = 1000,
+    zero_init: bool = False,
+    stride_layout: StrideLayout = "original",
+) -> ResNet:
+    """ResNet-50: 3, 4, 6, 3 bottleneck units. `stride_layout="original"` (the paper's, 3.86 GFLOPs) puts the
+    downsampling stride on the first 1×1 conv, `"v1.5"` (torchvision, timm; 4.09 GFLOPs) on the 3×3 conv."""
+    return _imagenet(Bottleneck, (3, 4, 6, 3), se, in_channels, num_classes, zero_init, stride_layout=stride_layout)
 
 
-resnet50 = _bottleneck_model("resnet50", "ResNet-50", (3, 4, 6, 3), 25_557_032)
-resnet101 = _bottleneck_model("resnet101", "ResNet-101", (3, 4, 23, 3), 44_549_160)
-resnet152 = _bottleneck_model("resnet152", "ResNet-152", (3, 8, 36, 3), 60_192_808)
+@register_model("resnet101", stages=_STAGES, units=_units((3, 4, 23, 3), _BOTTLENECK_OUT), num_params=44_549_160,
+                paper_name="ResNet-101")  # fmt: skip
+def resnet101(
+    *,
+    se: SEConfig,
+    in_channels: int = 3,
+    num_classes: int = 1000,
+    zero_init: bool = False,
+    stride_layout: StrideLayout = "original",
+) -> ResNet:
+    """ResNet-101: 3, 4, 23, 3 bottleneck units; `stride_layout` as for ResNet-50."""
+    return _imagenet(Bottleneck, (3, 4, 23, 3), se, in_channels, num_classes, zero_init, stride_layout=stride_layout)
+
+
+@register_model("resnet152", stages=_STAGES, units=_units((3, 8, 36, 3), _BOTTLENECK_OUT), num_params=60_192_808,
+                paper_name="ResNet-152")  # fmt: skip
+def resnet152(
+    *,
+    se: SEConfig,
+    in_channels: int = 3,
+    num_classes: int = 1000,
+    zero_init: bool = False,
+    stride_layout: StrideLayout = "original",
+) -> ResNet:
+    """ResNet-152: 3, 8, 36, 3 bottleneck units; `stride_layout` as for ResNet-50."""
+    return _imagenet(Bottleneck, (3, 8, 36, 3), se, in_channels, num_classes, zero_init, stride_layout=stride_layout)
+
+
 # ResNeXt follows Xie et al. (fb.resnet.torch): stride on the grouped 3×3 conv, which the paper's Table 2
 # GFLOPs reflect (4.24 for ResNeXt-50; the original layout would give 3.77).
-resnext50_32x4d = _bottleneck_model(
-    "resnext50_32x4d", "ResNeXt-50", (3, 4, 6, 3), 25_028_904, "v1.5", groups=32, base_width=4
-)
-resnext101_32x4d = _bottleneck_model(
-    "resnext101_32x4d", "ResNeXt-101", (3, 4, 23, 3), 44_177_704, "v1.5", groups=32, base_width=4
-)
+@register_model("resnext50_32x4d", stages=_STAGES, units=_units((3, 4, 6, 3), _BOTTLENECK_OUT),
+                num_params=25_028_904, paper_name="ResNeXt-50")  # fmt: skip
+def resnext50_32x4d(
+    *,
+    se: SEConfig,
+    in_channels: int = 3,
+    num_classes: int = 1000,
+    zero_init: bool = False,
+    stride_layout: StrideLayout = "v1.5",
+) -> ResNet:
+    """ResNeXt-50 (32×4d): ResNet-50's units with 32 groups of width 4 in the first stage's 3×3 conv."""
+    return _imagenet(Bottleneck, (3, 4, 6, 3), se, in_channels, num_classes, zero_init, stride_layout=stride_layout,
+                     groups=32, base_width=4)  # fmt: skip
+
+
+@register_model("resnext101_32x4d", stages=_STAGES, units=_units((3, 4, 23, 3), _BOTTLENECK_OUT),
+                num_params=44_177_704, paper_name="ResNeXt-101")  # fmt: skip
+def resnext101_32x4d(
+    *,
+    se: SEConfig,
+    in_channels: int = 3,
+    num_classes: int = 1000,
+    zero_init: bool = False,
+    stride_layout: StrideLayout = "v1.5",
+) -> ResNet:
+    """ResNeXt-101 (32×4d): ResNet-101's units with 32 groups of width 4 in the first stage's 3×3 conv."""
+    return _imagenet(Bottleneck, (3, 4, 23, 3), se, in_channels, num_classes, zero_init, stride_layout=stride_layout,
+                     groups=32, base_width=4)  # fmt: skip
 
 
 # ---- CIFAR ResNets (He et al. 2016, §4.2) -------------------------------------------------------------------
 
 _CIFAR_WIDTHS = (16, 32, 64)
-_CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962}
+_CIFAR_STAGES = (2, 3, 4)
 
 
-def _cifar_basic(depth: int, num_params: int):
+def _cifar_units(depth: int) -> tuple:
     n = (depth - 2) // 6
-
-    @register_model(
-        f"resnet{depth}",
-        stages=(2, 3, 4),
-        units=_units((n, n, n), _CIFAR_WIDTHS),
-        num_params=num_params,
-        paper_name=f"ResNet-{depth}",
-    )
-    def build(
-        *,
-        se: SEConfig,
-        in_channels: int = 3,
-        num_classes: int = 10,
-        zero_init: bool = False,
-        shortcut: Shortcut = "A",
-    ) -> ResNet:
-        return ResNet(
-            BasicBlock, (n, n, n), _CIFAR_WIDTHS, se=se, stem="cifar", in_channels=in_channels,
-            num_classes=num_classes, zero_init=zero_init, shortcut=shortcut,
-        )  # fmt: skip
-
-    build.__name__ = build.__qualname__ = f"resnet{depth}"
-    build.__doc__ = (
-        f"CIFAR ResNet-{depth}: 3×3 stem of 16 channels, three stages of {n} basic units (16, 32, 64 channels). "
-        "Shortcuts default to He et al.'s option A (zero-padding, no parameters); option B projects."
-    )
-    return build
+    return _units((n, n, n), _CIFAR_WIDTHS)
 
 
-resnet20, resnet32, resnet44, resnet56, resnet110 = (_cifar_basic(d, p) for d, p in _CIFAR_PARAMS.items())
+def _cifar(depth: int, se: SEConfig, in_channels: int, num_classes: int, zero_init: bool, shortcut: Shortcut) -> ResNet:
+    """He et al.'s 6n+2 CIFAR net: a 3×3 stem of 16 channels, three stages of n basic units (16, 32, 64 channels).
+    Shortcuts default to their option A (zero-padding, no parameters); option B projects."""
+    n = (depth - 2) // 6
+    return ResNet(
+        BasicBlock, (n, n, n), _CIFAR_WIDTHS, se=se, stem="cifar", in_channels=in_channels, num_classes=num_classes,
+        zero_init=zero_init, shortcut=shortcut,
+    )  # fmt: skip
+
+
+@register_model("resnet20", stages=_CIFAR_STAGES, units=_cifar_units(20), num_params=269_722, paper_name="ResNet-20")
+def resnet20(
+    *, se: SEConfig, in_channels: int = 3, num_classes: int = 10, zero_init: bool = False, shortcut: Shortcut = "A"
+) -> ResNet:
+    """CIFAR ResNet-20: three stages of 3 basic units."""
+    return _cifar(20, se, in_channels, num_classes, zero_init, shortcut)
+
+
+@register_model("resnet32", stages=_CIFAR_STAGES, units=_cifar_units(32), num_params=464_154, paper_name="ResNet-32")
+def resnet32(
+    *, se: SEConfig, in_channels: int = 3, num_classes: int = 10, zero_init: bool = False, shortcut: Shortcut = "A"
+) -> ResNet:
+    """CIFAR ResNet-32: three stages of 5 basic units."""
+    return _cifar(32, se, in_channels, num_classes, zero_init, shortcut)
+
+
+@register_model("resnet44", stages=_CIFAR_STAGES, units=_cifar_units(44), num_params=658_586, paper_name="ResNet-44")
+def resnet44(
+    *, se: SEConfig, in_channels: int = 3, num_classes: int = 10, zero_init: bool = False, shortcut: Shortcut = "A"
+) -> ResNet:
+    """CIFAR ResNet-44: three stages of 7 basic units."""
+    return _cifar(44, se, in_channels, num_classes, zero_init, shortcut)
+
+
+@register_model("resnet56", stages=_CIFAR_STAGES, units=_cifar_units(56), num_params=853_018, paper_name="ResNet-56")
+def resnet56(
+    *, se: SEConfig, in_channels: int = 3, num_classes: int = 10, zero_init: bool = False, shortcut: Shortcut = "A"
+) -> ResNet:
+    """CIFAR ResNet-56: three stages of 9 basic units."""
+    return _cifar(56, se, in_channels, num_classes, zero_init, shortcut)
+
+
+@register_model(
+    "resnet110", stages=_CIFAR_STAGES, units=_cifar_units(110), num_params=1_727_962, paper_name="ResNet-110"
+)
+def resnet110(
+    *, se: SEConfig, in_channels: int = 3, num_classes: int = 10, zero_init: bool = False, shortcut: Shortcut = "A"
+) -> ResNet:
+    """CIFAR ResNet-110: three stages of 18 basic units."""
+    return _cifar(110, se, in_channels, num_classes, zero_init, shortcut)
 
 
 @register_model(
     "resnet164",
-    stages=(2, 3, 4),
+    stages=_CIFAR_STAGES,
     units=_units((18, 18, 18), (64, 128, 256)),
     num_params=1_704_154,
     paper_name="ResNet-164",

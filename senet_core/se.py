@@ -108,7 +108,9 @@ class SEBlock(nn.Module):
         rounding: `floor` or `divisible8`.
 
     Attributes:
-        name: the paper's block name `SE_<stage>_<block>` (e.g. SE_4_6), set by the backbone that owns it.
+        stage: the paper's stage number of the unit that holds the block (0 until a backbone places it).
+        index: the unit's 1-based position within its stage (0 until placed).
+        name: the paper's block name `SE_<stage>_<index>` (e.g. SE_4_6).
     """
 
     def __init__(
@@ -130,7 +132,8 @@ class SEBlock(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1, bias=bias)
         self.gate = _GATES[excitation]()
-        self.name = ""
+        self.stage = 0
+        self.index = 0
 
     @classmethod
     def from_config(cls, channels: int, cfg: SEConfig) -> SEBlock:
@@ -142,6 +145,16 @@ class SEBlock(nn.Module):
             bias=cfg.bias,
             rounding=cfg.rounding,
         )
+
+    def place(self, stage: int, index: int) -> SEBlock:
+        """Record where the backbone put the block: `stage` in the paper's numbering, `index` counted from 1."""
+        self.stage, self.index = stage, index
+        return self
+
+    @property
+    def name(self) -> str:
+        """`SE_<stage>_<index>`, the names of the paper's §7.2 (SE_2_3, SE_4_6, ...); empty until placed."""
+        return f"SE_{self.stage}_{self.index}" if self.stage else ""
 
     def excite(self, x: torch.Tensor) -> torch.Tensor:
         """The gate values s: shape (N, C, 1, 1), or (N, C, H, W) for NoSqueeze."""

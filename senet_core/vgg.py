@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from senet_core._init import init_weights
 from senet_core._registry import register_model
-from senet_core.resnet import _init_weights
 from senet_core.se import SEBlock, SEConfig
 
 _VGG16 = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -32,9 +32,7 @@ class VGG(nn.Module):
             for i, width in enumerate(widths, start=1):
                 layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
                 if se.active_in(g):
-                    block = SEBlock.from_config(width, se)
-                    block.name = f"SE_{g}_{i}"
-                    layers.append(block)
+                    layers.append(SEBlock.from_config(width, se).place(g, i))
                 channels = width
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
         self.features = nn.Sequential(*layers)
@@ -48,7 +46,7 @@ class VGG(nn.Module):
             nn.Dropout(0.5),
             nn.Linear(4096, num_classes),
         )
-        _init_weights(self, zero_init=False)
+        init_weights(self)
 
     def forward(self, x):  # type: ignore[no-untyped-def]
         return self.classifier(self.pool(self.features(x)).flatten(1))

@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from ablations import train as train_mod
-from ablations import worker
-from ablations.checkpoint import load_checkpoint
+from ablations.training import engine as train_mod
+from ablations.sweep import worker
+from ablations.training.checkpoint import load_checkpoint
 from ablations.cli import main
-from ablations.ledger import CLAIM_GRACE_S, Ledger, open_storage
-from ablations.runner import Sweep, SweepOptions
+from ablations.sweep.ledger import CLAIM_GRACE_S, Ledger, open_storage
+from ablations.sweep.runner import Sweep, SweepOptions
 from ablations.spec import expand, load_spec
 from ablations.tracking import Tracker
 from tests.ablations.postgres import start_postgres

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from ablations.stats import paired, rank_agreement, summarize, t_halfwidth
+from ablations.reporting.stats import paired, rank_agreement, summarize, t_halfwidth
 
 T2 = 4.302652729749  # t_{0.975} with 2 degrees of freedom (printed tables: 4.303)
 T1 = 12.706204736175  # t_{0.975} with 1 degree of freedom (12.706)

@@ -19,19 +19,20 @@ import numpy as np
 import torch
 from scipy import stats
 
-from ablations import figures
-from ablations.checkpoint import load_checkpoint
 from ablations.config import RunConfig, build_config, unflatten
 from ablations.data import build_data
 from ablations.errors import SenetError
-from ablations.spec import Trial, closure, expand, load_spec, shipped_names
-from ablations.tracking import T, open_store, tracking_uri
-from senet_core import ExcitationProbe, build_model, se_blocks
+from ablations.paths import CHECKPOINT, run_dir
+from ablations.reporting import figures
+from ablations.spec import StudySpec, Trial, closure, shipped_names
+from ablations.sweep.runner import SweepOptions, study_status
+from ablations.tracking import Tag, open_store, tracking_uri
+from ablations.training.checkpoint import load_checkpoint
+from senet_core import ExcitationProbe, SEBlock, build_model, se_blocks
 
 PER_CLASS = 50  # validation images per class, as in the paper's Figs. 6-7
 MAX_CHANNELS = 64  # channels drawn per block (the paper samples 50); the specificity score uses them all
 DEFAULT_CLASSES = 4  # classes drawn when none are named (the paper shows four)
-CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass(frozen=True)
@@ -73,14 +74,13 @@ class Excitation:
         return float(stats.spearmanr(range(len(scores)), scores).statistic)
 
 
-def last_per_stage(names: Sequence[str]) -> list[str]:
-    """`SE_<stage>_<unit>` names → the highest unit of each stage, in stage order."""
-    last: dict[int, tuple[int, str]] = {}
-    for name in names:
-        _, stage, unit = name.split("_")
-        if int(stage) not in last or int(unit) > last[int(stage)][0]:
-            last[int(stage)] = (int(unit), name)
-    return [last[s][1] for s in sorted(last)]
+def last_per_stage(blocks: Sequence[SEBlock]) -> list[str]:
+    """The name of the last SE block of each stage, in stage order (the blocks Figs. 6-7 draw)."""
+    last: dict[int, SEBlock] = {}
+    for block in blocks:
+        if block.stage not in last or block.index > last[block.stage].index:
+            last[block.stage] = block
+    return [last[s].name for s in sorted(last)]
 
 
 def class_share(values: np.ndarray, labels: np.ndarray) -> float:
@@ -119,7 +119,8 @@ def analyze(model: torch.nn.Module, loader: Any, classes: Sequence[int], per_cla
         SenetError: the model has no SE blocks, or a drawn class has no validation image.
     """
     model.eval()
-    names = list(se_blocks(model))
+    found = se_blocks(model)
+    names = list(found)
     if not names:
         raise SenetError("excitation: the model has no SE blocks (se.enabled is false)")
     ys = []
@@ -134,7 +135,7 @@ def analyze(model: torch.nn.Module, loader: Any, classes: Sequence[int], per_cla
     missing = [k for k in classes if not (labels == k).any()]
     if missing:
         raise SenetError(f"--classes: class {missing[0]} has no image in the validation split")
-    blocks = last_per_stage(names)
+    blocks = last_per_stage(list(found.values()))
     mean = {b: np.stack([gates[b][labels == k].mean(axis=0) for k in classes]) for b in blocks}
     std = {b: np.stack([_std(gates[b][labels == k]) for k in classes]) for b in blocks}
     overall = {b: gates[b].mean(axis=0) for b in blocks}
@@ -206,11 +207,9 @@ def write(ex: Excitation, out: Path, label: str) -> list[Path]:
     return [*paths, csv]
 
 
-def reference_trial(study: str, overrides: dict[str, Any]) -> Trial:
+def reference_trial(spec: StudySpec, trials: list[Trial]) -> Trial:
     """The first seed of the study's reference configuration (for a study with includes: of the first included
     study that has one)."""
-    spec = load_spec(study)
-    trials = expand(spec, overrides)
     for s in closure(spec):
         if not s.points() or not s.reference_keys():
             continue
@@ -221,13 +220,18 @@ def reference_trial(study: str, overrides: dict[str, Any]) -> Trial:
     raise SenetError(f"{spec.where}: no reference configuration among its trials (the study varies no reference key)")
 
 
-def resolve_target(target: str, *, results: Path, tracking: str | None, overrides: dict[str, Any]) -> Target:
+def study_target(spec: StudySpec, trials: list[Trial], results: Path) -> Target:
+    trial = reference_trial(spec, trials)
+    label = f"{trial.study}: {trial.label}, seed {trial.seed}"
+    return Target(trial.config, trial.key, run_dir(results, trial.key) / CHECKPOINT, label)
+
+
+def resolve_target(target: str, opts: SweepOptions) -> Target:
     """A study name or YAML path → its reference trial's first seed; otherwise an MLflow run id → that run."""
     if target in shipped_names() or target.endswith((".yaml", ".yml")) or Path(target).is_file():
-        trial = reference_trial(target, overrides)
-        label = f"{trial.study}: {trial.label}, seed {trial.seed}"
-        return Target(trial.config, trial.key, results / "runs" / trial.key / CHECKPOINT, label)
-    tracker = open_store(tracking_uri(tracking, results), results)
+        spec, trials, _ = study_status(target, opts)
+        return study_target(spec, trials, opts.results)
+    tracker = open_store(tracking_uri(opts.tracking_uri, opts.results), opts.results)
     try:
         run = tracker.client.get_run(target)
     except Exception:  # MLflow raises its own exception types for an unknown or malformed id
@@ -236,38 +240,29 @@ def resolve_target(target: str, *, results: Path, tracking: str | None, override
             f"excitation: {target!r} is neither a study ({allowed}, or a .yaml path) nor a run id in {tracker.uri}"
         ) from None
     tags, params = run.data.tags, run.data.params
-    key = tags.get(f"{T}trial_key")
-    if tags.get(f"{T}role") != "trial" or not key:
-        raise SenetError(f"excitation: run {target} is not a senet-ablate trial run (no {T}trial_key tag)")
+    key = tags.get(Tag.KEY)
+    if tags.get(Tag.ROLE) != "trial" or not key:
+        raise SenetError(f"excitation: run {target} is not a senet-ablate trial run (no {Tag.KEY} tag)")
     config = build_config(unflatten({k: json.loads(v) for k, v in params.items()}))
-    label = f"{tags.get(f'{T}label', key)}, seed {tags.get(f'{T}seed', config.seed)}"
-    return Target(config, key, results / "runs" / key / CHECKPOINT, label)
+    label = f"{tags.get(Tag.LABEL, key)}, seed {tags.get(Tag.SEED, config.seed)}"
+    return Target(config, key, run_dir(opts.results, key) / CHECKPOINT, label)
 
 
-def excitation_report(
-    target: str,
-    *,
-    results: Path,
-    tracking_uri: str | None,
-    out: Path,
-    classes: list[int] | None,
-    overrides: dict[str, Any],
-) -> list[Path]:
+def excitation_report(target: str, opts: SweepOptions, out: Path, classes: list[int] | None) -> list[Path]:
     """`senet-ablate excitation RUN_ID_OR_STUDY`: Figs. 6-7 and the specificity plot for one trained model.
 
     Args:
         target: an MLflow run id of a trial, or a study (name or YAML path) whose reference trial's first seed
             is analysed.
-        results: the results folder holding `runs/<trial key>/checkpoint.pt` (and the default tracking store).
-        tracking_uri: MLflow URI for a run id (default: $MLFLOW_TRACKING_URI, else SQLite in `results`).
+        opts: the results folder holding `runs/<trial key>/checkpoint.pt`, the stores, and the `--set` values the
+            study was swept with (they change its trial keys).
         out: where the figures and the CSV go.
         classes: class indices to draw; None = the first four.
-        overrides: `--set` values the study was swept with (they change its trial keys).
 
     Raises:
         SenetError: an unknown study or run, a missing checkpoint, a model without SE, a bad class index.
     """
-    resolved = resolve_target(target, results=results, tracking=tracking_uri, overrides=dict(overrides or {}))
+    resolved = resolve_target(target, opts)
     model, loader, num_classes = load_model(resolved)
     ex = analyze(model, loader, pick_classes(classes, num_classes))
     return write(ex, out, resolved.label)

@@ -7,7 +7,7 @@ import time
 
 from optuna.trial import TrialState
 
-from ablations.ledger import CLAIM_GRACE_S, Entry, Ledger, _process_start, host_name, is_alive, open_storage
+from ablations.sweep.ledger import CLAIM_GRACE_S, Entry, Ledger, _process_start, host_name, is_alive, open_storage
 
 
 def entry(attrs, started=None):

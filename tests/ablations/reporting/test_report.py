@@ -8,15 +8,15 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-from ablations import figures
+from ablations.reporting import figures
 from ablations.errors import SenetError
-from ablations.excitation import excitation_report
+from ablations.reporting.excitation import excitation_report
 from ablations.paper import paper_rows
-from ablations.report import paper_match, write_report
+from ablations.reporting.report import paper_match, write_report
 from ablations.spec import expand, load_spec
-from ablations.stats import summarize
+from ablations.reporting.stats import summarize
 from ablations.tracking import Tracker
-from ablations.train import train
+from ablations.training.engine import train
 
 SPEC = {
     "name": "tiny_gate",

@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ablations.stats import Summary
+from ablations.reporting.stats import Summary
 
 OURS = "tab:blue"
 PAPER = "tab:red"

@@ -9,12 +9,12 @@ import textwrap
 import pytest
 import torch
 
-from ablations import train as train_mod
-from ablations.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ablations.training import engine as train_mod
+from ablations.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ablations.config import TrainSection, build_config
 from ablations.errors import SenetError
 from ablations.recipes import RECIPES, recipe
-from ablations.train import Callback, Schedule, evaluate, failure_kind, train
+from ablations.training.engine import Callback, Schedule, evaluate, failure_kind, train
 
 TINY = {
     "model": {"name": "resnet20"},
@@ -139,7 +139,7 @@ def test_kill_9_mid_run_then_resume(tmp_path):
         import os, signal, json
         from pathlib import Path
         from ablations.config import build_config
-        from ablations.train import Callback, train
+        from ablations.training.engine import Callback, train
         class Kill(Callback):
             def on_epoch_end(self, epoch, metrics):
                 if epoch == 2:

@@ -41,8 +41,10 @@ class Postgres:
     def data(self) -> Path:
         return self.root / "data"
 
-    def url(self, db: str) -> str:
-        return f"postgresql+psycopg2://{self.user}:{self.password}@127.0.0.1:{self.port}/{db}"
+    def url(self, db: str, driver: str = "") -> str:
+        """The database's URL; plain `postgresql://` (psycopg 3, as users type it) unless a driver is named."""
+        scheme = f"postgresql+{driver}" if driver else "postgresql"
+        return f"{scheme}://{self.user}:{self.password}@127.0.0.1:{self.port}/{db}"
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         cmd = [str(self.bindir / args[0]), *args[1:]]
@@ -66,11 +68,11 @@ class Postgres:
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
 
-    def createdb(self, name: str) -> str:
+    def createdb(self, name: str, driver: str = "") -> str:
         out = self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, name)
         if out.returncode != 0:
             raise RuntimeError(f"createdb failed: {out.stderr.strip()}")
-        return self.url(name)
+        return self.url(name, driver)
 
 
 def start_postgres() -> tuple[Postgres | None, str]:
@@ -79,9 +81,10 @@ def start_postgres() -> tuple[Postgres | None, str]:
     if bindir is None:
         return None, "PostgreSQL is not installed (apt-get install postgresql; .ci/run does this)"
     try:
+        import psycopg  # noqa: F401
         import psycopg2  # noqa: F401
     except ImportError:
-        return None, "psycopg2 is not installed (pip install -e '.[dev]')"
+        return None, "psycopg and psycopg2 are not installed (pip install -e '.[dev]')"
     root = Path(tempfile.mkdtemp(prefix="senet-pg-"))
     pg = Postgres(bindir, root, _free_port(), secrets.token_hex(8))
     pwfile = root / "pw"

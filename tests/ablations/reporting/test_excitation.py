@@ -6,9 +6,9 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-from ablations import figures
+from ablations.reporting import figures
 from ablations.errors import SenetError
-from ablations.excitation import (
+from ablations.reporting.excitation import (
     Target,
     analyze,
     class_share,
@@ -17,7 +17,7 @@ from ablations.excitation import (
     load_model,
     reference_trial,
 )
-from ablations.train import train
+from ablations.training.engine import train
 
 SPEC = {
     "name": "tiny_probe",

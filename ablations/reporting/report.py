@@ -13,21 +13,21 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ablations import excitation, figures
 from ablations.config import RunConfig, build_config, cost, unflatten
 from ablations.errors import SenetError
 from ablations.paper import PaperRow, paper_rows
-from ablations.runner import SweepOptions, TrialStatus, status
-from ablations.spec import STANDARD_SE, StudySpec, Trial, closure, expand, load_spec
-from ablations.stats import Agreement, Paired, Summary, paired, rank_agreement, summarize
-from ablations.tracking import T, Tracker, open_store
-from ablations.tracking import tracking_uri as resolve_uri
+from ablations.reporting import excitation, figures
+from ablations.reporting.stats import Agreement, Paired, Summary, paired, rank_agreement, summarize
+from ablations.spec import STANDARD_SE, StudySpec, Trial, closure
+from ablations.sweep.runner import SweepOptions, study_status
+from ablations.sweep.status import TrialStatus
+from ablations.tracking import Tracker, TrialRun, open_store, tracking_uri
 from senet_core import model_info
 
 REPORTS = Path("reports")
@@ -50,12 +50,12 @@ class Cell:
 
     trial: Trial
     state: str
-    run: dict[str, Any] | None = None
+    run: TrialRun | None = None
     reason: str = ""
 
     def metric(self, name: str) -> float | None:
-        value = (self.run or {}).get(f"metrics.{name}")
-        return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+        value = self.run.metrics.get(name) if self.run is not None else None
+        return None if value is None or math.isnan(value) else float(value)
 
 
 @dataclass
@@ -95,7 +95,9 @@ class Level:
     def wall_s(self) -> float:
         """Mean wall time of the finished runs (MLflow start to end), seconds."""
         spans = [
-            (c.run["end_time"] - c.run["start_time"]) / 1000 for c in self.cells if c.state == "finished" and c.run
+            (c.run.end_ms - c.run.start_ms) / 1000
+            for c in self.cells
+            if c.state == "finished" and c.run and c.run.end_ms
         ]
         return math.fsum(spans) / len(spans) if spans else math.nan
 
@@ -207,34 +209,31 @@ def _short(label: str, study: StudySpec) -> str:
     return label
 
 
-def _cell(
-    trial: Trial, finished: dict[str, Any] | None, attempts: list[dict[str, Any]], st: TrialStatus | None
-) -> Cell:
+def _cell(trial: Trial, finished: TrialRun | None, attempts: list[TrialRun], st: TrialStatus | None) -> Cell:
     if finished is not None:
-        outcome = finished.get(f"tags.{T}outcome") or "finished"
+        outcome = finished.outcome or "finished"
         reason = ""
         if outcome == "diverged":
-            epoch = finished.get("metrics.diverged_epoch")
+            epoch = finished.metrics.get("diverged_epoch")
             reason = f"diverged at epoch {int(epoch)}" if epoch is not None and not math.isnan(epoch) else "diverged"
         return Cell(trial, outcome, finished, reason)
     ledger = st.state if st is not None else "pending"
-    statuses = {a["status"] for a in attempts}
+    statuses = {a.status for a in attempts}
     if ledger == "failed" or (ledger != "running" and "FAILED" in statuses):
         reason = st.reason if st is not None and st.reason else "run FAILED (see its traceback.txt artifact)"
         return Cell(trial, "failed", None, reason)
     if ledger == "running" or "RUNNING" in statuses:
         return Cell(trial, "running", None, "still running")
-    killed = sum(a["status"] == "KILLED" for a in attempts)
+    killed = sum(a.status == "KILLED" for a in attempts)
     return Cell(trial, "pending", None, f"killed {killed}× and not resumed yet" if killed else "no run yet")
 
 
-def _curve(tracker: Tracker, attempts: list[dict[str, Any]]) -> dict[int, float]:
+def _curve(tracker: Tracker, attempts: list[TrialRun]) -> dict[int, float]:
     """Validation top-1 error per epoch of one trial: a resumed run logs only the epochs after its restart, so
     the attempts' histories are merged in start order, a later attempt's epoch replacing an earlier one's."""
     curve: dict[int, float] = {}
     for attempt in attempts:
-        for m in tracker.client.get_metric_history(attempt["run_id"], "val_top1_err"):
-            curve[int(m.step)] = float(m.value)
+        curve |= tracker.history(attempt.run_id, "val_top1_err")
     return curve
 
 
@@ -243,22 +242,21 @@ def _studies(spec: StudySpec) -> list[StudySpec]:
     return [s for s in closure(spec) if s.points()]
 
 
-def gather(
-    spec: StudySpec, overrides: dict[str, Any], runs: pd.DataFrame, statuses: list[TrialStatus], tracker: Tracker
-) -> list[Factor]:
-    """The study's tables: its trials (from the spec) filled with their runs (from MLflow) and ledger states."""
+def gather(spec: StudySpec, statuses: list[TrialStatus], runs: list[TrialRun], tracker: Tracker) -> list[Factor]:
+    """The study's tables: its trials with their ledger states, filled with their runs (from MLflow)."""
     by_status = {s.trial.key: s for s in statuses}
-    by_key: dict[str, list[dict[str, Any]]] = {}
-    if not runs.empty:
-        for row in runs.sort_values(["start_time", "run_id"]).to_dict("records"):
-            by_key.setdefault(row[f"tags.{T}trial_key"], []).append(row)
+    by_key: dict[str, list[TrialRun]] = {}
+    for run in runs:
+        by_key.setdefault(run.key, []).append(run)
     rows = list(paper_rows())
     factors = []
     for study in _studies(spec):
-        trials = [t for t in expand(study, overrides) if t.study == study.name]
         groups: dict[str, list[Trial]] = {}
-        for t in trials:
-            groups.setdefault(t.config_hash, []).append(t)
+        for s in statuses:
+            t = s.trial
+            if study.name in t.studies:
+                label = t.labels[t.studies.index(study.name)]
+                groups.setdefault(t.config_hash, []).append(replace(t, label=label))
         tables = _table_names(study)
         published = [r for r in rows if r.table in tables]
         if published and all(r.model.startswith("se_") for r in published) and (base := _borrowed_baseline()):
@@ -268,7 +266,7 @@ def gather(
             cells = []
             for t in sorted(group, key=lambda t: t.seed):
                 attempts = by_key.get(t.key, [])
-                finished = next((a for a in attempts if a["status"] == "FINISHED"), None)
+                finished = next((a for a in attempts if a.status == "FINISHED"), None)
                 cells.append(_cell(t, finished, attempts, by_status.get(t.key)))
             config = group[0].config
             level = Level(_short(group[0].label, study), config, cells)
@@ -421,13 +419,13 @@ def _values(factors: list[Factor], pick: Callable[[Cell], list[Any]]) -> str:
 
 def _header(spec: StudySpec, factors: list[Factor]) -> list[str]:
     def tags(*names: str) -> Callable[[Cell], list[Any]]:
-        return lambda c: [c.run.get(f"tags.{T}{n}") for n in names] if c.run else []
+        return lambda c: [c.run.tag(n) for n in names] if c.run else []
 
     def version(c: Cell) -> list[str]:
         if not c.run:
             return []
-        sha = str(c.run.get(f"tags.{T}git_sha") or "unknown")[:12]
-        return [sha + (" (dirty)" if c.run.get(f"tags.{T}git_dirty") == "true" else "")]
+        sha = str(c.run.tag("git_sha") or "unknown")[:12]
+        return [sha + (" (dirty)" if c.run.tag("git_dirty") == "true" else "")]
 
     configs = [c.trial.config for f in factors for lv in f.levels for c in lv.cells]
     datasets = sorted({c.data.dataset for c in configs})
@@ -544,13 +542,11 @@ def draw(factor: Factor, out: Path) -> dict[str, str]:
     return {file: caption for file, caption, _ in made}
 
 
-def _excitation_section(
-    study: str, results: Path, out: Path, overrides: dict[str, Any]
-) -> tuple[list[str], list[Path]]:
+def _excitation_section(spec: StudySpec, trials: list[Trial], results: Path, out: Path) -> tuple[list[str], list[Path]]:
     """Figs. 6-7 for the study's reference model (first seed), or a line saying why they are missing."""
     lines = ["## Role of excitation (paper §7.2, Figs. 6-7)", ""]
     try:
-        target = excitation.resolve_target(study, results=results, tracking=None, overrides=overrides)
+        target = excitation.study_target(spec, trials, results)
     except SenetError as err:
         return [*lines, f"Not drawn: {err}.", ""], []
     if not target.checkpoint.is_file():
@@ -579,32 +575,14 @@ def _excitation_section(
     return lines, paths
 
 
-def _parent_run(tracker: Tracker, study: str) -> str | None:
-    exp = tracker.client.get_experiment_by_name(f"senet-ablate/{study}")
-    if exp is None:
-        return None
-    runs = tracker.client.search_runs([exp.experiment_id], f"tags.`{T}role` = 'parent'", max_results=1)
-    return runs[0].info.run_id if runs else None
-
-
-def write_report(
-    study: str,
-    *,
-    results: Path,
-    tracking_uri: str | None,
-    out: Path | None,
-    overrides: dict[str, Any],
-    storage: str | None = None,
-) -> Path:
+def write_report(study: str, opts: SweepOptions, out: Path | None = None) -> Path:
     """`senet-ablate report STUDY`: write `README.md`, the CSV and the figures, and log them to the parent run.
 
     Args:
         study: a shipped study name or a path to a YAML spec.
-        results: the sweep's results folder (default tracking store, ledger and checkpoints).
-        tracking_uri: MLflow URI; default: $MLFLOW_TRACKING_URI, else SQLite in `results` (as for `sweep`).
+        opts: the sweep's results folder, stores and `--set` overrides (they change its trials), and `device`
+            (what `auto` resolved to; default: as the ledger recorded it).
         out: the report folder; default `reports/<study>/`.
-        overrides: the `--set` values the study was swept with (they change its trials).
-        storage: the sweep's ledger URL (default: the journal file in `results`), for failed and pending cells.
 
     Returns:
         The path of the README.
@@ -612,30 +590,23 @@ def write_report(
     Raises:
         SenetError: an unknown study, an unreachable tracking store, or no runs of the study in it.
     """
-    overrides = dict(overrides or {})
-    spec = load_spec(study)
-    trials = expand(spec, overrides)
-    uri = resolve_uri(tracking_uri, results)
-    tracker = open_store(uri, results)
-    keys = {t.key for t in trials}
-    runs = tracker.runs_frame(f"tags.`{T}role` = 'trial'")
-    if not runs.empty:
-        runs = runs[runs[f"tags.{T}trial_key"].isin(keys)]
-    statuses = status(study, SweepOptions(results=results, storage=storage, overrides=overrides, progress=False))
-    if runs.empty and not any(s.known for s in statuses):  # a sweep that has only queued its trials still renders
+    spec, trials, statuses = study_status(study, opts)
+    uri = tracking_uri(opts.tracking_uri, opts.results)
+    tracker = open_store(uri, opts.results)
+    runs = tracker.trial_runs({t.key for t in trials})
+    if not runs and not any(s.known for s in statuses):  # a sweep that has only queued its trials still renders
         raise SenetError(f"report: no runs of study {spec.name!r} in {uri}; run `senet-ablate sweep {study}` first")
-    factors = gather(spec, overrides, runs, statuses, tracker)
+    factors = gather(spec, statuses, runs, tracker)
     out = out if out is not None else REPORTS / spec.name
     out.mkdir(parents=True, exist_ok=True)
     figs = {f.study.name: draw(f, out) for f in factors}
-    excite, excite_paths = _excitation_section(study, results, out, overrides)
+    excite, excite_paths = _excitation_section(spec, trials, opts.results, out)
     readme = out / "README.md"
     readme.write_text(render(spec, factors, figs, excite))
     csv = out / "summary.csv"
     frame(factors).to_csv(csv, index=False, float_format="%.6g", lineterminator="\n")
-    parent = _parent_run(tracker, spec.name)
+    parent = tracker.find_parent(spec.name)
     if parent is not None:
         files = [readme, csv, *(out / name for f in figs.values() for name in f), *excite_paths]
-        for path in files:
-            tracker.client.log_artifact(parent, str(path), artifact_path="report")
+        tracker.log_files(parent, files, "report")
     return readme

@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from ablations.ledger import Ledger, open_storage
+from ablations.sweep.ledger import Ledger, open_storage
 from tests.ablations.postgres import start_postgres
 from tests.ablations.test_runner import ENV, wait_for, write_spec
 

@@ -1,0 +1,68 @@
+"""The layout of a results folder and the environment variables the harness reads: one home for each.
+
+```
+results/
+  mlflow.db                 default MLflow tracking store (SQLite)
+  artifacts/<study>/        MLflow artifacts of the study's runs
+  ledger.journal            default sweep ledger (Optuna journal file), with its lock files beside it
+  runs/<key>/               one trial: checkpoint.pt, result.json, traceback.txt, train.log
+  workers/                  warm slot workers: one log and one pid record each
+  sweeps/<id>.json          what a sweep asked for (its trial keys), read by its workers
+  cache/                    torch.compile (inductor, triton) caches shared by the slots
+```
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ablations.errors import SenetError
+
+RESULTS = Path("results")  # the default results folder, relative to the working directory
+STORAGE_ENV = "SENET_ABLATE_STORAGE"  # the ledger URL; from the environment so a password never shows in `ps`
+TRACKING_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable for the tracking store
+LEDGER_FILE = "ledger.journal"
+CHECKPOINT = "checkpoint.pt"
+RESULT = "result.json"
+TRACEBACK = "traceback.txt"
+TRAIN_LOG = "train.log"
+# A trial key is `<12 hex digits of its config hash>-s<seed>`; nothing else may become a folder name, so a
+# ledger shared with others can never point a worker outside the results folder.
+_KEY = re.compile(r"[0-9a-f]{12}-s[0-9]{1,10}")
+
+
+def check_key(key: str) -> str:
+    """`key` if it is a well-formed trial key, else SenetError (it names a folder under `runs/`)."""
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        raise SenetError(f"ledger: {key!r} is not a trial key (<12 hex digits>-s<seed>); the ledger is damaged")
+    return key
+
+
+def run_dir(results: Path, key: str) -> Path:
+    """The folder of one trial: checkpoint, result, traceback and its training log."""
+    return results / "runs" / check_key(key)
+
+
+def ledger_file(results: Path) -> Path:
+    return results / LEDGER_FILE
+
+
+def mlflow_db(results: Path) -> Path:
+    return results / "mlflow.db"
+
+
+def artifacts_dir(results: Path, study: str) -> Path:
+    return results.resolve() / "artifacts" / study
+
+
+def workers_dir(results: Path) -> Path:
+    return results / "workers"
+
+
+def sweeps_dir(results: Path) -> Path:
+    return results / "sweeps"
+
+
+def cache_dir(results: Path) -> Path:
+    return results.resolve() / "cache"

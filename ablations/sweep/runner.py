@@ -1,0 +1,341 @@
+"""The sweep controller: decide from the ledger what still needs training, keep warm workers busy on it, and
+survive being killed.
+
+`sweep` expands the study, checks the stores before writing anything, creates the MLflow parent run, writes the
+sweep's manifest and repairs MLflow from the ledger; then it supervises: each pass reconciles the ledger (if no
+other process is), shows progress, adopts live workers of the same sweep on this host and starts missing ones.
+The workers claim and train; the controller never trains and never holds a lease, so killing it (kill -9, a
+dropped SSH session) loses nothing: its workers finish the sweep, and a rerun adopts them. `worker` joins a
+running sweep from another shell or host with the same loop. Ctrl-C stops the workers cleanly (their attempts
+end `stopped`, which uses no retry); a second Ctrl-C exits at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optuna.trial import TrialState
+
+from ablations.config import Host
+from ablations.errors import SenetError
+from ablations.paths import RESULTS, STORAGE_ENV, TRACKING_ENV, ledger_file
+from ablations.spec import StudySpec, Trial, expand, load_spec
+from ablations.sweep.ledger import Ledger, check_storage, is_journal, pid_alive
+from ablations.sweep.manifest import Manifest
+from ablations.sweep.progress import Progress
+from ablations.sweep.reconcile import Reconciler, end_runs, repair
+from ablations.sweep.slots import Slot, cpu_threads, live_workers, log_path, pack, worker_env
+from ablations.sweep.status import TrialStatus, statuses, ticket_of
+from ablations.sweep.worker import EXIT_DONE, EXIT_RECYCLE, EXIT_STOPPED
+from ablations.tracking import Tag, Tracker, code_version, tracking_uri
+
+POLL_S = 1.0  # seconds between the controller's passes
+RESPAWNS = 3  # a slot whose worker dies this many times in a row without finishing a trial is given up
+MAX_TRIALS = 100_000  # trials one sweep may expand to
+
+
+@dataclass
+class SweepOptions:
+    """Where and how a sweep runs (CLI flags)."""
+
+    results: Path = RESULTS
+    storage: str | None = None  # ledger URL; default: journal file under results
+    tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite in results
+    workers: int = 1  # CPU slots (one warm worker each)
+    gpus: list[str] = field(default_factory=list)  # CUDA devices; slots pinned with CUDA_VISIBLE_DEVICES
+    trials_per_gpu: int | None = 1  # slots per GPU; None = auto (measure, then pack)
+    max_retries: int = 1  # failed attempts (crash, oom) a trial may have before it counts as failed
+    fail_fast: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+    recycle_after: int = 50  # trials per worker process before it is replaced (1 = a fresh process per trial)
+    max_rss_mb: float | None = None  # a worker past this resident memory is replaced after its trial
+    device: str | None = None  # what `auto` resolved to for reading a sweep back (status, report); None = ask
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or str(ledger_file(self.results))
+
+    def slots(self) -> list[Slot]:
+        if self.gpus:
+            per = self.trials_per_gpu or 1
+            return [Slot(i * per + j, g) for i, g in enumerate(self.gpus) for j in range(per)]
+        return [Slot(i) for i in range(self.workers)]
+
+
+@dataclass
+class Stores:
+    """The tracking store and the ledger, opened and checked before anything is written."""
+
+    tracker: Tracker
+    ledger: Ledger
+
+    @classmethod
+    def open(cls, opts: SweepOptions) -> Stores:
+        """Remote stores are checked first, so a server or database that is down stops us before anything is
+        written; then the results folder, the SQLite database (created once, here) and the journal file."""
+        uri = tracking_uri(opts.tracking_uri, opts.results)
+        check_storage(opts.storage_url)
+        tracker = Tracker(uri, opts.results)
+        if not uri.startswith("sqlite:"):
+            tracker.check()
+        ledger = None if is_journal(opts.storage_url) else Ledger.open(opts.storage_url)
+        check_writable(opts.results)
+        if uri.startswith("sqlite:"):
+            tracker.check()  # a SQLite client creates its database at once
+        return cls(tracker, ledger or Ledger.open(opts.storage_url))
+
+
+def check_writable(results: Path) -> None:
+    """The results folder exists (or is created) and takes a file; else one clear line, nothing written."""
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+        probe = results / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise SenetError(f"--results: {results} is not a writable folder ({err.strerror or err})") from None
+
+
+def check_host(trials: list[Trial], host: Host) -> None:
+    """Refuse, before anything runs, trials this host cannot serve (CUDA asked for, none visible)."""
+    if host.device == "cuda":
+        return
+    wanting = [t for t in trials if t.config.train.device == "cuda"]
+    if wanting:
+        raise SenetError(
+            f"train.device: 'cuda' requested ({wanting[0].label}, and {len(wanting) - 1} more) but this host has no "
+            "CUDA device; allowed here: auto, cpu (or run the sweep on a GPU host)"
+        )
+
+
+def plan_trials(spec: StudySpec, opts: SweepOptions, host: Host) -> list[Trial]:
+    trials = expand(spec, opts.overrides, host=host)
+    if len(trials) > MAX_TRIALS:
+        raise SenetError(f"{spec.where}: {len(trials)} trials; allowed: at most {MAX_TRIALS} in one sweep")
+    return trials
+
+
+class Sweep:
+    """One study's sweep on one host: supervise warm workers until every trial is done or out of retries."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        trials: list[Trial],
+        opts: SweepOptions,
+        stores: Stores,
+        parent: str | None,
+        joining: bool,
+    ) -> None:
+        self.spec, self.trials, self.opts = spec, trials, opts
+        self.tracker, self.ledger = stores.tracker, stores.ledger
+        self.results = opts.results
+        self.manifest = Manifest(spec.name, parent, {t.key: ticket_of(t) for t in trials}, opts.max_retries,
+                                 code_version(), opts.recycle_after, opts.max_rss_mb, opts.fail_fast)  # fmt: skip
+        self.reconciler = Reconciler(self.ledger, self.say)
+        self.stop = threading.Event()
+        self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self.deaths: dict[int, int] = {}  # slot → worker deaths in a row without a finished trial
+        self.given_up: set[int] = set()
+        self.per_gpu = opts.trials_per_gpu or 1
+        # A joiner's slots are numbered apart from the controller's, so on one host it adds workers (and a rerun of
+        # either adopts its own).
+        self.slot_base = JOINER_SLOTS if joining else 0
+        self.failed_fast = False
+        self.statuses: list[TrialStatus] = []
+
+    def say(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """0 when every trial is done (diverged counts), 1 when some failed, 130 when stopped."""
+        manifest_path = self.manifest.write(self.results)
+        keys = self.manifest.keys
+        attempts, ended = self.reconciler.reconcile(self.manifest.tickets, self.opts.max_retries, blocking=True)
+        end_runs(self.tracker, ended)
+        self._repair(attempts)
+        with Progress(self.opts.progress, len(self.trials)) as progress:
+            while not self.stop.is_set():
+                attempts, ended = self.reconciler.reconcile(self.manifest.tickets, self.opts.max_retries)
+                end_runs(self.tracker, ended)
+                ours = [a for a in attempts if a.key in keys]
+                self.statuses = statuses(self.trials, ours, self.opts.max_retries)
+                settled = sum(s.state in ("done", "failed") for s in self.statuses)
+                progress.show(settled, ours)
+                if settled == len(self.trials):
+                    break
+                if self.opts.fail_fast and any(s.state == "failed" for s in self.statuses):
+                    self.failed_fast = True
+                    break
+                if not self._staff(manifest_path, ours) and not any(a.state == TrialState.RUNNING for a in ours):
+                    self.say(f"sweep: every worker slot died {RESPAWNS} times in a row before finishing a trial; "
+                             f"see {log_path(self.results, self.manifest.id, Slot(0))}")  # fmt: skip
+                    break
+                time.sleep(POLL_S)
+        self._wind_down(stopping=self.stop.is_set() or self.failed_fast)
+        attempts = self.ledger.attempts()
+        self._repair(attempts)
+        self.statuses = statuses(self.trials, [a for a in attempts if a.key in keys], self.opts.max_retries)
+        if self.stop.is_set():
+            return 130
+        return 0 if all(s.state == "done" for s in self.statuses) else 1
+
+    def _repair(self, attempts: list[Any]) -> None:
+        repair(self.tracker, attempts, self.manifest.keys, self.results, self.spec.name, self.manifest.parent_run,
+               self.manifest.code, self.say)  # fmt: skip
+
+    # -- workers ------------------------------------------------------------------------------------------------
+    def _slots(self, attempts: list[Any]) -> list[Slot]:
+        if self.opts.gpus and self.opts.trials_per_gpu is None:
+            self.per_gpu = max(self.per_gpu, self._packed(attempts))
+            slots = [Slot(i * MAX_SLOTS + j, g) for i, g in enumerate(self.opts.gpus) for j in range(self.per_gpu)]
+        else:
+            slots = self.opts.slots()
+        return [Slot(self.slot_base + s.index, s.gpu) for s in slots]
+
+    def _packed(self, attempts: list[Any]) -> int:
+        """`--trials-per-gpu auto`: trials that fit beside each other, from the measured footprint of the
+        configurations still to train (one slot until one of them was measured)."""
+        measured: dict[str, float] = {}
+        total = 0.0
+        for a in attempts:
+            if a.memory:
+                need = a.memory["reserved_mb"] + a.memory["context_mb"]
+                measured[a.ticket.config_hash] = max(measured.get(a.ticket.config_hash, 0.0), need)
+                total = a.memory["total_mb"]
+        pending = {s.trial.config_hash for s in self.statuses if s.state in ("pending", "running")}
+        needs = [measured[h] for h in pending if h in measured]
+        return pack(total, needs) if needs and total else 1
+
+    def _staff(self, manifest_path: Path, attempts: list[Any]) -> bool:
+        """Adopt live workers, start the missing ones where there is work; False when every slot was given up."""
+        for index, proc in list(self.children.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del self.children[index]
+            if code in (EXIT_DONE, EXIT_RECYCLE, EXIT_STOPPED):
+                self.deaths[index] = 0
+            else:
+                self.deaths[index] = self.deaths.get(index, 0) + 1
+                if self.deaths[index] >= RESPAWNS:
+                    self.given_up.add(index)
+        waiting = any(a.state == TrialState.WAITING for a in attempts)
+        live = {w.slot for w in live_workers(self.results, self.manifest.id)}
+        slots = self._slots(attempts)
+        for slot in slots:
+            if slot.index in self.children or slot.index in live or slot.index in self.given_up or not waiting:
+                continue
+            self.children[slot.index] = self._spawn(slot, manifest_path, len(slots))
+        return len(self.given_up) < len(slots)
+
+    def _spawn(self, slot: Slot, manifest_path: Path, slots: int) -> subprocess.Popen[bytes]:
+        env = worker_env(dict(os.environ), slot, cpu_threads(slots), self.results)
+        env[STORAGE_ENV] = self.opts.storage_url  # by environment: a password must never show in `ps`
+        env[TRACKING_ENV] = self.tracker.uri
+        cmd = [sys.executable, "-m", "ablations.sweep.worker", "--manifest", str(manifest_path),
+               "--results", str(self.results), "--slot", str(slot.index)]  # fmt: skip
+        if slot.gpu is not None:
+            cmd += ["--gpu", slot.gpu]
+        log = log_path(self.results, self.manifest.id, slot)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:  # the worker's own file: it outlives us, a pipe would not
+            return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)  # fmt: skip
+
+    def terminate(self) -> None:
+        """SIGTERM to every worker of this sweep on this host (ours and adopted): they end their attempts as
+        `stopped` and their runs KILLED."""
+        pids = {p.pid for p in self.children.values()} | {w.pid for w in live_workers(self.results, self.manifest.id)}
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def _wind_down(self, stopping: bool, timeout: float = 60.0) -> None:
+        """Stopping: terminate the workers and wait for them. Done: let ours see that nothing is left and exit."""
+        if stopping:
+            self.terminate()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for index, proc in list(self.children.items()):
+                if proc.poll() is not None:
+                    del self.children[index]
+            alive = [w for w in live_workers(self.results, self.manifest.id) if pid_alive(w.pid, w.start)]
+            if not self.children and (not stopping or not alive):
+                return
+            time.sleep(0.2)
+        self.terminate()
+
+
+MAX_SLOTS = 1000  # slot numbers per GPU under --trials-per-gpu auto (GPU i has slots i*1000 ...)
+JOINER_SLOTS = 500_000  # first slot number of a joining `worker`
+
+
+def _install_signals(sweep: Sweep) -> None:
+    """First Ctrl-C/SIGTERM: stop the workers cleanly; a second one exits at once."""
+
+    def handler(signum: int, _frame: object) -> None:
+        if sweep.stop.is_set():
+            os._exit(130)
+        sweep.stop.set()
+        sweep.say("\nstopping: running trials end as stopped and resume next time (Ctrl-C again to exit now)")
+        sweep.terminate()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run(study: str, opts: SweepOptions, create: bool = True) -> tuple[int, list[TrialStatus]]:
+    """`sweep` (create=True) and `worker` (create=False: join a sweep whose parent run exists).
+
+    Raises:
+        SenetError: bad input, an unreachable store, no sweep to join; before anything is written.
+    """
+    spec = load_spec(study)
+    host = Host.here()
+    trials = plan_trials(spec, opts, host)
+    check_host(trials, host)
+    stores = Stores.open(opts)
+    if create:
+        parent = stores.tracker.parent_run(spec.name, spec.description, {Tag.HOST_DEVICE: host.device})
+        stores.ledger.set_note(spec.name, {"device": host.device})
+    else:
+        parent = stores.tracker.find_parent(spec.name)
+        if parent is None:
+            raise SenetError(f"worker: no sweep of {spec.name!r} in {stores.tracker.uri}; start one with `sweep`")
+    sweep = Sweep(spec, trials, opts, stores, parent, joining=not create)
+    _install_signals(sweep)
+    code = sweep.run()
+    if create:
+        stores.tracker.finish_parent(parent, code == 0)
+    return code, sweep.statuses
+
+
+def study_status(study: str, opts: SweepOptions) -> tuple[StudySpec, list[Trial], list[TrialStatus]]:
+    """A study's trials and where each stands, read from the ledger without changing it.
+
+    `auto` settings resolve as the study's last sweep resolved them (recorded in the ledger), unless
+    `opts.device` says otherwise; with no ledger yet, for this host.
+    """
+    spec = load_spec(study)
+    url = opts.storage_url
+    check_storage(url)
+    if is_journal(url) and not Path(url.removeprefix("journal://")).exists():
+        trials = plan_trials(spec, opts, Host(opts.device) if opts.device else Host.here())  # type: ignore[arg-type]
+        return spec, trials, statuses(trials, [], opts.max_retries)
+    ledger = Ledger.open(url)
+    device = opts.device or ledger.note(spec.name).get("device")
+    trials = plan_trials(spec, opts, Host(device) if device else Host.here())
+    keys = {t.key for t in trials}
+    return spec, trials, statuses(trials, [a for a in ledger.attempts() if a.key in keys], opts.max_retries)

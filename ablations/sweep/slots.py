@@ -1,0 +1,158 @@
+"""Slots: where warm workers run (a CPU share or a GPU), how they share a GPU, and how many fit on one.
+
+Each slot is one long-lived worker process. On a GPU host every slot is pinned to one device; several slots
+may share a device (`--trials-per-gpu`), holding it shared, while a trial retried after running out of memory
+holds it exclusively. `--trials-per-gpu auto` starts one slot per GPU and adds slots once the pending trials'
+memory is measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ablations.errors import SenetError
+from ablations.paths import cache_dir, workers_dir
+from ablations.sweep.ledger import host_id, pid_alive, process_start
+
+# A CUDA device as CUDA_VISIBLE_DEVICES takes it: an index, a GPU UUID or a MIG instance.
+_GPU_ID = re.compile(r"\d+|GPU-[0-9A-Fa-f-]{8,}|MIG-[0-9A-Za-z/-]{8,}")
+HEADROOM = 0.15  # share of a GPU's memory kept free when packing trials onto it
+CONTEXT_MB = 512.0  # a CUDA context's memory when it cannot be measured
+MAX_PER_GPU = 32
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One worker's place: its index and its GPU (None on the CPU)."""
+
+    index: int
+    gpu: str | None = None
+
+
+def parse_gpus(text: str) -> list[str]:
+    """`0,1` / `GPU-<uuid>,...` / `MIG-<uuid>,...` → ids; anything else a SenetError naming what is allowed."""
+    ids = [g.strip() for g in text.split(",") if g.strip()]
+    for g in ids:
+        if not _GPU_ID.fullmatch(g):
+            raise SenetError(f"--gpus: {g!r} is not allowed; allowed: device indices, GPU-<uuid> or MIG-<uuid> ids")
+    if len(set(ids)) != len(ids):
+        raise SenetError(f"--gpus: {text!r} names a device twice")
+    return ids
+
+
+def cpu_threads(slots: int) -> int:
+    """Threads per slot: the cores shared out, at least one (oversubscribed OpenMP threads stall each other)."""
+    return max(1, (os.cpu_count() or 1) // max(1, slots))
+
+
+def worker_env(base: dict[str, str], slot: Slot, threads: int, results: Path) -> dict[str, str]:
+    """The environment of a slot's worker: its GPU, its thread budget and the compile caches it shares."""
+    env = dict(base)
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    env["SENET_ABLATE_THREADS"] = env["OMP_NUM_THREADS"]
+    env["TORCHINDUCTOR_COMPILE_THREADS"] = str(threads)
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir(results) / "inductor")
+    env["TRITON_CACHE_DIR"] = str(cache_dir(results) / "triton")
+    if slot.gpu is not None:
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # indices as nvidia-smi prints them
+        env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+    return env
+
+
+def pack(total_mb: float, needs_mb: Iterable[float], headroom: float = HEADROOM, cap: int = MAX_PER_GPU) -> int:
+    """How many trials fit on a GPU of `total_mb`: the largest measured need (reserved memory plus the CUDA
+    context) into the memory left after `headroom`; at least one, at most `cap`."""
+    need = max(needs_mb, default=0.0)
+    if need <= 0:
+        return 1
+    return max(1, min(cap, int(total_mb * (1 - headroom) // need)))
+
+
+class GpuPermit:
+    """Shared or exclusive use of one GPU by the slot workers pinned to it, across processes.
+
+    Both are one `flock` call on one file, so an exclusive taker gets the whole device at once or waits (never
+    half of several permits); before it waits it closes a gate that new shared takers pass, so a stream of small
+    trials cannot starve it. The kernel frees both locks when a holder dies.
+    """
+
+    def __init__(self, results: Path, gpu: str) -> None:
+        folder = results / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        safe = re.sub(r"[^0-9A-Za-z-]", "_", gpu)
+        self.main = folder / f"gpu-{safe}.lock"
+        self.gate = folder / f"gpu-{safe}.gate"
+
+    @contextlib.contextmanager
+    def hold(self, exclusive: bool) -> Iterator[None]:
+        gate = os.open(self.gate, os.O_RDWR | os.O_CREAT, 0o644)
+        main = os.open(self.main, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if exclusive:
+                fcntl.flock(gate, fcntl.LOCK_EX)
+                fcntl.flock(main, fcntl.LOCK_EX)
+            else:
+                fcntl.flock(gate, fcntl.LOCK_SH)  # passes unless an exclusive taker is waiting or running
+                fcntl.flock(gate, fcntl.LOCK_UN)
+                fcntl.flock(main, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(main)  # closing drops the locks
+            os.close(gate)
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A live worker as its pid file describes it."""
+
+    pid: int
+    start: int | None
+    slot: int
+    gpu: str | None
+    path: Path
+
+    def alive(self) -> bool:
+        return pid_alive(self.pid, self.start)
+
+
+def _folder(results: Path, manifest_id: str) -> Path:
+    return workers_dir(results) / manifest_id
+
+
+def register(results: Path, manifest_id: str, slot: Slot) -> Path:
+    """The calling worker's pid file: how a rerun of its sweep on this host finds and adopts it."""
+    folder = _folder(results, manifest_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    pid = os.getpid()
+    path = folder / f"{re.sub(r'[^0-9A-Za-z-]', '_', host_id())}-{pid}.json"
+    path.write_text(json.dumps({"pid": pid, "start": process_start(pid), "slot": slot.index, "gpu": slot.gpu}))
+    return path
+
+
+def live_workers(results: Path, manifest_id: str) -> list[WorkerRecord]:
+    """The workers of one sweep on this host that are still alive; the files of dead ones are removed."""
+    folder = _folder(results, manifest_id)
+    prefix = re.sub(r"[^0-9A-Za-z-]", "_", host_id()) + "-"
+    out = []
+    for path in sorted(folder.glob(f"{prefix}*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text())
+            record = WorkerRecord(int(data["pid"]), data.get("start"), int(data["slot"]), data.get("gpu"), path)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if record.alive():
+            out.append(record)
+        else:
+            path.unlink(missing_ok=True)
+    return out
+
+
+def log_path(results: Path, manifest_id: str, slot: Slot) -> Path:
+    return _folder(results, manifest_id) / f"slot{slot.index}.log"

@@ -1,0 +1,319 @@
+"""A warm slot worker: one long-lived process that claims, trains and records trials one after another.
+
+`python -m ablations.sweep.worker --manifest results/sweeps/<id>.json --slot N [--gpu ID]`, started by a
+sweep (never by hand). It keeps its imports, CUDA context, MLflow client, decoded datasets and compiled models
+between trials, and is replaced by a fresh process after a failure, after `recycle_after` trials or when its
+memory grows past the limit. It writes to its own log file, never to its controller, and owns its leases: when
+the controller dies it finishes its trial, records it, and goes on until the sweep is done.
+
+Per attempt: claim (the ledger's compare-and-set), heartbeat, MLflow run, train (checkpoint every epoch, the
+lease checked before each write), then result → ledger → MLflow: the run is FINISHED only after the ledger
+accepted the result. Exit codes: 0 nothing left, 3 recycle me, 5 stopped by a signal; anything else a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+import yaml
+
+from ablations.config import RunConfig, build_config, flatten, input_shape
+from ablations.errors import SenetError
+from ablations.paths import STORAGE_ENV, TRACEBACK, TRACKING_ENV, TRAIN_LOG, run_dir
+from ablations.sweep.ledger import Attempt, LeaseLost, Ledger, Owner, Ticket
+from ablations.sweep.manifest import Manifest
+from ablations.sweep.reconcile import Reconciler, end_runs
+from ablations.sweep.slots import CONTEXT_MB, GpuPermit, Slot, register
+from ablations.sweep.status import COUNTED, FINAL, by_key, classify_attempts
+from ablations.tracking import RunLog, Tracker, code_tags, environment_tags
+from ablations.training.engine import Callback, RunResult, Warm, is_out_of_memory, train
+from senet_core import build_model, se_blocks
+
+EXIT_DONE, EXIT_RECYCLE, EXIT_STOPPED = 0, 3, 5
+IDLE_S = 0.5  # pause between looks at the ledger while other workers' trials run
+
+
+class Stop(BaseException):
+    """SIGTERM or SIGINT from the sweep: the attempt ends as `stopped` (no retry used), its run KILLED."""
+
+
+def failpoint(name: str) -> None:
+    """Die here when `SENET_ABLATE_FAILPOINT` names this point: fault tests place a crash exactly (e.g. between
+    the ledger's COMPLETE and MLflow's FINISHED). A no-op otherwise."""
+    if os.environ.get("SENET_ABLATE_FAILPOINT") == name:
+        os._exit(86)
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise Stop(signal.Signals(signum).name)
+
+
+class Heartbeat:
+    """Beats an attempt's lease every `period` seconds on a thread; notices when the lease was taken away."""
+
+    def __init__(self, ledger: Ledger, trial_id: int, period: float) -> None:
+        self.ledger, self.trial_id, self.period = ledger, trial_id, period
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        count = 1
+        while not self._stop.wait(self.period):
+            count += 1
+            try:
+                self.ledger.update(self.trial_id, beat=count)
+            except LeaseLost:
+                self.lost.set()
+                return
+            except Exception as err:  # a lost beat must not kill training; the next one may get through
+                print(f"heartbeat failed: {type(err).__name__}", file=sys.stderr, flush=True)
+
+
+class Track(Callback):
+    """Per-epoch metrics to MLflow (buffered), progress and the lease to the ledger."""
+
+    def __init__(self, worker: Worker, attempt: Attempt, run_id: str | None, beat: Heartbeat) -> None:
+        self.worker, self.attempt, self.run_id, self.beat = worker, attempt, run_id, beat
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        run_id, tracker = self.run_id, self.worker.tracker
+        if run_id:
+            cfg = build_config(self.attempt.ticket.config)
+            text = json.dumps(info, indent=1, default=str)
+            self.worker.runlog.submit(lambda: tracker.log_text(run_id, text, "start.json"))
+            # built on the logging thread, off the training path
+            self.worker.runlog.submit(lambda: tracker.log_text(run_id, model_summary(cfg, info), "model_summary.txt"))
+
+    def before_save(self, epoch: int) -> None:
+        if self.beat.lost.is_set() or self.worker.ledger.attempt(self.attempt.trial_id).state.name != "RUNNING":
+            raise LeaseLost
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        if self.run_id:
+            run_id = self.run_id
+            self.worker.runlog.submit(lambda: self.worker.tracker.log_epoch(run_id, epoch, metrics))
+        self.worker.ledger.update(self.attempt.trial_id, epoch=epoch)
+
+
+def model_summary(cfg: RunConfig, info: dict[str, Any]) -> str:
+    """The network as built for this trial, its cost and its SE blocks by paper name."""
+    channels, size, classes = input_shape(cfg)
+    with torch.device("meta"):
+        net = build_model(cfg.model.name, cfg.model_options(channels, classes))
+    blocks = ", ".join(f"{n} ({b.channels}→{b.fc1.out_channels})" for n, b in se_blocks(net).items()) or "none"
+    head = f"{cfg.model.name}: {info['params']:,} params, {info['gflops']:.4f} GFLOPs at {channels}×{size}×{size}"
+    return f"{head}\nSE blocks (channels→hidden): {blocks}\n\n{net}\n"
+
+
+class Worker:
+    """One slot's loop: claim, train, record, until the sweep has nothing left for it."""
+
+    def __init__(self, manifest: Manifest, results: Path, slot: Slot, storage: str, uri: str) -> None:
+        self.manifest, self.results, self.slot = manifest, results, slot
+        self.ledger = Ledger.open(storage)
+        self.tracker = Tracker(uri, results)
+        self.runlog = RunLog()
+        self.reconciler = Reconciler(self.ledger, self.note)
+        self.owner = Owner.me()
+        self.warm = Warm()
+        self.permit = GpuPermit(results, slot.gpu) if slot.gpu is not None else None
+        self.cuda = torch.cuda.is_available()
+        self.trained = 0
+
+    def note(self, text: str) -> None:
+        print(f"{datetime.now():%H:%M:%S} slot {self.slot.index}: {text}", flush=True)
+
+    def serves(self, ticket: Ticket) -> bool:
+        """Whether this worker can run the ticket (a CUDA trial needs a visible CUDA device)."""
+        return self.cuda or ticket.config.get("train", {}).get("device") != "cuda"
+
+    def run(self) -> int:
+        register(self.results, self.manifest.id, self.slot)
+        while True:
+            if self.trained >= self.manifest.recycle_after or self._too_big():
+                self.note(f"recycled after {self.trained} trials")
+                return EXIT_RECYCLE
+            attempt = self.ledger.claim(self.manifest.keys, self.owner, self.serves)
+            if attempt is None:
+                if self._settled():
+                    return EXIT_DONE
+                time.sleep(IDLE_S)
+                continue
+            kind = self.run_attempt(attempt)
+            self.trained += 1
+            if self.manifest.fail_fast and kind in (*FINAL, *COUNTED) and self._failed(attempt.key):
+                self.note(f"{attempt.ticket.label} seed {attempt.ticket.seed} failed: stopping (--fail-fast)")
+                return EXIT_DONE
+            if kind in ("crash", "oom"):
+                return EXIT_RECYCLE  # a fresh process for the next trial: nothing of a failure leaks into it
+
+    def _too_big(self) -> bool:
+        limit = self.manifest.max_rss_mb
+        return limit is not None and psutil.Process().memory_info().rss / 2**20 > limit
+
+    def _failed(self, key: str) -> bool:
+        mine = [a for a in self.ledger.attempts() if a.key == key]
+        return classify_attempts(mine, self.manifest.max_retries) == "failed"
+
+    def _settled(self) -> bool:
+        """Reconcile (if no one else is) and say whether every trial of the sweep is done or failed."""
+        attempts, ended = self.reconciler.reconcile(self.manifest.tickets, self.manifest.max_retries)
+        end_runs(self.tracker, ended)
+        grouped = by_key(attempts)
+        return all(
+            classify_attempts(grouped.get(k, []), self.manifest.max_retries) in ("done", "failed")
+            for k in self.manifest.keys
+        )
+
+    # -- one attempt --------------------------------------------------------------------------------------------
+    def run_attempt(self, attempt: Attempt) -> str:
+        """Train one claimed attempt and end it in the ledger and MLflow; returns its class."""
+        t = attempt.ticket
+        folder = run_dir(self.results, t.key)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.note(f"{t.label} seed {t.seed}: attempt {t.number} (ledger id {attempt.trial_id})")
+        run_id: str | None = None
+        with (
+            open(folder / TRAIN_LOG, "a") as logfile,
+            Heartbeat(self.ledger, attempt.trial_id, self.ledger.liveness.heartbeat_s) as beat,
+        ):
+            log = _logger(logfile)
+            try:
+                cfg = build_config(t.config)
+                run_id = self._start_run(attempt, cfg)
+                failpoint("before_training")
+                with self.permit.hold(t.exclusive) if self.permit is not None else _nothing():
+                    result = train(cfg, folder, [Track(self, attempt, run_id, beat)], log=log, warm=self.warm)
+                return self._record(attempt, run_id, result)
+            except Stop as sig:
+                self._end(attempt, run_id, "stopped", f"stopped by {sig}", "KILLED")
+                raise
+            except LeaseLost:
+                now = self.ledger.attempt(attempt.trial_id)
+                why = f"superseded: the ledger ended this attempt ({now.kind or now.state.name}: {now.reason})"
+                log(why)
+                if run_id:
+                    self.runlog.call(lambda: self.tracker.end(run_id, "KILLED", why))
+                return "lost"
+            except Exception as err:
+                kind = "config" if isinstance(err, SenetError) else "oom" if is_out_of_memory(err) else "crash"
+                text = traceback.format_exc()
+                (folder / TRACEBACK).write_text(text)
+                log(text)
+                if run_id:
+                    self.runlog.submit(lambda: self.tracker.log_text(run_id, text, TRACEBACK))
+                reason = str(err).strip().splitlines()[0][:500] if str(err).strip() else type(err).__name__
+                self._end(attempt, run_id, kind, reason, "FAILED")
+                return kind
+
+    def _start_run(self, attempt: Attempt, cfg: RunConfig) -> str | None:
+        """The attempt's MLflow run (None if MLflow stays unreachable: the sweep builds it later from the result)."""
+        t = attempt.ticket
+        info = {"key": t.key, "config_hash": t.config_hash, "seed": t.seed, "label": t.label, "factors": t.factors,
+                "attempt": t.number, "attempt_id": attempt.trial_id, "flat": flatten(t.config)}  # fmt: skip
+        tags = {**environment_tags(cfg.train.device), **code_tags(self.manifest.code)}
+        created: list[str] = []
+        study, parent = self.manifest.study, self.manifest.parent_run
+        if not self.runlog.call(lambda: created.append(self.tracker.start_trial(study, parent, info, tags))):
+            return None
+        run_id = created[0]
+        self.ledger.update(attempt.trial_id, run_id=run_id)
+        config_text = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
+        self.runlog.submit(lambda: self.tracker.log_text(run_id, config_text, "config.yaml"))
+        return run_id
+
+    def _record(self, attempt: Attempt, run_id: str | None, result: RunResult) -> str:
+        """Result → ledger → MLflow: FINISHED only once the ledger accepted the result."""
+        if run_id:
+            self.runlog.flush()
+            self.runlog.call(lambda: self.tracker.log_summary(run_id, result.summary, result.status))
+            if result.notes:
+                notes = "\n".join(result.notes)
+                self.runlog.submit(lambda: self.tracker.log_text(run_id, notes, "notes.txt"))
+        value = result.summary.get("final_val_top1_err", float("nan"))
+        extra = {"memory": self._memory()} if self.cuda else {}
+        self.ledger.complete(attempt.trial_id, value, result.status, **extra)
+        failpoint("after_complete")
+        if run_id:
+            self.runlog.call(lambda: self.tracker.end(run_id, "FINISHED"))
+        self.note(f"{attempt.ticket.label} seed {attempt.ticket.seed}: {result.status}")
+        return result.status
+
+    def _end(self, attempt: Attempt, run_id: str | None, kind: str, reason: str, status: str) -> None:
+        if self.ledger.fail(attempt.trial_id, kind, reason, **({"run_id": run_id} if run_id else {})):
+            self.note(f"{attempt.ticket.label} seed {attempt.ticket.seed}: {kind}: {reason}")
+        if run_id:
+            self.runlog.call(lambda: self.tracker.end(run_id, status, f"{kind}: {reason}"))
+
+    def _memory(self) -> dict[str, float]:
+        """Peak reserved memory of the last trial, this process's CUDA context and the device's total (MB)."""
+        total = torch.cuda.get_device_properties(0).total_memory / 2**20
+        return {"reserved_mb": torch.cuda.max_memory_reserved() / 2**20, "context_mb": CONTEXT_MB, "total_mb": total}
+
+
+def _logger(logfile: Any) -> Callable[[str], None]:
+    def log(text: str) -> None:
+        logfile.write(f"{datetime.now():%Y-%m-%d %H:%M:%S} {text}\n")
+        logfile.flush()
+
+    return log
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ablations.sweep.worker")
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--results", type=Path, required=True)
+    p.add_argument("--slot", type=int, required=True)
+    p.add_argument("--gpu", help="the CUDA device this slot is pinned to (CUDA_VISIBLE_DEVICES is set for it)")
+    a = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a dropped SSH session must not take the worker with it
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    threads = os.environ.get("SENET_ABLATE_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+    storage, uri = os.environ.get(STORAGE_ENV), os.environ.get(TRACKING_ENV)
+    if not storage or not uri:
+        p.error(f"{STORAGE_ENV} and {TRACKING_ENV} must be set (the sweep passes them by environment)")
+    try:
+        worker = Worker(Manifest.read(a.manifest), a.results, Slot(a.slot, a.gpu), storage, uri)
+        return worker.run()
+    except Stop:
+        return EXIT_STOPPED
+    except SenetError as err:
+        print(f"worker: error: {err}", file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,416 @@
+"""The training engine: one run of one configuration, on CUDA when present, resumable from any epoch.
+
+Data order, augmentation and model init are seeded, and every epoch ends with an atomic checkpoint holding
+the model, optimizer, schedule and RNG states, so a killed run continues where it stopped and, on the CPU,
+ends with the same weights as an uninterrupted one. The engine knows nothing of MLflow or the ledger: the sweep
+listens through `Callback`. A long-lived worker passes a `Warm` cache so that consecutive runs reuse decoded
+datasets and compiled models.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ablations.config import RunConfig, network_cost
+from ablations.data import DataBundle, DataCache, build_data
+from ablations.errors import SenetError
+from ablations.paths import CHECKPOINT, RESULT
+from ablations.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ablations.training.schedule import Schedule
+from senet_core import Complexity, build_model
+
+Autocast = Callable[[], AbstractContextManager[Any]]
+# Messages of allocation failures that do not arrive as torch.OutOfMemoryError: cuBLAS and cuDNN workspaces
+# fail inside their own libraries and surface as RuntimeError with their status names.
+_OOM_TEXT = ("out of memory", "cublas_status_alloc_failed", "cudnn_status_alloc_failed", "cudaerrormemoryallocation")
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite at `epoch` (1-based), `step` (0-based within it)."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        super().__init__(f"loss is not finite at epoch {epoch}, step {step}")
+        self.epoch, self.step = epoch, step
+
+
+class Callback:
+    """Hooks the sweep worker uses to track a run; every method is optional."""
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        """Before the first epoch: params, gflops, device, resumed_from (epochs restored), config hash."""
+
+    def before_save(self, epoch: int) -> None:
+        """Before the checkpoint of epoch `epoch` or the result (epoch 0) is written; raise to stop the run
+        without writing it (e.g. the sweep's lease on it was lost)."""
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        """After epoch `epoch` (1-based) is checkpointed."""
+
+    def on_end(self, result: RunResult) -> None:
+        """After the test evaluation, or right after divergence."""
+
+
+@dataclass
+class RunResult:
+    """What one run produced.
+
+    Attributes:
+        status: `finished`, or `diverged` (a final result too: the configuration does not train).
+        history: per-epoch metrics, epoch 1 first (restored epochs included after a resume).
+        summary: final validation and test errors, best validation error and its epoch, cost and speed.
+        resumed_from: epochs restored from a checkpoint (0 for a fresh run).
+        diverged_epoch: the epoch whose loss became non-finite.
+        notes: what a reader of the run should know (a resume, a discarded checkpoint, the divergence).
+    """
+
+    status: Literal["finished", "diverged"]
+    history: list[dict[str, float]]
+    summary: dict[str, float]
+    resumed_from: int = 0
+    diverged_epoch: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Warm:
+    """What a long-lived worker keeps from one run to the next.
+
+    Attributes:
+        data: decoded splits and scanned folders, by dataset, split and device (`build_data`'s cache).
+        compiled: the architecture key, eager module and compiled module of the last compiled network; a run of
+            the same architecture loads its freshly initialised weights into that module instead of compiling.
+    """
+
+    data: DataCache = field(default_factory=dict)
+    compiled: tuple[str, nn.Module, nn.Module] | None = None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure on the device, whichever library raised it (retried alone on its GPU)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError | MemoryError) and any(t in text for t in _OOM_TEXT)
+
+
+def pick_device(preference: str) -> torch.device:
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise SenetError("train.device: 'cuda' requested but no CUDA device is visible; allowed here: auto, cpu")
+    if preference == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, loader: Any, autocast: Autocast = nullcontext) -> dict[str, float]:
+    """Mean loss and top-1 / top-5 error (%) over a loader; top-5 becomes top-k for fewer than 5 classes.
+
+    Sums stay on the device and are read once at the end: no host sync per batch.
+    """
+    net.eval()
+    total: torch.Tensor | None = None
+    count = 0
+    for x, y in loader:
+        with autocast():
+            out = net(x)
+        out = out.float()
+        hits = out.topk(min(5, out.shape[1]), dim=1).indices == y[:, None]
+        sums = torch.stack([F.cross_entropy(out, y, reduction="sum"), hits[:, 0].sum(), hits.any(dim=1).sum()])
+        total = sums.double() if total is None else total + sums.double()
+        count += y.numel()
+    if total is None or count == 0:
+        raise SenetError("evaluation split is empty; give data subsets of at least one image")
+    loss, top1, top5 = total.tolist()
+    return {"loss": loss / count, "top1_err": 100.0 * (1 - top1 / count), "top5_err": 100.0 * (1 - top5 / count)}
+
+
+def _memory_mb(device: torch.device) -> float:
+    """Peak device memory reserved by the caching allocator (what other trials cannot use), or this process's
+    resident memory on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_reserved(device) / 2**20
+    return psutil.Process().memory_info().rss / 2**20
+
+
+@dataclass
+class _Run:
+    """Everything one run trains with, built by `_setup`."""
+
+    cfg: RunConfig
+    device: torch.device
+    data: DataBundle
+    model: nn.Module  # the eager module: checkpoints, evaluation
+    net: nn.Module  # what trains: the model, or its compiled form
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    cost: Complexity
+    autocast: Autocast
+    digest: str
+
+
+def _autocast(device: torch.device, bf16: bool) -> Autocast:
+    if not bf16:
+        return nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _compiled(model: nn.Module, arch: str, mode: str, warm: Warm | None) -> tuple[nn.Module, nn.Module]:
+    """(eager, compiled) for `model`: a warm worker's module of the same architecture gets `model`'s weights,
+    so the graph compiled for an earlier seed is reused; another architecture resets the compiler first."""
+    if warm is not None and warm.compiled is not None:
+        if warm.compiled[0] == arch:
+            eager, net = warm.compiled[1], warm.compiled[2]
+            eager.load_state_dict(model.state_dict())
+            return eager, net
+        warm.compiled = None
+        torch.compiler.reset()
+    net = torch.compile(model, mode=None if mode == "default" else mode)
+    if warm is not None:
+        warm.compiled = (arch, model, net)
+    return model, net
+
+
+def _setup(cfg: RunConfig, warm: Warm | None) -> _Run:
+    """Device, data, a freshly initialised (seeded) model, optimizer and schedule for `cfg`."""
+    t = cfg.train
+    device = pick_device(t.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(cfg.seed)
+    data = build_data(
+        cfg.data, batch_size=t.batch_size, eval_batch_size=t.eval_batch_size, device=device,
+        channels_last=bool(t.channels_last), seed=cfg.seed, drop_last=bool(t.drop_last),
+        cache=warm.data if warm is not None else None,
+    )  # fmt: skip
+    options = cfg.model_options(data.in_channels, data.num_classes)
+    model = build_model(cfg.model.name, options)
+    cost = network_cost(cfg.model.name, options, data.image_size)
+    model = model.to(device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
+    net = model
+    if t.compile != "off":
+        arch = json.dumps([cfg.model.name, options, str(device), bool(t.channels_last)], sort_keys=True)
+        model, net = _compiled(model, arch, t.compile, warm)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay
+    )
+    if len(data.train) == 0:
+        raise SenetError(f"train.batch_size: {t.batch_size} leaves no full batch of {data.train_size} images")
+    schedule = Schedule(t, len(data.train))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
+    return _Run(cfg, device, data, model, net, optimizer, schedule, scheduler, cost, _autocast(device, bf16),
+                cfg.config_hash())  # fmt: skip
+
+
+def _restore(run: _Run, ckpt: Path | None, log: Callable[[str], None]) -> tuple[list[dict[str, float]], list[str]]:
+    """Load the run's checkpoint when it holds an earlier epoch of this configuration and seed; else start over."""
+    if ckpt is None or not ckpt.exists():
+        return [], []
+    try:
+        state = load_checkpoint(ckpt)
+        if state.get("config_hash") != run.digest or state.get("seed") != run.cfg.seed:
+            raise CheckpointError(f"{ckpt}: belongs to another configuration or seed")
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if run.device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"])
+        note = f"resumed after epoch {state['epoch']} from {ckpt}"
+        history = list(state["history"])
+    except CheckpointError as err:
+        note = f"{err}; restarting from scratch"
+        ckpt.unlink()
+        history = []
+    log(note)
+    return history, [note]
+
+
+def _state(run: _Run, epoch: int, history: list[dict[str, float]]) -> dict[str, Any]:
+    """What a checkpoint holds after `epoch`: weights, optimizer, schedule and RNG states, the history so far."""
+    state = {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "epoch": epoch,
+        "history": history,
+        "config_hash": run.digest,
+        "seed": run.cfg.seed,
+    }
+    if run.device.type == "cuda":
+        state["rng_cuda"] = torch.cuda.get_rng_state(run.device)
+    return state
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_one_epoch(run: _Run, epoch: int, criterion: nn.Module, first_step: bool) -> dict[str, float]:
+    """Epoch `epoch` (0-based) and its validation; the metrics of the history.
+
+    With `first_step` (the first step this process trains, which compiles a compiled model) that step is timed
+    on its own as `compile_time_s` and left out of images/s.
+
+    Raises:
+        Diverged: the loss became non-finite (checked every step on the CPU, every 25 on a GPU: a host sync per
+            step would stall the GPU).
+    """
+    data, device = run.data, run.device
+    data.train.set_epoch(epoch)
+    run.net.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _sync(device)
+    check_every = 1 if device.type == "cpu" else 25
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = skipped = 0
+    began = time.perf_counter()
+    compile_s = 0.0
+    for step, (x, y) in enumerate(data.train):
+        with run.autocast():
+            out = run.net(x)
+            loss = criterion(out, y)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        run.scheduler.step()
+        loss_sum += loss.detach() * y.numel()
+        correct += (out.detach().argmax(1) == y).sum()
+        seen += y.numel()
+        if step == 0 and first_step and run.cfg.train.compile != "off":
+            _sync(device)
+            compile_s, skipped = time.perf_counter() - began, y.numel()
+        if step % check_every == 0 and not torch.isfinite(loss_sum):
+            raise Diverged(epoch + 1, step)
+    if not torch.isfinite(loss_sum):
+        raise Diverged(epoch + 1, len(data.train))
+    _sync(device)
+    elapsed = time.perf_counter() - began
+    val = evaluate(run.model, data.val, run.autocast)  # eager: a compiled model would trace eval shapes too
+    run.schedule.end_epoch(val["loss"])
+    metrics = {
+        "epoch": epoch + 1,
+        "train_loss": float(loss_sum) / seen,
+        "train_top1_err": 100.0 * (1 - int(correct) / seen),
+        "val_loss": val["loss"],
+        "val_top1_err": val["top1_err"],
+        "val_top5_err": val["top5_err"],
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "epoch_time_s": elapsed,
+        "epoch_images_per_s": (seen - skipped) / max(elapsed - compile_s, 1e-9),
+        "epoch_peak_mem_mb": _memory_mb(device),
+    }
+    if compile_s:
+        metrics["compile_time_s"] = compile_s
+    return metrics
+
+
+def _summary(run: _Run, history: list[dict[str, float]], test: dict[str, float]) -> dict[str, float]:
+    last = history[-1]
+    best = min(history, key=lambda m: m["val_top1_err"])
+    summary = {
+        "final_val_top1_err": last["val_top1_err"],
+        "final_val_top5_err": last["val_top5_err"],
+        "final_val_loss": last["val_loss"],
+        "test_top1_err": test["top1_err"],
+        "test_top5_err": test["top5_err"],
+        "test_loss": test["loss"],
+        "best_val_top1_err": best["val_top1_err"],
+        "best_val_epoch": best["epoch"],
+        "epochs": last["epoch"],
+        "train_time_s": sum(m["epoch_time_s"] for m in history),
+        "images_per_s": sum(m["epoch_images_per_s"] for m in history) / len(history),
+        "peak_mem_mb": max(m["epoch_peak_mem_mb"] for m in history),
+        "params": run.cost.params,
+        "gflops": run.cost.gflops,
+    }
+    compiled = [m["compile_time_s"] for m in history if "compile_time_s" in m]
+    if compiled:
+        summary["compile_time_s"] = sum(compiled)
+    return summary
+
+
+def train(
+    cfg: RunConfig,
+    run_dir: Path | None = None,
+    callbacks: Sequence[Callback] = (),
+    log: Callable[[str], None] = print,
+    warm: Warm | None = None,
+) -> RunResult:
+    """Train and test one configuration; resume from `run_dir/checkpoint.pt` when it holds an earlier epoch.
+
+    Args:
+        cfg: the resolved configuration, seed included.
+        run_dir: where the checkpoint and `result.json` go; None keeps nothing on disk (no resume).
+        callbacks: listeners for start, every epoch and the end.
+        log: where human-readable notes go (resume, a corrupt checkpoint, divergence).
+        warm: a long-lived worker's cache of datasets and compiled models; None builds everything afresh.
+
+    Raises:
+        SenetError: bad data or device settings (the sweep reports them as configuration errors).
+    """
+    run = _setup(cfg, warm)
+    ckpt = run_dir / CHECKPOINT if run_dir is not None else None
+    history, notes = _restore(run, ckpt, log)
+    start = len(history)
+    info = {"params": run.cost.params, "gflops": run.cost.gflops, "device": str(run.device), "resumed_from": start,
+            "config_hash": run.digest, "precision": cfg.train.precision, "channels_last": cfg.train.channels_last,
+            "compile": cfg.train.compile}  # fmt: skip
+    for cb in callbacks:
+        cb.on_start(info)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    try:
+        for epoch in range(start, cfg.train.epochs):
+            metrics = train_one_epoch(run, epoch, criterion, first_step=epoch == start)
+            history.append(metrics)
+            for cb in callbacks:
+                cb.before_save(epoch + 1)
+            if ckpt is not None:
+                save_checkpoint(_state(run, epoch + 1, history), ckpt)
+            for cb in callbacks:
+                cb.on_epoch_end(epoch + 1, metrics)
+    except Diverged as err:
+        log(f"diverged: {err}")
+        summary = {"diverged_epoch": err.epoch, "epochs": err.epoch - 1}
+        result = RunResult("diverged", history, summary, start, err.epoch, [*notes, str(err)])
+    else:
+        test = evaluate(run.model, run.data.test, run.autocast)
+        result = RunResult("finished", history, _summary(run, history, test), start, None, notes)
+    if run_dir is not None:
+        for cb in callbacks:
+            cb.before_save(0)
+        write_result(result, run_dir)
+    for cb in callbacks:
+        cb.on_end(result)
+    return result
+
+
+def write_result(result: RunResult, run_dir: Path) -> None:
+    """`result.json` beside the checkpoint, written atomically (the sweep repairs MLflow from it)."""
+    tmp = run_dir / f".{RESULT}.tmp"
+    tmp.write_text(json.dumps(asdict(result), indent=1, sort_keys=True))
+    tmp.replace(run_dir / RESULT)
+
+
+def read_result(run_dir: Path) -> RunResult | None:
+    """The run's `result.json`, or None when it is missing or unreadable."""
+    try:
+        return RunResult(**json.loads((run_dir / RESULT).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None

@@ -1,0 +1,366 @@
+"""The sweep end to end: ledger, MLflow structure, warm workers, resume after kills, failure classes, bad input.
+
+Workers are real processes training tiny models on synthetic data; the controller runs in-process or, for the
+kill tests, as its own process.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from ablations.cli import main
+from ablations.sweep.ledger import Ledger, pid_alive
+from ablations.sweep.slots import live_workers
+from tests.ablations.conftest import (
+    ENV,
+    assert_each_trial_complete_once,
+    attempts,
+    cli,
+    journal,
+    tracker,
+    wait_for,
+    write_spec,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _restore_signals():
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+
+
+def sweep(spec: Path, results: Path, *args: str) -> int:
+    return main(["sweep", str(spec), "--results", str(results), "--no-progress", *args])
+
+
+def test_sweep_tracks_everything_and_a_rerun_trains_nothing(tmp_path, capsys):
+    spec = write_spec(tmp_path, extra=[{"label": "no SE", "set": {"se.enabled": False}}])
+    results = tmp_path / "results"
+    assert sweep(spec, results, "--workers", "2") == 0
+    out = capsys.readouterr().out
+    assert "6 done, 0 running, 0 failed, 0 pending" in out and "no SE" in out
+    assert_each_trial_complete_once(journal(results), results, 6)
+
+    df = tracker(results).runs_frame()
+    parent = df[df["tags.senet.role"] == "parent"]
+    assert len(parent) == 1 and parent["status"].iloc[0] == "FINISHED"
+    assert parent["tags.senet.host_device"].iloc[0] == "cpu"
+    trials = df[df["tags.senet.role"] == "trial"]
+    assert set(trials["tags.mlflow.parentRunId"]) == {parent["run_id"].iloc[0]}
+    for tag in ("study", "config_hash", "seed", "git_sha", "git_dirty", "torch", "device", "trial_key", "attempt_id"):
+        assert trials[f"tags.senet.{tag}"].notna().all(), tag
+    assert set(trials["tags.factor.se.excitation"].dropna()) == {'"sigmoid"', '"tanh"'}
+    for metric in ("final_val_top1_err", "final_val_top5_err", "test_top1_err", "test_top5_err", "best_val_top1_err",
+                   "best_val_epoch", "params", "gflops", "train_time_s", "images_per_s", "peak_mem_mb"):  # fmt: skip
+        assert trials[f"metrics.{metric}"].notna().all(), metric
+    assert trials["params.train.device"].eq('"cpu"').all() and trials["params.train.precision"].eq('"fp32"').all()
+    c = tracker(results).client
+    run_id = trials["run_id"].iloc[0]
+    assert [m.step for m in c.get_metric_history(run_id, "val_top1_err")] == [1, 2]
+    assert {"config.yaml", "model_summary.txt", "start.json"} <= {a.path for a in c.list_artifacts(run_id)}
+    assert not (tmp_path / "mlruns").exists() and not Path("mlruns").exists()
+    # Warm workers: two processes trained six trials (each claims until nothing is left).
+    logs = list(results.glob("workers/*/slot*.log"))
+    assert len(logs) == 2 and sum(log.read_text().count("attempt 1") for log in logs) == 6
+
+    # The same command again: everything is COMPLETE, nothing trains, nothing is duplicated.
+    assert sweep(spec, results, "--workers", "2") == 0
+    assert len(tracker(results).runs_frame()) == len(df)
+    assert_each_trial_complete_once(journal(results), results, 6)
+    assert main(["status", str(spec), "--results", str(results)]) == 0
+    assert "6 done, 0 running, 0 failed, 0 pending" in capsys.readouterr().out
+
+
+def test_fresh_process_per_trial_is_an_option(tmp_path):
+    spec = write_spec(tmp_path, seeds=1)
+    results = tmp_path / "results"
+    assert sweep(spec, results, "--fresh-process") == 0
+    assert_each_trial_complete_once(journal(results), results, 2)
+    log = next(results.glob("workers/*/slot0.log")).read_text()
+    assert log.count("recycled after 1 trials") == 2
+
+
+def test_kill_9_of_a_worker_mid_trial_then_the_trial_resumes_from_its_checkpoint(tmp_path):
+    spec = write_spec(tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1, train={"epochs": 4},
+                      data={"synthetic_train": 640})  # fmt: skip
+    results = tmp_path / "results"
+    proc = cli("sweep", str(spec), "--results", str(results), "--no-progress", cwd=tmp_path)
+    ckpt = wait_for(lambda: next(results.glob("runs/*/checkpoint.pt"), None))
+    running = wait_for(lambda: [a for a in attempts(journal(results)) if a.state == TrialState.RUNNING and a.run_id])
+    os.kill(running[0].owner.pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert_each_trial_complete_once(journal(results), results, 1)
+    runs = tracker(results).trial_runs()
+    assert sorted(r.status for r in runs) == ["FAILED", "FINISHED"]
+    assert "died mid-trial" in next(r for r in runs if r.status == "FAILED").tags["senet.ended_by"]
+    assert "resumed after epoch" in (ckpt.parent / "train.log").read_text()
+    crashed = [a for a in attempts(journal(results)) if a.state == TrialState.FAIL]
+    assert len(crashed) == 1 and crashed[0].kind == "crash"
+
+
+def test_workers_outlive_a_killed_controller_and_a_rerun_adopts_them(tmp_path):
+    """Item 2: kill -9 (or a dropped SSH session) of the controller leaves its workers running; they finish and
+    record their trials (no broken pipe), and a rerun adopts the live ones instead of starting duplicates."""
+    spec = write_spec(tmp_path, train={"epochs": 4}, data={"synthetic_train": 640})
+    results = tmp_path / "results"
+    proc = cli("sweep", str(spec), "--results", str(results), "--workers", "2", "--no-progress", "--max-retries", "0",
+               cwd=tmp_path)  # fmt: skip
+    workers = wait_for(lambda: len(w := [x for x in _workers(results)]) == 2 and w)
+    wait_for(lambda: next(results.glob("runs/*/checkpoint.pt"), None))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)
+    assert all(pid_alive(w.pid, w.start) for w in workers)  # orphaned, alive, still training
+    rerun = cli("sweep", str(spec), "--results", str(results), "--workers", "2", "--no-progress", "--max-retries", "0",
+                cwd=tmp_path)  # fmt: skip
+    out, err = rerun.communicate(timeout=240)
+    assert rerun.returncode == 0, err
+    assert "4 done" in out
+    assert_each_trial_complete_once(journal(results), results, 4)
+    ledger = attempts(journal(results))
+    assert not [a for a in ledger if a.state == TrialState.FAIL]  # nothing failed: no broken pipe, no duplicate
+    # The rerun adopted the two live workers instead of starting more: they trained every trial.
+    assert {a.owner.pid for a in ledger if a.owner is not None} == {w.pid for w in workers}
+    assert "Traceback" not in "".join(log.read_text() for log in results.glob("workers/*/slot*.log"))
+
+
+def _workers(results: Path):
+    folders = list(results.glob("workers/*"))
+    return live_workers(results, folders[0].name) if folders else []
+
+
+def test_sigint_stops_the_workers_cleanly_and_the_rerun_resumes(tmp_path):
+    spec = write_spec(tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1, train={"epochs": 4},
+                      data={"synthetic_train": 640})  # fmt: skip
+    results = tmp_path / "results"
+    proc = cli("sweep", str(spec), "--results", str(results), "--no-progress", "--max-retries", "0", cwd=tmp_path)
+    wait_for(lambda: next(results.glob("runs/*/checkpoint.pt"), None))
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err
+    assert "stopping" in err
+    ledger = attempts(journal(results))
+    assert [(a.state, a.kind) for a in ledger] == [(TrialState.FAIL, "stopped")]  # stopped by us: no retry used
+    assert {r.status for r in tracker(results).trial_runs()} == {"KILLED"}
+    assert not _workers(results)
+    rerun = cli("sweep", str(spec), "--results", str(results), "--no-progress", "--max-retries", "0", cwd=tmp_path)
+    assert rerun.wait(timeout=180) == 0
+    assert_each_trial_complete_once(journal(results), results, 1)
+    assert "resumed after epoch" in next(results.glob("runs/*/train.log")).read_text()
+
+
+def test_a_diverged_trial_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
+    spec = write_spec(tmp_path, grid={"train.lr": [0.05, 1e30]}, seeds=1)
+    results = tmp_path / "results"
+    assert sweep(spec, results) == 0
+    assert_each_trial_complete_once(journal(results), results, 2)
+    runs = tracker(results).trial_runs()
+    by_lr = {json.loads(r.tags["factor.train.lr"]): r.outcome for r in runs}
+    assert by_lr == {0.05: "finished", 1e30: "diverged"}
+    assert next(r for r in runs if r.outcome == "diverged").metrics["diverged_epoch"] == 1
+    capsys.readouterr()
+    assert main(["status", str(spec), "--results", str(results)]) == 0
+    assert "diverged" in capsys.readouterr().out
+
+
+def test_two_sweeps_and_a_joining_worker_never_run_a_trial_twice(tmp_path):
+    spec = write_spec(tmp_path, seeds=3)
+    results = tmp_path / "results"
+    first = cli("sweep", str(spec), "--results", str(results), "--workers", "2", "--no-progress", cwd=tmp_path)
+    wait_for(lambda: attempts(journal(results)))
+    joiner = cli("worker", str(spec), "--results", str(results), "--no-progress", cwd=tmp_path)
+    second = cli("sweep", str(spec), "--results", str(results), "--no-progress", cwd=tmp_path)
+    for p in (first, joiner, second):
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    assert_each_trial_complete_once(journal(results), results, 6)
+
+
+def test_a_configuration_error_is_one_attempt_one_line_and_exit_1(tmp_path, capsys):
+    """Missing data is a configuration error: not retried whatever --max-retries says; the others still run."""
+    spec = write_spec(tmp_path, grid={"data.dataset": ["fashion_mnist", "synthetic"]}, seeds=1,
+                      data={"root": str(tmp_path / "no-data"), "val_size": 10})  # fmt: skip
+    results = tmp_path / "results"
+    assert sweep(spec, results, "--max-retries", "3") == 1
+    out = capsys.readouterr().out
+    assert "1 done, 0 running, 1 failed" in out and "no-data" in out
+    fails = [a for a in attempts(journal(results)) if a.state == TrialState.FAIL]
+    assert len(fails) == 1 and fails[0].kind == "config"
+    failed = [r for r in tracker(results).trial_runs() if r.status == "FAILED"]
+    assert len(failed) == 1 and failed[0].tags["senet.ended_by"].startswith("config:")
+    assert "traceback.txt" in {a.path for a in tracker(results).client.list_artifacts(failed[0].run_id)}
+    assert main(["status", str(spec), "--results", str(results)]) == 0
+    assert "failed" in capsys.readouterr().out
+
+
+def test_a_deterministic_crash_uses_the_retries_then_fails(tmp_path, capsys):
+    """Item 9: a crash (here a worker that dies at every start of training) counts toward --max-retries, so the
+    sweep ends instead of looping."""
+    spec = write_spec(tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1)
+    results = tmp_path / "results"
+    proc = cli("sweep", str(spec), "--results", str(results), "--no-progress", "--max-retries", "1", cwd=tmp_path,
+               env={"SENET_ABLATE_FAILPOINT": "before_training"})  # fmt: skip
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1, err
+    assert "1 failed" in out
+    kinds = [(a.state, a.kind) for a in attempts(journal(results))]
+    assert kinds == [(TrialState.FAIL, "crash")] * 2
+
+
+def test_fail_fast_stops_at_the_first_failure(tmp_path):
+    spec = write_spec(tmp_path, grid={"data.dataset": ["fashion_mnist"]}, seeds=3,
+                      data={"root": str(tmp_path / "no-data"), "val_size": 10})  # fmt: skip
+    results = tmp_path / "results"
+    assert sweep(spec, results, "--fail-fast") == 1
+    assert len([a for a in attempts(journal(results)) if a.state == TrialState.FAIL]) == 1
+
+
+def test_cuda_asked_for_on_a_host_without_cuda_is_exit_2_at_once(tmp_path, capsys):
+    """Item 1: a spec with train.device: cuda used to loop forever; now one line, exit 2, nothing written."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has CUDA; the refusal is for hosts without it")
+    spec = write_spec(tmp_path, train={"device": "cuda"})
+    results = tmp_path / "results"
+    began = time.monotonic()
+    assert sweep(spec, results, "--max-retries", "0") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train.device: 'cuda' requested" in err and "no CUDA device" in err
+    assert time.monotonic() - began < 30 and not results.exists()
+
+
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
+    results = tmp_path / "results"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ndescription: x\nbase: {se: {squeeze: mean}}\ngrid: {se.reduction: [4]}\nseeds: 1\n")
+    spec = write_spec(tmp_path)
+    cases = [
+        ([str(bad)], "se.squeeze"),
+        (["demo", "--set", "se.excitation=tanh"], "se.excitation"),
+        ([str(spec), "--tracking-uri", "http://127.0.0.1:9"], "--tracking-uri: cannot reach http://127.0.0.1:9"),
+        ([str(spec), "--workers", "0"], "--workers: 0 is not allowed"),
+        ([str(spec), "--trials-per-gpu", "0"], "--trials-per-gpu: 0 is not allowed"),  # item 15: it used to spin
+        ([str(spec), "--trials-per-gpu", "lots"], "--trials-per-gpu: 'lots' is not allowed"),
+        ([str(spec), "--gpus", "0;1"], "--gpus: '0;1' is not allowed"),
+        ([str(spec), "--max-retries", "-1"], "--max-retries"),
+        ([str(spec), "--storage", "postgresql:/u:pw@db/x"], "looks like a URL without '://'"),  # item 16
+        ([str(spec), "--tracking-uri", "postgres//u:pw@db/x"], "looks like a URL without '://'"),
+        ([str(spec), "--storage", "ftp://db/x"], "--storage: ftp://db/x has an unknown scheme"),
+    ]
+    for args, needle in cases:
+        assert main(["sweep", *args, "--results", str(results)]) == 2, args
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1 and "pw@" not in err, (args, err)
+    assert not results.exists()
+    assert not list(tmp_path.glob("postgres*")) and not list(tmp_path.glob("**/*pw*"))
+
+
+def test_huge_seed_counts_and_non_utf8_specs_are_one_line(tmp_path, capsys):
+    """Items 5 and 15: `seeds: 1000000000` was a MemoryError traceback, a binary spec a UnicodeDecodeError."""
+    huge = write_spec(tmp_path, name="huge", seeds=1_000_000_000)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: x\n\xff\xfe\x00\x01 binary garbage")
+    for path, needle in ((huge, "seeds: 1000000000 is not allowed"), (binary, "not UTF-8 text")):
+        assert main(["sweep", str(path), "--results", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_dry_run_prints_trials_and_cost(tmp_path, capsys):
+    spec = write_spec(tmp_path, extra=[{"label": "no SE", "set": {"se.enabled": False}}])
+    assert main(["sweep", str(spec), "--results", str(tmp_path / "r"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "6 trials" in out and "gflops" in out and "no SE" in out
+    assert not (tmp_path / "r").exists()
+
+
+def test_real_fashion_mnist_subsets_end_to_end(tmp_path, capsys):
+    from ablations.data import DEBIAN_FASHION
+
+    if not (DEBIAN_FASHION / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Debian package dataset-fashion-mnist not installed (make test installs it)")
+    spec = write_spec(
+        tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1,
+        extra=[{"label": "no SE", "set": {"se.enabled": False}}],
+        data={"dataset": "fashion_mnist", "val_size": 5000, "train_subset": 256, "val_subset": 128, "test_subset": 256},
+        train={"epochs": 1, "batch_size": 64},
+    )  # fmt: skip
+    results = tmp_path / "results"
+    assert sweep(spec, results) == 0
+    assert_each_trial_complete_once(journal(results), results, 2)
+    runs = tracker(results).trial_runs()
+    assert all(r.metrics["test_top1_err"] < 90 for r in runs)  # better than chance on 10 classes after 1 epoch
+    assert "no SE" in capsys.readouterr().out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_ui_binds_to_loopback_links_the_runs_tables_and_dies_with_sigterm(tmp_path):
+    """Item 6: `ui` stopped with SIGTERM used to leave the MLflow server running and the port taken."""
+    spec = write_spec(tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1, train={"epochs": 1})
+    results = tmp_path / "results"
+    assert sweep(spec, results) == 0
+    exp = tracker(results).experiment("tiny")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ablations.cli", "ui", "--results", str(results), "--port",
+                             str(port)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        wait_for(lambda: _port_open(port), timeout=90, every=0.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as page:
+            assert page.status == 200
+        listening = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
+        assert f"127.0.0.1:{port}" in listening and f"0.0.0.0:{port}" not in listening
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert f"tiny: http://127.0.0.1:{port}/#/experiments/{exp}/runs" in out
+    wait_for(lambda: not _port_open(port), timeout=30)
+    assert not [p for p in Path("/proc").glob("[0-9]*") if _cmd(p).count(f"--port\0{port}")]
+
+
+def _cmd(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_gpu_slots_pack_trials_per_device(tmp_path):
+    from ablations.sweep.runner import SweepOptions
+
+    opts = SweepOptions(results=tmp_path, gpus=["0", "1"], trials_per_gpu=3, workers=9)
+    assert [s.gpu for s in opts.slots()] == ["0", "0", "0", "1", "1", "1"]
+    assert len({s.index for s in opts.slots()}) == 6
+    assert [s.gpu for s in SweepOptions(results=tmp_path, workers=2).slots()] == [None, None]
+
+
+def test_the_ledger_records_the_device_auto_resolved_to(tmp_path):
+    spec = write_spec(tmp_path, seeds=1)
+    results = tmp_path / "results"
+    assert sweep(spec, results) == 0
+    assert Ledger.open(journal(results)).note("tiny") == {"device": "cpu"}
