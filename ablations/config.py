@@ -190,7 +190,7 @@ class RunConfig(_Section):
         for name, schedules in _SCHEDULE_FIELDS.items():
             if tree["train"]["schedule"] not in schedules:
                 tree["train"].pop(name)
-        defaults = RunConfig().model_dump(exclude={"seed"})
+        defaults = type(self)().model_dump(exclude={"seed"})
         return {"version": IDENTITY_VERSION} | {
             section: {k: v for k, v in fields.items() if k not in defaults[section] or v != defaults[section][k]}
             for section, fields in tree.items()

@@ -25,6 +25,7 @@ from ablations.data import DataConfig, build_data
 from benchmarks._report import Check, Result, machine, render, verdict, write_section
 from benchmarks._steps import Setup, endless, fuse_se_epilogue, random_batch, repeat, scale_add_relu, train_step
 from benchmarks._timing import Clock, Plan, Summary, interleave, ratios
+from benchmarks.harness import harness_overhead
 from senet_core import build_model, count_params
 
 DEFAULT_OUT = Path(__file__).parent / "RESULTS.md"
@@ -292,8 +293,10 @@ def pipeline(batch: int, images: int, plan: Plan, setup: Setup, log: Log) -> Res
     return result
 
 
-def run(device: torch.device, quick: bool, log: Log) -> tuple[list[tuple[str, str]], list[Result]]:
-    """All benchmarks on `device`; returns the run's facts and results."""
+def run(
+    device: torch.device, quick: bool, log: Log, harness: str | None = None, harness_set: dict | None = None
+) -> tuple[list[tuple[str, str]], list[Result]]:
+    """All benchmarks on `device` (the harness one on study `harness`, if given); the run's facts and results."""
     s = SETTINGS[(device.type, quick)]
     setup = Setup.for_device(device)
     if device.type == "cuda":
@@ -311,6 +314,10 @@ def run(device: torch.device, quick: bool, log: Log) -> tuple[list[tuple[str, st
     results.append(versus_timm(s.imagenet_size, s.imagenet_batch, s.imagenet_plan, setup, log))
     log(f"4/4 CIFAR pipeline, batch {s.pipeline_batch}")
     results.append(pipeline(s.pipeline_batch, s.pipeline_images, s.pipeline_plan, setup, log))
+    if harness:
+        log(f"5/5 harness overhead, study {harness}")
+        overrides = {"train.device": device.type, **(harness_set or {})}
+        results.append(harness_overhead(harness, overrides, device.type, log))
 
     wall = time.perf_counter() - began
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
@@ -338,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="smaller inputs and fewer rounds (CPU: under ~2 min)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results file; this device's section is replaced")
+    parser.add_argument("--harness", default="demo", help="study of the harness benchmark (default demo; none skips)")
+    parser.add_argument("--harness-set", action="append", default=[], metavar="KEY=VALUE", help="its --set overrides")
     parser.add_argument(
         "--threads",
         type=int,
@@ -358,7 +367,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = args.threads or (1 if device.type == "cpu" else None)
     if threads is not None:
         torch.set_num_threads(threads)
-    facts, results = run(device, args.quick, lambda line: print(line, flush=True))
+    from ablations.cli import parse_set
+
+    harness = None if args.harness == "none" else args.harness
+    facts, results = run(device, args.quick, lambda line: print(line, flush=True), harness, parse_set(args.harness_set))
     command = " ".join(["python -m benchmarks.run", *(sys.argv[1:] if argv is None else argv)])
     facts.insert(1, ("command", f"`{command}`"))
     heading = "CPU" if device.type == "cpu" else "GPU (CUDA)"

@@ -256,7 +256,7 @@ def repair_journal(path: Path, log: Callable[[str], None]) -> None:
     """
     if not path.exists() or path.stat().st_size == 0:
         return
-    lock = FileLock(f"{path}.lock")
+    lock = FileLock(f"{path}.flock")
     lock.acquire()
     try:
         data = path.read_bytes()
@@ -330,7 +330,8 @@ def open_storage(url: str, log: Callable[[str], None] | None = None) -> BaseStor
         except OSError as err:
             raise SenetError(f"--storage: cannot create {path.parent} ({err.strerror})") from None
         repair_journal(path, log or (lambda s: print(s, file=sys.stderr)))
-        return JournalStorage(JournalFileBackend(str(path), lock_obj=FileLock(f"{path}.lock")))  # type: ignore[arg-type]
+        # Our own lock file name: Optuna's default symlink lock (`.lock`) would wait 30 s for a stale one.
+        return JournalStorage(JournalFileBackend(str(path), lock_obj=FileLock(f"{path}.flock")))  # type: ignore[arg-type]
     driven = with_driver(url, "--storage")
     try:
         return retrying(lambda: RDBStorage(driven, engine_kwargs={"pool_pre_ping": True}), redact(url))
@@ -447,28 +448,34 @@ class Ledger:
 
     # -- one reconciler at a time --------------------------------------------------------------------------
     @contextlib.contextmanager
-    def lock(self, blocking: bool = True) -> Iterator[bool]:
-        """Hold the ledger's reconcile lock (yields False, not holding it, when `blocking` is off and it is taken).
+    def lock(self, blocking: bool = True, timeout: float = 30.0) -> Iterator[bool]:
+        """Hold the ledger's reconcile lock; yields False (not holding it) when it is taken and `blocking` is off,
+        or still taken after `timeout` seconds (its holder may be paused: the caller goes on reading only).
 
         A file lock beside a journal or SQLite file; `pg_advisory_lock` on PostgreSQL; `GET_LOCK` on MySQL. The
         kernel or the database frees it when its holder dies.
         """
-        taken = self._take(blocking)
+        deadline = time.monotonic() + (timeout if blocking else 0.0)
+        taken = self._take()
+        while not taken and time.monotonic() < deadline:
+            time.sleep(0.05)
+            taken = self._take()
         try:
             yield taken
         finally:
             if taken:
                 self._give()
 
-    def _take(self, blocking: bool) -> bool:
+    def _take(self) -> bool:
+        """Try once to take the lock, without waiting."""
         if isinstance(self.storage, RDBStorage) and self.storage.engine.name in ("postgresql", "mysql"):
             from sqlalchemy import text
 
             conn = retrying(self.storage.engine.connect)
             if self.storage.engine.name == "postgresql":
-                sql = "SELECT pg_advisory_lock(727379)" if blocking else "SELECT pg_try_advisory_lock(727379)"
+                sql = "SELECT pg_try_advisory_lock(727379)"
             else:
-                sql = f"SELECT GET_LOCK('senet-ablate-reconcile', {-1 if blocking else 0})"
+                sql = "SELECT GET_LOCK('senet-ablate-reconcile', 0)"
             got = conn.execute(text(sql)).scalar()
             if got is False or got == 0:
                 conn.close()
@@ -481,7 +488,7 @@ class Ledger:
             else f"{self.storage.engine.url.database}.reconcile.lock"  # type: ignore[attr-defined]
         )
         lock = FileLock(path)
-        if not lock.acquire(blocking):
+        if not lock.acquire(blocking=False):
             return False
         self._lock = lock
         return True

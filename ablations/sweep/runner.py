@@ -85,13 +85,15 @@ class Stores:
         written; then the results folder, the SQLite database (created once, here) and the journal file."""
         uri = tracking_uri(opts.tracking_uri, opts.results)
         check_storage(opts.storage_url)
-        tracker = Tracker(uri, opts.results)
-        if not uri.startswith("sqlite:"):
+        local = uri.startswith("sqlite:")
+        tracker = None if local else Tracker(uri, opts.results)
+        if tracker is not None:
             tracker.check()
         ledger = None if is_journal(opts.storage_url) else Ledger.open(opts.storage_url)
         check_writable(opts.results)
-        if uri.startswith("sqlite:"):
-            tracker.check()  # a SQLite client creates its database at once
+        if tracker is None:
+            tracker = Tracker(uri, opts.results)  # a SQLite client creates its database (and folder) at once
+            tracker.check()
         return cls(tracker, ledger or Ledger.open(opts.storage_url))
 
 
@@ -225,7 +227,9 @@ class Sweep:
             if code is None:
                 continue
             del self.children[index]
-            if code in (EXIT_DONE, EXIT_RECYCLE, EXIT_STOPPED):
+            finished = any(a.owner is not None and a.owner.pid == proc.pid and a.state == TrialState.COMPLETE
+                           for a in attempts)  # fmt: skip
+            if code in (EXIT_DONE, EXIT_RECYCLE, EXIT_STOPPED) or finished:
                 self.deaths[index] = 0
             else:
                 self.deaths[index] = self.deaths.get(index, 0) + 1

@@ -365,6 +365,7 @@ def train(
     Raises:
         SenetError: bad data or device settings (the sweep reports them as configuration errors).
     """
+    began = time.perf_counter()
     run = _setup(cfg, warm)
     ckpt = run_dir / CHECKPOINT if run_dir is not None else None
     history, notes = _restore(run, ckpt, log)
@@ -391,7 +392,8 @@ def train(
         result = RunResult("diverged", history, summary, start, err.epoch, [*notes, str(err)])
     else:
         test = evaluate(run.model, run.data.test, run.autocast)
-        result = RunResult("finished", history, _summary(run, history, test), start, None, notes)
+        summary = _summary(run, history, test) | {"engine_s": time.perf_counter() - began}
+        result = RunResult("finished", history, summary, start, None, notes)
     if run_dir is not None:
         for cb in callbacks:
             cb.before_save(0)

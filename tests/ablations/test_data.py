@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 from torchvision.datasets import cifar
 
-from ablations import data as data_module
 from ablations.data import (
     DEBIAN_FASHION,
     DataConfig,
@@ -164,7 +163,9 @@ def test_fashion_download_goes_through_torchvision_into_root(tmp_path: Path, mon
         calls.append((root, download))
         write_fashion(Path(root) / "FashionMNIST" / "raw")
 
-    monkeypatch.setattr(data_module.datasets, "FashionMNIST", fake_download)
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", fake_download)
     data = build_data(fashion(tmp_path / "fetched", download=True), batch_size=8, device=CPU)
     assert calls == [(str(tmp_path / "fetched"), True)] and data.test_size == N_TEST
 

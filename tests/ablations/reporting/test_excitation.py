@@ -6,8 +6,8 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-from ablations.reporting import figures
 from ablations.errors import SenetError
+from ablations.reporting import figures
 from ablations.reporting.excitation import (
     Target,
     analyze,

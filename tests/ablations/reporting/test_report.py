@@ -8,13 +8,13 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-from ablations.reporting import figures
 from ablations.errors import SenetError
-from ablations.reporting.excitation import excitation_report
 from ablations.paper import paper_rows
+from ablations.reporting import figures
+from ablations.reporting.excitation import excitation_report
 from ablations.reporting.report import paper_match, write_report
-from ablations.spec import expand, load_spec
 from ablations.reporting.stats import summarize
+from ablations.spec import expand, load_spec
 from ablations.tracking import Tracker
 from ablations.training.engine import train
 

@@ -327,8 +327,8 @@ def test_ui_binds_to_loopback_links_the_runs_tables_and_dies_with_sigterm(tmp_pa
     assert sweep(spec, results) == 0
     exp = tracker(results).experiment("tiny")
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ablations.cli", "ui", "--results", str(results), "--port",
-                             str(port)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    cmd = [sys.executable, "-m", "ablations.cli", "ui", "--results", str(results), "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: _port_open(port), timeout=90, every=0.5)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as page:
