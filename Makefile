@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test faults lint bench data postgres clean
+.PHONY: demo test faults lint bench gpu-check data postgres clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,18 +35,24 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy senet_core
 
 test: $(VENV)/.installed data postgres lint
-	$(PY) -m pytest -q -m "not faults"
+	$(PY) -m pytest -q -m "not faults and not gpu"
 
 # 20 seeded rounds of random kills per storage (about 4 minutes); CI runs it after `make test`.
 faults: $(VENV)/.installed data postgres
 	$(PY) -m pytest -q -s -m faults
 
 demo: $(VENV)/.installed data
-	$(VENV)/bin/senet-ablate sweep demo
+	$(VENV)/bin/senet-ablate sweep demo --workers 2
 
 bench: $(VENV)/.installed data
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m benchmarks.run
+
+# On a GPU host without network: no virtual environment is built; the host's Python with the packages carried as
+# wheels (README, "A GPU host") runs everything from this checkout. FASHION=DIR if Debian's folder is absent.
+GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	PYTHONPATH=. $(GPU_PY) -m benchmarks.gpu_check $(if $(FASHION),--data $(FASHION))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -224,6 +224,22 @@ def _cifar(depth: int, se: SEConfig, in_channels: int, num_classes: int, zero_in
     )  # fmt: skip
 
 
+@register_model("resnet8", stages=_CIFAR_STAGES, units=_cifar_units(8), num_params=75_290, paper_name="ResNet-8")
+def resnet8(
+    *, se: SEConfig, in_channels: int = 3, num_classes: int = 10, zero_init: bool = False, shortcut: Shortcut = "A"
+) -> ResNet:
+    """CIFAR ResNet-8: three stages of 1 basic unit (the smallest 6n+2 net; minutes-long CPU studies)."""
+    return _cifar(8, se, in_channels, num_classes, zero_init, shortcut)
+
+
+@register_model("resnet14", stages=_CIFAR_STAGES, units=_cifar_units(14), num_params=172_506, paper_name="ResNet-14")
+def resnet14(
+    *, se: SEConfig, in_channels: int = 3, num_classes: int = 10, zero_init: bool = False, shortcut: Shortcut = "A"
+) -> ResNet:
+    """CIFAR ResNet-14: three stages of 2 basic units."""
+    return _cifar(14, se, in_channels, num_classes, zero_init, shortcut)
+
+
 @register_model("resnet20", stages=_CIFAR_STAGES, units=_cifar_units(20), num_params=269_722, paper_name="ResNet-20")
 def resnet20(
     *, se: SEConfig, in_channels: int = 3, num_classes: int = 10, zero_init: bool = False, shortcut: Shortcut = "A"

@@ -1,0 +1,71 @@
+"""Slots on the CPU side of the GPU path: device ids, per-slot environment, packing, and GPU permits."""
+
+import multiprocessing
+import os
+import time
+
+import pytest
+
+from ablations.errors import SenetError
+from ablations.sweep.slots import GpuPermit, Slot, cpu_threads, pack, parse_gpus, worker_env
+
+
+def test_gpu_ids_are_indices_uuids_or_mig_instances():
+    ids = "0,GPU-8c2f6f0e-1d2b-4b8e-9f00-123456789abc,MIG-4f1c2a3b-aaaa-bbbb-cccc-0123456789ab"
+    assert parse_gpus(ids) == ids.split(",")
+    for bad, why in (("0;1", "not allowed"), ("cuda:0", "not allowed"), ("0,0", "twice")):
+        with pytest.raises(SenetError, match=why):
+            parse_gpus(bad)
+
+
+def test_a_slot_gets_its_device_its_thread_share_and_the_shared_compile_caches(tmp_path):
+    env = worker_env({"PATH": "/bin"}, Slot(3, "GPU-8c2f6f0e"), threads=4, results=tmp_path)
+    assert env["CUDA_VISIBLE_DEVICES"] == "GPU-8c2f6f0e" and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert env["OMP_NUM_THREADS"] == "4" and env["TORCHINDUCTOR_COMPILE_THREADS"] == "4"
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path.resolve() / "cache" / "inductor")
+    cpu = worker_env({"OMP_NUM_THREADS": "1"}, Slot(0), threads=8, results=tmp_path)
+    assert "CUDA_VISIBLE_DEVICES" not in cpu and cpu["OMP_NUM_THREADS"] == "1"  # the user's choice stands
+    assert cpu_threads(os.cpu_count() or 1) == 1 and cpu_threads(1) == (os.cpu_count() or 1)
+
+
+def test_packing_fits_the_largest_measured_need_with_headroom():
+    assert pack(80_000, [9_000, 15_000], headroom=0.15) == 4  # 68 GB usable / 15 GB
+    assert pack(80_000, []) == 1  # nothing measured yet: one trial per GPU
+    assert pack(80_000, [100], cap=8) == 8
+    assert pack(10_000, [20_000]) == 1  # never zero: a trial too big runs alone (and may run out of memory)
+
+
+def _hold(results, exclusive, log, name, seconds):
+    permit = GpuPermit(results, "0")
+    with permit.hold(exclusive):
+        log.put((name, "in", time.monotonic()))
+        time.sleep(seconds)
+        log.put((name, "out", time.monotonic()))
+
+
+def test_exclusive_holders_run_alone_and_two_of_them_never_deadlock(tmp_path):
+    """Permits were taken one at a time: two exclusive OOM retries on one GPU could each hold part and deadlock.
+    Now each taker gets the whole device in one step, and a waiting exclusive taker is not starved."""
+    ctx = multiprocessing.get_context("spawn")
+    log = ctx.Queue()
+    plan = [("s1", False, 1.0), ("x1", True, 0.6), ("x2", True, 0.6), ("s2", False, 0.6), ("s3", False, 0.6)]
+    procs = []
+    for name, exclusive, seconds in plan:
+        procs.append(ctx.Process(target=_hold, args=(tmp_path, exclusive, log, name, seconds)))
+        procs[-1].start()
+        time.sleep(0.15)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0, "a taker never got the GPU"
+    events = sorted((log.get(timeout=5) for _ in range(2 * len(plan))), key=lambda e: e[2])
+    inside: set[str] = set()
+    for name, what, _ in events:
+        if what == "in":
+            if name.startswith("x"):
+                assert not inside, f"{name} entered beside {inside}"
+            assert not any(n.startswith("x") for n in inside), f"{name} entered beside an exclusive holder"
+            inside.add(name)
+        else:
+            inside.discard(name)
+    shared_together = [n for n, w, _ in events if w == "in"]
+    assert shared_together.index("x1") < shared_together.index("s3")  # the gate kept later shared takers out
