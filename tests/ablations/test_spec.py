@@ -12,7 +12,18 @@ import yaml
 from ablations.config import build_config
 from ablations.errors import SenetError
 from ablations.recipes import recipe
-from ablations.spec import STANDARD_SE, Trial, expand, list_studies, load_spec, parse_spec, plan, shipped_names
+from ablations.spec import (
+    SEED_LINKED,
+    STANDARD_SE,
+    Trial,
+    expand,
+    list_studies,
+    load_spec,
+    parse_spec,
+    plan,
+    shipped_names,
+    with_data_seed,
+)
 from senet_core import model_info
 
 TABLES = ["reduction_ratio", "squeeze", "excitation", "stages", "integration", "inner_3x3", "no_squeeze"]
@@ -29,6 +40,7 @@ TRIALS = {
     "cifar_table4": 4 * 3,
     "demo": 4 * 2,
     "fmnist_se": 2 * 3,
+    "fmnist": 4 * 3,
 }
 
 
@@ -123,7 +135,8 @@ def test_every_shipped_study_loads_expands_and_validates(name):
     trials = expand(spec)
     assert len(trials) == TRIALS[name]
     for t in trials:
-        again = build_config(t.config.model_dump())
+        level = with_data_seed(t.config, SEED_LINKED) if spec.vary_data_seed else t.config  # the seeds' shared hash
+        again = build_config(level.model_dump())
         assert again.config_hash() == t.config_hash and t.key == f"{t.config_hash}-s{t.seed}"
     if name in TABLES:
         assert all(t.config.model.name == "resnet56" and t.config.data.dataset == "cifar10" for t in trials)
