@@ -132,28 +132,26 @@ def _at_chance(level: Level) -> Summary:
     return summarize(values + [chance] * level.count("diverged"))
 
 
+def _row(level: Level, comparison: Comparison | None) -> Row:
+    delta = _paper_delta(level)
+    ours = comparison.pair.diff.mean if comparison is not None and comparison.pair.diff.n else math.nan
+    results = level.count("diverged") + level.count("finished")
+    return Row(level, level.summary(TOP1), level.summary(TOP5), level.summary(VAL1), _at_chance(level),
+               wilson(level.count("diverged"), results), comparison, delta, sign_agreement(ours, delta))  # fmt: skip
+
+
 def _table(factor: Factor, contrasts: dict[tuple[str, str], tuple[Level, Level, Comparison]]) -> Table:
-    pairs = {id(lv): _pair(lv) for lv in factor.levels}
-    family = [lv for lv in factor.levels if pairs[id(lv)] is not None and not _is_contrast(lv)]
-    adjusted = dict(zip(map(id, family), holm([pairs[id(lv)].p for lv in family]), strict=True))  # type: ignore[union-attr]
-    rows = []
-    for lv in factor.levels:
-        pair = pairs[id(lv)]
-        comparison = None
-        if pair is not None and _is_contrast(lv) and lv.reference is not None:
-            comparison = contrasts[(lv.config.config_hash(), lv.reference.config.config_hash())][2]
-        elif pair is not None:
-            comparison = Comparison(pair, adjusted[id(lv)], verdict(pair, adjusted[id(lv)]), TABLE)
-        delta = _paper_delta(lv)
-        ours = comparison.pair.diff.mean if comparison is not None and comparison.pair.diff.n else math.nan
-        rows.append(Row(lv, lv.summary(TOP1), lv.summary(TOP5), lv.summary(VAL1), _at_chance(lv),
-                        wilson(lv.count("diverged"), lv.count("diverged") + lv.count("finished")), comparison,
-                        delta, sign_agreement(ours, delta)))  # fmt: skip
-    diffs = [[lv.values(TOP1)[s] - lv.reference.values(TOP1)[s] for s in p.seeds]  # type: ignore[union-attr]
-             for lv in factor.levels if (p := pairs[id(lv)]) is not None]  # fmt: skip
-    design = factor.design()
-    agreement = {m: _agreement(design, m) for m in (TOP1, TOP5)}
-    return Table(factor, rows, power(diffs), agreement)
+    pairs = [(lv, pair) for lv in factor.levels if (pair := _pair(lv)) is not None]
+    family = [(lv, pair) for lv, pair in pairs if not _is_contrast(lv)]
+    adjusted = holm([pair.p for _, pair in family])
+    comparisons = {id(lv): Comparison(pair, p, verdict(pair, p), TABLE)
+                   for (lv, pair), p in zip(family, adjusted, strict=True)}  # fmt: skip
+    for lv, _ in pairs:
+        if _is_contrast(lv) and lv.reference is not None:
+            comparisons[id(lv)] = contrasts[(lv.config.config_hash(), lv.reference.config.config_hash())][2]
+    rows = [_row(lv, comparisons.get(id(lv))) for lv in factor.levels]
+    agreement = {m: _agreement(factor.design(), m) for m in (TOP1, TOP5)}
+    return Table(factor, rows, power([pair.diffs for _, pair in pairs]), agreement)
 
 
 def analyse(factors: list[Factor]) -> Analysis:

@@ -266,7 +266,8 @@ def resolve_target(target: str, opts: SweepOptions) -> Target:
 
 
 def excitation_report(target: str, opts: SweepOptions, out: Path, classes: list[int] | None) -> list[Path]:
-    """`senet-ablate excitation RUN_ID_OR_STUDY`: Figs. 6-7 and the specificity plot for one trained model.
+    """`senet-ablate excitation RUN_ID_OR_STUDY`: Figs. 6-7, the η²-and-saturation figure and the per-block CSV
+    of one trained model.
 
     Args:
         target: an MLflow run id of a trial, or a study (name or YAML path) whose reference trial's first seed

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from ablations.reporting import fmt
 from ablations.reporting.fmt import DASH, num
+from ablations.reporting.gate_stats import PERMUTATIONS
 from ablations.reporting.markdown import paragraph, table
 from ablations.reporting.paper_match import paper_blocks
 
@@ -52,14 +53,14 @@ def section(ex: Excitation, label: str, key: str, per_class: int) -> list[str]:
 
 EXCITATION_TITLE = "## Role of excitation (paper §7.2, Figs. 6-7)"
 EXCITATION_LEGEND = paragraph(
-    """\
+    f"""\
 Per block, every channel's η² is the share of its gate's variance over images that the class explains
 (between-class / total sum of squares); a channel whose gate never varies has none and is counted as constant.
 The median over channels comes with a 95% bootstrap interval (images resampled within their class, the interval
 shifted by the bootstrap's bias estimate since resampled duplicates inflate η²) and is judged against a
 label-permutation null (labels shuffled, seeded): with K classes and n images η² is about (K − 1)/(n − 1) even for
-gates that ignore the class, so read a block as class-specific only where its median clears the null (small p).
-Saturation is measured directly: the mean gate and the share of gate values above 0.9 (an identity-like block has
-both near 1). *pooled share* is the variance-weighted η² earlier reports printed, blind to channels that barely
-vary."""
+gates that ignore the class, so read a block as class-specific only where its median clears the null (small p;
+with {PERMUTATIONS} shuffles p is at least 1/{PERMUTATIONS + 1}). Saturation is measured directly: the mean gate
+and the share of gate values above 0.9 (an identity-like block has both near 1). *pooled share* is the
+variance-weighted η² earlier reports printed, blind to channels that barely vary."""
 )

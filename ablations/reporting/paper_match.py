@@ -110,7 +110,7 @@ def paper_blocks(positions: dict[str, tuple[int, int]]) -> list[tuple[str, str, 
     for name, (stage, index) in positions.items():
         units[stage] = max(units.get(stage, 0), index)
         names[(stage, index)] = name
-    out = []
+    out: list[tuple[str, str, str | None, str]] = []
     for paper, (stage, index) in PAPER_BLOCKS.items():
         theirs = _where(stage, index, PAPER_UNITS)
         if stage not in units:

@@ -189,7 +189,8 @@ def gather(spec: StudySpec, statuses: list[TrialStatus], runs: list[TrialRun], t
         tables = table_names(study)
         rows = published(tables)
         levels: dict[str, Level] = {}
-        for digest, group in groups.items():
+        order = {point.label: i for i, point in enumerate(study.points())}  # the study's order, not the sweep's
+        for digest, group in sorted(groups.items(), key=lambda g: order.get(g[1][0].label, len(order))):
             cells = []
             for t in sorted(group, key=lambda t: t.seed):
                 attempts = by_key.get(t.key, [])

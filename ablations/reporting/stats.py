@@ -73,11 +73,13 @@ class Paired:
 
     Attributes:
         seeds: the seeds present in both levels, sorted.
-        diff: the per-seed differences: mean, std and the paired t-interval (`ttest_rel`).
+        diffs: the per-seed differences, in seed order.
+        diff: their mean, std and the paired t-interval (`ttest_rel`).
         p: two-sided p-value of the paired t-test; NaN when there is no test (n < 2 or identical differences).
     """
 
     seeds: tuple[int, ...]
+    diffs: tuple[float, ...]
     diff: Summary
     p: float
 
@@ -101,12 +103,14 @@ def paired(level: Mapping[int, float], other: Mapping[int, float], confidence: f
     seeds = tuple(sorted(set(level) & set(other)))
     a = [level[s] for s in seeds]
     b = [other[s] for s in seeds]
-    diff = summarize([x - y for x, y in zip(a, b, strict=True)], confidence)
+    diffs = tuple(x - y for x, y in zip(a, b, strict=True))
+    diff = summarize(diffs, confidence)
     if diff.n < 2 or diff.std == 0.0:
-        return Paired(seeds, diff, math.nan)
+        return Paired(seeds, diffs, diff, math.nan)
     result = stats.ttest_rel(a, b)
     ci = result.confidence_interval(confidence)
-    return Paired(seeds, Summary(diff.n, diff.mean, diff.std, float(ci.low), float(ci.high)), float(result.pvalue))
+    interval = Summary(diff.n, diff.mean, diff.std, float(ci.low), float(ci.high))
+    return Paired(seeds, diffs, interval, float(result.pvalue))
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
