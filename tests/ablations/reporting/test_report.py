@@ -235,9 +235,8 @@ def test_forest_plot_shows_every_level_and_the_paper_on_its_own_axis(store, repo
     # two panels side by side with their own x scales (no twin axis sharing one frame)
     assert ours.get_position().x1 < paper.get_position().x0 and paper.get_xlim() != ours.get_xlim()
     assert "paper" in paper.get_xlabel() and "ours" in ours.get_xlabel()
-    assert (readme := report[0].parent / "overview_forest.png").read_bytes().startswith(PNG) and imread(
-        readme
-    ).ndim == 3
+    png = report[0].parent / "overview_forest.png"
+    assert png.read_bytes().startswith(PNG) and imread(png).ndim == 3
 
 
 def test_per_table_figures_plot_their_numbers():
