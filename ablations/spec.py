@@ -34,6 +34,10 @@ MAX_SPEC_BYTES = 1 << 20  # a study file larger than this is not a study
 MAX_NODES = 100_000  # values a study file may hold once its YAML aliases are expanded
 _SECTIONS = {name: list(fields) for name, fields in RunConfig().model_dump(exclude={"seed"}).items()}
 _NAME = re.compile(r"[a-z0-9_]+")
+DATA_SEED = "data.data_seed"
+# A level whose data seed follows the run seed is identified with this data seed, so its trial keys differ from
+# those of the same configuration at a fixed data seed.
+SEED_LINKED = -1
 
 
 def _check_key(key: str, path: str) -> None:
@@ -129,6 +133,9 @@ class StudySpec(BaseModel):
         seeds: how many seeds (0..n-1) or which seeds every configuration runs with.
         include: other studies (shipped names or paths to .yaml files) whose trials are added.
         reference: the level the study's effects are measured against (default: the paper's standard SE).
+        vary_data_seed: each trial's `data.data_seed` is its seed, so the spread over seeds includes the validation
+            split, the training and validation subsets and a drawn test subset (default: one fixed data seed, so
+            intervals cover initialisation and data order only).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -143,6 +150,7 @@ class StudySpec(BaseModel):
     seeds: list[int] = [0]
     include: list[str] = []
     reference: dict[str, Any] = dict(STANDARD_SE)
+    vary_data_seed: bool = False
     _file: Path | None = PrivateAttr(None)  # the YAML file the spec came from; relative includes resolve next to it
     _where: str = PrivateAttr("")  # how messages name the spec: its file, or its name
 
@@ -221,6 +229,8 @@ class StudySpec(BaseModel):
     def _has_trials(self) -> StudySpec:
         if not self.grid and not self.extra and not self.include:
             raise SenetError(f"grid: study {self.name!r} has no trials; give a grid, extra configurations or include")
+        if self.vary_data_seed and DATA_SEED in {*flatten(self.base), *self.varied_keys()}:
+            raise SenetError(f"vary_data_seed: the seed sets {DATA_SEED}; drop it from base, grid and extra")
         return self
 
     def varied_keys(self) -> set[str]:
@@ -393,7 +403,8 @@ class Trial:
     Attributes:
         config: the resolved configuration, seed set.
         seed: the same as `config.seed`.
-        config_hash: `config.config_hash()`, equal for equal networks and recipes however they were spelled.
+        config_hash: `config.config_hash()`, equal for equal networks and recipes however they were spelled (with
+            `data.data_seed` = SEED_LINKED when the study ties the data seed to the seed).
         key: `"{config_hash}-s{seed}"`, the trial's identity in the sweep ledger.
         factors: grid key → level for grid trials, `{"extra": label}` for extra ones.
         label: short human name, e.g. "se.reduction=8" or "no SE".
@@ -453,7 +464,7 @@ def expand(
     studies = closure(spec)
     for key, value in overrides.items():
         _check_value(key, value, f"--set {key}")
-        owner = next((s for s in studies if key in s.varied_keys()), None)
+        owner = next((s for s in studies if key in s.varied_keys() or (key == DATA_SEED and s.vary_data_seed)), None)
         if owner is not None:
             raise SenetError(f"--set {key}: study {owner.name!r} varies this key; drop the override or edit the study")
     trials: dict[str, Trial] = {}
@@ -463,6 +474,8 @@ def expand(
         configs = []
         for point in study.points():
             cfg = _resolve(study, point, overrides).resolved(host)
+            if study.vary_data_seed:
+                cfg = with_data_seed(cfg, SEED_LINKED)
             configs.append(cfg)
             digest = cfg.config_hash()
             for seed in study_seeds:
@@ -470,6 +483,8 @@ def expand(
                 seen = trials.get(key)
                 if seen is None:
                     config = cfg.model_copy(update={"seed": seed})
+                    if study.vary_data_seed:
+                        config = with_data_seed(config, seed)
                     names, labels = (study.name,), (point.label,)
                     trials[key] = Trial(
                         config, seed, digest, key, point.factors, point.label, study.name, names, labels
@@ -484,6 +499,11 @@ def expand(
             raise SenetError(f"{study.where}: reference: {shown} matches no trial; name one of its levels, e.g. "
                              f"reference: {{{example}}}")  # fmt: skip
     return list(trials.values())
+
+
+def with_data_seed(config: RunConfig, data_seed: int) -> RunConfig:
+    """`config` with `data.data_seed` replaced (no validation: SEED_LINKED is a marker, not a seed)."""
+    return config.model_copy(update={"data": config.data.model_copy(update={"data_seed": data_seed})})
 
 
 def plan(trials: list[Trial]) -> pd.DataFrame:

@@ -2,9 +2,10 @@
 
 A trained trial's checkpoint is run over its validation split with the excitation probe on. For the last SE block
 of each stage we plot the mean gate value per channel for a few classes against the all-class mean (Fig. 6) and
-each class's mean ± std (Fig. 7). Beyond the paper, every block gets a class-specificity score, the share of its
-gate variance that the class explains, plotted against depth: the paper's reading is that early blocks are
-class-agnostic and later ones class-specific, with the very last ones saturating.
+each class's mean ± std (Fig. 7). Beyond the paper, every block gets the distribution of its per-channel η² (the
+share of a channel's gate variance the class explains) against a label-permutation null, with a bootstrap
+interval, and its saturation (`gate_stats`): the paper reads early blocks as class-agnostic, later ones as
+class-specific, and the very last ones as saturated.
 """
 
 from __future__ import annotations
@@ -23,15 +24,26 @@ from ablations.config import RunConfig, build_config, unflatten
 from ablations.data import build_data
 from ablations.errors import SenetError
 from ablations.paths import CHECKPOINT, run_dir
-from ablations.reporting import figures
+from ablations.reporting import excitation_figures as figures
+from ablations.reporting.figures import save
+from ablations.reporting.gate_stats import (
+    BOOTSTRAPS,
+    PERMUTATIONS,
+    BlockStats,
+    block_stats,
+    class_share,
+    eta_squared,
+)
 from ablations.spec import StudySpec, Trial, closure, shipped_names
 from ablations.sweep.runner import SweepOptions, study_status
 from ablations.tracking import Tag, open_store, tracking_uri
 from ablations.training.checkpoint import load_checkpoint
 from senet_core import ExcitationProbe, SEBlock, build_model, se_blocks
 
+__all__ = ["class_share"]  # re-exported: the pooled share lives in gate_stats
+
 PER_CLASS = 50  # validation images per class, as in the paper's Figs. 6-7
-MAX_CHANNELS = 64  # channels drawn per block (the paper samples 50); the specificity score uses them all
+MAX_CHANNELS = 64  # channels drawn per block (the paper samples 50); the statistics use them all
 DEFAULT_CLASSES = 4  # classes drawn when none are named (the paper shows four)
 
 
@@ -55,7 +67,11 @@ class Excitation:
         images: images used per drawn class.
         mean, std: block → (classes, channels) per-class mean and std of the gate values.
         overall: block → (channels,) mean over every class (each class capped at the same image count).
-        specificity: every SE block in forward order → share of its gate variance explained by the class.
+        specificity: every SE block in forward order → the pooled, variance-weighted class share (blind to
+            channels that barely vary; kept beside `stats` for comparison with earlier reports).
+        eta: every SE block → (channels,) per-channel η² over every class (NaN for a constant channel).
+        stats: every SE block → its η² distribution, null, bootstrap interval and saturation.
+        positions: every SE block → (stage, index in the stage), for mapping the paper's block names.
     """
 
     blocks: list[str]
@@ -65,11 +81,14 @@ class Excitation:
     std: dict[str, np.ndarray]
     overall: dict[str, np.ndarray]
     specificity: dict[str, float]
+    eta: dict[str, np.ndarray]
+    stats: dict[str, BlockStats]
+    positions: dict[str, tuple[int, int]]
 
     def depth_trend(self) -> float:
-        """Spearman's ρ between depth and specificity (NaN with fewer than two blocks or all scores equal)."""
-        scores = list(self.specificity.values())
-        if len(scores) < 2 or len(set(scores)) == 1:
+        """Spearman's ρ between depth and the median per-channel η² (NaN with < 2 blocks or all equal)."""
+        scores = [s.median for s in self.stats.values()]
+        if len(scores) < 2 or len(set(scores)) == 1 or any(np.isnan(scores)):
             return float("nan")
         return float(stats.spearmanr(range(len(scores)), scores).statistic)
 
@@ -83,20 +102,6 @@ def last_per_stage(blocks: Sequence[SEBlock]) -> list[str]:
     return [last[s].name for s in sorted(last)]
 
 
-def class_share(values: np.ndarray, labels: np.ndarray) -> float:
-    """Share of the total variance of `values` (images, channels) explained by `labels`, pooled over channels:
-    Σ_c between-class sum of squares / Σ_c total sum of squares (η²). 0 when the gates do not vary at all."""
-    centred = values - values.mean(axis=0)
-    total = float((centred**2).sum())
-    if total == 0.0:
-        return 0.0
-    between = 0.0
-    for k in np.unique(labels):
-        rows = centred[labels == k]
-        between += len(rows) * float((rows.mean(axis=0) ** 2).sum())
-    return between / total
-
-
 def _balanced(labels: np.ndarray, per_class: int) -> np.ndarray:
     """Indices of the first `per_class` images of every class, in loader order."""
     keep = np.zeros(len(labels), dtype=bool)
@@ -106,7 +111,8 @@ def _balanced(labels: np.ndarray, per_class: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def analyze(model: torch.nn.Module, loader: Any, classes: Sequence[int], per_class: int = PER_CLASS) -> Excitation:
+def analyze(model: torch.nn.Module, loader: Any, classes: Sequence[int], per_class: int = PER_CLASS, *,
+            permutations: int = PERMUTATIONS, bootstraps: int = BOOTSTRAPS, seed: int = 0) -> Excitation:  # fmt: skip
     """Run `loader`'s images through `model` with the probe on every SE block and summarise the gates.
 
     Args:
@@ -114,6 +120,8 @@ def analyze(model: torch.nn.Module, loader: Any, classes: Sequence[int], per_cla
         loader: yields (images, labels) batches, e.g. a `DataBundle.val`.
         classes: the classes Figs. 6-7 draw.
         per_class: images per class used for every statistic (the first ones the loader yields).
+        permutations, bootstraps, seed: the resampling of `gate_stats.block_stats` (seeded: equal runs, equal
+            numbers).
 
     Raises:
         SenetError: the model has no SE blocks, or a drawn class has no validation image.
@@ -141,7 +149,11 @@ def analyze(model: torch.nn.Module, loader: Any, classes: Sequence[int], per_cla
     overall = {b: gates[b].mean(axis=0) for b in blocks}
     share = {n: class_share(gates[n], labels) for n in names}
     images = [int((labels == k).sum()) for k in classes]
-    return Excitation(blocks, list(classes), images, mean, std, overall, share)
+    summary = {n: block_stats(gates[n], labels, permutations=permutations, bootstraps=bootstraps, seed=seed)
+               for n in names}  # fmt: skip
+    eta = {n: eta_squared(gates[n], labels) for n in names}
+    positions = {n: (b.stage, b.index) for n, b in found.items()}
+    return Excitation(blocks, list(classes), images, mean, std, overall, share, eta, summary, positions)
 
 
 def _std(rows: np.ndarray) -> np.ndarray:
@@ -178,31 +190,36 @@ def pick_classes(classes: list[int] | None, num_classes: int) -> list[int]:
     return list(dict.fromkeys(classes))
 
 
+BLOCKS_CSV = "excitation_blocks.csv"
+CSV_COLUMNS = ["block", "depth", "stage", "index", "channels", "constant", "eta2_median", "eta2_q1", "eta2_q3",
+               "eta2_median_ci_lo", "eta2_median_ci_hi", "null_median", "null_p95", "p", "mean_gate",
+               "share_above_0.9", "pooled_class_share"]  # fmt: skip
+
+
 def write(ex: Excitation, out: Path, label: str) -> list[Path]:
-    """Figs. 6 and 7, the specificity plot and its CSV under `out`; returns their paths."""
+    """Figs. 6 and 7, the η²-and-saturation figure and the per-block CSV under `out`; returns their paths."""
     names = [f"class {k}" for k in ex.classes]
     shown = {b: slice(0, min(MAX_CHANNELS, ex.overall[b].shape[0])) for b in ex.blocks}
     mean = {b: ex.mean[b][:, shown[b]] for b in ex.blocks}
     std = {b: ex.std[b][:, shown[b]] for b in ex.blocks}
     overall = {b: ex.overall[b][shown[b]] for b in ex.blocks}
+    blocks = list(ex.stats)
     paths = [
-        figures.save(
-            figures.excitation_profiles(ex.blocks, names, mean, overall, title=f"Mean excitation per class: {label}"),
-            out / "excitation_profiles.png",
-        ),
-        figures.save(
-            figures.excitation_spread(ex.blocks, names, mean, std, title=f"Excitation mean ± std per class: {label}"),
-            out / "excitation_spread.png",
-        ),
-        figures.save(
-            figures.specificity(
-                list(ex.specificity), list(ex.specificity.values()), title=f"Class-specificity\n{label}"
-            ),
-            out / "excitation_specificity.png",
-        ),
-    ]
-    csv = out / "excitation_specificity.csv"
-    lines = ["block,depth,class_share"] + [f"{b},{i},{s:.6f}" for i, (b, s) in enumerate(ex.specificity.items(), 1)]
+        save(figures.excitation_profiles(ex.blocks, names, mean, overall, title=f"Mean excitation per class: {label}"),
+             out / "excitation_profiles.png"),
+        save(figures.excitation_spread(ex.blocks, names, mean, std, title=f"Excitation mean ± std per class: {label}"),
+             out / "excitation_spread.png"),
+        save(figures.excitation_eta2(blocks, ex.eta, ex.stats, title=f"Per-channel class share, saturation\n{label}"),
+             out / "excitation_eta2.png"),
+    ]  # fmt: skip
+    lines = [",".join(CSV_COLUMNS)]
+    for depth, (b, s) in enumerate(ex.stats.items(), 1):
+        stage, index = ex.positions[b]
+        values = [s.median, s.q1, s.q3, s.ci_lo, s.ci_hi, s.null_median, s.null_hi, s.p, s.mean_gate, s.saturated,
+                  s.pooled]  # fmt: skip
+        lines.append(",".join([b, str(depth), str(stage), str(index), str(s.channels), str(s.constant),
+                               *(f"{v:.6g}" for v in values)]))  # fmt: skip
+    csv = out / BLOCKS_CSV
     csv.write_text("\n".join(lines) + "\n")
     return [*paths, csv]
 
@@ -249,7 +266,8 @@ def resolve_target(target: str, opts: SweepOptions) -> Target:
 
 
 def excitation_report(target: str, opts: SweepOptions, out: Path, classes: list[int] | None) -> list[Path]:
-    """`senet-ablate excitation RUN_ID_OR_STUDY`: Figs. 6-7 and the specificity plot for one trained model.
+    """`senet-ablate excitation RUN_ID_OR_STUDY`: Figs. 6-7, the η²-and-saturation figure and the per-block CSV
+    of one trained model.
 
     Args:
         target: an MLflow run id of a trial, or a study (name or YAML path) whose reference trial's first seed

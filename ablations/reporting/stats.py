@@ -1,7 +1,9 @@
-"""The statistics behind a report: mean ± std with a Student-t interval, paired-by-seed differences with a verdict,
-and whether two orderings of the same levels agree (Spearman's rank correlation).
+"""The statistics behind a report, as pure functions on plain numbers: mean ± std with a Student-t interval,
+paired-by-seed differences with a verdict, Holm's correction, the power of a table, divergence rates, and whether
+our ordering of a table's levels agrees with the paper's.
 
-Pure functions on plain numbers, so every figure a report prints can be checked by hand.
+The tests are scipy's and statsmodels' (`ttest_rel`, `permutation_test`, `multipletests`, `TTestPower`,
+`proportion_confint`); this module decides when they apply and what a report may conclude from them.
 """
 
 from __future__ import annotations
@@ -10,16 +12,25 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
+from statsmodels.stats.proportion import proportion_confint
 
 CONFIDENCE = 0.95  # two-sided level of every interval in a report
+ALPHA = 1 - CONFIDENCE  # two-sided level of every test
+POWER = 0.8  # power of the minimum detectable effect and of the seeds-needed estimate
+EFFECTS = (0.5, 1.0)  # points of error the seeds-needed estimates are for
+DIGITS = 2  # decimals a report prints errors and differences with: verdicts judge the printed bounds
+MIN_RANKED = 4  # levels an exact permutation test of an ordering needs for p < 0.05 to be possible (1/4! = 0.042)
+EXACT_UP_TO = 8  # levels up to which the permutation test enumerates every ordering (8! = 40320)
+_FLAT = 1e-9  # a spread this small (relative to the values) is rounding noise in equal differences
 
 
-def t_halfwidth(std: float, n: int, confidence: float = CONFIDENCE) -> float:
-    """Half-width of the t-interval of a mean: t_{(1+c)/2, n-1} · std / √n (NaN for n < 2)."""
-    if n < 2:
-        return math.nan
-    return float(stats.t.ppf((1 + confidence) / 2, n - 1)) * std / math.sqrt(n)
+def printed(x: float, digits: int = DIGITS) -> float:
+    """`x` as a report prints it (fixed decimals), read back: what a reader judges."""
+    return float(format(x, f".{digits}f"))
 
 
 @dataclass(frozen=True)
@@ -34,55 +45,194 @@ class Summary:
 
 
 def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> Summary:
-    """Summary of `values`: mean of n ≥ 1 values, std and interval of n ≥ 2, all NaN for none."""
+    """Summary of `values`: mean of n ≥ 1 values, std and interval (`scipy.stats.t.interval`) of n ≥ 2."""
     xs = [float(v) for v in values]
     n = len(xs)
     if n == 0:
         return Summary(0, math.nan, math.nan, math.nan, math.nan)
     mean = math.fsum(xs) / n
-    std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else math.nan
-    half = t_halfwidth(std, n, confidence)
-    return Summary(n, mean, std, mean - half, mean + half)
+    if n == 1:
+        return Summary(1, mean, math.nan, math.nan, math.nan)
+    std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
+    if std <= _FLAT * max(1.0, abs(mean)):
+        return Summary(n, mean, 0.0, mean, mean)
+    lo, hi = stats.t.interval(confidence, n - 1, loc=mean, scale=std / math.sqrt(n))
+    return Summary(n, mean, std, float(lo), float(hi))
 
 
-BETTER, WORSE, NOISE, TOO_FEW = "better", "worse", "within noise", "n < 2"
+# -- paired differences and verdicts ------------------------------------------------------------------------------
+
+BETTER, WORSE, INCONCLUSIVE = "better", "worse", "inconclusive"
+TOO_FEW = "no test (n < 2)"
+IDENTICAL = "no test (identical differences)"
 
 
 @dataclass(frozen=True)
 class Paired:
-    """A level minus its comparison level, seed by seed.
+    """A level minus its comparison level, seed by seed (negative = lower error than the comparison).
 
     Attributes:
         seeds: the seeds present in both levels, sorted.
-        diff: the summary of the per-seed differences (negative = lower error than the comparison).
-        verdict: `better` (interval below 0), `worse` (above 0), `within noise`, or `n < 2`.
+        diffs: the per-seed differences, in seed order.
+        diff: their mean, std and the paired t-interval (`ttest_rel`).
+        p: two-sided p-value of the paired t-test; NaN when there is no test (n < 2 or identical differences).
     """
 
     seeds: tuple[int, ...]
+    diffs: tuple[float, ...]
     diff: Summary
-    verdict: str
+    p: float
+
+    @property
+    def degenerate(self) -> bool:
+        """Every seed gave the same difference: a zero-width interval that says nothing about the spread."""
+        return self.diff.n >= 2 and self.diff.std == 0.0
+
+    @property
+    def testable(self) -> bool:
+        return self.diff.n >= 2 and not self.degenerate
 
 
 def paired(level: Mapping[int, float], other: Mapping[int, float], confidence: float = CONFIDENCE) -> Paired:
     """Paired-by-seed difference `level - other` of an error metric over the seeds both have.
 
     Pairing removes what a seed shares between the two levels (data order, and initialisation where the shapes
-    agree); seeds present in only one level are left out rather than compared with another seed's run.
+    agree); seeds present in only one level are left out rather than compared with another seed's run. Equal
+    differences (common with errors in 0.05-point steps) give no test: their zero spread is an accident of n.
     """
     seeds = tuple(sorted(set(level) & set(other)))
-    diff = summarize([level[s] - other[s] for s in seeds], confidence)
-    return Paired(seeds, diff, verdict(diff))
+    a = [level[s] for s in seeds]
+    b = [other[s] for s in seeds]
+    diffs = tuple(x - y for x, y in zip(a, b, strict=True))
+    diff = summarize(diffs, confidence)
+    if diff.n < 2 or diff.std == 0.0:
+        return Paired(seeds, diffs, diff, math.nan)
+    result = stats.ttest_rel(a, b)
+    ci = result.confidence_interval(confidence)
+    interval = Summary(diff.n, diff.mean, diff.std, float(ci.low), float(ci.high))
+    return Paired(seeds, diffs, interval, float(result.pvalue))
 
 
-def verdict(diff: Summary) -> str:
-    """Lower error is better: an interval entirely below 0 is `better`, entirely above 0 `worse`."""
-    if diff.n < 2 or math.isnan(diff.lo):
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values (`multipletests(method="holm")`) over the finite entries; NaN (no test) stays NaN
+    and is not counted in the family."""
+    finite = [i for i, p in enumerate(pvalues) if not math.isnan(p)]
+    out = [math.nan] * len(pvalues)
+    if finite:
+        adjusted = multipletests([pvalues[i] for i in finite], alpha=ALPHA, method="holm")[1]
+        for i, p in zip(finite, adjusted, strict=True):
+            out[i] = float(p)
+    return out
+
+
+def verdict(pair: Paired, p_adjusted: float, digits: int = DIGITS) -> str:
+    """`better` / `worse` when the (adjusted) test rejects at ALPHA and the interval as printed with `digits`
+    decimals lies entirely below / above 0; `inconclusive` otherwise; no verdict without a test.
+
+    Judging the printed bounds keeps a row from reading "+0.60 [0.00, +1.20] worse"."""
+    if pair.diff.n < 2:
         return TOO_FEW
-    if diff.hi < 0:
+    if pair.degenerate:
+        return IDENTICAL
+    if not p_adjusted < ALPHA:
+        return INCONCLUSIVE
+    if printed(pair.diff.hi, digits) < 0:
         return BETTER
-    if diff.lo > 0:
+    if printed(pair.diff.lo, digits) > 0:
         return WORSE
-    return NOISE
+    return INCONCLUSIVE
+
+
+# -- power ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Power:
+    """What a table's paired comparisons could detect, from their pooled spread.
+
+    Attributes:
+        n: pairs per comparison the estimate is for.
+        sd: pooled standard deviation of the paired differences (NaN when no comparison has n ≥ 2).
+        df: its degrees of freedom, Σ (n_i - 1).
+        mde: the smallest |Δ| a paired t-test at ALPHA (two-sided) detects with POWER at n pairs.
+    """
+
+    n: int
+    sd: float
+    df: int
+    mde: float
+
+    def seeds_for(self, effect: float) -> int | None:
+        """Seeds (pairs) needed to detect |Δ| = `effect` with POWER; None when the spread is unknown or zero."""
+        return seeds_needed(effect, self.sd)
+
+
+def pooled_sd(groups: Sequence[Sequence[float]]) -> tuple[float, int]:
+    """√(Σ (n_i - 1) s_i² / Σ (n_i - 1)) over the groups with n_i ≥ 2, and its degrees of freedom."""
+    ss, df = 0.0, 0
+    for g in groups:
+        if len(g) >= 2:
+            m = math.fsum(g) / len(g)
+            ss += math.fsum((x - m) ** 2 for x in g)
+            df += len(g) - 1
+    return (math.sqrt(ss / df), df) if df else (math.nan, 0)
+
+
+def mde(sd: float, n: int) -> float:
+    """Minimum detectable |Δ| of a paired t-test at n pairs (`TTestPower`: d at POWER, times the SD)."""
+    if n < 2 or math.isnan(sd):
+        return math.nan
+    d = TTestPower().solve_power(effect_size=None, nobs=n, alpha=ALPHA, power=POWER, alternative="two-sided")
+    return float(d) * sd
+
+
+def seeds_needed(effect: float, sd: float) -> int | None:
+    """Pairs a paired t-test at ALPHA needs to detect |Δ| = `effect` with POWER, at spread `sd`."""
+    if math.isnan(sd) or sd <= 0 or effect <= 0:
+        return None
+    power = TTestPower()
+    d = effect / sd
+    if power.power(effect_size=d, nobs=2, alpha=ALPHA, alternative="two-sided") >= POWER:
+        return 2
+    n = power.solve_power(effect_size=d, nobs=None, alpha=ALPHA, power=POWER, alternative="two-sided")
+    return math.ceil(float(n) - 1e-9)
+
+
+def power(diffs: Sequence[Sequence[float]]) -> Power:
+    """The table's power from its comparisons' paired differences, at their most common n (ties: the smaller)."""
+    sizes = [len(d) for d in diffs if len(d) >= 2]
+    sd, df = pooled_sd(diffs)
+    if not sizes:
+        return Power(0, sd, df, math.nan)
+    n = min(set(sizes), key=lambda k: (-sizes.count(k), k))
+    return Power(n, sd, df, mde(sd, n))
+
+
+# -- divergence -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rate:
+    """k of n with its Wilson interval (`proportion_confint(method="wilson")`), as fractions."""
+
+    k: int
+    n: int
+    lo: float
+    hi: float
+
+    @property
+    def rate(self) -> float:
+        return self.k / self.n if self.n else math.nan
+
+
+def wilson(k: int, n: int) -> Rate:
+    if n == 0:
+        return Rate(k, n, math.nan, math.nan)
+    lo, hi = proportion_confint(k, n, alpha=ALPHA, method="wilson")
+    return Rate(k, n, float(lo), float(hi))
+
+
+# -- orderings ------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -91,37 +241,73 @@ class Agreement:
 
     Attributes:
         n: levels that have both our value and the paper's.
-        rho: Spearman's rank correlation (NaN when n < 2 or one side has all values equal).
-        statement: the agreement in words, e.g. "same order" or "does not agree".
+        rho: Spearman's rank correlation, ties ranked by their average (NaN when n < 2 or a side is all ties).
+        p: one-sided exact permutation p-value of ρ (the share of the n! orderings that agree at least as well);
+            NaN when not testable (n < MIN_RANKED).
+        statement: the result in words.
     """
 
     n: int
     rho: float
+    p: float
     statement: str
 
 
-def rank_agreement(ours: Sequence[float], paper: Sequence[float]) -> Agreement:
-    """Spearman's ρ between two sequences of the same levels' errors, with a plain reading of it.
+def _rho(rx: np.ndarray) -> object:
+    """ρ of fixed ranks `rx` with permuted ranks (vectorised: Pearson's r of ranks is Spearman's ρ)."""
+    a = rx - rx.mean()
 
-    The reading: ρ = 1 same order, ρ ≥ 0.5 mostly agrees, |ρ| < 0.5 does not agree, ρ ≤ -0.5 mostly reversed,
-    ρ = -1 reversed. With n ≤ 3 levels only ρ = ±1 (and 0.5 at n = 3) can occur, so read small tables with care.
+    def statistic(b: np.ndarray, axis: int = -1) -> np.ndarray:
+        c = b - b.mean(axis=axis, keepdims=True)
+        return (c * a).sum(axis=axis) / np.sqrt((a * a).sum() * (c * c).sum(axis=axis))
+
+    return statistic
+
+
+def rank_agreement(ours: Sequence[float], paper: Sequence[float], seed: int = 0) -> Agreement:
+    """Spearman's ρ between two sequences of the same levels' errors, with an exact permutation p-value.
+
+    The test (`permutation_test`, `permutation_type="pairings"`) enumerates every ordering up to EXACT_UP_TO
+    levels, else draws 100 000 with a seeded generator. Below MIN_RANKED levels no ordering can reach p < 0.05, so
+    none is tested: at 2 levels the "agreement" is a coin flip.
     """
     if len(ours) != len(paper):
         raise ValueError(f"{len(ours)} values of ours against {len(paper)} of the paper's")
     n = len(ours)
     if n < 2:
-        return Agreement(n, math.nan, "too few levels to compare")
+        return Agreement(n, math.nan, math.nan, "too few levels to compare")
     if len(set(ours)) == 1 or len(set(paper)) == 1:
-        return Agreement(n, math.nan, "cannot rank: one side has all values equal")
-    rho = float(stats.spearmanr(ours, paper).statistic)
-    if rho > 1 - 1e-12:
-        words = "same order"
-    elif rho >= 0.5:
-        words = "mostly agrees"
-    elif rho > -0.5:
-        words = "does not agree"
-    elif rho > -1 + 1e-12:
-        words = "mostly reversed"
-    else:
-        words = "reversed"
-    return Agreement(n, rho, words)
+        return Agreement(n, math.nan, math.nan, "cannot rank: one side has all values tied")
+    rx, ry = stats.rankdata(ours), stats.rankdata(paper)
+    rho = float(_rho(rx)(ry))  # type: ignore[operator]
+    if n < MIN_RANKED:
+        return Agreement(n, rho, math.nan, f"not testable with {n} levels (an exact test needs {MIN_RANKED})")
+    resamples = np.inf if n <= EXACT_UP_TO else 100_000
+    res = stats.permutation_test((ry,), _rho(rx), permutation_type="pairings", alternative="greater",
+                                 n_resamples=resamples, vectorized=True, rng=np.random.default_rng(seed))  # fmt: skip
+    p = float(res.pvalue)
+    words = "agrees beyond chance" if p < ALPHA else "not distinguishable from a random ordering"
+    return Agreement(n, rho, p, words)
+
+
+def ordering(labels: Sequence[str], values: Sequence[float]) -> str:
+    """Labels from lowest to highest value, equal values joined by `=` (ties shown as ties)."""
+    pairs = sorted(zip(values, labels, strict=True), key=lambda p: p[0])
+    out: list[str] = []
+    for i, (value, label) in enumerate(pairs):
+        out.append(("" if i == 0 else " = " if value == pairs[i - 1][0] else " < ") + label)
+    return "".join(out)
+
+
+SAME, OPPOSITE, TIE = "same", "opposite", "tie"
+
+
+def sign_agreement(ours: float, paper: float, digits: int = DIGITS) -> str:
+    """Whether our Δ has the paper's sign, judged on the printed values: same, opposite, tie (a side prints as
+    zero) or "" (a side is missing)."""
+    if math.isnan(ours) or math.isnan(paper):
+        return ""
+    a, b = printed(ours, digits), printed(paper, digits)
+    if a == 0 or b == 0:
+        return TIE
+    return SAME if (a > 0) == (b > 0) else OPPOSITE

@@ -1,5 +1,6 @@
-"""`report` against a tiny MLflow store written by hand: the aggregated numbers, the cells that did not finish,
-the ordering against the paper, deterministic files, figures, and logging to the parent run."""
+"""`report` against a tiny MLflow store written the way workers write it: the aggregated numbers, the verdicts
+and their families, the cells that did not finish, the ordering against the paper, the forest plot's data, the
+LaTeX and CSV exports, byte-identical reruns, and logging to the parent run."""
 
 import math
 
@@ -11,34 +12,22 @@ from matplotlib.image import imread
 from ablations.errors import SenetError
 from ablations.paper import paper_rows
 from ablations.reporting import figures
+from ablations.reporting.analysis import analyse
 from ablations.reporting.excitation import excitation_report
-from ablations.reporting.report import paper_match, write_report
+from ablations.reporting.frames import forest_frame
+from ablations.reporting.paper_match import paper_match
+from ablations.reporting.report import write_report
+from ablations.reporting.results import gather
 from ablations.reporting.stats import summarize
 from ablations.spec import expand, load_spec
+from ablations.sweep.runner import SweepOptions, study_status
 from ablations.tracking import Tracker
 from ablations.training.engine import train
+from tests.ablations.conftest import write_spec
 
-SPEC = {
-    "name": "tiny_gate",
-    "description": "The excitation gate in miniature, for tests.",
-    "mirrors": ["table12_excitation_operator"],
-    "base": {
-        "model": {"name": "resnet20"},
-        "se": {"reduction": 4},
-        "data": {
-            "dataset": "synthetic",
-            "val_size": 48,
-            "synthetic_train": 240,
-            "synthetic_test": 30,
-            "synthetic_size": 8,
-            "synthetic_classes": 3,
-        },
-        "train": {"epochs": 2, "batch_size": 32, "eval_batch_size": 64},
-    },  # fmt: skip
-    "grid": {"se.excitation": ["sigmoid", "tanh", "relu"]},
-    "extra": [{"label": "no SE", "set": {"se.enabled": False}}],
-    "seeds": 3,
-}
+STUDY = "tiny_gate"
+GRID = {"se.excitation": ["sigmoid", "tanh", "relu"]}
+EXTRA = [{"label": "no SE", "set": {"se.enabled": False}}]
 # (test top-1, test top-5) per level and seed; None = no FINISHED run (see the store fixture for what happened)
 RESULTS = {
     "sigmoid": {0: (10.0, 2.0), 1: (12.0, 3.0), 2: (14.0, 4.0)},
@@ -46,6 +35,7 @@ RESULTS = {
     "relu": {0: (20.0, 7.0), 1: None, 2: None},  # seed 0 killed once then finished; 1 diverged; 2 failed
     "no SE": {0: (13.5, 4.0), 1: (15.0, 5.0), 2: None},  # seed 2 never ran
 }
+TAGS = {"senet.device": "cpu", "senet.torch": "2.0", "senet.git_sha": "0123456789abcdef", "senet.git_dirty": "false"}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -56,39 +46,43 @@ def summary(top1, top5):
             "gflops": 0.01}  # fmt: skip
 
 
-def start(tracker, parent, trial):
+def start(tracker, parent, trial, attempt=1):
     info = {"key": trial.key, "config_hash": trial.config_hash, "seed": trial.seed, "label": trial.label,
-            "factors": trial.factors, "flat": trial.config.flat()}  # fmt: skip
-    return tracker.start_trial("tiny_gate", parent, info, "cpu")
+            "factors": trial.factors, "attempt": attempt, "attempt_id": f"{trial.key}-{attempt}",
+            "flat": trial.config.flat()}  # fmt: skip
+    return tracker.start_trial(STUDY, parent, info, TAGS)
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A results folder whose MLflow store holds the runs of RESULTS, made the way workers make them."""
     root = tmp_path_factory.mktemp("report")
-    path = root / "tiny_gate.yaml"
-    path.write_text(yaml.safe_dump(SPEC))
+    path = write_spec(root, STUDY, grid=GRID, extra=EXTRA, seeds=3)
+    spec = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**spec, "mirrors": ["table12_excitation_operator"]}))
     results = root / "results"
     results.mkdir()
     tracker = Tracker(f"sqlite:///{results / 'mlflow.db'}", results)
-    parent = tracker.parent_run("tiny_gate", SPEC["description"])
+    parent = tracker.parent_run(STUDY, spec["description"], {})
     tracker.finish_parent(parent, False)
     for trial in expand(load_spec(path)):
         label = trial.label.removeprefix("se.excitation=")
         value = RESULTS[label][trial.seed]
+        attempt = 1
         if label == "relu" and trial.seed == 0:  # an attempt killed mid-run, with nonsense epoch metrics
             killed = start(tracker, parent, trial)
             tracker.log_epoch(killed, 1, {"val_top1_err": 99.0})
-            tracker.end(killed, "KILLED")
+            tracker.end(killed, "KILLED", "stopped")
+            attempt = 2
         if value is None and label == "relu" and trial.seed == 1:
             run = start(tracker, parent, trial)
             tracker.log_epoch(run, 1, {"val_top1_err": 60.0})
             tracker.log_summary(run, {"diverged_epoch": 2, "epochs": 1}, "diverged")
             tracker.end(run, "FINISHED")
         elif value is None and label == "relu":
-            tracker.end(start(tracker, parent, trial), "FAILED")
+            tracker.end(start(tracker, parent, trial), "FAILED", "crash")
         elif value is not None:
-            run = start(tracker, parent, trial)
+            run = start(tracker, parent, trial, attempt)
             for epoch in (1, 2):
                 tracker.log_epoch(run, epoch, {"val_top1_err": value[0] + 10 / epoch, "val_top5_err": value[1]})
             tracker.log_summary(run, summary(*value), "finished")
@@ -98,9 +92,9 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(store, tmp_path_factory):
-    path, results, tracker, parent = store
+    path, results, _, _ = store
     out = tmp_path_factory.mktemp("out")
-    readme = write_report(str(path), results=results, tracking_uri=None, out=out, overrides={})
+    readme = write_report(str(path), SweepOptions(results=results), out=out)
     return readme, readme.read_text(), pd.read_csv(out / "summary.csv").set_index("level")
 
 
@@ -109,38 +103,56 @@ def row_of(markdown: str, level: str, table: int = 0) -> list[str]:
     return [c.strip() for c in rows[table].strip("|").split("|")]
 
 
-def test_rows_hold_hand_computed_statistics(report):
+def test_rows_hold_hand_computed_statistics_and_verdicts(report):
     _, md, _ = report
     # sigmoid 10, 12, 14: mean 12, std 2, t-interval 12 ± 4.303·2/√3 = [7.03, 16.97]
     sigmoid = row_of(md, "sigmoid")
-    assert sigmoid[1:5] == ["3/3", "12.00 ± 2.00 [7.03, 16.97]", "3.00 ± 1.00 [0.52, 5.48]",
-                            "13.00 ± 2.00 [8.03, 17.97]"]  # fmt: skip
-    assert sigmoid[5] == "*reference*"
-    # vs no SE over seeds 0, 1: -3.5, -3 → -3.25 ± 0.354, t(1) = 12.706 → [-6.43, -0.07]
-    assert sigmoid[6] == "-3.25 [-6.43, -0.07] better (n = 2)"
+    assert sigmoid[1:4] == ["3/3", "12.00 ± 2.00 [7.03, 16.97]", "*reference*"]
+    # tanh − sigmoid: 2, 3, 2.5 → 2.5 ± 0.5 → [1.26, 3.74]; t = 8.66, 2 df: p = 0.0131, alone in its Holm family
     tanh = row_of(md, "tanh")
-    # tanh − sigmoid: 2, 3, 2.5 → 2.5 ± 0.5 → [1.26, 3.74]; tanh − no SE: -1.5, 0 → -0.75 ± 1.06 → [-10.28, 8.78]
-    assert tanh[2] == "14.50 ± 2.29 [8.81, 20.19]"
-    assert tanh[5] == "+2.50 [+1.26, +3.74] worse (n = 3)"
-    assert tanh[6] == "-0.75 [-10.28, +8.78] within noise (n = 2)"
+    assert tanh[2:6] == ["14.50 ± 2.29 [8.81, 20.19]", "+2.50 [+1.26, +3.74] (n = 3)", "0.013", "**worse**"]
+    # relu: one finished seed, no test
+    relu = row_of(md, "relu")
+    assert relu[1:6] == ["1/3 · 1 diverged · 1 failed", "20.00 (n = 1)", "+10.00 (n = 1)", "—", "no test (n < 2)"]
+    # no SE − sigmoid over seeds 0, 1: 3.5, 3 → 3.25 ± 0.354, t(1) = 12.706 → [+0.07, +6.43], t = 13: p = 0.0489,
+    # the SE-vs-no-SE contrast, tested once (†)
     no_se = row_of(md, "no SE")
-    assert no_se[1] == "2/3 · 1 pending" and no_se[5] == "+3.25 [+0.07, +6.43] worse (n = 2)"
-    assert no_se[6] == "*baseline*"
+    assert no_se[1:6] == ["2/3 · 1 pending", "14.25 ± 1.06 [4.72, 23.78]", "+3.25 [+0.07, +6.43] (n = 2)",
+                          "0.049 †", "**worse**"]  # fmt: skip
 
 
-def test_paper_values_sit_beside_our_rows(report):
+def test_the_contrast_is_stated_once(report):
     _, md, _ = report
-    assert row_of(md, "tanh")[7] == "23.00 / 6.38 (Tanh)"
-    assert row_of(md, "no SE")[7] == "23.30 / 6.55 (ResNet-50, Table 10)"  # Table 12 has no no-SE row
+    assert md.count("## SE against no SE") == 1
+    assert row_of(md, "`no SE` − `sigmoid`") == ["`no SE` − `sigmoid`", "+3.25 [+0.07, +6.43] (n = 2)", "0.049",
+                                                "0.049", "**worse**"]  # fmt: skip
+    assert "Holm's correction over the comparisons of the table" in md
+
+
+def test_paper_values_and_signs_sit_beside_our_rows(report):
+    _, md, _ = report
+    assert row_of(md, "tanh")[6:] == ["23.00 / 6.38 (Tanh)", "+0.72", "✓"]
+    assert row_of(md, "relu")[6:] == ["23.47 / 6.98 (ReLU)", "+1.19", "✓"]
+    assert row_of(md, "no SE")[6:] == ["23.30 / 6.55 (ResNet-50, Table 10)", "+1.02", "✓"]  # borrowed
+    assert row_of(md, "sigmoid")[6:] == ["22.28 / 6.03 (Sigmoid)", "*reference*", "—"]
     assert "ImageNet ResNet-50 errors" in md
 
 
-def test_diverged_failed_killed_and_missing_cells_are_marked(report):
+def test_divergence_rate_and_the_mean_that_counts_it(report):
     _, md, csv = report
-    relu = row_of(md, "relu")
-    assert relu[1] == "1/3 · 1 diverged · 1 failed"
-    assert relu[2] == "20.00 (n = 1)"  # the FINISHED run, not the killed attempt
-    assert relu[5] == "+10.00 (n = 1): n < 2"
+    # relu: 1 diverged of 2 results, Wilson [9.5, 90.5] %; at chance (3 classes: 66.67 %) the mean is 43.33
+    relu = row_of(md, "relu", table=1)
+    assert relu[1] == "1/2 [9, 91] %"
+    chance = summarize([20.0, 100 * (1 - 1 / 3)])
+    assert relu[2] == f"{chance.mean:.2f} ± {chance.std:.2f} [{chance.lo:.2f}, {chance.hi:.2f}]"
+    assert row_of(md, "sigmoid", table=1)[1:3] == ["0/3 [0, 56] %", "12.00 ± 2.00 [7.03, 16.97]"]
+    assert csv.loc["relu", "diverged_rate"] == 0.5
+    assert csv.loc["relu", "diverged_ci_lo"] == pytest.approx(0.0945, abs=1e-4)
+    assert csv.loc["relu", "test_top1_err_at_chance_mean"] == pytest.approx(43.3333, abs=1e-4)
+
+
+def test_diverged_failed_killed_and_missing_cells_are_listed(report):
+    _, md, csv = report
     assert "`relu` seed 1" in md and "diverged: diverged at epoch 2" in md
     assert "`relu` seed 2" in md and ": failed: run FAILED" in md
     assert "`no SE` seed 2" in md and "pending: no run yet" in md
@@ -148,64 +160,129 @@ def test_diverged_failed_killed_and_missing_cells_are_marked(report):
     assert csv.loc["no SE", "pending"] == 1
 
 
-def test_ordering_against_the_paper_is_stated(report):
+def test_ordering_uses_the_design_levels_only(report):
     _, md, _ = report
-    # ours 12 < 14.25 < 14.5 < 20 against the paper's 22.28 < 23.00 < 23.30 < 23.47: one swap, ρ = 0.8
-    assert ("- top-1: ours sigmoid < no SE < tanh < relu; paper sigmoid < tanh < no SE < relu. "
-            "Spearman ρ = +0.80 over 4 levels: **mostly agrees**.") in md  # fmt: skip
-    assert "- top-5: ours sigmoid < tanh < no SE < relu; paper sigmoid < tanh < no SE < relu." in md
-    assert "**same order**" in md
+    # sigmoid 12 < tanh 14.5 < relu 20 against 22.28 < 23.00 < 23.47; no SE left out; 3 levels: not testable
+    assert ("- top-1: ours sigmoid < tanh < relu; paper sigmoid < tanh < relu. Spearman ρ = +1.00 over 3 levels; "
+            "not testable with 3 levels (an exact test needs 4).") in md  # fmt: skip
+    assert "**same order**" not in md and "mostly agrees" not in md
+
+
+def test_power_line(report):
+    _, md, csv = report
+    # pooled over tanh (2, 3, 2.5) and no SE (3.5, 3): SD √(0.625/3) = 0.456 on 3 df; n = 2 (tie → smaller)
+    assert "Pooled SD of the paired differences 0.46 points (df = 3). At n = 2 pairs the MDE is ±5.27 points" in md
+    assert "0.5 point → 9 seeds; 1 point → 4 seeds" in md
 
 
 def test_header_states_the_setting(report):
     _, md, _ = report
     lines = ["| dataset | synthetic", "| backbone | resnet20 |", "| epochs | 2 |", "| seeds | 0, 1, 2 |",
-             "| device | cpu |", "| code version |", "9 finished, 1 diverged, 1 failed, 1 pending of 12"]  # fmt: skip
+             "| data seeds | 0 |", "| intervals cover | seed variance only", "| device | cpu |",
+             "| code version | 0123456789ab |", "9 finished, 1 diverged, 1 failed, 1 pending of 12"]  # fmt: skip
     for line in lines:
         assert line in md, line
     assert "Not drawn: no checkpoint for the reference model" in md
 
 
 def test_csv_holds_the_same_numbers(report):
-    _, _, csv = report
+    readme, _, csv = report
     s = summarize([12.0, 15.0, 16.5])
     assert csv.loc["tanh", "test_top1_err_mean"] == pytest.approx(14.5)
     assert csv.loc["tanh", "test_top1_err_ci_lo"] == pytest.approx(s.lo, abs=1e-4)
-    assert csv.loc["tanh", "d_ref_test_top1_err_verdict"] == "worse"
+    assert csv.loc["tanh", "d_ref_verdict"] == "worse" and csv.loc["tanh", "d_ref_family"] == "table"
+    assert csv.loc["tanh", "d_ref_p"] == pytest.approx(0.0130718, abs=1e-6)
+    assert csv.loc["no SE", "d_ref_family"] == "SE vs no SE"
     assert csv.loc["sigmoid", "reference"] and csv.loc["no SE", "baseline"]
     assert csv.loc["sigmoid", "params_m"] == pytest.approx(0.25)
     assert math.isnan(csv.loc["relu", "test_top1_err_std"])
+    tables = pd.read_csv(readme.parent / "tables.csv")
+    assert tables.loc[0, "power_n"] == 2 and tables.loc[0, "seeds_for_0.5"] == 9
+    assert tables.loc[0, "agree_test_top1_err_levels"] == "sigmoid tanh relu"
+
+
+def test_latex_tables_are_booktabs(report):
+    readme, _, _ = report
+    tex = (readme.parent / "tables.tex").read_text()
+    assert tex.count(r"\begin{table}") == 1 and r"\label{tab:tiny_gate}" in tex
+    rules = [line for line in tex.splitlines() if line.endswith("rule")]
+    assert rules == [r"\toprule", r"\midrule", r"\bottomrule"]
+    assert (
+        r"tanh & 3/3 & $14.50 \pm 2.29$ [8.81, 20.19] & +2.50 [+1.26, +3.74] & 0.013 & worse & 23.00 & +0.72 \\" in tex
+    )
+    assert r"no SE & 2/3 & $14.25 \pm 1.06$ [4.72, 23.78] & +3.25 [+0.07, +6.43] & 0.049$^\dagger$ & worse" in tex
+    assert r"relu & 1/3 & 20.00 ($n=1$) & +10.00 ($n=1$) & -- & no test (n $<$ 2) & 23.47 & +1.19 \\" in tex
+    assert r"tiny\_gate: se.excitation (paper Table 12)" in tex
+
+
+def test_forest_plot_shows_every_level_and_the_paper_on_its_own_axis(store, report):
+    path, results, tracker, _ = store
+    spec, trials, statuses = study_status(str(path), SweepOptions(results=results))
+    rows = forest_frame(analyse(gather(spec, statuses, tracker.trial_runs({t.key for t in trials}), tracker)))
+    assert rows["level"].tolist() == ["sigmoid", "tanh", "relu", "no SE"]
+    assert rows["reference"].tolist() == [True, False, False, False]
+    assert rows["delta"].tolist()[1:] == pytest.approx([2.5, 10.0, 3.25]) and math.isnan(rows.loc[0, "delta"])
+    assert rows["verdict"].tolist() == ["", "worse", "no test (n < 2)", "worse"]
+    assert rows["paper_delta"].tolist()[1:] == pytest.approx([0.72, 1.19, 1.02])
+    fig = figures.forest(rows, title="t")
+    ours, paper = fig.axes
+    assert [t.get_text() for t in ours.get_yticklabels()] == ["tiny_gate: sigmoid (reference)", "tiny_gate: tanh",
+                                                              "tiny_gate: relu", "tiny_gate: no SE"]  # fmt: skip
+    points = [line for line in ours.lines if line.get_marker() == "o"]
+    assert [float(line.get_xdata()[0]) for line in points] == pytest.approx([2.5, 10.0, 3.25])
+    (diamonds,) = [line for line in paper.lines if line.get_marker() == "D"]
+    assert list(diamonds.get_xdata())[1:] == pytest.approx([0.72, 1.19, 1.02])
+    # two panels side by side with their own x scales (no twin axis sharing one frame)
+    assert ours.get_position().x1 < paper.get_position().x0 and paper.get_xlim() != ours.get_xlim()
+    assert "paper" in paper.get_xlabel() and "ours" in ours.get_xlabel()
+    png = report[0].parent / "overview_forest.png"
+    assert png.read_bytes().startswith(PNG) and imread(png).ndim == 3
+
+
+def test_per_table_figures_plot_their_numbers():
+    s = [summarize([10.0, 12.0, 14.0]), summarize([20.0]), summarize([1.0, 2.0])]  # the last interval reaches < 0
+    assert figures.truncated(s) == 1
+    assert figures.pareto_front([0.03, 0.031, 0.031, 0.02], [12.0, 11.0, 13.0, 14.0]) == [3, 0, 1]
+    fig = figures.cost(["a", "b", "c"], s, [0.03, 0.02, 0.04], [0.27, 0.26, 0.28], ylabel="err", title="t")
+    gflops, params = fig.axes
+    assert [ax.get_xlabel() for ax in fig.axes] == ["GFLOPs (multiply-adds)", "params (M)"]
+    assert gflops.get_ylim()[0] == 0.0  # the third interval is cut at 0 …
+    assert any(line.get_marker() == "v" for line in gflops.lines)  # … and marked
+    (front,) = [line for line in gflops.lines if line.get_linestyle() == "--"]
+    assert list(front.get_xdata()) == [0.02, 0.03, 0.04] and list(front.get_ydata()) == [20.0, 12.0, 1.5]
+    fig = figures.curves(["a", "b"], [[{1: 5.0, 2: 4.0}, {1: 6.0, 2: 3.0}], [{1: 7.0}]], ylabel="val", title="t")
+    (ax,) = fig.axes
+    assert len(ax.lines) == 2 and len(ax.collections) == 1  # one band (n ≥ 2)
+    assert list(ax.lines[0].get_ydata()) == [5.5, 3.5]
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]  # mean ± t(1)·sd/√2, cut at 0 %
+    assert max(band) == pytest.approx(5.5 + 12.7062 * math.sqrt(0.5) / math.sqrt(2), abs=1e-3)
+    assert min(band) == 0.0
+    fig = figures.seeds(["a", "b"], [{0: 10.0, 1: 12.0}, {0: 11.0}], [[], [1]], 90.0, ylabel="err", title="t")
+    (ax,) = fig.axes
+    (seed0,) = [line for line in ax.lines if line.get_label() == "seed 0"]
+    (seed1,) = [line for line in ax.lines if line.get_label() == "seed 1"]
+    assert list(seed0.get_ydata()) == [10.0, 11.0]  # seed 0 joined across levels
+    assert seed1.get_ydata()[0] == 12.0 and math.isnan(seed1.get_ydata()[1])  # a gap where it diverged
+    (cross,) = [line for line in ax.lines if line.get_marker() == "x"]
+    assert list(cross.get_ydata()) == [90.0]  # the diverged seed 1 of b, at chance
 
 
 def test_report_is_deterministic_and_logged_to_the_parent(store, report):
     path, results, tracker, parent = store
     readme, first, _ = report
-    pngs = {p.name: p.read_bytes() for p in readme.parent.glob("*.png")}
-    assert set(pngs) == {f"tiny_gate_{k}.png" for k in ("error", "tradeoff", "curves", "seeds")}
+    out = readme.parent
+    names = ("summary.csv", "tables.csv", "tables.tex")
+    files = {n: (out / n).read_bytes() for n in names}
+    pngs = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    assert set(pngs) == {"overview_forest.png", *(f"tiny_gate_{k}.png" for k in ("cost", "curves", "seeds"))}
     assert all(b.startswith(PNG) for b in pngs.values())
-    again = write_report(str(path), results=results, tracking_uri=None, out=readme.parent, overrides={})
+    again = write_report(str(path), SweepOptions(results=results), out=out)
     assert again.read_bytes() == first.encode()
-    assert {p.name: p.read_bytes() for p in readme.parent.glob("*.png")} == pngs
+    assert {n: (out / n).read_bytes() for n in names} == files
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == pngs
     logged = {f.path for f in tracker.client.list_artifacts(parent, "report")}
-    assert {"report/README.md", "report/summary.csv", "report/tiny_gate_error.png"} <= logged
+    assert {"report/README.md", "report/summary.csv", "report/tables.tex", "report/overview_forest.png"} <= logged
     assert tracker.client.get_run(parent).info.status == "FAILED"  # the report does not touch the parent's status
-
-
-def test_figures_have_the_expected_axes(report):
-    readme, _, _ = report
-    image = imread(readme.parent / "tiny_gate_error.png")
-    assert image.ndim == 3 and image.shape[0] > 100
-    s = [summarize([10.0, 12.0, 14.0]), summarize([20.0]), summarize([])]
-    fig = figures.error_by_level(["a", "b", "c"], s, [22.28, None, 23.3], ylabel="test top-1 error %", title="t")
-    ours, paper = fig.axes
-    assert ours.get_ylabel() == "test top-1 error %" and paper.get_ylabel() == figures.PAPER_AXIS
-    assert [t.get_text() for t in ours.get_xticklabels()] == ["a", "b", "c"]
-    fig = figures.tradeoff(["a", "b", "c"], s, [0.2, 0.3, 0.4], [10.0, 11.0, 12.0], ylabel="err", title="t")
-    assert [ax.get_xlabel() for ax in fig.axes] == ["params (M)", "train time per run (s)"]
-    fig = figures.curves(["a", "b"], [[{1: 5.0, 2: 4.0}, {1: 6.0, 2: 3.0}], [{1: 7.0}]], ylabel="val", title="t")
-    (ax,) = fig.axes
-    assert len(ax.lines) == 2 and ax.get_xlabel() == "epoch" and len(ax.collections) == 1  # one band (n ≥ 2)
-    assert list(ax.lines[0].get_ydata()) == [5.5, 3.5]
 
 
 def test_paper_rows_match_levels_by_the_varied_se_key():
@@ -218,49 +295,46 @@ def test_paper_rows_match_levels_by_the_varied_se_key():
     }  # fmt: skip
 
 
-def test_user_errors_are_one_line(store, tmp_path):
-    path, results, _, _ = store
-    with pytest.raises(SenetError, match="'no_such_study' is not a study"):
-        write_report("no_such_study", results=results, tracking_uri=None, out=tmp_path, overrides={})
-    with pytest.raises(SenetError, match="no tracking store at"):
-        write_report(str(path), results=tmp_path / "empty", tracking_uri=None, out=tmp_path, overrides={})
-    with pytest.raises(SenetError, match="no runs of study 'tiny_gate'"):
-        write_report(str(path), results=results, tracking_uri=None, out=tmp_path, overrides={"train.epochs": 3})
-
-
-def test_report_draws_the_role_of_excitation_of_the_reference_model(store, tmp_path):
-    """With the reference trial's checkpoint (trained for real), the report adds Figs. 6-7 and the specificity."""
-    path, results, tracker, _ = store
-    reference = next(t for t in expand(load_spec(path)) if t.label == "se.excitation=sigmoid" and t.seed == 0)
-    checkpoints = tmp_path / "results"  # beside the store, so the other tests' report stays without excitation
-    train(reference.config, checkpoints / "runs" / reference.key, log=lambda _: None)
-    uri = tracker.uri
-    out = tmp_path / "out"
-    md = write_report(str(path), results=checkpoints, tracking_uri=uri, out=out, overrides={}).read_text()
-    assert "Reference model `tiny_gate: se.excitation=sigmoid, seed 0`" in md
-    assert "| SE_2_1 |" in md and "| SE_4_3 |" in md and "Specificity against depth: Spearman ρ =" in md
-    for name in ("excitation_profiles.png", "excitation_spread.png", "excitation_specificity.png"):
-        assert f"]({name})" in md and (out / name).read_bytes().startswith(PNG)
-
-    runs = tracker.runs_frame("attributes.status = 'FINISHED'")
-    run_id = runs[runs["tags.senet.trial_key"] == reference.key]["run_id"].item()
-    again = excitation_report(run_id, results=checkpoints, tracking_uri=uri, out=tmp_path / "by_run", classes=[2],
-                              overrides={})  # fmt: skip
-    assert [p.name for p in again][:1] == ["excitation_profiles.png"]
-    with pytest.raises(SenetError, match="neither a study"):
-        excitation_report("f" * 32, results=checkpoints, tracking_uri=uri, out=tmp_path, classes=None, overrides={})
-
-
 def test_table4_rows_match_by_backbone():
     spec = load_spec("cifar_table4")
     rows = [r for r in paper_rows() if r.table == "Table 4"]
-    found = {
-        (t.config.model.name, t.config.se.enabled): paper_match(t.config, spec.varied_keys(), rows)
-        for t in expand(spec, {})
-    }
+    found = {(t.config.model.name, t.config.se.enabled): paper_match(t.config, spec.varied_keys(), rows)
+             for t in expand(spec, {})}  # fmt: skip
     assert {k: (r.label, r.top1) for k, r in found.items()} == {
         ("resnet110", False): ("ResNet-110", 6.37),
         ("resnet110", True): ("SE-ResNet-110", 5.21),
         ("resnet164", False): ("ResNet-164", 5.46),
         ("resnet164", True): ("SE-ResNet-164", 4.39),
     }
+
+
+def test_user_errors_are_one_line(store, tmp_path):
+    path, results, _, _ = store
+    with pytest.raises(SenetError, match="'no_such_study' is not a study"):
+        write_report("no_such_study", SweepOptions(results=results), out=tmp_path)
+    with pytest.raises(SenetError, match="no tracking store at"):
+        write_report(str(path), SweepOptions(results=tmp_path / "empty"), out=tmp_path)
+    with pytest.raises(SenetError, match="no runs of study 'tiny_gate'"):
+        write_report(str(path), SweepOptions(results=results, overrides={"train.epochs": 3}), out=tmp_path)
+
+
+def test_report_draws_the_role_of_excitation_of_the_reference_model(store, tmp_path):
+    """With the reference trial's checkpoint (trained for real), the report adds Figs. 6-7 and the η² table."""
+    path, results, tracker, _ = store
+    reference = next(t for t in expand(load_spec(path)) if t.label == "se.excitation=sigmoid" and t.seed == 0)
+    checkpoints = tmp_path / "results"  # beside the store, so the other tests' report stays without excitation
+    train(reference.config, checkpoints / "runs" / reference.key, log=lambda _: None)
+    opts = SweepOptions(results=checkpoints, tracking_uri=tracker.uri)
+    out = tmp_path / "out"
+    md = write_report(str(path), opts, out=out).read_text()
+    assert "Reference model `tiny_gate: se.excitation=sigmoid, seed 0`" in md
+    assert "| SE_2_1 |" in md and "| SE_4_3 |" in md and "Median η² against depth: Spearman ρ =" in md
+    assert "| SE_4_6 | the last block of the third residual stage | `SE_4_3` |" in md
+    assert "| SE_5_2 | block 2 of 3 of the fourth residual stage | — | none: the network has no stage 5" in md
+    for name in ("excitation_profiles.png", "excitation_spread.png", "excitation_eta2.png"):
+        assert f"]({name})" in md and (out / name).read_bytes().startswith(PNG)
+    run_id = next(r.run_id for r in tracker.trial_runs([reference.key]) if r.status == "FINISHED")
+    again = excitation_report(run_id, opts, tmp_path / "by_run", [2])
+    assert [p.name for p in again][:1] == ["excitation_profiles.png"]
+    with pytest.raises(SenetError, match="neither a study"):
+        excitation_report("f" * 32, opts, tmp_path, None)

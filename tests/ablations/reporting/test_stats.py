@@ -1,10 +1,33 @@
-"""The report's statistics against hand-computed values: means, std, t-intervals, paired differences, orderings."""
+"""The report's statistics against hand-computed values and direct enumerations: t-intervals, paired differences
+and each verdict rule, Holm, power, Wilson rates, exact permutation p-values, ties and signs."""
 
+import itertools
 import math
 
+import numpy as np
 import pytest
+from scipy import stats as sp
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
 
-from ablations.reporting.stats import paired, rank_agreement, summarize, t_halfwidth
+from ablations.reporting.stats import (
+    IDENTICAL,
+    INCONCLUSIVE,
+    TOO_FEW,
+    holm,
+    mde,
+    ordering,
+    paired,
+    pooled_sd,
+    power,
+    printed,
+    rank_agreement,
+    seeds_needed,
+    sign_agreement,
+    summarize,
+    verdict,
+    wilson,
+)
 
 T2 = 4.302652729749  # t_{0.975} with 2 degrees of freedom (printed tables: 4.303)
 T1 = 12.706204736175  # t_{0.975} with 1 degree of freedom (12.706)
@@ -23,51 +46,158 @@ def test_one_value_has_a_mean_but_no_spread_and_none_has_nothing():
     assert one.n == 1 and one.mean == 5.5 and all(math.isnan(v) for v in (one.std, one.lo, one.hi))
     none = summarize([])
     assert none.n == 0 and math.isnan(none.mean)
-    assert math.isnan(t_halfwidth(1.0, 1))
+    flat = summarize([3.0, 3.0, 3.0])
+    assert (flat.std, flat.lo, flat.hi) == (0.0, 3.0, 3.0)
 
 
-def test_paired_difference_uses_only_shared_seeds():
+def test_paired_difference_is_scipys_paired_t_over_shared_seeds():
     p = paired({0: 1.0, 1: 3.0, 3: 5.0}, {0: 0.0, 1: 0.0, 2: 9.0})
     assert p.seeds == (0, 1)
     assert (p.diff.mean, p.diff.std) == (2.0, pytest.approx(math.sqrt(2)))
     assert p.diff.lo == pytest.approx(2.0 - T1) and p.diff.hi == pytest.approx(2.0 + T1)
-    assert p.verdict == "within noise"
+    # t = 2 / (√2/√2) = 2 with 1 df: p = 2·(1 - F_t1(2)) = 0.2952
+    assert p.p == pytest.approx(0.295167, abs=1e-6)
+    assert verdict(p, p.p) == INCONCLUSIVE
 
 
 @pytest.mark.parametrize(
-    ("level", "verdict", "lo"),
+    ("level", "verdict_", "lo", "pvalue"),
     [
-        ({0: 12.0, 1: 15.0, 2: 16.5}, "worse", 2.5 - T2 * 0.5 / math.sqrt(3)),  # diffs 2, 3, 2.5
-        ({0: 8.0, 1: 9.0, 2: 11.5}, "better", -2.5 - T2 * 0.5 / math.sqrt(3)),  # diffs -2, -3, -2.5
+        ({0: 12.0, 1: 15.0, 2: 16.5}, "worse", 2.5 - T2 * 0.5 / math.sqrt(3), 0.013072),  # diffs 2, 3, 2.5
+        ({0: 8.0, 1: 9.0, 2: 11.5}, "better", -2.5 - T2 * 0.5 / math.sqrt(3), 0.013072),  # diffs -2, -3, -2.5
     ],
 )
-def test_verdict_follows_the_interval(level, verdict, lo):
+def test_verdict_needs_a_rejecting_test_and_an_interval_off_zero(level, verdict_, lo, pvalue):
     p = paired(level, {0: 10.0, 1: 12.0, 2: 14.0})
-    assert p.verdict == verdict and p.diff.n == 3
-    assert p.diff.lo == pytest.approx(lo)
+    assert p.diff.n == 3 and p.diff.lo == pytest.approx(lo) and p.p == pytest.approx(pvalue, abs=1e-6)
+    assert verdict(p, p.p) == verdict_
+    assert verdict(p, 0.06) == INCONCLUSIVE  # the same interval, but a Holm-adjusted p above 0.05
 
 
-def test_fewer_than_two_pairs_gives_no_verdict():
-    assert paired({0: 20.0, 1: 1.0}, {0: 10.0, 2: 1.0}).verdict == "n < 2"
+def test_fewer_than_two_pairs_gives_no_test():
+    one = paired({0: 20.0, 1: 1.0}, {0: 10.0, 2: 1.0})
+    assert one.diff.n == 1 and math.isnan(one.p) and verdict(one, one.p) == TOO_FEW
     assert paired({1: 1.0}, {0: 1.0}).diff.n == 0
 
 
+def test_identical_differences_give_no_verdict_even_with_float_noise():
+    # 10.35 - 9.75 and 11.15 - 10.55 are both 0.60 on paper but differ in the last bits: scipy alone would
+    # report t = ±inf, p = 0 and the zero-width interval [0.60, 0.60], a "verdict" from n = 2.
+    p = paired({0: 10.35, 1: 11.15}, {0: 9.75, 1: 10.55})
+    assert p.degenerate and not p.testable and math.isnan(p.p)
+    assert p.diff.lo == p.diff.hi == pytest.approx(0.6)
+    assert verdict(p, 0.0) == IDENTICAL
+
+
+def test_the_printed_bounds_are_the_ones_judged():
+    diffs = [0.3, 0.9, 0.6]  # mean 0.6, sd 0.3: interval 0.6 ± 4.303·0.3/√3 = [-0.145, +1.345]
+    zeros = {0: 0.0, 1: 0.0, 2: 0.0}
+    lo = paired(dict(enumerate(diffs)), zeros).diff.lo
+    assert lo == pytest.approx(0.6 - T2 * 0.3 / math.sqrt(3))
+    # Shifted so the lower bound is +0.004: the test rejects (p < 0.05) but the row would read "[0.00, ...] worse".
+    cut = paired({s: d - lo + 0.004 for s, d in enumerate(diffs)}, zeros)
+    assert cut.diff.lo == pytest.approx(0.004) and cut.p < 0.05
+    assert verdict(cut, cut.p) == INCONCLUSIVE
+    # Lower bound +0.006 prints as +0.01: now the printed interval excludes 0.
+    clear = paired({s: d - lo + 0.006 for s, d in enumerate(diffs)}, zeros)
+    assert printed(clear.diff.lo) == 0.01 and verdict(clear, clear.p) == "worse"
+    # And the mirror image below 0.
+    below = paired({s: -(d - lo + 0.004) for s, d in enumerate(diffs)}, zeros)
+    assert printed(below.diff.hi) == 0.0 and verdict(below, below.p) == INCONCLUSIVE
+
+
+def test_holm_is_statsmodels_and_changes_a_verdict():
+    raw = [0.03, 0.04, 0.2, math.nan]
+    adjusted = holm(raw)
+    expected = multipletests([0.03, 0.04, 0.2], method="holm")[1]
+    assert adjusted[:3] == pytest.approx(list(expected)) and math.isnan(adjusted[3])
+    assert adjusted[:3] == pytest.approx([0.09, 0.09, 0.2])  # by hand: 3·0.03, max(0.09, 2·0.04), 0.2
+    # Two comparisons that each reject alone (p < 0.05) but not after Holm.
+    one = paired({0: 1.3, 1: 2.0, 2: 2.8}, {0: 0.0, 1: 0.0, 2: 0.0})  # p = 0.0425
+    two = paired({0: 1.2, 1: 2.1, 2: 2.8}, {0: 0.0, 1: 0.0, 2: 0.0})  # p = 0.0482
+    assert one.p < 0.05 and two.p < 0.05
+    assert verdict(one, one.p) == "worse"
+    p1, p2 = holm([one.p, two.p])
+    assert p1 == pytest.approx(2 * one.p) and p2 == pytest.approx(2 * one.p)  # max(2·0.0425, 0.0482)
+    assert p1 > 0.05 and verdict(one, p1) == INCONCLUSIVE and verdict(two, p2) == INCONCLUSIVE
+
+
+def test_power_is_statsmodels_ttest_power():
+    sd, df = pooled_sd([[2.0, 3.0, 2.5], [3.5, 3.0], [10.0]])  # SS 0.5 + 0.125 over df 2 + 1; [10] has no spread
+    assert df == 3 and sd == pytest.approx(math.sqrt(0.625 / 3))
+    d3 = TTestPower().solve_power(nobs=3, alpha=0.05, power=0.8, alternative="two-sided")
+    assert mde(0.5, 3) == pytest.approx(d3 * 0.5) and d3 == pytest.approx(3.264, abs=1e-3)
+    assert math.isnan(mde(0.5, 1))
+    n = TTestPower().solve_power(effect_size=0.5 / 0.5, alpha=0.05, power=0.8, alternative="two-sided")
+    assert seeds_needed(0.5, 0.5) == math.ceil(n) == 10  # d = 1: 9.94 pairs
+    assert TTestPower().power(1.0, 10, 0.05) >= 0.8 > TTestPower().power(1.0, 9, 0.05)
+    assert seeds_needed(10.0, 0.1) == 2 and seeds_needed(1.0, 0.0) is None
+    p = power([[2.0, 3.0, 2.5], [3.5, 3.0], [1.0, 2.0, 2.0]])
+    assert p.n == 3 and p.df == 5 and p.mde == pytest.approx(d3 * p.sd)
+
+
+def test_wilson_rate_is_statsmodels():
+    r = wilson(1, 3)
+    assert r.rate == pytest.approx(1 / 3)
+    # Wilson by hand: (p + z²/2n ± z·√(p(1-p)/n + z²/4n²)) / (1 + z²/n), z = 1.95996
+    z, n, ph = 1.959963984540054, 3, 1 / 3
+    centre, half = ph + z * z / (2 * n), z * math.sqrt(ph * (1 - ph) / n + z * z / (4 * n * n))
+    assert (r.lo, r.hi) == (
+        pytest.approx((centre - half) / (1 + z * z / n)),
+        pytest.approx((centre + half) / (1 + z * z / n)),
+    )
+    assert (r.lo, r.hi) == (pytest.approx(0.0615, abs=1e-4), pytest.approx(0.7923, abs=1e-4))
+    zero = wilson(0, 3)
+    assert zero.lo == pytest.approx(0.0, abs=1e-12) and zero.hi == pytest.approx(0.5615, abs=1e-4)
+    assert math.isnan(wilson(0, 0).rate)
+
+
+def _enumerated_p(ours, paper):
+    rho = sp.spearmanr(ours, paper).statistic
+    null = [sp.spearmanr(ours, perm).statistic for perm in itertools.permutations(paper)]
+    return sum(r >= rho - 1e-12 for r in null) / len(null)
+
+
 @pytest.mark.parametrize(
-    ("ours", "paper", "rho", "words"),
+    ("ours", "paper"),
     [
-        ([1, 2, 3, 4], [10, 20, 30, 40], 1.0, "same order"),
-        ([12, 14.5, 20, 14.25], [22.28, 23.0, 23.47, 23.3], 0.8, "mostly agrees"),  # d = 0, 1, 0, -1
-        ([1, 2, 3, 4], [2, 4, 1, 3], 0.0, "does not agree"),  # Σd² = 10 → ρ = 1 - 60/60
-        ([1, 2, 3], [3, 2, 1], -1.0, "reversed"),
+        ([12.0, 14.5, 20.0, 14.25], [22.28, 23.0, 23.47, 23.3]),  # one swap: ρ = 0.8
+        ([1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 1.0, 3.0, 5.0, 4.0]),
+        ([1.0, 2.0, 2.0, 4.0, 5.0, 3.0], [22.29, 22.25, 22.26, 22.28, 22.72, 23.3]),  # a tie in ours
+        ([5.0, 4.0, 3.0, 2.0], [1.0, 2.0, 3.0, 4.0]),  # reversed
     ],
 )
-def test_rank_agreement(ours, paper, rho, words):
+def test_permutation_p_value_is_the_exact_enumeration(ours, paper):
     a = rank_agreement(ours, paper)
-    assert a.rho == pytest.approx(rho) and a.statement == words and a.n == len(ours)
+    assert a.rho == pytest.approx(sp.spearmanr(ours, paper).statistic)
+    assert a.p == pytest.approx(_enumerated_p(ours, paper))
 
 
-def test_rank_agreement_says_when_it_cannot_compare():
+def test_agreement_values_by_hand_and_below_four_levels():
+    a = rank_agreement([12.0, 14.5, 20.0, 14.25], [22.28, 23.0, 23.47, 23.3])
+    # ρ = 1 - Σd²/10 ≥ 0.8 ⇔ Σd² ≤ 2: the identity and the 3 adjacent swaps of the 24 orderings
+    assert a.rho == pytest.approx(0.8) and a.p == pytest.approx(4 / 24)
+    assert a.statement == "not distinguishable from a random ordering"
+    same = rank_agreement([1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 2.0, 3.0, 4.0, 5.0])
+    assert same.p == pytest.approx(1 / 120) and same.statement == "agrees beyond chance"
+    three = rank_agreement([1.0, 2.0, 3.0], [3.0, 2.0, 1.0])
+    assert three.rho == pytest.approx(-1.0) and math.isnan(three.p) and three.statement.startswith("not testable")
+    two = rank_agreement([1.0, 2.0], [1.0, 2.0])  # a coin flip: never a finding
+    assert math.isnan(two.p) and "not testable with 2 levels" in two.statement
     assert rank_agreement([1.0], [2.0]).statement == "too few levels to compare"
-    assert rank_agreement([1.0, 1.0], [2.0, 3.0]).statement.startswith("cannot rank")
+    assert rank_agreement([1.0, 1.0, 1.0, 1.0], [1, 2, 3, 4]).statement.startswith("cannot rank")
     with pytest.raises(ValueError):
         rank_agreement([1.0], [1.0, 2.0])
+
+
+def test_large_tables_draw_a_seeded_sample_of_orderings():
+    ours = list(np.arange(9.0))
+    a, b = rank_agreement(ours, ours), rank_agreement(ours, ours)
+    assert a.p == b.p and a.p < 0.001
+
+
+def test_ties_are_shown_as_ties_and_signs_judged_as_printed():
+    assert ordering(["a", "b", "c", "d"], [2.0, 1.0, 2.0, 3.0]) == "b < a = c < d"
+    assert sign_agreement(2.5, 0.72) == "same" and sign_agreement(-0.3, 0.72) == "opposite"
+    assert sign_agreement(0.004, 0.72) == "tie" and sign_agreement(1.0, 0.0) == "tie"
+    assert sign_agreement(math.nan, 1.0) == ""

@@ -1,0 +1,57 @@
+"""How a report prints numbers, one home for the markdown and the LaTeX: fixed decimals (`stats.DIGITS`, the ones
+verdicts judge), a dash for nothing, no sign on a value that prints as zero."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from ablations.reporting.stats import DIGITS, Rate, Summary
+
+DASH = "—"
+
+
+def num(x: float | None, digits: int = DIGITS, sign: bool = False, dash: str = DASH) -> str:
+    """Fixed decimals (`dash` for none); a value that rounds to zero is printed without a sign."""
+    if x is None or math.isnan(x):
+        return dash
+    text = format(x, f"{'+' if sign else ''}.{digits}f")
+    return text.lstrip("+-") if float(text) == 0 else text
+
+
+def pvalue(p: float) -> str:
+    """A p-value with three decimals, `< 0.001` below that."""
+    if math.isnan(p):
+        return DASH
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def mean_sd_ci(s: Summary) -> str:
+    """`mean ± std [lo, hi]`, the mean alone for one seed, a dash for none."""
+    if s.n == 0:
+        return DASH
+    if s.n == 1:
+        return f"{num(s.mean)} (n = 1)"
+    return f"{num(s.mean)} ± {num(s.std)} [{num(s.lo)}, {num(s.hi)}]"
+
+
+def delta(s: Summary) -> str:
+    """A paired difference: `+Δ [lo, hi] (n = k)`; no interval below two pairs."""
+    if s.n == 0:
+        return "no common seeds"
+    if s.n == 1:
+        return f"{num(s.mean, sign=True)} (n = 1)"
+    return f"{num(s.mean, sign=True)} [{num(s.lo, sign=True)}, {num(s.hi, sign=True)}] (n = {s.n})"
+
+
+def rate(r: Rate) -> str:
+    """`k/n [lo, hi] %` with the Wilson interval in percent."""
+    if r.n == 0:
+        return f"0/0 {DASH}"
+    return f"{r.k}/{r.n} [{num(100 * r.lo, 0)}, {num(100 * r.hi, 0)}] %"
+
+
+def setting(value: Any) -> str:
+    """A setting as a spec writes it: strings bare, everything else as JSON (true, null, [2, 3])."""
+    return value if isinstance(value, str) else json.dumps(value)
