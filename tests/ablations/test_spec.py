@@ -203,7 +203,7 @@ def test_reference_is_the_standard_se_level_of_the_study():
         ("demo", {"train.lrr": 0.1}, "--set train.lrr: unknown key; allowed in train: epochs"),
         ("demo", {"train.lr": 0}, "--set train.lr: Input should be greater than 0 (got 0)"),
         ("demo", {"seed": 3}, "--set seed: trial seeds come from the study's `seeds`"),
-        ("demo", {"se.stages": [5]}, "demo.yaml: --set: se.stages: stage 5 does not exist in resnet20"),
+        ("demo", {"se.stages": [5]}, "demo.yaml: --set: se.stages: stage 5 does not exist in resnet14"),
     ],
 )
 def test_bad_overrides_name_the_key(study, overrides, message):
@@ -249,7 +249,7 @@ MALFORMED = {
     "contradictory grid level": (BASE + "base: {model: {name: resnet56}}\ngrid: {se.stages: [[2], [5]]}\n",
                                  "grid (se.stages=[5]): se.stages: stage 5 does not exist in resnet56; allowed: 2, 3"),
     "contradictory base": (BASE + GRID + "base: {model: {name: resnet20}, se: {stages: [5]}}\n",
-                           "base: se.stages: stage 5 does not exist in resnet20"),
+                           "base: se.stages: stage 5 does not exist in resnet14"),
     "unknown extra set key": (BASE + "extra: [{label: x, set: {se.enabld: false}}]\n",
                               "extra[0].set.se.enabld: unknown key; allowed in se: enabled"),
     "unknown extra field": (BASE + "extra: [{label: x, sett: {}}]\n", "extra[0].sett: unknown key; allowed: label"),
