@@ -249,7 +249,7 @@ MALFORMED = {
     "contradictory grid level": (BASE + "base: {model: {name: resnet56}}\ngrid: {se.stages: [[2], [5]]}\n",
                                  "grid (se.stages=[5]): se.stages: stage 5 does not exist in resnet56; allowed: 2, 3"),
     "contradictory base": (BASE + GRID + "base: {model: {name: resnet20}, se: {stages: [5]}}\n",
-                           "base: se.stages: stage 5 does not exist in resnet14"),
+                           "base: se.stages: stage 5 does not exist in resnet20"),
     "unknown extra set key": (BASE + "extra: [{label: x, set: {se.enabld: false}}]\n",
                               "extra[0].set.se.enabld: unknown key; allowed in se: enabled"),
     "unknown extra field": (BASE + "extra: [{label: x, sett: {}}]\n", "extra[0].sett: unknown key; allowed: label"),
