@@ -153,13 +153,49 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", type=Path, help="report folder (default reports/<study>/)")
     rp.set_defaults(func=_cmd_report)
 
+    def trained(q: argparse.ArgumentParser, device: bool = True) -> None:
+        """Options naming an imported network and the image folder it is read back on."""
+        q.add_argument("--model", help="registry name, e.g. se_resnet50 (with timm:NAME: its configuration)")
+        q.add_argument("--weights", help="a .pth / .safetensors file or timm:NAME (see README, imported weights)")
+        q.add_argument("--data", help="imagefolder:DIR, one sub-folder per class (DIR/val when it exists)")
+        q.add_argument("--image-size", type=int, default=224, help="centre crop after resizing to 256/224 of it")
+        q.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+        q.add_argument("--workers", type=int, default=4, help="image decoding processes (default 4)")
+        if device:
+            q.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+            q.add_argument("--json", action="store_true", help="print the result as one JSON object")
+            q.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    ev = sub.add_parser("evaluate", help="single-crop top-1/top-5 error of imported weights on an image folder")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model option, e.g. "
+                    "model.stem_pool=caffe")  # fmt: skip
+    trained(ev)
+    ev.set_defaults(func=_cmd_evaluate)
+
+    ko = sub.add_parser("knockout", help="a trained network with the SE gates of each stage / block fixed at 1")
+    ko.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model option (with --weights)")
+    trained(ko)
+    ko.add_argument("--run", help="an MLflow run id of a finished trial instead of --model/--weights")
+    ko.add_argument("--results", type=Path, default=RESULTS, help="where the run trained (default ./results)")
+    ko.add_argument("--tracking-uri")
+    ko.add_argument("--split", choices=["test", "val"], default="test", help="the run's split, without --data")
+    ko.add_argument("--rows", choices=["stages", "blocks", "both"], default="both", help="knock out per stage, "
+                    "per block or both (a row for all SE blocks always)")  # fmt: skip
+    ko.add_argument("--no-control", action="store_true", help="skip the control (gates fixed at their mean)")
+    ko.set_defaults(func=_cmd_knockout)
+
     ex = sub.add_parser("excitation", help="role of excitation (paper Figs. 6-7) for a run id or a study's reference")
-    ex.add_argument("target", help="an MLflow run id of a trial, or a study (its reference model, first seed)")
-    ex.add_argument("--classes", type=int, nargs="+", help="class indices to draw (default: the first 4)")
-    ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the study's overrides")
+    ex.add_argument("target", nargs="?", help="an MLflow run id of a trial, or a study (its reference model, first "
+                    "seed); or none, with --weights and --data")  # fmt: skip
+    ex.add_argument("--classes", nargs="+", help="classes to draw: indices (default: the first 4); with --weights "
+                    "also WordNet ids or names (default: the paper's goldfish, pug, plane, cliff)")  # fmt: skip
+    ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the study's overrides (with "
+                    "--weights: model options)")  # fmt: skip
     ex.add_argument("--results", type=Path, default=RESULTS)
     ex.add_argument("--tracking-uri")
-    ex.add_argument("--out", type=Path, help="figure folder (default reports/<target>/excitation)")
+    ex.add_argument("--out", type=Path, help="figure folder (default reports/<target or model>/excitation)")
+    trained(ex, device=False)
+    ex.add_argument("--per-class", type=int, default=50, help="with --weights: images per class (the paper: 50)")
     ex.set_defaults(func=_cmd_excitation)
 
     sv = sub.add_parser("server", help="an MLflow tracking server for many hosts (e.g. on PostgreSQL)")
@@ -292,10 +328,88 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_excitation(args: argparse.Namespace) -> int:
     from ablations.reporting.excitation import excitation_report
 
+    if args.weights is not None or args.target is None:
+        return _excitation_imported(args)
     out = args.out or Path("reports") / Path(args.target).stem / "excitation"
     args.max_retries, args.storage = 1, None
-    paths = excitation_report(args.target, _options(args), out, args.classes)
+    if args.classes is not None and not all(c.isdigit() for c in args.classes):
+        raise SenetError(f"--classes: {args.classes} is not allowed; allowed: class indices, e.g. --classes 0 3")
+    classes = None if args.classes is None else [int(c) for c in args.classes]
+    paths = excitation_report(args.target, _options(args), out, classes)
     for p in paths:
+        print(p)
+    return 0
+
+
+def _imported(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The network of --model/--set/--weights and the folder of --data (both required here)."""
+    from ablations.reporting.evaluate import imported
+
+    if args.weights is None or args.data is None:
+        raise SenetError(f"{args.command}: give --weights (a file or timm:NAME) and --data imagefolder:DIR")
+    subject = imported(args.model, parse_set(args.set), args.weights)
+    return subject, _folder(args, subject.num_classes)
+
+
+def _folder(args: argparse.Namespace, num_classes: int):  # type: ignore[no-untyped-def]
+    from ablations.imagenet import open_folder
+
+    _count(args.image_size, "--image-size", 8, 4096)
+    _count(args.batch_size, "--batch-size", 1, 1_000_000)
+    _count(args.workers, "--workers", 0, MAX_WORKERS)
+    return open_folder(args.data, num_classes, args.image_size)
+
+
+def _showing_progress(args: argparse.Namespace) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ablations.reporting.evaluate import evaluate_folder, render
+    from ablations.training.engine import pick_device
+
+    subject, folder = _imported(args)
+    result = evaluate_folder(subject, folder, batch_size=args.batch_size, workers=args.workers,
+                             device=pick_device(args.device), progress=_showing_progress(args))  # fmt: skip
+    print(json.dumps(result, sort_keys=True) if args.json else render(result))
+    return 0
+
+
+def _cmd_knockout(args: argparse.Namespace) -> int:
+    from ablations.reporting.evaluate import finished_run, run_split
+    from ablations.reporting.knockout import knockout, render
+    from ablations.training.engine import pick_device
+
+    if args.run is None:
+        subject, folder = _imported(args)
+        batches = folder.batches(args.batch_size, args.workers)
+    elif args.weights is not None or args.model is not None or args.set:
+        raise SenetError("--run: give either --run RUN_ID or --model/--set/--weights, not both")
+    else:
+        subject = finished_run(args.run, args.results, args.tracking_uri)
+        if args.data is not None:
+            batches = _folder(args, subject.num_classes).batches(args.batch_size, args.workers)
+        else:
+            batches = run_split(subject, args.split, args.batch_size)
+    result = knockout(subject, batches, pick_device(args.device), rows=args.rows, control=not args.no_control,
+                      progress=_showing_progress(args))  # fmt: skip
+    print(json.dumps(result, sort_keys=True) if args.json else render(result))
+    return 0
+
+
+def _excitation_imported(args: argparse.Namespace) -> int:
+    from ablations.reporting.imported import excitation_imported
+
+    if args.target is not None:
+        raise SenetError("excitation: give either TARGET (a run id or study) or --weights and --data, not both")
+    subject, folder = _imported(args)
+    out = args.out or Path("reports") / subject.name / "excitation"
+    drawn = excitation_imported(subject, folder, out, classes=args.classes, per_class=args.per_class,
+                                batch_size=args.batch_size, workers=args.workers)  # fmt: skip
+    print(f"blocks {', '.join(drawn.blocks)}; classes {', '.join(drawn.names)} and the mean over all classes")
+    for note in drawn.notes:
+        print(f"note: {note}")
+    for p in drawn.paths:
         print(p)
     return 0
 

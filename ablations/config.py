@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ablations.data import DataConfig
 from ablations.errors import SenetError
+from ablations.weights import weights_identity
 from senet_core import (
     SE_OFF,
     Complexity,
@@ -29,6 +30,7 @@ from senet_core import (
     SEConfig,
     Shortcut,
     Squeeze,
+    StemPool,
     StrideLayout,
     build_model,
     list_models,
@@ -58,10 +60,12 @@ class ModelSection(_Section):
 
     name: str = "resnet20"  # registry name of the backbone, without the se_ prefix
     stride_layout: StrideLayout | None = None  # bottleneck nets only
+    stem_pool: StemPool | None = None  # ImageNet nets only; None = caffe for the original layout, else torchvision
     shortcut: Shortcut | None = None  # CIFAR nets only
     zero_init: bool = False  # zero the last BN gamma of every residual branch
     in_channels: int | None = Field(None, ge=1)  # None = the dataset's channels
     num_classes: int | None = Field(None, ge=1)  # None = the dataset's classes
+    weights: str | None = None  # initial weights: a .pth / .safetensors file or timm:NAME (ablations.weights)
 
 
 class SESection(_Section):
@@ -136,7 +140,7 @@ class RunConfig(_Section):
         m = self.model
         if m.name not in list_models():
             return opts
-        for key in ("stride_layout", "shortcut"):
+        for key in ("stride_layout", "stem_pool", "shortcut"):
             if getattr(m, key) is not None:
                 opts[f"model.{key}"] = getattr(m, key)
         if m.zero_init or "model.zero_init" in model_info(m.name).defaults():
@@ -172,12 +176,16 @@ class RunConfig(_Section):
         `auto` settings are resolved for this host unless already resolved; SE fields of a disabled SE and the
         backbone's defaults are normalised; bookkeeping fields and other schedules' settings are left out; a
         leaf equal to its declared default is left out, so adding a field with a default keeps every key; an
-        image folder is identified by its absolute path (the packaged datasets by their checked file formats).
+        image folder is identified by its absolute path (the packaged datasets by their checked file formats);
+        initial weights by the SHA-256 of their file (or `timm:NAME@<timm version>`).
         """
         cfg = self.resolved()
-        info, se, _ = resolve(cfg.model.name, cfg.model_options(1, 2))
+        options = cfg.model_options(1, 2)
+        info, se, _ = resolve(cfg.model.name, options)
         tree = cfg.model_dump(exclude={"seed"})
-        for key, default in info.defaults().items():
+        if cfg.model.weights is not None:  # the file's content, not its path (or the timm name and version)
+            tree["model"]["weights"] = weights_identity(cfg.model.weights)
+        for key, default in info.defaults(options).items():
             section, name = key.split(".")
             if section == "model" and tree["model"].get(name) is None:
                 tree["model"][name] = default

@@ -403,6 +403,21 @@ def _cache_key(cfg: DataConfig, device: torch.device) -> str:
     return cfg.model_dump_json(exclude={"augment", "workers", "download"}) + f"@{device}"
 
 
+def single_crop(size: int = 224) -> Any:
+    """The paper's single-crop evaluation (§5.1): shorter side resized to 256 (256/224 of `size`), the centre
+    `size`×`size` crop, ImageNet mean/std normalisation."""
+    from torchvision import transforms
+
+    return transforms.Compose(
+        [
+            transforms.Resize(int(size * 256 / 224)),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
 def _folder_sets(cfg: DataConfig) -> tuple[Any, Any, Any]:
     """The scanned train/ and val/ folders: (train with augmentation, train with eval transforms, val)."""
     from torchvision import datasets, transforms
@@ -412,7 +427,7 @@ def _folder_sets(cfg: DataConfig) -> tuple[Any, Any, Any]:
     root = Path(cfg.root)
     s = cfg.image_size
     norm = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    eval_tf = transforms.Compose([transforms.Resize(int(s * 256 / 224)), transforms.CenterCrop(s), *norm])
+    eval_tf = single_crop(s)
     train_tf = transforms.Compose([transforms.RandomResizedCrop(s), transforms.RandomHorizontalFlip(), *norm])
     try:
         train_set = datasets.ImageFolder(str(root / "train"), transform=train_tf if cfg.augment else eval_tf)

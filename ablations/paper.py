@@ -61,7 +61,7 @@ def tables() -> dict[str, Any]:
 def config_key(model: str, options: dict[str, Any]) -> tuple:
     """A hashable identity of a model configuration, equal for equal networks however they were spelled."""
     info, se, kwargs = resolve(model, options)
-    defaults = {k.split(".", 1)[1]: v for k, v in info.defaults().items()}
+    defaults = {k.split(".", 1)[1]: v for k, v in info.defaults(options).items()}
     return info.name, se, tuple(sorted({**defaults, **kwargs}.items()))
 
 

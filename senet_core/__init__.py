@@ -4,6 +4,7 @@ from senet_core import mobilenet, resnet, vgg  # noqa: F401  (registers the back
 from senet_core._registry import MODEL_OPTIONS, SE_OPTIONS, ModelInfo, build_model, list_models, model_info, resolve
 from senet_core.complexity import Complexity, count_params, measure
 from senet_core.errors import SenetError
+from senet_core.knockout import GateOverride
 from senet_core.probe import ExcitationProbe, se_blocks
 from senet_core.se import (
     SE_OFF,
@@ -16,6 +17,7 @@ from senet_core.se import (
     hidden_width,
     se_param_count,
 )
+from senet_core.stem import StemPool
 from senet_core.units import BasicBlock, Bottleneck, Shortcut, StrideLayout
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "Complexity",
     "Excitation",
     "ExcitationProbe",
+    "GateOverride",
     "ModelInfo",
     "Placement",
     "Rounding",
@@ -35,6 +38,7 @@ __all__ = [
     "SenetError",
     "Shortcut",
     "Squeeze",
+    "StemPool",
     "StrideLayout",
     "build_model",
     "count_params",

@@ -11,6 +11,7 @@ from torch import nn
 
 from senet_core.errors import SenetError
 from senet_core.se import SE_OFF, SEConfig
+from senet_core.stem import StemPool, default_stem_pool
 from senet_core.units import Shortcut, StrideLayout
 
 Builder = Callable[..., nn.Module]
@@ -19,13 +20,18 @@ SE_PREFIX = "se_"
 # User-facing option names (specs, `--set`, the profile CLI) → builder keyword.
 MODEL_OPTIONS = {
     "model.stride_layout": "stride_layout",
+    "model.stem_pool": "stem_pool",
     "model.shortcut": "shortcut",
     "model.in_channels": "in_channels",
     "model.num_classes": "num_classes",
     "model.zero_init": "zero_init",
 }
 SE_OPTIONS = {f"se.{f.name}": f.name for f in fields(SEConfig)}
-_CHOICES = {"model.stride_layout": get_args(StrideLayout), "model.shortcut": get_args(Shortcut)}
+_CHOICES = {
+    "model.stride_layout": get_args(StrideLayout),
+    "model.stem_pool": get_args(StemPool),
+    "model.shortcut": get_args(Shortcut),
+}
 _COUNTS = ("model.in_channels", "model.num_classes")
 
 
@@ -56,10 +62,18 @@ class ModelInfo:
         params = inspect.signature(self.builder).parameters
         return sorted(SE_OPTIONS) + sorted(k for k, v in MODEL_OPTIONS.items() if v in params)
 
-    def defaults(self) -> dict[str, Any]:
-        """Default value of every `model.*` option this backbone accepts."""
+    def defaults(self, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Default value of every `model.*` option this backbone accepts.
+
+        `model.stem_pool` is the one default that depends on another option: it follows `model.stride_layout`
+        (the value in `options`, else the backbone's default), as `senet_core.stem.default_stem_pool` says.
+        """
         params = inspect.signature(self.builder).parameters
-        return {k: params[v].default for k, v in MODEL_OPTIONS.items() if v in params}
+        out = {k: params[v].default for k, v in MODEL_OPTIONS.items() if v in params}
+        if "model.stem_pool" in out and out["model.stem_pool"] is None:
+            layout = (options or {}).get("model.stride_layout", out.get("model.stride_layout"))
+            out["model.stem_pool"] = default_stem_pool(layout)
+        return out
 
 
 _MODELS: dict[str, ModelInfo] = {}

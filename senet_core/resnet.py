@@ -12,6 +12,7 @@ from torch import nn
 from senet_core._init import init_weights
 from senet_core._registry import register_model
 from senet_core.se import SEConfig
+from senet_core.stem import StemPool, default_stem_pool, imagenet_stem
 from senet_core.units import BasicBlock, Bottleneck, Shortcut, StrideLayout, _Unit
 
 
@@ -24,6 +25,7 @@ class ResNet(nn.Module):
         widths: `planes` per stage (the unit's output is `planes * block.expansion`).
         se: where and what SE blocks to add.
         stem: `imagenet` (7×7/2 conv + 3×3/2 max-pool, 64 channels) or `cifar` (3×3 conv, `widths[0]` channels).
+        stem_pool: the ImageNet stem's max-pool, `torchvision` or `caffe` (see `senet_core.stem`); None for `cifar`.
         in_channels: input image channels (1 for Fashion-MNIST).
         num_classes: classifier outputs.
         zero_init: zero the last BN gamma of every residual branch, so each unit starts as the identity.
@@ -41,17 +43,15 @@ class ResNet(nn.Module):
         in_channels: int,
         num_classes: int,
         zero_init: bool,
+        stem_pool: StemPool | None = None,
         **unit_options: object,
     ) -> None:
         super().__init__()
-        if stem == "imagenet":
+        if (stem == "imagenet") != (stem_pool is not None):
+            raise ValueError(f"stem_pool={stem_pool!r}: the imagenet stem needs one, the cifar stem has no pool")
+        if stem_pool is not None:
             stem_width = 64
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, stem_width, 7, stride=2, padding=3, bias=False),
-                nn.BatchNorm2d(stem_width),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(3, stride=2, padding=1),
-            )
+            self.stem = imagenet_stem(in_channels, stem_width, stem_pool)
         else:
             stem_width = widths[0]
             self.stem = nn.Sequential(
@@ -106,26 +106,45 @@ def _imagenet(
     in_channels: int,
     num_classes: int,
     zero_init: bool,
+    stem_pool: StemPool | None,
+    stride_layout: StrideLayout | None = None,
     **unit_options: object,
 ) -> ResNet:
+    """An ImageNet ResNet; an unset `stem_pool` follows the stride layout (`senet_core.stem.default_stem_pool`)."""
+    if stride_layout is not None:
+        unit_options["stride_layout"] = stride_layout
     return ResNet(
         block, layers, _IMAGENET_WIDTHS, se=se, stem="imagenet", in_channels=in_channels, num_classes=num_classes,
-        zero_init=zero_init, **unit_options,
+        zero_init=zero_init, stem_pool=stem_pool or default_stem_pool(stride_layout), **unit_options,
     )  # fmt: skip
 
 
 @register_model("resnet18", stages=_STAGES, units=_units((2, 2, 2, 2), _IMAGENET_WIDTHS), num_params=11_689_512,
                 paper_name="ResNet-18")  # fmt: skip
-def resnet18(*, se: SEConfig, in_channels: int = 3, num_classes: int = 1000, zero_init: bool = False) -> ResNet:
-    """ResNet-18 (basic units, projection shortcuts)."""
-    return _imagenet(BasicBlock, (2, 2, 2, 2), se, in_channels, num_classes, zero_init)
+def resnet18(
+    *,
+    se: SEConfig,
+    in_channels: int = 3,
+    num_classes: int = 1000,
+    zero_init: bool = False,
+    stem_pool: StemPool | None = None,
+) -> ResNet:
+    """ResNet-18 (basic units, projection shortcuts); `stem_pool` defaults to `torchvision` (see ResNet-50)."""
+    return _imagenet(BasicBlock, (2, 2, 2, 2), se, in_channels, num_classes, zero_init, stem_pool)
 
 
 @register_model("resnet34", stages=_STAGES, units=_units((3, 4, 6, 3), _IMAGENET_WIDTHS), num_params=21_797_672,
                 paper_name="ResNet-34")  # fmt: skip
-def resnet34(*, se: SEConfig, in_channels: int = 3, num_classes: int = 1000, zero_init: bool = False) -> ResNet:
-    """ResNet-34 (basic units, projection shortcuts)."""
-    return _imagenet(BasicBlock, (3, 4, 6, 3), se, in_channels, num_classes, zero_init)
+def resnet34(
+    *,
+    se: SEConfig,
+    in_channels: int = 3,
+    num_classes: int = 1000,
+    zero_init: bool = False,
+    stem_pool: StemPool | None = None,
+) -> ResNet:
+    """ResNet-34 (basic units, projection shortcuts); `stem_pool` defaults to `torchvision` (see ResNet-50)."""
+    return _imagenet(BasicBlock, (3, 4, 6, 3), se, in_channels, num_classes, zero_init, stem_pool)
 
 
 @register_model("resnet50", stages=_STAGES, units=_units((3, 4, 6, 3), _BOTTLENECK_OUT), num_params=25_557_032,
@@ -137,10 +156,18 @@ def resnet50(
     num_classes: int = 1000,
     zero_init: bool = False,
     stride_layout: StrideLayout = "original",
+    stem_pool: StemPool | None = None,
 ) -> ResNet:
-    """ResNet-50: 3, 4, 6, 3 bottleneck units. `stride_layout="original"` (the paper's, 3.86 GFLOPs) puts the
-    downsampling stride on the first 1×1 conv, `"v1.5"` (torchvision, timm; 4.09 GFLOPs) on the 3×3 conv."""
-    return _imagenet(Bottleneck, (3, 4, 6, 3), se, in_channels, num_classes, zero_init, stride_layout=stride_layout)
+    """ResNet-50: 3, 4, 6, 3 bottleneck units.
+
+    `stride_layout="original"` (the paper's, 3.86 GFLOPs) puts the downsampling stride on the first 1×1 conv,
+    `"v1.5"` (torchvision, timm; 4.09 GFLOPs) on the 3×3 conv. `stem_pool` is the stem's max-pool: `caffe` (no
+    padding, ceil mode; the authors' released SE-ResNets) or `torchvision` (padding 1, floor); unset, it is `caffe`
+    for the original layout and `torchvision` for v1.5 (`senet_core.stem.default_stem_pool`). Params and GFLOPs
+    do not depend on it.
+    """
+    return _imagenet(Bottleneck, (3, 4, 6, 3), se, in_channels, num_classes, zero_init, stem_pool,
+                     stride_layout=stride_layout)  # fmt: skip
 
 
 @register_model("resnet101", stages=_STAGES, units=_units((3, 4, 23, 3), _BOTTLENECK_OUT), num_params=44_549_160,
@@ -152,9 +179,11 @@ def resnet101(
     num_classes: int = 1000,
     zero_init: bool = False,
     stride_layout: StrideLayout = "original",
+    stem_pool: StemPool | None = None,
 ) -> ResNet:
-    """ResNet-101: 3, 4, 23, 3 bottleneck units; `stride_layout` as for ResNet-50."""
-    return _imagenet(Bottleneck, (3, 4, 23, 3), se, in_channels, num_classes, zero_init, stride_layout=stride_layout)
+    """ResNet-101: 3, 4, 23, 3 bottleneck units; `stride_layout` and `stem_pool` as for ResNet-50."""
+    return _imagenet(Bottleneck, (3, 4, 23, 3), se, in_channels, num_classes, zero_init, stem_pool,
+                     stride_layout=stride_layout)  # fmt: skip
 
 
 @register_model("resnet152", stages=_STAGES, units=_units((3, 8, 36, 3), _BOTTLENECK_OUT), num_params=60_192_808,
@@ -166,9 +195,11 @@ def resnet152(
     num_classes: int = 1000,
     zero_init: bool = False,
     stride_layout: StrideLayout = "original",
+    stem_pool: StemPool | None = None,
 ) -> ResNet:
-    """ResNet-152: 3, 8, 36, 3 bottleneck units; `stride_layout` as for ResNet-50."""
-    return _imagenet(Bottleneck, (3, 8, 36, 3), se, in_channels, num_classes, zero_init, stride_layout=stride_layout)
+    """ResNet-152: 3, 8, 36, 3 bottleneck units; `stride_layout` and `stem_pool` as for ResNet-50."""
+    return _imagenet(Bottleneck, (3, 8, 36, 3), se, in_channels, num_classes, zero_init, stem_pool,
+                     stride_layout=stride_layout)  # fmt: skip
 
 
 # ResNeXt follows Xie et al. (fb.resnet.torch): stride on the grouped 3×3 conv, which the paper's Table 2
@@ -182,10 +213,14 @@ def resnext50_32x4d(
     num_classes: int = 1000,
     zero_init: bool = False,
     stride_layout: StrideLayout = "v1.5",
+    stem_pool: StemPool | None = None,
 ) -> ResNet:
-    """ResNeXt-50 (32×4d): ResNet-50's units with 32 groups of width 4 in the first stage's 3×3 conv."""
-    return _imagenet(Bottleneck, (3, 4, 6, 3), se, in_channels, num_classes, zero_init, stride_layout=stride_layout,
-                     groups=32, base_width=4)  # fmt: skip
+    """ResNeXt-50 (32×4d): ResNet-50's units with 32 groups of width 4 in the first stage's 3×3 conv.
+
+    `stem_pool` as for ResNet-50 (default `torchvision` with the v1.5 layout; the released SE-ResNeXt uses `caffe`).
+    """
+    return _imagenet(Bottleneck, (3, 4, 6, 3), se, in_channels, num_classes, zero_init, stem_pool,
+                     stride_layout=stride_layout, groups=32, base_width=4)  # fmt: skip
 
 
 @register_model("resnext101_32x4d", stages=_STAGES, units=_units((3, 4, 23, 3), _BOTTLENECK_OUT),
@@ -197,10 +232,11 @@ def resnext101_32x4d(
     num_classes: int = 1000,
     zero_init: bool = False,
     stride_layout: StrideLayout = "v1.5",
+    stem_pool: StemPool | None = None,
 ) -> ResNet:
-    """ResNeXt-101 (32×4d): ResNet-101's units with 32 groups of width 4 in the first stage's 3×3 conv."""
-    return _imagenet(Bottleneck, (3, 4, 23, 3), se, in_channels, num_classes, zero_init, stride_layout=stride_layout,
-                     groups=32, base_width=4)  # fmt: skip
+    """ResNeXt-101 (32×4d): ResNet-101's units with 32 groups of width 4; `stem_pool` as for ResNeXt-50."""
+    return _imagenet(Bottleneck, (3, 4, 23, 3), se, in_channels, num_classes, zero_init, stem_pool,
+                     stride_layout=stride_layout, groups=32, base_width=4)  # fmt: skip
 
 
 # ---- CIFAR ResNets (He et al. 2016, §4.2) -------------------------------------------------------------------

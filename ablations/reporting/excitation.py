@@ -111,8 +111,17 @@ def _balanced(labels: np.ndarray, per_class: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def analyze(model: torch.nn.Module, loader: Any, classes: Sequence[int], per_class: int = PER_CLASS, *,
-            permutations: int = PERMUTATIONS, bootstraps: int = BOOTSTRAPS, seed: int = 0) -> Excitation:  # fmt: skip
+def analyze(
+    model: torch.nn.Module,
+    loader: Any,
+    classes: Sequence[int],
+    per_class: int = PER_CLASS,
+    *,
+    blocks: Sequence[str] | None = None,
+    permutations: int = PERMUTATIONS,
+    bootstraps: int = BOOTSTRAPS,
+    seed: int = 0,
+) -> Excitation:
     """Run `loader`'s images through `model` with the probe on every SE block and summarise the gates.
 
     Args:
@@ -120,6 +129,7 @@ def analyze(model: torch.nn.Module, loader: Any, classes: Sequence[int], per_cla
         loader: yields (images, labels) batches, e.g. a `DataBundle.val`.
         classes: the classes Figs. 6-7 draw.
         per_class: images per class used for every statistic (the first ones the loader yields).
+        blocks: the blocks Figs. 6-7 draw; None = the last SE block of each stage.
         permutations, bootstraps, seed: the resampling of `gate_stats.block_stats` (seeded: equal runs, equal
             numbers).
 
@@ -143,7 +153,11 @@ def analyze(model: torch.nn.Module, loader: Any, classes: Sequence[int], per_cla
     missing = [k for k in classes if not (labels == k).any()]
     if missing:
         raise SenetError(f"--classes: class {missing[0]} has no image in the validation split")
-    blocks = last_per_stage(list(found.values()))
+    if blocks is None:
+        blocks = last_per_stage(list(found.values()))
+    elif unknown := [b for b in blocks if b not in found]:
+        raise SenetError(f"excitation: {unknown[0]} is not an SE block of the model; blocks: {', '.join(names)}")
+    blocks = list(blocks)
     mean = {b: np.stack([gates[b][labels == k].mean(axis=0) for k in classes]) for b in blocks}
     std = {b: np.stack([_std(gates[b][labels == k]) for k in classes]) for b in blocks}
     overall = {b: gates[b].mean(axis=0) for b in blocks}
@@ -196,9 +210,10 @@ CSV_COLUMNS = ["block", "depth", "stage", "index", "channels", "constant", "eta2
                "share_above_0.9", "pooled_class_share"]  # fmt: skip
 
 
-def write(ex: Excitation, out: Path, label: str) -> list[Path]:
-    """Figs. 6 and 7, the η²-and-saturation figure and the per-block CSV under `out`; returns their paths."""
-    names = [f"class {k}" for k in ex.classes]
+def write(ex: Excitation, out: Path, label: str, names: Sequence[str] | None = None) -> list[Path]:
+    """Figs. 6 and 7, the η²-and-saturation figure and the per-block CSV under `out`; returns their paths.
+    `names` name the drawn classes (default "class <index>")."""
+    names = list(names) if names is not None else [f"class {k}" for k in ex.classes]
     shown = {b: slice(0, min(MAX_CHANNELS, ex.overall[b].shape[0])) for b in ex.blocks}
     mean = {b: ex.mean[b][:, shown[b]] for b in ex.blocks}
     std = {b: ex.std[b][:, shown[b]] for b in ex.blocks}

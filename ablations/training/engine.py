@@ -28,6 +28,7 @@ from ablations.errors import SenetError
 from ablations.paths import CHECKPOINT, RESULT
 from ablations.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ablations.training.schedule import Schedule
+from ablations.weights import load_weights
 from senet_core import Complexity, build_model
 
 Autocast = Callable[[], AbstractContextManager[Any]]
@@ -196,6 +197,10 @@ def _setup(cfg: RunConfig, warm: Warm | None) -> _Run:
     )  # fmt: skip
     options = cfg.model_options(data.in_channels, data.num_classes)
     model = build_model(cfg.model.name, options)
+    if cfg.model.weights is not None:
+        # Fine-tuning from imported weights (model.weights, ablations.weights): loaded strictly over the seeded init.
+        # Its notes on options the source network computes differently with are the experiment's choice here.
+        load_weights(model, cfg.model.weights, cfg.model.name, options)
     cost = network_cost(cfg.model.name, options, data.image_size)
     model = model.to(device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
     net = model

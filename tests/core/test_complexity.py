@@ -69,3 +69,10 @@ def test_measure_on_a_real_small_model_leaves_it_unchanged():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats untouched
     assert c.params == 269_722 + se_param_count([(3, 16), (3, 32), (3, 64)], 16, bias=True)
     assert 0.04 < c.gflops < 0.05
+
+
+def test_stem_pool_changes_neither_params_nor_flops():
+    """Both max-pools give 56×56 at 224 and have no parameters; pooling is not counted (as in the paper)."""
+    caffe = _gflops("se_resnet50", **{"model.stem_pool": "caffe"})
+    torchvision = _gflops("se_resnet50", **{"model.stem_pool": "torchvision"})
+    assert caffe == torchvision and round(caffe.gflops, 2) == 3.87
