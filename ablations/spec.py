@@ -12,9 +12,8 @@ import re
 from dataclasses import dataclass, replace
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -23,6 +22,9 @@ from ablations.errors import SenetError
 from ablations.paper import tables
 from ablations.recipes import RECIPES
 from senet_core import SEConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STUDIES = files("ablations").joinpath("studies")
 # The paper's standard SE block (§3, the bold rows of Tables 10-16): what every ablation is compared with. Its
@@ -511,6 +513,8 @@ def plan(trials: list[Trial]) -> pd.DataFrame:
 
     Factor columns hold the levels as written (None where a trial does not have the factor, e.g. `extra`).
     """
+    import pandas as pd  # only for printing plans: kept out of the sweep workers' imports
+
     factor_keys = list(dict.fromkeys(k for t in trials for k in t.factors))
     columns = ["key", "study", "label", "config_hash", "seed", "model", "dataset", "params", "gflops", "epochs"]
     rows = []

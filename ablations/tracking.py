@@ -25,6 +25,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ablations.config import RunConfig, build_config, unflatten
 from ablations.errors import SenetError
 from ablations.paths import TRACKING_ENV, artifacts_dir, mlflow_db
 from ablations.urls import DATABASES, check_url, redact, scrub, with_driver
@@ -287,27 +288,23 @@ class Tracker:
         """Child runs of every senet-ablate experiment (optionally only of `keys`, only in `status`), oldest first."""
         wanted = set(keys) if keys is not None else None
         query = f"tags.`{Tag.ROLE}` = 'trial'" + (f" and attributes.status = '{status}'" if status else "")
-        out = []
-        for run in self._search(query):
-            tags = run.data.tags
-            key = tags.get(Tag.KEY, "")
-            if wanted is not None and key not in wanted:
-                continue
-            out.append(
-                TrialRun(
-                    run_id=run.info.run_id,
-                    key=key,
-                    seed=int(tags.get(Tag.SEED, "0")),
-                    label=tags.get(Tag.LABEL, ""),
-                    status=run.info.status,
-                    outcome=tags.get(Tag.OUTCOME, ""),
-                    start_ms=run.info.start_time or 0,
-                    end_ms=run.info.end_time,
-                    metrics=dict(run.data.metrics),
-                    tags=dict(tags),
-                )
-            )
-        return sorted(out, key=lambda r: (r.start_ms, r.run_id))
+        out = [_trial_run(run) for run in self._search(query)]
+        return sorted((r for r in out if wanted is None or r.key in wanted), key=lambda r: (r.start_ms, r.run_id))
+
+    def trial(self, run_id: str, option: str) -> tuple[TrialRun, RunConfig]:
+        """One trial's run and the configuration it trained, from its id (as a user typed it after `option`).
+
+        Raises:
+            SenetError: no such run in the store, or a run that is not a senet-ablate trial.
+        """
+        try:
+            run = self.client.get_run(run_id)
+        except Exception:  # MLflow raises its own exception types for an unknown or malformed id
+            raise SenetError(f"{option}: {run_id!r} is not a run in {redact(self.uri)}") from None
+        if run.data.tags.get(Tag.ROLE) != "trial" or not run.data.tags.get(Tag.KEY):
+            raise SenetError(f"{option}: run {run_id} is not a senet-ablate trial run (no {Tag.KEY} tag)")
+        config = build_config(unflatten({k: json.loads(v) for k, v in run.data.params.items()}))
+        return _trial_run(run), config
 
     def history(self, run_id: str, metric: str) -> dict[int, float]:
         """Step (epoch) → value of one metric of one run."""
@@ -340,6 +337,22 @@ class Tracker:
             row |= {f"tags.{k}": v for k, v in run.data.tags.items()}
             rows.append(row)
         return pd.DataFrame(rows)
+
+
+def _trial_run(run: Run) -> TrialRun:
+    tags = run.data.tags
+    return TrialRun(
+        run_id=run.info.run_id,
+        key=tags.get(Tag.KEY, ""),
+        seed=int(tags.get(Tag.SEED, "0")),
+        label=tags.get(Tag.LABEL, ""),
+        status=run.info.status,
+        outcome=tags.get(Tag.OUTCOME, ""),
+        start_ms=run.info.start_time or 0,
+        end_ms=run.info.end_time,
+        metrics=dict(run.data.metrics),
+        tags=dict(tags),
+    )
 
 
 def open_store(uri: str, results: Path) -> Tracker:

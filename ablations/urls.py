@@ -25,6 +25,8 @@ def redact(url: str) -> str:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
         return "<unparseable URL>"
+    if not secrets_of(url):
+        return _USER_PASSWORD.sub("***", url)  # as typed (urlunsplit would drop a slash of sqlite:////abs/path)
     netloc = parts.netloc
     if "@" in netloc:
         creds, _, host = netloc.rpartition("@")

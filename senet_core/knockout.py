@@ -9,16 +9,16 @@ gates only while it is open and never changes the model otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from types import TracebackType
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
 
-from senet_core.probe import se_blocks
+from senet_core.probe import GateHooks
+from senet_core.se import SEBlock
 
 
-class GateOverride:
+class GateOverride(GateHooks):
     """Context manager replacing the gate output s of named SE blocks, so that the block computes x · value.
 
     Example:
@@ -33,35 +33,20 @@ class GateOverride:
     """
 
     def __init__(self, model: nn.Module, values: Mapping[str, float | torch.Tensor]) -> None:
-        blocks = se_blocks(model)
-        missing = sorted(set(values) - set(blocks))
-        if missing:
-            raise KeyError(f"{missing[0]} is not an SE block of this model; blocks: {', '.join(blocks)}")
-        self._gates: dict[str, tuple[nn.Module, torch.Tensor]] = {}
+        super().__init__(model, values)
+        self._fixed: dict[str, torch.Tensor] = {}
         for name, value in values.items():
-            block = blocks[name]
+            channels = self._blocks[name].channels
             fixed = torch.as_tensor(value, dtype=torch.float32).detach().cpu()
             if fixed.ndim == 0:
-                fixed = fixed.expand(block.channels)
-            if fixed.shape != (block.channels,):
-                raise ValueError(f"{name}: {tuple(fixed.shape)} gate values for {block.channels} channels")
-            self._gates[name] = (block.gate, fixed.reshape(1, -1, 1, 1))
-        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+                fixed = fixed.expand(channels)
+            if fixed.shape != (channels,):
+                raise ValueError(f"{name}: {tuple(fixed.shape)} gate values for {channels} channels")
+            self._fixed[name] = fixed.reshape(1, -1, 1, 1)
 
-    def __enter__(self) -> GateOverride:
-        for gate, fixed in self._gates.values():
-            self._hooks.append(gate.register_forward_hook(self._replacer(fixed)))
-        return self
+    def _hook(self, name: str, block: SEBlock) -> Callable[..., torch.Tensor]:
+        fixed = self._fixed[name]
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
-
-    @staticmethod
-    def _replacer(fixed: torch.Tensor):  # type: ignore[no-untyped-def]
         def replace(_module: nn.Module, _args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
             return fixed.to(device=out.device, dtype=out.dtype).expand_as(out)
 

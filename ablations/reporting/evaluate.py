@@ -7,7 +7,6 @@ The network is an imported one (`model.weights`: a file or `timm:NAME`) or a fin
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ablations.config import RunConfig, build_config, unflatten
+from ablations.config import RunConfig
 from ablations.errors import SenetError
 from ablations.imagenet import EvalFolder
 from ablations.paper import config_key, tables
 from ablations.paths import CHECKPOINT, run_dir
-from ablations.tracking import Tag, open_store, tracking_uri
+from ablations.tracking import open_store, tracking_uri
 from ablations.training.checkpoint import load_checkpoint
 from ablations.weights import import_model
 from senet_core import build_model, model_info
@@ -168,15 +167,8 @@ def imported(name: str | None, options: dict[str, Any], weights: str) -> Subject
 def finished_run(run_id: str, results: Path, uri: str | None) -> Subject:
     """`--run RUN_ID`: a trial's network from its MLflow params and its checkpoint in `results/runs/<key>/`."""
     tracker = open_store(tracking_uri(uri, results), results)
-    try:
-        run = tracker.client.get_run(run_id)
-    except Exception:  # MLflow raises its own exception types for an unknown or malformed id
-        raise SenetError(f"--run: {run_id!r} is not a run in {tracker.uri}") from None
-    tags, params = run.data.tags, run.data.params
-    key = tags.get(Tag.KEY)
-    if tags.get(Tag.ROLE) != "trial" or not key:
-        raise SenetError(f"--run: run {run_id} is not a senet-ablate trial run (no {Tag.KEY} tag)")
-    config = build_config(unflatten({k: json.loads(v) for k, v in params.items()}))
+    run, config = tracker.trial(run_id, "--run")
+    key = run.key
     ckpt = run_dir(results, key) / CHECKPOINT
     if not ckpt.is_file():
         raise SenetError(f"--run: {ckpt}: no checkpoint of trial {key}; give the --results folder it trained in")
@@ -189,7 +181,7 @@ def finished_run(run_id: str, results: Path, uri: str | None) -> Subject:
     with torch.device("meta"):
         model = build_model(config.model.name, options)
     model.load_state_dict(weights, strict=True, assign=True)
-    label = f"{tags.get(Tag.LABEL, key)}, seed {tags.get(Tag.SEED, config.seed)} (run {run_id})"
+    label = f"{run.label or key}, seed {run.seed} (run {run_id})"
     return Subject(model.eval(), name, options, f"run {run_id}", f"trial {key}", label, config)
 
 

@@ -10,7 +10,6 @@ class-specific, and the very last ones as saturated.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from ablations.config import RunConfig, build_config, unflatten
+from ablations.config import RunConfig
 from ablations.data import build_data
 from ablations.errors import SenetError
 from ablations.paths import CHECKPOINT, run_dir
@@ -36,7 +35,7 @@ from ablations.reporting.gate_stats import (
 )
 from ablations.spec import StudySpec, Trial, closure, shipped_names
 from ablations.sweep.runner import SweepOptions, study_status
-from ablations.tracking import Tag, open_store, tracking_uri
+from ablations.tracking import open_store, tracking_uri
 from ablations.training.checkpoint import load_checkpoint
 from senet_core import ExcitationProbe, SEBlock, build_model, se_blocks
 
@@ -264,20 +263,10 @@ def resolve_target(target: str, opts: SweepOptions) -> Target:
         spec, trials, _ = study_status(target, opts)
         return study_target(spec, trials, opts.results)
     tracker = open_store(tracking_uri(opts.tracking_uri, opts.results), opts.results)
-    try:
-        run = tracker.client.get_run(target)
-    except Exception:  # MLflow raises its own exception types for an unknown or malformed id
-        allowed = ", ".join(shipped_names())
-        raise SenetError(
-            f"excitation: {target!r} is neither a study ({allowed}, or a .yaml path) nor a run id in {tracker.uri}"
-        ) from None
-    tags, params = run.data.tags, run.data.params
-    key = tags.get(Tag.KEY)
-    if tags.get(Tag.ROLE) != "trial" or not key:
-        raise SenetError(f"excitation: run {target} is not a senet-ablate trial run (no {Tag.KEY} tag)")
-    config = build_config(unflatten({k: json.loads(v) for k, v in params.items()}))
-    label = f"{tags.get(Tag.LABEL, key)}, seed {tags.get(Tag.SEED, config.seed)}"
-    return Target(config, key, run_dir(opts.results, key) / CHECKPOINT, label)
+    allowed = ", ".join(shipped_names())
+    run, config = tracker.trial(target, f"excitation: neither a study ({allowed}, or a .yaml path) nor a run id:")
+    label = f"{run.label or run.key}, seed {run.seed}"
+    return Target(config, run.key, run_dir(opts.results, run.key) / CHECKPOINT, label)
 
 
 def excitation_report(target: str, opts: SweepOptions, out: Path, classes: list[int] | None) -> list[Path]:

@@ -14,6 +14,7 @@ accepted the result. Exit codes: 0 nothing left, 3 recycle me, 5 stopped by a si
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -203,7 +204,10 @@ class Worker:
                 cfg = build_config(t.config)
                 run_id = self._start_run(attempt, cfg)
                 failpoint("before_training")
-                with self.permit.hold(t.exclusive) if self.permit is not None else _nothing():
+                with (
+                    self.permit.hold(t.exclusive) if self.permit is not None else _nothing(),
+                    _system_metrics(run_id, self.tracker.uri),
+                ):
                     result = train(cfg, folder, [Track(self, attempt, run_id, beat)], log=log, warm=self.warm)
                 return self._record(attempt, run_id, result)
             except Stop as sig:
@@ -278,6 +282,28 @@ def _logger(logfile: Any) -> Callable[[str], None]:
         logfile.flush()
 
     return log
+
+
+@contextlib.contextmanager
+def _system_metrics(run_id: str | None, uri: str) -> Iterator[None]:
+    """MLflow's system metrics (CPU, memory, GPU utilisation) sampled into the run while it trains; a tracking
+    store that refuses them costs the trial nothing."""
+    monitor = None
+    if run_id:
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(run_id, sampling_interval=10, tracking_uri=uri)
+            monitor.start()
+        except Exception as err:  # psutil or the store unavailable: no system metrics, same training
+            print(f"system metrics off: {type(err).__name__}", file=sys.stderr, flush=True)
+            monitor = None
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            with contextlib.suppress(Exception):
+                monitor.finish()
 
 
 class _nothing:

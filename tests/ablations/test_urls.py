@@ -18,6 +18,7 @@ from ablations.urls import check_url, redact, scrub, with_driver
         ("postgresql://u@db/x?sslpassword=s3cret", "postgresql://u@db/x?sslpassword=***"),
         ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
         ("postgresql://u@db/x", "postgresql://u@db/x"),
+        ("sqlite:////abs/results/mlflow.db", "sqlite:////abs/results/mlflow.db"),
     ],
 )  # fmt: skip
 def test_redact_hides_every_password(url, shown):

@@ -56,7 +56,7 @@ def test_the_papers_classes_where_the_folder_has_them(weights, tmp_path):
     assert drawn.classes == [1, 254, 726, 972] and drawn.names == ["goldfish", "pug", "plane", "cliff"]
     assert drawn.blocks == ["SE_2_3", "SE_3_3", "SE_4_1", "SE_4_2", "SE_4_3"]
     assert [p.name for p in drawn.paths] == ["excitation_profiles.png", "excitation_spread.png",
-                                             "excitation_specificity.png", "excitation_specificity.csv"]  # fmt: skip
+                                             "excitation_eta2.png", "excitation_blocks.csv"]  # fmt: skip
     assert all(p.stat().st_size > 0 for p in drawn.paths)
     assert len(drawn.paths[3].read_text().splitlines()) == 1 + 9  # header + every SE block of ResNet-20
 

@@ -1,0 +1,89 @@
+"""Tracking hiccups never fail a trial: writes are buffered and retried, and MLflow is repaired from the ledger."""
+
+import time
+
+import pytest
+from optuna.trial import TrialState
+from sqlalchemy.exc import OperationalError
+
+from ablations.spec import expand, load_spec
+from ablations.sweep.ledger import Ledger, Owner
+from ablations.sweep.manifest import Manifest
+from ablations.sweep.reconcile import repair
+from ablations.sweep.slots import Slot
+from ablations.sweep.status import ticket_of
+from ablations.sweep.worker import Worker
+from ablations.tracking import RunLog
+from tests.ablations.conftest import journal, tracker, write_spec
+
+
+def locked() -> OperationalError:
+    return OperationalError("INSERT INTO metrics", {}, Exception("database is locked"))
+
+
+def test_buffered_writes_are_retried_in_order_until_they_go_through():
+    done, failures = [], {"a": 2, "b": 1}
+
+    def write(name):
+        def go():
+            if failures.get(name, 0):
+                failures[name] -= 1
+                raise locked()
+            done.append(name)
+
+        return go
+
+    log = RunLog(retry_s=10)
+    log.submit(write("a"))
+    log.submit(write("b"))
+    assert log.call(write("c"))  # after everything submitted before it
+    assert done == ["a", "b", "c"]
+
+
+def test_a_write_that_keeps_failing_is_given_up_with_a_note_not_an_error():
+    notes = []
+
+    def always():
+        raise locked()
+
+    log = RunLog(retry_s=0.3, log=notes.append)
+    began = time.monotonic()
+    assert not log.call(always)
+    assert time.monotonic() - began < 5 and "gave up on a write" in notes[0]
+
+
+def test_a_trial_finishes_while_mlflow_is_down_and_its_run_is_rebuilt_from_the_result(tmp_path, monkeypatch):
+    spec_path = write_spec(tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1)
+    results = tmp_path / "results"
+    spec = load_spec(spec_path)
+    [trial] = expand(spec)
+    uri = f"sqlite:///{results / 'mlflow.db'}"
+    ledger = Ledger.open(journal(results))
+    ledger.enqueue(ticket_of(trial))
+    parent = tracker(results).parent_run("tiny", "x", {})
+    manifest = Manifest(spec.name, parent, {trial.key: ticket_of(trial)}, max_retries=0)
+    worker = Worker(manifest, results, Slot(0), journal(results), uri)
+    worker.runlog = RunLog(retry_s=0.3, log=lambda _: None)
+
+    def down(*args, **kwargs):
+        raise locked()
+
+    for name in ("start_trial", "log_epoch", "log_summary", "log_text", "end"):
+        monkeypatch.setattr(worker.tracker, name, down)
+    attempt = ledger.claim({trial.key}, Owner.me())
+    assert worker.run_attempt(attempt) == "finished"  # the tracking store never answered; the trial finished
+    [done] = ledger.attempts()
+    assert done.state == TrialState.COMPLETE and done.run_id is None
+    assert tracker(results).trial_runs() == []
+    monkeypatch.undo()
+    repair(tracker(results), ledger.attempts(), {trial.key}, results, spec.name, parent, {}, print)
+    [run] = tracker(results).trial_runs()
+    assert (run.status, run.outcome, run.key) == ("FINISHED", "finished", trial.key)
+    assert run.metrics["test_top1_err"] == pytest.approx(_result(results, trial.key)["test_top1_err"])
+    assert sorted(tracker(results).history(run.run_id, "val_top1_err")) == [1, 2]
+
+
+def _result(results, key):
+    import json
+
+    return json.loads((results / "runs" / key / "result.json").read_text())["summary"]
