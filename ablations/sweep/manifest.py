@@ -32,6 +32,7 @@ class Manifest:
         recycle_after: trials a worker trains before it is replaced by a fresh process.
         max_rss_mb: resident memory past which a worker is replaced after its trial (None: no limit).
         fail_fast: a worker claims nothing more once a trial of the sweep has failed.
+        queue_new: reconcile passes queue trials the ledger has never seen (off for a joining worker's sweep).
     """
 
     study: str
@@ -42,6 +43,7 @@ class Manifest:
     recycle_after: int = 50
     max_rss_mb: float | None = None
     fail_fast: bool = False
+    queue_new: bool = True
 
     @property
     def id(self) -> str:

@@ -72,13 +72,14 @@ class Reconciler:
         return None
 
     def reconcile(
-        self, tickets: dict[str, Ticket], max_retries: int, blocking: bool = False
+        self, tickets: dict[str, Ticket], max_retries: int, blocking: bool = False, queue_new: bool = True
     ) -> tuple[list[Attempt], list[Ended]]:
         """One pass: end dead attempts and queue the next attempt of every trial of `tickets` that needs one.
 
         Returns every attempt (as read after the pass) and the attempts this pass ended with their reasons (their
         MLflow runs are for the caller to end, outside the lock). Without the lock (another process holds it and
-        `blocking` is off) the pass only reads.
+        `blocking` is off) the pass only reads. With `queue_new` off (a joining worker) only trials the ledger
+        already knows are queued again: a joiner helps the sweep it joined, it never starts another.
         """
         ended: list[Ended] = []
         with self.ledger.lock(blocking) as mine:
@@ -96,6 +97,8 @@ class Reconciler:
             grouped = by_key(self.ledger.attempts() if ended else attempts)
             queued = False
             for key, first in tickets.items():
+                if not queue_new and key not in grouped:
+                    continue
                 ticket = next_ticket(first, grouped.get(key, []), max_retries)
                 if ticket is not None:
                     self.ledger.enqueue(ticket)

@@ -143,7 +143,8 @@ class Sweep:
         self.tracker, self.ledger = stores.tracker, stores.ledger
         self.results = opts.results
         self.manifest = Manifest(spec.name, parent, {t.key: ticket_of(t) for t in trials}, opts.max_retries,
-                                 code_version(), opts.recycle_after, opts.max_rss_mb, opts.fail_fast)  # fmt: skip
+                                 code_version(), opts.recycle_after, opts.max_rss_mb, opts.fail_fast,
+                                 queue_new=not joining)  # fmt: skip
         self.reconciler = Reconciler(self.ledger, self.say)
         self.stop = threading.Event()
         self.children: dict[int, subprocess.Popen[bytes]] = {}
@@ -164,12 +165,15 @@ class Sweep:
         """0 when every trial is done (diverged counts), 1 when some failed, 130 when stopped."""
         manifest_path = self.manifest.write(self.results)
         keys = self.manifest.keys
-        attempts, ended = self.reconciler.reconcile(self.manifest.tickets, self.opts.max_retries, blocking=True)
+        queue_new = self.manifest.queue_new
+        attempts, ended = self.reconciler.reconcile(self.manifest.tickets, self.opts.max_retries, True, queue_new)
         end_runs(self.tracker, ended)
         self._repair(attempts)
         with Progress(self.opts.progress, len(self.trials)) as progress:
             while not self.stop.is_set():
-                attempts, ended = self.reconciler.reconcile(self.manifest.tickets, self.opts.max_retries)
+                attempts, ended = self.reconciler.reconcile(
+                    self.manifest.tickets, self.opts.max_retries, False, queue_new
+                )
                 end_runs(self.tracker, ended)
                 ours = [a for a in attempts if a.key in keys]
                 self.statuses = statuses(self.trials, ours, self.opts.max_retries)
@@ -316,8 +320,12 @@ def run(study: str, opts: SweepOptions, create: bool = True) -> tuple[int, list[
         stores.ledger.set_note(spec.name, {"device": host.device})
     else:
         parent = stores.tracker.find_parent(spec.name)
-        if parent is None:
-            raise SenetError(f"worker: no sweep of {spec.name!r} in {stores.tracker.uri}; start one with `sweep`")
+        known = {a.key for a in stores.ledger.attempts()}
+        if parent is None or not known & {t.key for t in trials}:
+            raise SenetError(
+                f"worker: no sweep of {spec.name!r} with these settings in the ledger ({len(trials)} trials, none "
+                "queued or run); start one with `sweep`, or give `worker` the sweep's own --set"
+            )
     sweep = Sweep(spec, trials, opts, stores, parent, joining=not create)
     _install_signals(sweep)
     code = sweep.run()

@@ -179,7 +179,9 @@ class Worker:
 
     def _settled(self) -> bool:
         """Reconcile (if no one else is) and say whether every trial of the sweep is done or failed."""
-        attempts, ended = self.reconciler.reconcile(self.manifest.tickets, self.manifest.max_retries)
+        attempts, ended = self.reconciler.reconcile(
+            self.manifest.tickets, self.manifest.max_retries, queue_new=self.manifest.queue_new
+        )
         end_runs(self.tracker, ended)
         grouped = by_key(attempts)
         return all(

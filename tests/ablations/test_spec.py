@@ -284,6 +284,18 @@ def test_each_malformed_spec_gets_one_line_naming_the_field(tmp_path, case):
     assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
 
 
+def test_a_yaml_alias_bomb_is_refused_before_anything_expands_it(tmp_path, capsys):
+    """Item 15: aliases of aliases in a text field expanded to gigabytes before validation."""
+    levels = ["description: &a [x, x, x, x, x, x, x, x, x]"]
+    levels += [
+        f"l{i}: &{c} [{', '.join([f'*{p}'] * 9)}]" for i, (p, c) in enumerate(zip("abcdefg", "bcdefgh", strict=True), 1)
+    ]
+    path = write(tmp_path, "\n".join(["name: bomb", *levels, "grid: {se.reduction: [4]}"]) + "\n")
+    with pytest.raises(SenetError, match="aliases .* expand to more than 100000 values") as err:
+        load_spec(path)
+    assert len(str(err.value)) < 300
+
+
 def test_include_cycle_names_the_chain(tmp_path):
     write(tmp_path, "name: a\ndescription: d\ninclude: [b.yaml]\n", "a.yaml")
     write(tmp_path, "name: b\ndescription: d\ngrid: {se.reduction: [16]}\ninclude: [a.yaml]\n", "b.yaml")

@@ -364,3 +364,55 @@ def test_the_ledger_records_the_device_auto_resolved_to(tmp_path):
     results = tmp_path / "results"
     assert sweep(spec, results) == 0
     assert Ledger.open(journal(results)).note("tiny") == {"device": "cpu"}
+
+
+def test_a_trial_left_queued_by_another_study_does_not_block_this_one(tmp_path):
+    """Item 10: a trial shared by two studies and left WAITING in one study's queue used to block the other."""
+    from ablations.spec import expand, load_spec
+    from ablations.sweep.ledger import Ledger
+    from ablations.sweep.reconcile import Reconciler
+    from ablations.sweep.status import ticket_of
+
+    results = tmp_path / "results"
+    first = write_spec(tmp_path, name="first", grid={"se.excitation": ["sigmoid", "tanh"]}, seeds=1)
+    second = write_spec(tmp_path, name="second", grid={"se.excitation": ["sigmoid", "relu"]}, seeds=1)
+    # The first study's sweep queued its trials and died before training any.
+    tickets = {t.key: ticket_of(t) for t in expand(load_spec(first))}
+    Reconciler(Ledger.open(journal(results)), print).reconcile(tickets, max_retries=1, blocking=True)
+    assert sweep(second, results) == 0
+    ledger = attempts(journal(results))
+    shared = next(t.key for t in expand(load_spec(second)) if t.label == "se.excitation=sigmoid")
+    assert [a.state for a in ledger if a.key == shared] == [TrialState.COMPLETE]  # trained once, by `second`
+    tanh = next(t.key for t in expand(load_spec(first)) if t.label == "se.excitation=tanh")
+    assert [a.state for a in ledger if a.key == tanh] == [TrialState.WAITING]  # not ours: left for `first`
+
+
+def test_workers_train_only_their_own_sweep_and_a_joiner_needs_the_sweeps_settings(tmp_path, capsys):
+    """Item 11: a joining worker without the controller's --set, or a second spec file of the same name, trained
+    configurations that were not in the spec the user ran."""
+    results = tmp_path / "results"
+    spec = write_spec(tmp_path, name="same", seeds=1)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    namesake = write_spec(other, name="same", grid={"train.lr": [0.2]}, seeds=1)  # same name, another trial
+    assert sweep(spec, results, "--set", "train.epochs=1") == 0
+    keys = {a.key for a in attempts(journal(results))}
+    assert main(["worker", str(spec), "--results", str(results), "--no-progress"]) == 2  # without the --set
+    assert "give `worker` the sweep's own --set" in capsys.readouterr().err
+    assert {a.key for a in attempts(journal(results))} == keys  # it queued and trained nothing
+    assert sweep(namesake, results) == 0
+    assert len({a.key for a in attempts(journal(results))} - keys) == 1  # the namesake's own trial, nothing else
+    assert_each_trial_complete_once(journal(results), results, 3)
+
+
+def test_secrets_and_store_urls_never_reach_a_command_line(tmp_path, monkeypatch):
+    """Item 16: MLFLOW_TRACKING_URI from the environment was copied onto worker command lines (visible in ps)."""
+    results = tmp_path / "results"
+    uri = f"sqlite:///{(results / 'mlflow.db').resolve()}"
+    spec = write_spec(tmp_path, seeds=1, train={"epochs": 4}, data={"synthetic_train": 640})
+    proc = cli("sweep", str(spec), "--results", str(results), "--no-progress", cwd=tmp_path,
+               env={"MLFLOW_TRACKING_URI": uri, "SENET_ABLATE_STORAGE": journal(results)})  # fmt: skip
+    workers = wait_for(lambda: _workers(results))
+    cmdlines = [Path(f"/proc/{w.pid}/cmdline").read_bytes() for w in workers]
+    assert proc.wait(timeout=180) == 0
+    assert cmdlines and not [c for c in cmdlines if b"sqlite" in c or b"ledger.journal" in c]
