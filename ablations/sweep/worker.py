@@ -206,6 +206,8 @@ class Worker:
                 cfg = build_config(t.config)
                 run_id = self._start_run(attempt, cfg)
                 failpoint("before_training")
+                if self.cuda:  # the previous trial's cached blocks must not count as this one's reserved memory
+                    torch.cuda.empty_cache()
                 with (
                     self.permit.hold(t.exclusive) if self.permit is not None else _nothing(),
                     _system_metrics(run_id, self.tracker.uri),
