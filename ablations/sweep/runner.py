@@ -33,7 +33,7 @@ from ablations.sweep.ledger import Ledger, check_storage, is_journal, pid_alive
 from ablations.sweep.manifest import Manifest
 from ablations.sweep.progress import Progress
 from ablations.sweep.reconcile import Reconciler, end_runs, repair
-from ablations.sweep.slots import Slot, cpu_threads, live_workers, log_path, pack, worker_env
+from ablations.sweep.slots import Slot, auto_per_gpu, cpu_threads, live_workers, log_path, worker_env
 from ablations.sweep.status import TrialStatus, statuses, ticket_of
 from ablations.sweep.worker import EXIT_DONE, EXIT_RECYCLE, EXIT_STOPPED
 from ablations.tracking import Tag, Tracker, code_version, tracking_uri
@@ -211,18 +211,8 @@ class Sweep:
         return [Slot(self.slot_base + s.index, s.gpu) for s in slots]
 
     def _packed(self, attempts: list[Any]) -> int:
-        """`--trials-per-gpu auto`: trials that fit beside each other, from the measured footprint of the
-        configurations still to train (one slot until one of them was measured)."""
-        measured: dict[str, float] = {}
-        total = 0.0
-        for a in attempts:
-            if a.memory:
-                need = a.memory["reserved_mb"] + a.memory["context_mb"]
-                measured[a.ticket.config_hash] = max(measured.get(a.ticket.config_hash, 0.0), need)
-                total = a.memory["total_mb"]
         pending = {s.trial.config_hash for s in self.statuses if s.state in ("pending", "running")}
-        needs = [measured[h] for h in pending if h in measured]
-        return pack(total, needs) if needs and total else 1
+        return auto_per_gpu(attempts, pending)
 
     def _staff(self, manifest_path: Path, attempts: list[Any]) -> bool:
         """Adopt live workers, start the missing ones where there is work; False when every slot was given up."""

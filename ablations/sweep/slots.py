@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ablations.errors import SenetError
 from ablations.paths import cache_dir, workers_dir
-from ablations.sweep.ledger import host_id, pid_alive, process_start
+from ablations.sweep.ledger import Attempt, host_id, pid_alive, process_start
 
 # A CUDA device as CUDA_VISIBLE_DEVICES takes it: an index, a GPU UUID or a MIG instance.
 _GPU_ID = re.compile(r"\d+|GPU-[0-9A-Fa-f-]{8,}|MIG-[0-9A-Za-z/-]{8,}")
@@ -73,6 +73,21 @@ def pack(total_mb: float, needs_mb: Iterable[float], headroom: float = HEADROOM,
     if need <= 0:
         return 1
     return max(1, min(cap, int(total_mb * (1 - headroom) // need)))
+
+
+def auto_per_gpu(attempts: Iterable[Attempt], pending: set[str]) -> int:
+    """`--trials-per-gpu auto`: trials that fit beside each other on one GPU, from the measured footprint (reserved
+    memory plus the CUDA context) of the configurations (config hashes) still to train; one until one of them was
+    measured."""
+    measured: dict[str, float] = {}
+    total = 0.0
+    for a in attempts:
+        if a.memory:
+            need = a.memory["reserved_mb"] + a.memory["context_mb"]
+            measured[a.ticket.config_hash] = max(measured.get(a.ticket.config_hash, 0.0), need)
+            total = a.memory["total_mb"]
+    needs = [measured[h] for h in pending if h in measured]
+    return pack(total, needs) if needs and total else 1
 
 
 class GpuPermit:

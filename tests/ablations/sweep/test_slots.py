@@ -7,7 +7,7 @@ import time
 import pytest
 
 from ablations.errors import SenetError
-from ablations.sweep.slots import GpuPermit, Slot, cpu_threads, pack, parse_gpus, worker_env
+from ablations.sweep.slots import GpuPermit, Slot, auto_per_gpu, cpu_threads, pack, parse_gpus, worker_env
 
 
 def test_gpu_ids_are_indices_uuids_or_mig_instances():
@@ -33,6 +33,23 @@ def test_packing_fits_the_largest_measured_need_with_headroom():
     assert pack(80_000, []) == 1  # nothing measured yet: one trial per GPU
     assert pack(80_000, [100], cap=8) == 8
     assert pack(10_000, [20_000]) == 1  # never zero: a trial too big runs alone (and may run out of memory)
+
+
+def test_auto_packing_waits_for_a_measurement_and_packs_by_the_largest_pending_configuration():
+    from optuna.trial import TrialState
+
+    from ablations.sweep.ledger import Attempt, Ticket
+
+    def done(config_hash, reserved):
+        ticket = Ticket(f"{config_hash}-s0", {}, config_hash, 0, "x", {}, ["s"])
+        memory = {"reserved_mb": reserved, "context_mb": 500.0, "total_mb": 80_000.0}
+        return Attempt(0, TrialState.COMPLETE, ticket, memory=memory)
+
+    small, large = "a" * 12, "b" * 12
+    assert auto_per_gpu([], {small}) == 1  # nothing measured: one trial per GPU
+    assert auto_per_gpu([done(small, 7_500)], {small}) == 8  # 68,000 MB usable / 8,000 MB
+    assert auto_per_gpu([done(small, 7_500), done(large, 33_500)], {small, large}) == 2
+    assert auto_per_gpu([done(small, 7_500), done(large, 33_500)], {small}) == 8  # the large ones are done
 
 
 def _hold(results, exclusive, log, name, seconds):
