@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--results", type=Path, default=RESULTS)
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; see README before exposing)")
     sv.add_argument("--port", type=int, default=5000)
+    sv.add_argument("--http-workers", type=int, default=4, help="server processes answering requests (default 4, "
+                    "MLflow's; each costs seconds of CPU to start and a few hundred MB)")  # fmt: skip
     sv.set_defaults(func=_cmd_server)
 
     ui = sub.add_parser("ui", help="the MLflow UI on the results folder, bound to 127.0.0.1")
@@ -212,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--tracking-uri")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; see README before exposing)")
     ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--http-workers", type=int, default=1, help="server processes answering requests (default 1: "
+                    "one person browsing; MLflow's default of 4 takes 4× the start-up time and memory)")  # fmt: skip
     ui.set_defaults(func=_cmd_ui)
     return parser
 
@@ -417,6 +421,7 @@ def _excitation_imported(args: argparse.Namespace) -> int:
 def _cmd_server(args: argparse.Namespace) -> int:
     from ablations.urls import DATABASES, check_url, redact, with_driver
 
+    workers = str(_count(args.http_workers, "--http-workers", 1, 64))
     env = dict(os.environ)
     backend = args.backend_store_uri or env.get("MLFLOW_BACKEND_STORE_URI")
     if backend:
@@ -428,8 +433,8 @@ def _cmd_server(args: argparse.Namespace) -> int:
     env["MLFLOW_BACKEND_STORE_URI"] = backend  # passed by environment, never on the command line
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # its GenAI job runners: 7 idle processes
     artifacts = args.artifacts_destination or (args.results.resolve() / "artifacts").as_uri()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", args.host, "--port", str(args.port),
-           "--artifacts-destination", artifacts]  # fmt: skip
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", args.host, "--port", str(args.port), "--workers",
+           workers, "--artifacts-destination", artifacts]  # fmt: skip
     print(f"MLflow tracking server on http://{args.host}:{args.port} ({redact(backend)}), artifacts in {artifacts} "
           "(Ctrl-C to stop)", flush=True)  # fmt: skip
     return serve(cmd, env)
@@ -440,7 +445,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
     uri = tracking_uri(args.tracking_uri, args.results)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port",
-           str(args.port)]  # fmt: skip
+           str(args.port), "--workers", str(_count(args.http_workers, "--http-workers", 1, 64))]  # fmt: skip
     if uri.startswith("sqlite:"):
         cmd += ["--default-artifact-root", (args.results.resolve() / "artifacts").as_uri()]
     base = f"http://{args.host}:{args.port}"

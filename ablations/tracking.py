@@ -9,11 +9,13 @@ run is FINISHED only after the ledger accepted its trial's result, and the sweep
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import queue
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -141,12 +143,61 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(err).__name__
 
 
+def _cache_dir() -> Path:
+    """`SENET_ABLATE_CACHE`, else ~/.cache/senet-ablate (under XDG_CACHE_HOME where that is set)."""
+    if os.environ.get("SENET_ABLATE_CACHE"):
+        return Path(os.environ["SENET_ABLATE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "senet-ablate"
+
+
+def seed_sqlite(uri: str) -> None:
+    """Give a new SQLite tracking database a copy of an empty one made earlier by the same MLflow version.
+
+    MLflow creates a database by replaying every schema migration since its first release: 2-4 s of CPU for
+    each new results folder (and for every sweep of the test suite). The first creation on a machine keeps an
+    untouched copy in the cache folder (`_cache_dir`); later ones copy it. Any failure leaves MLflow to create the
+    database itself, as it always could. Both files appear whole or not at all (written aside, then linked).
+    """
+    import shutil
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    template = _cache_dir() / f"mlflow-{mlflow.__version__}-empty.db"
+    try:
+        if db.exists() or not db.parent.is_dir():
+            return
+        if not template.is_file():
+            template.parent.mkdir(parents=True, exist_ok=True)
+            fresh = template.with_name(f"{template.name}.{os.getpid()}.tmp")
+            fresh.unlink(missing_ok=True)
+            MlflowClient(tracking_uri=f"sqlite:///{fresh}").search_experiments(max_results=1)
+            os.replace(fresh, template)
+        aside = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+        shutil.copyfile(template, aside)
+        with contextlib.closing(sqlite3.connect(aside)) as con, con:  # MLflow's own Default experiment, made in
+            location = (db.parent / "artifacts" / "0").as_uri()  # the template's folder: point it at ours
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (location,))
+        try:
+            os.link(aside, db)  # never over a database another process created meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            aside.unlink(missing_ok=True)
+    except (OSError, ImportError, sqlite3.Error):
+        return
+
+
 class Tracker:
     """Experiments, parent runs and child runs of senet-ablate in one MLflow tracking store."""
 
     def __init__(self, uri: str, results: Path) -> None:
         from mlflow.tracking import MlflowClient
 
+        seed_sqlite(uri)
         self.uri = uri
         self.results = results
         self.client = MlflowClient(tracking_uri=uri)

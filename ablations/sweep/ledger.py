@@ -49,6 +49,9 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 LEDGER_STUDY = "senet-ablate-ledger"  # the one Optuna study that holds every attempt
 FORMAT = 2  # ledger layout; 1 was one Optuna study per senet-ablate study
 RETRY_S = float(os.environ.get("SENET_ABLATE_DB_RETRY_S", "120"))  # how long to ride out a database outage
+# How long a command waits for the database it was given before saying so: a typo or a server that is down
+# should cost the user seconds, not the two minutes a running sweep rides out.
+CONNECT_S = min(RETRY_S, 5.0)
 T = TypeVar("T")
 
 
@@ -293,9 +296,10 @@ def _transient(err: BaseException) -> bool:
     )
 
 
-def retrying(fn: Callable[[], T], where: str = "the ledger database") -> T:
-    """Call `fn`, retrying transient database errors with back-off for up to RETRY_S seconds."""
-    delay, deadline = 0.5, time.monotonic() + RETRY_S
+def retrying(fn: Callable[[], T], where: str = "the ledger database", patience: float | None = None) -> T:
+    """Call `fn`, retrying transient database errors with back-off for up to `patience` (RETRY_S) seconds."""
+    patience = RETRY_S if patience is None else patience
+    delay, deadline = 0.5, time.monotonic() + patience
     while True:
         try:
             return fn()
@@ -304,7 +308,7 @@ def retrying(fn: Callable[[], T], where: str = "the ledger database") -> T:
                 raise
             if time.monotonic() > deadline:
                 raise SenetError(
-                    f"--storage: {where} unreachable for {RETRY_S:.0f} s; rerun the same command to resume"
+                    f"--storage: {where} unreachable for {patience:.0f} s; rerun the same command to resume"
                 ) from None
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
@@ -315,8 +319,9 @@ def check_storage(url: str) -> None:
     check_url(url.removeprefix("journal://"), "--storage", DATABASES)
 
 
-def open_storage(url: str, log: Callable[[str], None] | None = None) -> BaseStorage:
-    """A journal file for a path (or `journal:///path`), an RDB storage for a database URL.
+def open_storage(url: str, log: Callable[[str], None] | None = None, patience: float | None = None) -> BaseStorage:
+    """A journal file for a path (or `journal:///path`), an RDB storage for a database URL, waited for up to
+    `patience` seconds (default RETRY_S; commands starting up give CONNECT_S).
 
     Raises:
         SenetError: a bad URL, a folder that cannot be created, a database that cannot be opened (password
@@ -334,7 +339,7 @@ def open_storage(url: str, log: Callable[[str], None] | None = None) -> BaseStor
         return JournalStorage(JournalFileBackend(str(path), lock_obj=FileLock(f"{path}.flock")))  # type: ignore[arg-type]
     driven = with_driver(url, "--storage")
     try:
-        return retrying(lambda: RDBStorage(driven, engine_kwargs={"pool_pre_ping": True}), redact(url))
+        return retrying(lambda: RDBStorage(driven, engine_kwargs={"pool_pre_ping": True}), redact(url), patience)
     except SenetError:
         raise
     except ModuleNotFoundError as err:
@@ -362,8 +367,9 @@ class Ledger:
         self._connection: Any = None
 
     @classmethod
-    def open(cls, url: str, log: Callable[[str], None] | None = None) -> Ledger:
-        return cls(open_storage(url, log), url)
+    def open(cls, url: str, log: Callable[[str], None] | None = None, patience: float | None = None) -> Ledger:
+        """The ledger at `url`; a database is waited for up to `patience` seconds (see `open_storage`)."""
+        return cls(open_storage(url, log, patience), url)
 
     def _ledger_study(self) -> int:
         others = [s for s in self.storage.get_all_studies() if s.study_name != LEDGER_STUDY]

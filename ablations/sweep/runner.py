@@ -29,7 +29,7 @@ from ablations.config import Host
 from ablations.errors import SenetError
 from ablations.paths import RESULTS, STORAGE_ENV, TRACKING_ENV, ledger_file
 from ablations.spec import StudySpec, Trial, expand, load_spec
-from ablations.sweep.ledger import Ledger, check_storage, is_journal, pid_alive
+from ablations.sweep.ledger import CONNECT_S, Ledger, check_storage, is_journal, pid_alive
 from ablations.sweep.manifest import Manifest
 from ablations.sweep.progress import Progress
 from ablations.sweep.reconcile import Reconciler, end_runs, repair
@@ -89,7 +89,7 @@ class Stores:
         tracker = None if local else Tracker(uri, opts.results)
         if tracker is not None:
             tracker.check()
-        ledger = None if is_journal(opts.storage_url) else Ledger.open(opts.storage_url)
+        ledger = None if is_journal(opts.storage_url) else Ledger.open(opts.storage_url, patience=CONNECT_S)
         check_writable(opts.results)
         if tracker is None:
             tracker = Tracker(uri, opts.results)  # a SQLite client creates its database (and folder) at once
@@ -336,7 +336,7 @@ def study_status(study: str, opts: SweepOptions) -> tuple[StudySpec, list[Trial]
     if is_journal(url) and not Path(url.removeprefix("journal://")).exists():
         trials = plan_trials(spec, opts, Host(opts.device) if opts.device else Host.here())  # type: ignore[arg-type]
         return spec, trials, statuses(trials, [], opts.max_retries)
-    ledger = Ledger.open(url)
+    ledger = Ledger.open(url, patience=CONNECT_S)
     device = opts.device or ledger.note(spec.name).get("device")
     trials = plan_trials(spec, opts, Host(device) if device else Host.here())
     keys = {t.key for t in trials}

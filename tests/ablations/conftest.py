@@ -3,9 +3,12 @@ other (as Optuna keeps its shared fixtures in `optuna/testing/`)."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,6 +24,10 @@ from ablations.tracking import Tracker
 from tests.ablations._postgres import Postgres, start_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
+# The suite's own cache folder (the empty MLflow database that new results folders copy), never the user's.
+_CACHE = tempfile.mkdtemp(prefix="senet-ablate-cache-")
+os.environ["SENET_ABLATE_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 # Child processes see neither the developer's tracking server nor ledger, only what a test gives them.
 ENV = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "SENET_ABLATE_STORAGE")}
 ENV["PYTHONPATH"] = str(ROOT)

@@ -87,3 +87,30 @@ def _result(results, key):
     import json
 
     return json.loads((results / "runs" / key / "result.json").read_text())["summary"]
+
+
+def test_a_new_sqlite_store_is_a_copy_of_an_empty_one_and_an_existing_one_is_never_replaced(tmp_path, monkeypatch):
+    import sqlite3
+
+    import mlflow
+
+    from ablations.tracking import Tracker
+
+    monkeypatch.setenv("SENET_ABLATE_CACHE", str(tmp_path / "cache"))
+    first, second = tmp_path / "a", tmp_path / "b"
+    for results in (first, second):
+        results.mkdir()
+        tracker = Tracker(f"sqlite:///{results / 'mlflow.db'}", results)
+        tracker.parent_run("tiny", "d", {})
+    template = tmp_path / "cache" / f"mlflow-{mlflow.__version__}-empty.db"
+    assert template.is_file() and sorted(p.name for p in (tmp_path / "cache").iterdir()) == [template.name]
+    for results in (first, second):  # each store is its own; MLflow's Default experiment points into its folder
+        c = Tracker(f"sqlite:///{results / 'mlflow.db'}", results).client
+        assert [e.name for e in c.search_experiments()] == ["senet-ablate/tiny", "Default"]
+        assert c.get_experiment("0").artifact_location == (results / "artifacts" / "0").as_uri()
+        assert not list(results.glob(".*.tmp"))
+    with sqlite3.connect(template) as con:  # the template itself stays empty
+        assert con.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+    Tracker(f"sqlite:///{first / 'mlflow.db'}", first)  # an existing store is opened, never replaced
+    assert len(Tracker(f"sqlite:///{first / 'mlflow.db'}", first).trial_runs()) == 0
+    assert Tracker(f"sqlite:///{first / 'mlflow.db'}", first).find_parent("tiny") is not None

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from ablations.cli import main
 from ablations.sweep.ledger import Ledger
 from tests.ablations.conftest import ENV, attempts, cli, wait_for, write_spec
 
@@ -49,6 +51,8 @@ def mlflow_server(pg, tmp_path_factory):
             "server",
             "--port",
             str(port),
+            "--http-workers",
+            "2",
             "--artifacts-destination",
             str(art),
         ]
@@ -93,33 +97,31 @@ def check_once(url: str, uri: str, n: int):
     return runs
 
 
-def test_three_workers_on_plain_postgresql_urls_run_every_trial_once(pg, mlflow_server, tmp_path):
+def test_three_workers_on_plain_postgresql_urls_run_every_trial_once(pg, mlflow_server, tmp_path, monkeypatch):
     """Item 4: plain postgresql:// URLs (psycopg 3 under SQLAlchemy 2.1) for the ledger and the MLflow store."""
     url = pg.createdb("three")
     assert url.startswith("postgresql://")
     spec = write_spec(tmp_path, name="three", seeds=3)
     common = ["--storage", url, "--tracking-uri", mlflow_server, "--results", str(tmp_path / "results"),
               "--no-progress"]  # fmt: skip
-    procs = [cli("sweep", str(spec), *common, "--workers", "2", cwd=tmp_path)]
+    controller = cli("sweep", str(spec), *common, "--workers", "2", cwd=tmp_path)
     wait_for(lambda: attempts(url), timeout=120)
-    procs.append(cli("worker", str(spec), *common, env={"SENET_ABLATE_HOST_ID": "host-b"}, cwd=tmp_path))
-    for p in procs:
-        out, err = p.communicate(timeout=400)
-        assert p.returncode == 0, err
+    monkeypatch.setenv("SENET_ABLATE_HOST_ID", "host-b")  # a second host joins (here, from this process)
+    assert main(["worker", str(spec), *common]) == 0
+    out, err = controller.communicate(timeout=400)
+    assert controller.returncode == 0, err
     check_once(url, mlflow_server, 6)
 
 
 def test_tracking_directly_on_a_plain_postgresql_url(pg, tmp_path):
     url, store = pg.createdb("direct_ledger"), pg.createdb("direct_mlflow")
     spec = write_spec(tmp_path, name="direct", grid={"se.excitation": ["sigmoid"]}, seeds=1, train={"epochs": 1})
-    proc = cli("sweep", str(spec), "--storage", url, "--tracking-uri", store, "--results", str(tmp_path / "r"),
-               "--no-progress", cwd=tmp_path)  # fmt: skip
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
+    args = ["sweep", str(spec), "--storage", url, "--tracking-uri", store, "--results", str(tmp_path / "r")]
+    assert main([*args, "--no-progress"]) == 0
     check_once(url, store.replace("postgresql://", "postgresql+psycopg://"), 1)
 
 
-def test_a_dead_host_is_noticed_by_heartbeat_and_its_trial_resumed_elsewhere(pg, mlflow_server, tmp_path):
+def test_a_dead_host_is_noticed_by_heartbeat_and_its_trial_resumed_elsewhere(pg, mlflow_server, tmp_path, monkeypatch):
     url = pg.createdb("dead")
     spec = write_spec(tmp_path, name="dead", grid={"se.excitation": ["sigmoid"]}, seeds=1, train={"epochs": 4},
                       data={"synthetic_train": 640})  # fmt: skip
@@ -132,9 +134,8 @@ def test_a_dead_host_is_noticed_by_heartbeat_and_its_trial_resumed_elsewhere(pg,
     host_b.send_signal(signal.SIGKILL)
     os.kill(attempt.owner.pid, signal.SIGKILL)
     host_b.wait()
-    survivor = cli("worker", str(spec), *common, env={"SENET_ABLATE_HOST_ID": "host-a"}, cwd=tmp_path)
-    out, err = survivor.communicate(timeout=300)
-    assert survivor.returncode == 0, err
+    monkeypatch.setenv("SENET_ABLATE_HOST_ID", "host-a")  # the surviving host (here, this process)
+    assert main(["worker", str(spec), *common]) == 0
     runs = check_once(url, mlflow_server, 1)
     assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
     assert "resumed after epoch" in next(results.glob("runs/*/train.log")).read_text()
@@ -177,8 +178,11 @@ def test_unreachable_tracking_server_exits_2_before_training(pg, tmp_path):
 def test_bad_storage_url_is_one_line_without_the_password(url, tmp_path):
     """Item 3: a password in the URL's query string used to be printed."""
     spec = write_spec(tmp_path, name="badurl")
-    proc = cli("sweep", str(spec), "--storage", url, "--results", str(tmp_path / "r"), cwd=tmp_path,
-               env={"SENET_ABLATE_DB_RETRY_S": "2"})  # fmt: skip
+    started = time.monotonic()
+    proc = cli("sweep", str(spec), "--storage", url, "--results", str(tmp_path / "r"), cwd=tmp_path)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, err
     assert "s3cret" not in err and "--storage" in err and err.count("\n") == 1
+    # A command starting up waits seconds for its database, not the two minutes a running sweep rides out.
+    assert "unreachable for 5 s" in err and time.monotonic() - started < 60
+    assert not (tmp_path / "r").exists()

@@ -58,6 +58,7 @@ def test_sweep_tracks_everything_and_a_rerun_trains_nothing(tmp_path, capsys):
     parent = df[df["tags.senet.role"] == "parent"]
     assert len(parent) == 1 and parent["status"].iloc[0] == "FINISHED"
     assert parent["tags.senet.host_device"].iloc[0] == "cpu"
+    assert Ledger.open(journal(results)).note("tiny") == {"device": "cpu"}  # the device `auto` resolved to
     trials = df[df["tags.senet.role"] == "trial"]
     assert set(trials["tags.mlflow.parentRunId"]) == {parent["run_id"].iloc[0]}
     for tag in ("study", "config_hash", "seed", "git_sha", "git_dirty", "torch", "device", "trial_key", "attempt_id"):
@@ -112,7 +113,7 @@ def test_kill_9_of_a_worker_mid_trial_then_the_trial_resumes_from_its_checkpoint
     assert len(crashed) == 1 and crashed[0].kind == "crash"
 
 
-def test_workers_outlive_a_killed_controller_and_a_rerun_adopts_them(tmp_path):
+def test_workers_outlive_a_killed_controller_and_a_rerun_adopts_them(tmp_path, capsys):
     """Item 2: kill -9 (or a dropped SSH session) of the controller leaves its workers running; they finish and
     record their trials (no broken pipe), and a rerun adopts the live ones instead of starting duplicates."""
     spec = write_spec(tmp_path, train={"epochs": 4}, data={"synthetic_train": 640})
@@ -125,11 +126,8 @@ def test_workers_outlive_a_killed_controller_and_a_rerun_adopts_them(tmp_path):
     proc.wait()
     time.sleep(1.0)
     assert all(pid_alive(w.pid, w.start) for w in workers)  # orphaned, alive, still training
-    rerun = cli("sweep", str(spec), "--results", str(results), "--workers", "2", "--no-progress", "--max-retries", "0",
-                cwd=tmp_path)  # fmt: skip
-    out, err = rerun.communicate(timeout=240)
-    assert rerun.returncode == 0, err
-    assert "4 done" in out
+    assert sweep(spec, results, "--workers", "2", "--max-retries", "0") == 0  # the rerun, in this process
+    assert "4 done" in capsys.readouterr().out
     assert_each_trial_complete_once(journal(results), results, 4)
     ledger = attempts(journal(results))
     assert not [a for a in ledger if a.state == TrialState.FAIL]  # nothing failed: no broken pipe, no duplicate
@@ -157,8 +155,7 @@ def test_sigint_stops_the_workers_cleanly_and_the_rerun_resumes(tmp_path):
     assert [(a.state, a.kind) for a in ledger] == [(TrialState.FAIL, "stopped")]  # stopped by us: no retry used
     assert {r.status for r in tracker(results).trial_runs()} == {"KILLED"}
     assert not _workers(results)
-    rerun = cli("sweep", str(spec), "--results", str(results), "--no-progress", "--max-retries", "0", cwd=tmp_path)
-    assert rerun.wait(timeout=180) == 0
+    assert sweep(spec, results, "--max-retries", "0") == 0  # the rerun, in this process
     assert_each_trial_complete_once(journal(results), results, 1)
     assert "resumed after epoch" in next(results.glob("runs/*/train.log")).read_text()
 
@@ -207,16 +204,14 @@ def test_a_configuration_error_is_one_attempt_one_line_and_exit_1(tmp_path, caps
     assert "failed" in capsys.readouterr().out
 
 
-def test_a_deterministic_crash_uses_the_retries_then_fails(tmp_path, capsys):
+def test_a_deterministic_crash_uses_the_retries_then_fails(tmp_path, capsys, monkeypatch):
     """Item 9: a crash (here a worker that dies at every start of training) counts toward --max-retries, so the
     sweep ends instead of looping."""
     spec = write_spec(tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1)
     results = tmp_path / "results"
-    proc = cli("sweep", str(spec), "--results", str(results), "--no-progress", "--max-retries", "1", cwd=tmp_path,
-               env={"SENET_ABLATE_FAILPOINT": "before_training"})  # fmt: skip
-    out, err = proc.communicate(timeout=180)
-    assert proc.returncode == 1, err
-    assert "1 failed" in out
+    monkeypatch.setenv("SENET_ABLATE_FAILPOINT", "before_training")  # the workers inherit it
+    assert sweep(spec, results, "--max-retries", "1") == 1
+    assert "1 failed" in capsys.readouterr().out
     kinds = [(a.state, a.kind) for a in attempts(journal(results))]
     assert kinds == [(TrialState.FAIL, "crash")] * 2
 
@@ -266,6 +261,12 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
         assert main(["sweep", *args, "--results", str(results)]) == 2, args
         err = capsys.readouterr().err
         assert needle in err and err.count("\n") == 1 and "pw@" not in err, (args, err)
+    for command in ("ui", "server"):  # HTTP worker counts of the MLflow server we start
+        assert main([command, "--http-workers", "0", "--results", str(results)]) == 2
+        assert (
+            capsys.readouterr().err
+            == "senet-ablate: error: --http-workers: 0 is not allowed; allowed: an integer in 1..64\n"
+        )
     assert not results.exists()
     assert not list(tmp_path.glob("postgres*")) and not list(tmp_path.glob("**/*pw*"))
 
@@ -322,9 +323,8 @@ def _port_open(port: int) -> bool:
 
 def test_ui_binds_to_loopback_links_the_runs_tables_and_dies_with_sigterm(tmp_path):
     """Item 6: `ui` stopped with SIGTERM used to leave the MLflow server running and the port taken."""
-    spec = write_spec(tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1, train={"epochs": 1})
     results = tmp_path / "results"
-    assert sweep(spec, results) == 0
+    tracker(results).parent_run("tiny", "a study with one run so far", {})  # what a first sweep leaves
     exp = tracker(results).experiment("tiny")
     port = _free_port()
     cmd = [sys.executable, "-m", "ablations.cli", "ui", "--results", str(results), "--port", str(port)]
@@ -357,13 +357,6 @@ def test_gpu_slots_pack_trials_per_device(tmp_path):
     assert [s.gpu for s in opts.slots()] == ["0", "0", "0", "1", "1", "1"]
     assert len({s.index for s in opts.slots()}) == 6
     assert [s.gpu for s in SweepOptions(results=tmp_path, workers=2).slots()] == [None, None]
-
-
-def test_the_ledger_records_the_device_auto_resolved_to(tmp_path):
-    spec = write_spec(tmp_path, seeds=1)
-    results = tmp_path / "results"
-    assert sweep(spec, results) == 0
-    assert Ledger.open(journal(results)).note("tiny") == {"device": "cpu"}
 
 
 def test_a_trial_left_queued_by_another_study_does_not_block_this_one(tmp_path):
@@ -409,7 +402,8 @@ def test_secrets_and_store_urls_never_reach_a_command_line(tmp_path, monkeypatch
     """Item 16: MLFLOW_TRACKING_URI from the environment was copied onto worker command lines (visible in ps)."""
     results = tmp_path / "results"
     uri = f"sqlite:///{(results / 'mlflow.db').resolve()}"
-    spec = write_spec(tmp_path, seeds=1, train={"epochs": 4}, data={"synthetic_train": 640})
+    spec = write_spec(tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1, train={"epochs": 4},
+                      data={"synthetic_train": 640})  # fmt: skip
     proc = cli("sweep", str(spec), "--results", str(results), "--no-progress", cwd=tmp_path,
                env={"MLFLOW_TRACKING_URI": uri, "SENET_ABLATE_STORAGE": journal(results)})  # fmt: skip
     workers = wait_for(lambda: _workers(results))
