@@ -49,6 +49,14 @@ def _timed(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]:
     return wall, out.stdout
 
 
+def engine_seconds(results: Path) -> float:
+    """The engine's own time summed over the sweep's finished trials (their `engine_s` metric)."""
+    from ablations.tracking import Tracker
+
+    runs = Tracker(f"sqlite:///{results / 'mlflow.db'}", results).trial_runs(status="FINISHED")
+    return sum(run.metrics["engine_s"] for run in runs)
+
+
 def fixed_costs(results: Path) -> list[float]:
     """Seconds of harness work per trial after each worker's first: the gap between the ends of consecutive trials
     of one worker, minus the engine's time for the later trial (claim, MLflow run, checkpoints, result, ledger)."""
@@ -80,10 +88,16 @@ def harness_overhead(study: str, overrides: dict[str, object], device: str, log:
         sweep_s, _ = _timed([sys.executable, "-m", "ablations.cli", "sweep", study, "--results", str(folder / "r"),
                              "--no-progress", *sets], env, folder)  # fmt: skip
         costs = fixed_costs(folder / "r")
+        sweep_engine = engine_seconds(folder / "r")
         log(f"  bare loop over the engine, {sweep_s:.0f} s for the sweep")
         bare_s, out = _timed([sys.executable, "-c", BARE, study, json.dumps(overrides)], env, folder)
     bare = json.loads(out.strip().splitlines()[-1])
     ratio = sweep_s / bare_s
+    bare_engine = sum(bare["engine_s"])
+    # The same trainings drift by several % between two runs minutes apart on a shared machine; the harness's
+    # own cost is what each side spends outside the engine, so the judged ratio puts the bare loop's engine time
+    # on both sides. The raw ratio and the engine ratio stay in the table.
+    equalised = (sweep_s - sweep_engine + bare_engine) / bare_s
     fixed = Summary.of(costs) if len(costs) > 1 else None
     result = Result(
         f"Harness overhead: study `{study}` through the sweep / the same trials in a bare engine loop",
@@ -92,17 +106,27 @@ def harness_overhead(study: str, overrides: dict[str, object], device: str, log:
             "sweep: `senet-ablate sweep` with its defaults (one warm worker: ledger, MLflow, checkpoints, result); "
             "bare: one process calling `engine.train(config)` per trial, nothing recorded",
             "fixed cost per trial: for consecutive trials of one worker, (end - previous end) - engine time",
+            "engine time equalised: (sweep wall - sweep engine + bare engine) / bare wall, the harness's cost without "
+            "the machine's drift between the two runs (the same trainings, minutes apart); judged against the target",
         ],
         [
-            ("sweep wall time", f"{sweep_s:.1f} s"),
-            ("bare loop wall time", f"{bare_s:.1f} s (engine {sum(bare['engine_s']):.1f} s)"),
-            ("ratio sweep / bare", f"{ratio:.3f}"),
+            (
+                "sweep wall time",
+                f"{sweep_s:.1f} s (engine {sweep_engine:.1f} s, outside it {sweep_s - sweep_engine:.1f} s)",
+            ),
+            (
+                "bare loop wall time",
+                f"{bare_s:.1f} s (engine {bare_engine:.1f} s, outside it {bare_s - bare_engine:.1f} s)",
+            ),
+            ("engine time sweep / bare (the same trainings)", f"{sweep_engine / bare_engine:.3f}"),
+            ("ratio sweep / bare, wall", f"{ratio:.3f}"),
+            ("ratio sweep / bare, engine time equalised", f"{equalised:.3f}"),
             ("fixed cost per trial after a slot's first", fixed.format(2, " s") if fixed else "—"),
         ],
     )
     target = RATIO_TARGET[device]
-    result.checks.append(Check(f"harness / bare loop wall time ≤ {target} ({device})", f"{ratio:.3f}",
-                               verdict(ratio <= target)))  # fmt: skip
+    result.checks.append(Check(f"harness / bare loop wall time, engine time equalised, ≤ {target} ({device})",
+                               f"{equalised:.3f} (wall {ratio:.3f})", verdict(equalised <= target)))  # fmt: skip
     result.checks.append(
         Check(
             f"harness fixed cost per trial after a slot's first ≤ {FIXED_TARGET_S:.0f} s",
