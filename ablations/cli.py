@@ -441,17 +441,18 @@ def _cmd_server(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from ablations.tracking import Tracker, tracking_uri
+    from ablations.tracking import Tracker, sqlite_path, tracking_uri
 
+    workers = str(_count(args.http_workers, "--http-workers", 1, 64))
     uri = tracking_uri(args.tracking_uri, args.results)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port",
-           str(args.port), "--workers", str(_count(args.http_workers, "--http-workers", 1, 64))]  # fmt: skip
+           str(args.port), "--workers", workers]  # fmt: skip
     if uri.startswith("sqlite:"):
         cmd += ["--default-artifact-root", (args.results.resolve() / "artifacts").as_uri()]
     base = f"http://{args.host}:{args.port}"
     print(f"MLflow UI on {base} (Ctrl-C to stop)")
-    store = Path(uri.removeprefix("sqlite:///"))
-    if not uri.startswith("sqlite:") or store.is_file():
+    store = sqlite_path(uri)
+    if store is None or store.is_file():
         # MLflow 3 opens an experiment on its GenAI overview, empty for training runs: link the runs tables.
         with contextlib.suppress(Exception):
             for study, exp in sorted(Tracker(uri, args.results).studies().items()):

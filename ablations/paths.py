@@ -14,6 +14,7 @@ results/
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ablations.errors import SenetError
 RESULTS = Path("results")  # the default results folder, relative to the working directory
 STORAGE_ENV = "SENET_ABLATE_STORAGE"  # the ledger URL; from the environment so a password never shows in `ps`
 TRACKING_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable for the tracking store
+CACHE_ENV = "SENET_ABLATE_CACHE"  # the per-user cache folder (the empty MLflow database new stores copy)
 LEDGER_FILE = "ledger.journal"
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
@@ -42,6 +44,14 @@ def check_key(key: str) -> str:
 def run_dir(results: Path, key: str) -> Path:
     """The folder of one trial: checkpoint, result, traceback and its training log."""
     return results / "runs" / check_key(key)
+
+
+def user_cache() -> Path:
+    """`$SENET_ABLATE_CACHE`, else ~/.cache/senet-ablate (under `$XDG_CACHE_HOME` where that is set): what the
+    harness keeps between results folders; deleting it is always safe."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "senet-ablate"
 
 
 def ledger_file(results: Path) -> Path:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ablations.config import RunConfig, build_config, unflatten
 from ablations.errors import SenetError
-from ablations.paths import TRACKING_ENV, artifacts_dir, mlflow_db
+from ablations.paths import TRACKING_ENV, artifacts_dir, mlflow_db, user_cache
 from ablations.urls import DATABASES, check_url, redact, scrub, with_driver
 
 if TYPE_CHECKING:
@@ -143,19 +143,17 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(err).__name__
 
 
-def _cache_dir() -> Path:
-    """`SENET_ABLATE_CACHE`, else ~/.cache/senet-ablate (under XDG_CACHE_HOME where that is set)."""
-    if os.environ.get("SENET_ABLATE_CACHE"):
-        return Path(os.environ["SENET_ABLATE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "senet-ablate"
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI; None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
-def seed_sqlite(uri: str) -> None:
+def seed_sqlite(uri: str, results: Path) -> None:
     """Give a new SQLite tracking database a copy of an empty one made earlier by the same MLflow version.
 
     MLflow creates a database by replaying every schema migration since its first release: 2-4 s of CPU for
     each new results folder (and for every sweep of the test suite). The first creation on a machine keeps an
-    untouched copy in the cache folder (`_cache_dir`); later ones copy it. Any failure leaves MLflow to create the
+    untouched copy in the cache folder (`user_cache`); later ones copy it. Any failure leaves MLflow to create the
     database itself, as it always could. Both files appear whole or not at all (written aside, then linked).
     """
     import shutil
@@ -163,10 +161,10 @@ def seed_sqlite(uri: str) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    if not uri.startswith("sqlite:///"):
+    db = sqlite_path(uri)
+    if db is None:
         return
-    db = Path(uri.removeprefix("sqlite:///"))
-    template = _cache_dir() / f"mlflow-{mlflow.__version__}-empty.db"
+    template = user_cache() / f"mlflow-{mlflow.__version__}-empty.db"
     try:
         if db.exists() or not db.parent.is_dir():
             return
@@ -179,7 +177,7 @@ def seed_sqlite(uri: str) -> None:
         aside = db.with_name(f".{db.name}.{os.getpid()}.tmp")
         shutil.copyfile(template, aside)
         with contextlib.closing(sqlite3.connect(aside)) as con, con:  # MLflow's own Default experiment, made in
-            location = (db.parent / "artifacts" / "0").as_uri()  # the template's folder: point it at ours
+            location = artifacts_dir(results, "0").as_uri()  # the template's folder: point it at ours
             con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (location,))
         try:
             os.link(aside, db)  # never over a database another process created meanwhile
@@ -197,7 +195,7 @@ class Tracker:
     def __init__(self, uri: str, results: Path) -> None:
         from mlflow.tracking import MlflowClient
 
-        seed_sqlite(uri)
+        seed_sqlite(uri, results)
         self.uri = uri
         self.results = results
         self.client = MlflowClient(tracking_uri=uri)
@@ -409,10 +407,9 @@ def _trial_run(run: Run) -> TrialRun:
 def open_store(uri: str, results: Path) -> Tracker:
     """A tracker on an existing store, for readers (reports): a missing SQLite file is a user error, not a new
     empty database."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
-        if not db.is_file():
-            raise SenetError(f"--tracking-uri: no tracking store at {db}; run `senet-ablate sweep` first")
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise SenetError(f"--tracking-uri: no tracking store at {db}; run `senet-ablate sweep` first")
     tracker = Tracker(uri, results)
     tracker.check()
     return tracker

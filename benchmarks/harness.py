@@ -49,22 +49,21 @@ def _timed(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]:
     return wall, out.stdout
 
 
-def engine_seconds(results: Path) -> float:
-    """The engine's own time summed over the sweep's finished trials (their `engine_s` metric)."""
+def finished_runs(results: Path) -> list:
+    """The MLflow runs of the sweep's finished trials, each with its `engine_s` metric (the engine's own time)."""
+    from ablations.paths import mlflow_db
     from ablations.tracking import Tracker
 
-    runs = Tracker(f"sqlite:///{results / 'mlflow.db'}", results).trial_runs(status="FINISHED")
-    return sum(run.metrics["engine_s"] for run in runs)
+    return Tracker(f"sqlite:///{mlflow_db(results)}", results).trial_runs(status="FINISHED")
 
 
-def fixed_costs(results: Path) -> list[float]:
+def fixed_costs(results: Path, runs: list) -> list[float]:
     """Seconds of harness work per trial after each worker's first: the gap between the ends of consecutive trials
     of one worker, minus the engine's time for the later trial (claim, MLflow run, checkpoints, result, ledger)."""
+    from ablations.paths import ledger_file
     from ablations.sweep.ledger import Ledger
-    from ablations.tracking import Tracker
 
-    attempts = {str(a.trial_id): a for a in Ledger.open(str(results / "ledger.journal")).attempts()}
-    runs = Tracker(f"sqlite:///{results / 'mlflow.db'}", results).trial_runs(status="FINISHED")
+    attempts = {str(a.trial_id): a for a in Ledger.open(str(ledger_file(results))).attempts()}
     by_worker: dict[int, list] = {}
     for run in runs:
         owner = attempts[run.tags["senet.attempt_id"]].owner
@@ -87,8 +86,9 @@ def harness_overhead(study: str, overrides: dict[str, object], device: str, log:
         log(f"  sweep: senet-ablate sweep {study} {' '.join(sets)}")
         sweep_s, _ = _timed([sys.executable, "-m", "ablations.cli", "sweep", study, "--results", str(folder / "r"),
                              "--no-progress", *sets], env, folder)  # fmt: skip
-        costs = fixed_costs(folder / "r")
-        sweep_engine = engine_seconds(folder / "r")
+        runs = finished_runs(folder / "r")
+        costs = fixed_costs(folder / "r", runs)
+        sweep_engine = sum(run.metrics["engine_s"] for run in runs)
         log(f"  bare loop over the engine, {sweep_s:.0f} s for the sweep")
         bare_s, out = _timed([sys.executable, "-c", BARE, study, json.dumps(overrides)], env, folder)
     bare = json.loads(out.strip().splitlines()[-1])

@@ -19,6 +19,7 @@ import yaml
 from optuna.trial import TrialState
 
 from ablations.config import RunConfig, build_config
+from ablations.paths import CACHE_ENV
 from ablations.sweep.ledger import Attempt, Ledger
 from ablations.tracking import Tracker
 from tests.ablations._postgres import Postgres, start_postgres
@@ -26,7 +27,7 @@ from tests.ablations._postgres import Postgres, start_postgres
 ROOT = Path(__file__).resolve().parents[2]
 # The suite's own cache folder (the empty MLflow database that new results folders copy), never the user's.
 _CACHE = tempfile.mkdtemp(prefix="senet-ablate-cache-")
-os.environ["SENET_ABLATE_CACHE"] = _CACHE
+os.environ[CACHE_ENV] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, True)
 # Child processes see neither the developer's tracking server nor ledger, only what a test gives them.
 ENV = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "SENET_ABLATE_STORAGE")}

@@ -15,7 +15,6 @@ from PIL import Image
 from torchvision.datasets import cifar
 
 from ablations.data import (
-    DEBIAN_FASHION,
     DataConfig,
     DeviceLoader,
     _crop_flip,
@@ -23,6 +22,7 @@ from ablations.data import (
     channel_stats,
     split_indices,
 )
+from ablations.datasets import DEBIAN_FASHION
 from ablations.errors import SenetError
 
 CPU = torch.device("cpu")

@@ -292,7 +292,7 @@ def test_dry_run_prints_trials_and_cost(tmp_path, capsys):
 
 
 def test_real_fashion_mnist_subsets_end_to_end(tmp_path, capsys):
-    from ablations.data import DEBIAN_FASHION
+    from ablations.datasets import DEBIAN_FASHION
 
     if not (DEBIAN_FASHION / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Debian package dataset-fashion-mnist not installed (make test installs it)")
