@@ -262,7 +262,8 @@ def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from ablations.spec import expand, list_studies
+    from ablations.study.load import list_studies
+    from ablations.study.trials import expand
 
     for spec in list_studies():
         trials = expand(spec, {})
@@ -272,7 +273,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from ablations.spec import expand, load_spec, plan
+    from ablations.study.load import load_spec
+    from ablations.study.trials import expand, plan
     from ablations.sweep.runner import run
 
     opts = _options(args)
@@ -356,7 +358,7 @@ def _imported(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _folder(args: argparse.Namespace, num_classes: int):  # type: ignore[no-untyped-def]
-    from ablations.imagenet import open_folder
+    from ablations.data.imagenet import open_folder
 
     _count(args.image_size, "--image-size", 8, 4096)
     _count(args.batch_size, "--batch-size", 1, 1_000_000)

@@ -18,7 +18,6 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ablations.data import DataConfig
 from ablations.errors import SenetError
 from ablations.weights import weights_identity
 from senet_core import (
@@ -81,6 +80,37 @@ class SESection(_Section):
     rounding: Rounding = _SE.rounding
 
 
+Dataset = Literal["fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic"]
+# The files' datasets as the model sees them: (channels, image side in pixels, classes). `synthetic` takes its shape
+# from `data.synthetic_*`, `imagefolder` from `data.image_size` and its class folders.
+DATASETS: dict[str, tuple[int, int, int]] = {
+    "fashion_mnist": (1, 28, 10),
+    "cifar10": (3, 32, 10),
+    "cifar100": (3, 32, 100),
+}
+
+
+class DataSection(_Section):
+    """Which dataset to load and how to split, subsample and augment it; user-facing names are `data.<field>`."""
+
+    dataset: Dataset = "fashion_mnist"
+    root: str | None = None  # data folder; None = the dataset's default location
+    val_size: int = 5000  # images held out of the training set for validation (He et al. 2016: 45k/5k)
+    data_seed: int = 0  # fixes the validation split, the subsets and the synthetic images
+    train_subset: int | None = None  # training images kept after the split; None = all
+    val_subset: int | None = None  # validation images kept; None = all
+    test_subset: int | None = None  # test images kept (a seeded random choice); None = all, in file order
+    augment: bool = True  # pad-4 random crop + horizontal flip on the train split (imagefolder: random resized crop)
+    download: bool = False  # let torchvision fetch a missing dataset (fashion_mnist, cifar10, cifar100)
+    image_size: int = 224  # pixels, side of the ImageFolder crop
+    workers: int = 4  # ImageFolder DataLoader worker processes
+    synthetic_classes: int = 10  # classes
+    synthetic_size: int = 32  # pixels, side of a synthetic image
+    synthetic_channels: int = 3  # channels
+    synthetic_train: int = 512  # images in the training set, before the validation split
+    synthetic_test: int = 256  # images in the test set
+
+
 Compile = Literal["off", "default", "reduce-overhead", "max-autotune"]
 
 
@@ -130,7 +160,7 @@ class RunConfig(_Section):
 
     model: ModelSection = ModelSection()
     se: SESection = SESection()
-    data: DataConfig = DataConfig()
+    data: DataSection = DataSection()
     train: TrainSection = TrainSection()
     seed: int = Field(0, ge=0)  # model init, data order and augmentation
 
@@ -275,13 +305,13 @@ def input_shape(config: RunConfig) -> tuple[int, int, int]:
     ImageFolder's class count comes from its folders; without `model.num_classes` the backbone's default is used.
     """
     data = config.data
-    channels, size, classes = {
-        "fashion_mnist": (1, 28, 10),
-        "cifar10": (3, 32, 10),
-        "cifar100": (3, 32, 100),
-        "synthetic": (data.synthetic_channels, data.synthetic_size, data.synthetic_classes),
-        "imagefolder": (3, data.image_size, model_info(config.model.name).defaults().get("model.num_classes", 1000)),
-    }[data.dataset]
+    if data.dataset == "synthetic":
+        channels, size, classes = data.synthetic_channels, data.synthetic_size, data.synthetic_classes
+    elif data.dataset == "imagefolder":
+        channels, size = 3, data.image_size
+        classes = model_info(config.model.name).defaults().get("model.num_classes", 1000)
+    else:
+        channels, size, classes = DATASETS[data.dataset]
     return config.model.in_channels or channels, size, config.model.num_classes or classes
 
 

@@ -9,6 +9,7 @@ results/
   workers/                  warm slot workers: one log and one pid record each
   sweeps/<id>.json          what a sweep asked for (its trial keys), read by its workers
   cache/                    torch.compile (inductor, triton) caches shared by the slots
+  data/                     torchvision downloads (./results/data, whatever --results says)
 ```
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from ablations.errors import SenetError
 
 RESULTS = Path("results")  # the default results folder, relative to the working directory
+DEFAULT_DATA = RESULTS / "data"  # where torchvision downloads land (relative to the working directory, not --results)
 STORAGE_ENV = "SENET_ABLATE_STORAGE"  # the ledger URL; from the environment so a password never shows in `ps`
 TRACKING_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable for the tracking store
 CACHE_ENV = "SENET_ABLATE_CACHE"  # the per-user cache folder (the empty MLflow database new stores copy)

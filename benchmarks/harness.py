@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 BARE = """
 import json, sys, time
-from ablations.spec import expand, load_spec
+from ablations.study.spec import expand, load_spec
 from ablations.training.engine import train
 trials = expand(load_spec(sys.argv[1]), json.loads(sys.argv[2]))
 engine = []

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ablations.data import DataConfig, build_data
+from ablations.config import DataSection
+from ablations.data.build import build_data
 from benchmarks._report import Check, Result, machine, render, verdict, write_section
 from benchmarks._steps import Setup, endless, fuse_se_epilogue, random_batch, repeat, scale_add_relu, train_step
 from benchmarks._timing import Clock, Plan, Summary, interleave, ratios
@@ -251,7 +252,7 @@ def versus_timm(size: int, batch: int, plan: Plan, setup: Setup, log: Log) -> Re
 
 def pipeline(batch: int, images: int, plan: Plan, setup: Setup, log: Log) -> Result:
     """Images/s of ResNet-56 fed by the DeviceLoader (synthetic CIFAR-size data, augmented), and its data cost."""
-    data_cfg = DataConfig(dataset="synthetic", synthetic_train=images, val_size=5000, synthetic_size=32)
+    data_cfg = DataSection(dataset="synthetic", synthetic_train=images, val_size=5000, synthetic_size=32)
     data = build_data(data_cfg, batch_size=batch, device=setup.device, channels_last=setup.channels_last)
     stream = endless(data.train)
 

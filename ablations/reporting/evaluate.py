@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from ablations.config import RunConfig
+from ablations.data.imagenet import EvalFolder
 from ablations.errors import SenetError
-from ablations.imagenet import EvalFolder
 from ablations.paper import config_key, tables
 from ablations.paths import CHECKPOINT, run_dir
 from ablations.tracking import open_store, tracking_uri
@@ -187,7 +187,7 @@ def finished_run(run_id: str, results: Path, uri: str | None) -> Subject:
 
 def run_split(subject: Subject, split: str, batch_size: int) -> Any:
     """A finished trial's own `val` or `test` split (its data configuration, on the CPU)."""
-    from ablations.data import build_data
+    from ablations.data.build import build_data
 
     if subject.config is None:
         raise SenetError("--split: only a finished run (--run) has its own data; give --data imagefolder:DIR")

@@ -20,7 +20,7 @@ import torch
 from scipy import stats
 
 from ablations.config import RunConfig
-from ablations.data import build_data
+from ablations.data.build import build_data
 from ablations.errors import SenetError
 from ablations.paths import CHECKPOINT, run_dir
 from ablations.reporting import excitation_figures as figures
@@ -33,7 +33,9 @@ from ablations.reporting.gate_stats import (
     class_share,
     eta_squared,
 )
-from ablations.spec import StudySpec, Trial, closure, shipped_names
+from ablations.study.load import closure, shipped_names
+from ablations.study.spec import StudySpec
+from ablations.study.trials import Trial
 from ablations.sweep.runner import SweepOptions, study_status
 from ablations.tracking import open_store, tracking_uri
 from ablations.training.checkpoint import load_checkpoint

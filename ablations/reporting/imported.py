@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
+from ablations.data.imagenet import PAPER_CLASSES, EvalFolder, FolderBatches, class_name, synsets
 from ablations.errors import SenetError
-from ablations.imagenet import PAPER_CLASSES, EvalFolder, FolderBatches, class_name, synsets
 from ablations.reporting.evaluate import Subject
 from ablations.reporting.excitation import PER_CLASS, analyze, write
 from senet_core import se_blocks

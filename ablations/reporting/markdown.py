@@ -25,7 +25,7 @@ from ablations.reporting.stats import (
     ordering,
     printed,
 )
-from ablations.spec import StudySpec
+from ablations.study.spec import StudySpec
 
 SIGN = {SAME: "✓", "opposite": "✗", TIE: "tie", "": DASH}
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from ablations.config import RunConfig
 from ablations.paper import PaperRow, paper_rows
-from ablations.spec import STANDARD_SE, StudySpec
+from ablations.study.spec import STANDARD_SE, StudySpec
 from senet_core import model_info
 
 ABLATION_TABLES = tuple(f"Table {n}" for n in range(10, 17))  # the §6 ablations share one recipe and baseline

@@ -19,7 +19,8 @@ from ablations.reporting.latex import latex
 from ablations.reporting.markdown import render
 from ablations.reporting.paper_match import TOP1
 from ablations.reporting.results import gather
-from ablations.spec import StudySpec, Trial
+from ablations.study.spec import StudySpec
+from ablations.study.trials import Trial
 from ablations.sweep.runner import SweepOptions, study_status
 from ablations.tracking import open_store, tracking_uri
 

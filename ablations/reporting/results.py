@@ -13,7 +13,9 @@ from ablations.errors import SenetError
 from ablations.paper import PaperRow
 from ablations.reporting.paper_match import paper_match, published, table_names
 from ablations.reporting.stats import Summary, summarize
-from ablations.spec import SEED_LINKED, StudySpec, Trial, closure, with_data_seed
+from ablations.study.load import closure
+from ablations.study.spec import SEED_LINKED, StudySpec
+from ablations.study.trials import Trial, with_data_seed
 from ablations.sweep.status import TrialStatus
 from ablations.tracking import Tracker, TrialRun
 

@@ -28,7 +28,9 @@ from optuna.trial import TrialState
 from ablations.config import Host
 from ablations.errors import SenetError
 from ablations.paths import RESULTS, STORAGE_ENV, TRACKING_ENV, ledger_file
-from ablations.spec import StudySpec, Trial, expand, load_spec
+from ablations.study.load import load_spec
+from ablations.study.spec import StudySpec
+from ablations.study.trials import Trial, expand
 from ablations.sweep.ledger import CONNECT_S, Ledger, check_storage, is_journal, pid_alive
 from ablations.sweep.manifest import Manifest
 from ablations.sweep.progress import Progress

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from optuna.trial import TrialState
 
-from ablations.spec import Trial
+from ablations.study.trials import Trial
 from ablations.sweep.ledger import Attempt, Ticket
 
 COUNTED = ("crash", "oom")  # failures that use up a retry

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablations.config import RunConfig, network_cost
-from ablations.data import DataBundle, DataCache, build_data
+from ablations.data.build import DataBundle, DataCache, build_data
 from ablations.errors import SenetError
 from ablations.paths import CHECKPOINT, RESULT
 from ablations.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint

@@ -3,7 +3,7 @@
 import pytest
 
 from ablations.config import IDENTITY_VERSION, Host, RunConfig, TrainSection, build_config, unflatten
-from ablations.recipes import recipe
+from ablations.study.recipes import RECIPES
 from tests.ablations.conftest import tiny_config, tiny_tree
 
 
@@ -12,7 +12,7 @@ def test_keys_are_stable():
     purpose (bump IDENTITY_VERSION) or not at all."""
     assert IDENTITY_VERSION == 2
     assert tiny_config().resolved(Host("cpu")).config_hash() == "e5cdf0d099ef"
-    table12 = build_config(unflatten({**recipe("cifar_fast"), "model.name": "resnet56", "data.dataset": "cifar10",
+    table12 = build_config(unflatten({**RECIPES["cifar_fast"], "model.name": "resnet56", "data.dataset": "cifar10",
                                       "se.bias": False}))  # fmt: skip
     assert table12.resolved(Host("cuda")).config_hash() == "c91a069346fa"
 

@@ -6,7 +6,8 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy.exc import OperationalError
 
-from ablations.spec import expand, load_spec
+from ablations.study.load import load_spec
+from ablations.study.trials import expand
 from ablations.sweep.ledger import Ledger, Owner
 from ablations.sweep.manifest import Manifest
 from ablations.sweep.reconcile import repair

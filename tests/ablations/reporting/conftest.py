@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from ablations.cli import main
-from ablations.data import single_crop
+from ablations.data.loaders import single_crop
 from senet_core import build_model, se_blocks
 
 SIZE = 32  # --image-size of the tests: resize to 36, centre crop 32

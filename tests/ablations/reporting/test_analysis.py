@@ -10,7 +10,8 @@ from ablations.reporting.analysis import CONTRAST, TABLE, analyse
 from ablations.reporting.markdown import render
 from ablations.reporting.results import gather
 from ablations.reporting.stats import paired
-from ablations.spec import expand, load_spec
+from ablations.study.load import load_spec
+from ablations.study.trials import expand
 from ablations.sweep.status import statuses
 from ablations.tracking import TrialRun
 from tests.ablations.conftest import tiny_tree

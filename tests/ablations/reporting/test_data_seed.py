@@ -7,7 +7,9 @@ import yaml
 from ablations.errors import SenetError
 from ablations.reporting.markdown import _covered
 from ablations.reporting.results import gather
-from ablations.spec import SEED_LINKED, expand, load_spec
+from ablations.study.load import load_spec
+from ablations.study.spec import SEED_LINKED
+from ablations.study.trials import expand
 from ablations.sweep.status import statuses
 from tests.ablations.conftest import write_spec
 

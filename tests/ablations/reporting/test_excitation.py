@@ -20,7 +20,8 @@ from ablations.reporting.excitation import (
 )
 from ablations.reporting.gate_stats import block_stats, class_share, eta_squared
 from ablations.reporting.paper_match import paper_blocks
-from ablations.spec import expand, load_spec
+from ablations.study.load import load_spec
+from ablations.study.trials import expand
 from ablations.sweep.runner import SweepOptions
 from ablations.training.engine import train
 from senet_core import SEBlock, build_model, se_blocks

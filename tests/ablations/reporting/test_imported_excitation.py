@@ -4,7 +4,7 @@ the paper's classes where the folder has them, the figures and CSV written."""
 import pytest
 import torch
 
-from ablations.imagenet import PAPER_CLASSES, class_name, open_folder, synsets
+from ablations.data.imagenet import PAPER_CLASSES, class_name, open_folder, synsets
 from ablations.reporting.evaluate import imported
 from ablations.reporting.imported import PAPER_BLOCKS, excitation_imported, paper_blocks
 from senet_core import build_model

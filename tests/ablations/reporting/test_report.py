@@ -19,7 +19,8 @@ from ablations.reporting.paper_match import paper_match
 from ablations.reporting.report import write_report
 from ablations.reporting.results import gather
 from ablations.reporting.stats import summarize
-from ablations.spec import expand, load_spec
+from ablations.study.load import load_spec
+from ablations.study.trials import expand
 from ablations.sweep.runner import SweepOptions, study_status
 from ablations.tracking import Tracker
 from ablations.training.engine import train

@@ -32,7 +32,8 @@ import pytest
 from optuna.trial import TrialState
 
 from ablations.cli import main
-from ablations.spec import expand, load_spec
+from ablations.study.load import load_spec
+from ablations.study.trials import expand
 from ablations.sweep.ledger import Ledger, Owner
 from ablations.sweep.reconcile import Reconciler, end_runs, repair
 from ablations.sweep.status import ticket_of

@@ -292,7 +292,7 @@ def test_dry_run_prints_trials_and_cost(tmp_path, capsys):
 
 
 def test_real_fashion_mnist_subsets_end_to_end(tmp_path, capsys):
-    from ablations.datasets import DEBIAN_FASHION
+    from ablations.data.readers import DEBIAN_FASHION
 
     if not (DEBIAN_FASHION / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Debian package dataset-fashion-mnist not installed (make test installs it)")
@@ -361,7 +361,8 @@ def test_gpu_slots_pack_trials_per_device(tmp_path):
 
 def test_a_trial_left_queued_by_another_study_does_not_block_this_one(tmp_path):
     """Item 10: a trial shared by two studies and left WAITING in one study's queue used to block the other."""
-    from ablations.spec import expand, load_spec
+    from ablations.study.load import load_spec
+    from ablations.study.trials import expand
     from ablations.sweep.ledger import Ledger
     from ablations.sweep.reconcile import Reconciler
     from ablations.sweep.status import ticket_of

@@ -1,6 +1,6 @@
 """The datasets' on-disk formats read into memory: Fashion-MNIST's idx files, CIFAR's pickles (through
-torchvision) and the seeded synthetic set, each as whole uint8 arrays. Splitting, holding on the device and
-batching them is `ablations.data`'s work.
+torchvision) and the seeded synthetic set, each as whole uint8 arrays. Splitting them is `build`'s work, holding
+them on the device and batching them `loaders`'.
 """
 
 from __future__ import annotations
@@ -13,21 +13,19 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ablations.config import DATASETS, DataSection
 from ablations.errors import SenetError
-
-if TYPE_CHECKING:  # the data section of a run config; `ablations.data` imports this module
-    from ablations.data import DataConfig
+from ablations.paths import DEFAULT_DATA
 
 # torchvision is imported where a dataset needs it (CIFAR, downloads): Fashion-MNIST and synthetic data never pay
 # for its import in a sweep worker.
 
-DEFAULT_ROOT = Path("results/data")  # where torchvision downloads land
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")  # `apt-get install dataset-fashion-mnist`
 FASHION_FILES = tuple(f"{split}-{kind}-ubyte" for split in ("train", "t10k") for kind in ("images-idx3", "labels-idx1"))
 
@@ -71,15 +69,15 @@ def _idx_path(folder: Path, stem: str) -> Path:
     return folder / f"{stem}.gz" if (folder / f"{stem}.gz").is_file() else folder / stem
 
 
-def _load_fashion(cfg: DataConfig) -> Arrays:
+def _load_fashion(cfg: DataSection) -> Arrays:
     """Fashion-MNIST from raw idx files: `root`, then Debian's package, then an earlier torchvision download."""
     root = Path(cfg.root) if cfg.root else None
-    tried = [root, root / "FashionMNIST" / "raw"] if root else [DEBIAN_FASHION, DEFAULT_ROOT / "FashionMNIST" / "raw"]
+    tried = [root, root / "FashionMNIST" / "raw"] if root else [DEBIAN_FASHION, DEFAULT_DATA / "FashionMNIST" / "raw"]
     found = [d for d in tried if all(_idx_path(d, s).is_file() for s in FASHION_FILES)]
     if not found and cfg.download:
         from torchvision import datasets
 
-        target = root or DEFAULT_ROOT
+        target = root or DEFAULT_DATA
         _fetch(lambda: datasets.FashionMNIST(str(target), download=True), "Fashion-MNIST", target)
         found = [target / "FashionMNIST" / "raw"]
     if not found:
@@ -88,23 +86,26 @@ def _load_fashion(cfg: DataConfig) -> Arrays:
             "dataset-fashion-mnist`, or --set data.root=DIR (a folder with the idx .gz files), or data.download=true"
         )
     folder = found[0]
+    classes = DATASETS["fashion_mnist"][2]
 
     def pair(prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
         x = _read_idx(_idx_path(folder, f"{prefix}-images-idx3-ubyte"), 2051)
         y = _read_idx(_idx_path(folder, f"{prefix}-labels-idx1-ubyte"), 2049)
-        if len(x) != len(y) or y.max(initial=0) > 9:
-            raise SenetError(f"{folder}: {len(x)} {prefix} images but {len(y)} labels in 0..9; the files do not match")
+        if len(x) != len(y) or y.max(initial=0) >= classes:
+            raise SenetError(
+                f"{folder}: {len(x)} {prefix} images but {len(y)} labels in 0..{classes - 1}; the files do not match"
+            )
         return torch.from_numpy(x.copy())[:, None], torch.from_numpy(y.astype(np.int64))
 
-    return Arrays(*pair("train"), *pair("t10k"), num_classes=10)
+    return Arrays(*pair("train"), *pair("t10k"), num_classes=classes)
 
 
-def _load_cifar(cfg: DataConfig) -> Arrays:
+def _load_cifar(cfg: DataSection) -> Arrays:
     """CIFAR-10/100 through torchvision (python pickles, md5-checked), as uint8 NCHW arrays."""
     from torchvision import datasets
 
     kind = datasets.CIFAR10 if cfg.dataset == "cifar10" else datasets.CIFAR100
-    root = Path(cfg.root) if cfg.root else DEFAULT_ROOT
+    root = Path(cfg.root) if cfg.root else DEFAULT_DATA
     folder = root / kind.base_folder
     if cfg.download:
         _fetch(lambda: kind(str(root), download=True), cfg.dataset, root)
@@ -124,7 +125,7 @@ def _load_cifar(cfg: DataConfig) -> Arrays:
     return Arrays(*nchw(train), *nchw(test), num_classes=len(train.classes))
 
 
-def _load_synthetic(cfg: DataConfig) -> Arrays:
+def _load_synthetic(cfg: DataSection) -> Arrays:
     """Seeded random images whose class shows in a smooth per-class pattern under noise; for tests only."""
     gen = torch.Generator().manual_seed(cfg.data_seed)
     k, c, s = cfg.synthetic_classes, cfg.synthetic_channels, cfg.synthetic_size
@@ -140,7 +141,7 @@ def _load_synthetic(cfg: DataConfig) -> Arrays:
     return Arrays(*draw(cfg.synthetic_train), *draw(cfg.synthetic_test), num_classes=k)
 
 
-_READERS: dict[str, Callable[[DataConfig], Arrays]] = {
+_READERS: dict[str, Callable[[DataSection], Arrays]] = {
     "fashion_mnist": _load_fashion,
     "cifar10": _load_cifar,
     "cifar100": _load_cifar,
@@ -148,6 +149,6 @@ _READERS: dict[str, Callable[[DataConfig], Arrays]] = {
 }
 
 
-def read_arrays(cfg: DataConfig) -> Arrays:
+def read_arrays(cfg: DataSection) -> Arrays:
     """The whole dataset `cfg.dataset` (train and test splits) from disk, or drawn for `synthetic`."""
     return _READERS[cfg.dataset](cfg)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ablations.data import single_crop
+from ablations.data.loaders import single_crop
 from ablations.errors import SenetError
 
 DATA_PREFIX = "imagefolder:"

@@ -11,19 +11,10 @@ import yaml
 
 from ablations.config import build_config
 from ablations.errors import SenetError
-from ablations.recipes import recipe
-from ablations.spec import (
-    SEED_LINKED,
-    STANDARD_SE,
-    Trial,
-    expand,
-    list_studies,
-    load_spec,
-    parse_spec,
-    plan,
-    shipped_names,
-    with_data_seed,
-)
+from ablations.study.load import list_studies, load_spec, shipped_names
+from ablations.study.recipes import RECIPES
+from ablations.study.spec import SEED_LINKED, STANDARD_SE, parse_spec
+from ablations.study.trials import Trial, expand, plan, with_data_seed
 from senet_core import model_info
 
 TABLES = ["reduction_ratio", "squeeze", "excitation", "stages", "integration", "inner_3x3", "no_squeeze"]
@@ -92,7 +83,7 @@ def test_resolution_order_is_recipe_then_base_then_grid_then_set():
     ))  # fmt: skip
     (trial,) = expand(spec, {"train.epochs": 2, "train.weight_decay": 0.0})
     t = trial.config.train
-    assert t.label_smoothing == recipe("cifar_fast")["train.label_smoothing"] == 0.1  # recipe only
+    assert t.label_smoothing == RECIPES["cifar_fast"]["train.label_smoothing"] == 0.1  # recipe only
     assert t.lr == 0.05  # base over recipe
     assert t.batch_size == 32  # grid over base and recipe
     assert t.epochs == 2  # --set over base

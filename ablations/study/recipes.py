@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ablations.errors import SenetError
-
 RECIPES: dict[str, dict[str, Any]] = {
     # He et al. 2016 (§4.2): SGD 0.9, wd 1e-4, batch 128, lr 0.1 ÷10 at 32k and 48k of 64k iterations
     # (50% and 75% of ~164 epochs), 45k/5k train/validation split.
@@ -65,10 +63,3 @@ RECIPES: dict[str, dict[str, Any]] = {
         "data.val_size": 50000,
     },
 }
-
-
-def recipe(name: str) -> dict[str, Any]:
-    """The overrides of a named recipe, or SenetError listing the recipes."""
-    if name not in RECIPES:
-        raise SenetError(f"train.recipe: {name!r} is not a recipe; allowed: {', '.join(RECIPES)}")
-    return dict(RECIPES[name])

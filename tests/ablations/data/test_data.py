@@ -14,15 +14,10 @@ import torch
 from PIL import Image
 from torchvision.datasets import cifar
 
-from ablations.data import (
-    DataConfig,
-    DeviceLoader,
-    _crop_flip,
-    build_data,
-    channel_stats,
-    split_indices,
-)
-from ablations.datasets import DEBIAN_FASHION
+from ablations.config import DataSection
+from ablations.data.build import build_data, channel_stats, split_indices
+from ablations.data.loaders import DeviceLoader, _crop_flip
+from ablations.data.readers import DEBIAN_FASHION
 from ablations.errors import SenetError
 
 CPU = torch.device("cpu")
@@ -104,8 +99,8 @@ def image_folder_root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def fashion(root: Path, **options: object) -> DataConfig:
-    return DataConfig(root=str(root), val_size=20, **options)
+def fashion(root: Path, **options: object) -> DataSection:
+    return DataSection(root=str(root), val_size=20, **options)
 
 
 def batches(loader: DeviceLoader) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -188,13 +183,13 @@ def test_damaged_idx_file_is_a_senet_error_naming_it(idx_root: tuple[Path, dict[
 def test_debian_fashion_mnist_loads() -> None:
     if not (DEBIAN_FASHION / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("Debian package dataset-fashion-mnist not installed")
-    cfg = DataConfig(train_subset=64, val_subset=32, test_subset=16)
+    cfg = DataSection(train_subset=64, val_subset=32, test_subset=16)
     data = build_data(cfg, batch_size=32, device=CPU)
     assert (data.train_size, data.val_size, data.test_size, data.image_size) == (64, 32, 16, 28)
     # The counts behind the subsets: 60000 training images (55000 + 5000 held out) and 10000 test images.
     train_idx, val_idx, test_idx = split_indices(60000, 10000, cfg)
     assert max(train_idx.max(), val_idx.max()) < 60000 and test_idx.max() < 10000
-    full = build_data(DataConfig(augment=False), batch_size=10000, device=CPU)
+    full = build_data(DataSection(augment=False), batch_size=10000, device=CPU)
     assert (full.train_size, full.val_size, full.test_size) == (55000, 5000, 10000)
     assert sorted(full.test.labels.bincount().tolist()) == [1000] * 10
 
@@ -205,7 +200,7 @@ def test_debian_fashion_mnist_loads() -> None:
 @pytest.mark.parametrize("classes", [10, 100])
 def test_cifar_round_trips_exactly(cifar_root: tuple[Path, dict], classes: int) -> None:
     root, written = cifar_root
-    cfg = DataConfig(dataset=f"cifar{classes}", root=str(root), val_size=10, augment=False)
+    cfg = DataSection(dataset=f"cifar{classes}", root=str(root), val_size=10, augment=False)
     data = build_data(cfg, batch_size=16, device=CPU)
     train_idx, val_idx, _ = split_indices(100, len(written[classes]["test_y"]), cfg)
     arrays = {k: torch.from_numpy(v) for k, v in written[classes].items()}
@@ -217,14 +212,14 @@ def test_cifar_round_trips_exactly(cifar_root: tuple[Path, dict], classes: int) 
 
 def test_missing_cifar_names_the_path_and_the_download_flag(tmp_path: Path) -> None:
     with pytest.raises(SenetError, match="data.download=true") as err:
-        build_data(DataConfig(dataset="cifar10", root=str(tmp_path)), batch_size=8, device=CPU)
+        build_data(DataSection(dataset="cifar10", root=str(tmp_path)), batch_size=8, device=CPU)
     assert str(tmp_path / "cifar-10-batches-py") in str(err.value)
 
 
 def test_cifar_failing_md5_is_a_senet_error(tmp_path: Path) -> None:
     write_cifar(tmp_path, 10)
     with pytest.raises(SenetError, match="incomplete or corrupt"):
-        build_data(DataConfig(dataset="cifar10", root=str(tmp_path), val_size=10), batch_size=8, device=CPU)
+        build_data(DataSection(dataset="cifar10", root=str(tmp_path), val_size=10), batch_size=8, device=CPU)
 
 
 def test_corrupt_cifar_pickle_is_a_senet_error(cifar_root: tuple[Path, dict]) -> None:
@@ -232,14 +227,14 @@ def test_corrupt_cifar_pickle_is_a_senet_error(cifar_root: tuple[Path, dict]) ->
     batch = root / "cifar-10-batches-py" / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[:500])
     with pytest.raises(SenetError, match="cifar-10-batches-py"):
-        build_data(DataConfig(dataset="cifar10", root=str(root), val_size=10), batch_size=8, device=CPU)
+        build_data(DataSection(dataset="cifar10", root=str(root), val_size=10), batch_size=8, device=CPU)
 
 
 # --- Image folders ---
 
 
 def test_image_folder_splits_train_and_uses_val_as_test(image_folder_root: Path) -> None:
-    cfg = DataConfig(dataset="imagefolder", root=str(image_folder_root), val_size=3, image_size=8, workers=0)
+    cfg = DataSection(dataset="imagefolder", root=str(image_folder_root), val_size=3, image_size=8, workers=0)
     data = build_data(cfg, batch_size=4, eval_batch_size=6, device=CPU, channels_last=True)
     assert (data.num_classes, data.in_channels, data.image_size) == (3, 3, 8)
     assert (data.train_size, data.val_size, data.test_size) == (15, 3, 6)
@@ -256,30 +251,30 @@ def test_image_folder_splits_train_and_uses_val_as_test(image_folder_root: Path)
 
 def test_image_folder_errors_name_the_folder(image_folder_root: Path, tmp_path: Path) -> None:
     with pytest.raises(SenetError, match="data.root: required"):
-        build_data(DataConfig(dataset="imagefolder", workers=0), batch_size=4, device=CPU)
+        build_data(DataSection(dataset="imagefolder", workers=0), batch_size=4, device=CPU)
     (image_folder_root / "val" / "cat").rename(image_folder_root / "val" / "dog")
     with pytest.raises(SenetError, match="different class folders"):
-        build_data(DataConfig(dataset="imagefolder", root=str(image_folder_root)), batch_size=4, device=CPU)
+        build_data(DataSection(dataset="imagefolder", root=str(image_folder_root)), batch_size=4, device=CPU)
     with pytest.raises(SenetError, match=str(tmp_path / "empty")):
-        build_data(DataConfig(dataset="imagefolder", root=str(tmp_path / "empty")), batch_size=4, device=CPU)
+        build_data(DataSection(dataset="imagefolder", root=str(tmp_path / "empty")), batch_size=4, device=CPU)
 
 
 # --- Splits and subsets ---
 
 
 def test_validation_split_is_disjoint_and_seeded() -> None:
-    cfg = DataConfig(val_size=50)
+    cfg = DataSection(val_size=50)
     train, val, test = split_indices(500, 80, cfg)
     assert len(train) == 450 and len(val) == 50 and torch.equal(test, torch.arange(80))
     assert sorted(torch.cat([train, val]).tolist()) == list(range(500))
     again = split_indices(500, 80, cfg)
     assert torch.equal(train, again[0]) and torch.equal(val, again[1])
-    assert not torch.equal(val, split_indices(500, 80, DataConfig(val_size=50, data_seed=1))[1])
+    assert not torch.equal(val, split_indices(500, 80, DataSection(val_size=50, data_seed=1))[1])
 
 
 def test_subsets_take_the_head_of_each_split() -> None:
-    full = split_indices(500, 80, DataConfig(val_size=50))
-    train, val, test = split_indices(500, 80, DataConfig(val_size=50, train_subset=30, val_subset=5, test_subset=9))
+    full = split_indices(500, 80, DataSection(val_size=50))
+    train, val, test = split_indices(500, 80, DataSection(val_size=50, train_subset=30, val_subset=5, test_subset=9))
     assert torch.equal(train, full[0][:30]) and torch.equal(val, full[1][:5])
     assert len(test) == 9 and len(set(test.tolist())) == 9 and int(test.max()) < 80
 
@@ -296,12 +291,12 @@ def test_subsets_take_the_head_of_each_split() -> None:
 )
 def test_bad_sizes_name_the_field(options: dict[str, int], field: str) -> None:
     with pytest.raises(SenetError, match=field):
-        split_indices(500, 80, DataConfig(**{"val_size": 50, **options}))
+        split_indices(500, 80, DataSection(**{"val_size": 50, **options}))
 
 
 def test_bad_val_size_through_build_data(idx_root: tuple[Path, dict[str, np.ndarray]]) -> None:
     with pytest.raises(SenetError, match=r"data\.val_size: 5000 .* allowed: 1\.\.119"):
-        build_data(DataConfig(root=str(idx_root[0])), batch_size=8, device=CPU)
+        build_data(DataSection(root=str(idx_root[0])), batch_size=8, device=CPU)
     with pytest.raises(SenetError, match="data.workers"):
         build_data(fashion(idx_root[0], workers=-1), batch_size=8, device=CPU)
 
@@ -314,9 +309,9 @@ def test_run_seed_changes_the_order_but_not_the_split(idx_root: tuple[Path, dict
 
 def test_config_refuses_unknown_fields_and_datasets() -> None:
     with pytest.raises(pydantic.ValidationError):
-        DataConfig(valsize=10)
+        DataSection(valsize=10)
     with pytest.raises(pydantic.ValidationError):
-        DataConfig(dataset="mnist")
+        DataSection(dataset="mnist")
 
 
 # --- DeviceLoader: order, augmentation, output format ---
@@ -388,7 +383,7 @@ def test_channel_stats_are_exact() -> None:
 
 
 def test_synthetic_is_seeded_and_learnable() -> None:
-    cfg = DataConfig(dataset="synthetic", val_size=64, synthetic_train=512, synthetic_test=256, augment=False)
+    cfg = DataSection(dataset="synthetic", val_size=64, synthetic_train=512, synthetic_test=256, augment=False)
     data = build_data(cfg, batch_size=64, device=CPU)
     assert (data.num_classes, data.in_channels, data.image_size, data.train_size) == (10, 3, 32, 448)
     assert torch.equal(data.test.images, build_data(cfg, batch_size=64, device=CPU).test.images)

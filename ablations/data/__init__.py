@@ -1,0 +1,1 @@
+"""data: images in — the datasets read from their files, split, held on the device and batched."""

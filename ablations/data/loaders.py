@@ -1,0 +1,190 @@
+"""Batches for training and evaluation: small datasets held on the training device as uint8 tensors, augmented
+there with a pad-4 crop and flip (as airbench does), and image folders streamed through a DataLoader; both with a
+seeded order per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PAD = 4  # pixels of zero padding before the random crop (He et al. 2016, §4.2)
+
+
+def _mix(seed: int, epoch: int) -> int:
+    # Plain seed + epoch would make run seed 1, epoch 0 replay run seed 0, epoch 1; SeedSequence keeps them apart.
+    return int(np.random.SeedSequence((seed % 2**64, epoch)).generate_state(1, np.uint64)[0])
+
+
+def _crop_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Crop each image from its zero-padded copy at its own offset and mirror the flagged ones, with no loop.
+
+    He et al. (2016, §4.2): "4 pixels are padded on each side, and a 32×32 crop is randomly sampled from the
+    padded image or its horizontal flip".
+
+    Args:
+        x: uint8 images, (B, C, H, W).
+        shifts: (B, 2) crop offsets (row, column) in 0..2*PAD.
+        flips: (B,) bool, True where the crop is mirrored.
+    """
+    b, c, h, w = x.shape
+    padded = F.pad(x, (PAD, PAD, PAD, PAD))
+    rows = shifts[:, :1] + torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device).expand(b, w)
+    cols = torch.where(flips[:, None], w - 1 - cols, cols) + shifts[:, 1:]
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _to_output(x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    x = x.to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+class DeviceLoader:
+    """Batches of a uint8 image tensor that lives on the training device, augmented there (airbench-style).
+
+    The shuffle order and the augmentation of an epoch are drawn from a generator seeded with (seed, epoch), so
+    `set_epoch(e)` before iterating reproduces epoch e exactly, e.g. after a resume. Each pass advances the
+    epoch by one, so a loop that never calls `set_epoch` still gets a fresh order every epoch.
+
+    Args:
+        images: uint8 (N, C, H, W) on the device that will consume the batches.
+        labels: int64 (N,).
+        batch_size: images per batch.
+        train: shuffle every epoch; False keeps the stored order.
+        mean: per-channel mean in [0, 1] units, subtracted after scaling pixels to [0, 1].
+        std: per-channel std in [0, 1] units.
+        augment: pad-4 random crop and horizontal flip, drawn per image.
+        seed: seed of the order and augmentation stream.
+        drop_last: skip the final short batch.
+        channels_last: return batches in channels-last memory format.
+        dtype: floating dtype of the returned images.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        train: bool,
+        mean: Sequence[float] | torch.Tensor,
+        std: Sequence[float] | torch.Tensor,
+        augment: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        channels_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError(f"need uint8 NCHW images and one label each, got {images.dtype} {tuple(images.shape)}")
+        self.images, self.labels = images, labels.to(images.device, torch.int64)
+        self.batch_size, self.train, self.augment, self.drop_last = batch_size, train, augment, drop_last
+        self.seed, self.epoch, self.channels_last, self.dtype = seed, 0, channels_last, dtype
+        self.mean = torch.as_tensor(mean, dtype=torch.float32)
+        self.std = torch.as_tensor(std, dtype=torch.float32)
+        # (x / 255 - mean) / std folded into one multiply-add per pixel.
+        self._scale = (1 / (255 * self.std)).view(1, -1, 1, 1).to(images.device)
+        self._shift = (-self.mean / self.std).view(1, -1, 1, 1).to(images.device)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass use the order and augmentation of `epoch`."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.images)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        self.epoch += 1
+        n, device = len(self.images), self.images.device
+        # Drawn on the CPU, so a run gives the same batches on any device.
+        order = (torch.randperm(n, generator=gen) if self.train else torch.arange(n)).to(device)
+        shifts = torch.randint(0, 2 * PAD + 1, (n, 2), generator=gen).to(device) if self.augment else None
+        flips = (torch.rand(n, generator=gen) < 0.5).to(device) if self.augment else None
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            part = slice(start, start + self.batch_size)
+            x = self.images[order[part]]
+            if shifts is not None and flips is not None:
+                x = _crop_flip(x, shifts[part], flips[part])
+            x = torch.addcmul(self._shift, x.float(), self._scale)
+            yield _to_output(x, self.dtype, self.channels_last), self.labels[order[part]]
+
+
+class FolderLoader:
+    """A DataLoader over an image folder that yields device batches and has `set_epoch`, like DeviceLoader.
+
+    The shuffle order is a function of (seed, epoch). The random crops run in worker processes whose generators
+    are not re-seeded per epoch, so a resumed run sees the same order but not the same crops.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        train: bool,
+        device: torch.device,
+        seed: int = 0,
+        workers: int = 4,
+        drop_last: bool = False,
+        channels_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.device, self.seed, self.epoch, self.channels_last, self.dtype = device, seed, 0, channels_last, dtype
+        self.batch_size, self.train = batch_size, train
+        self.mean, self.std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        self._gen = torch.Generator()
+        self._loader = DataLoader(
+            dataset,
+            batch_size,
+            shuffle=train,
+            generator=self._gen,
+            num_workers=workers,
+            drop_last=drop_last,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass use the order of `epoch`."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._gen.manual_seed(_mix(self.seed, self.epoch))
+        self.epoch += 1
+        for x, y in self._loader:
+            x = x.to(self.device, non_blocking=True)
+            yield _to_output(x, self.dtype, self.channels_last), y.to(self.device, non_blocking=True)
+
+
+Loader = DeviceLoader | FolderLoader
+
+
+def single_crop(size: int = 224) -> Any:
+    """The paper's single-crop evaluation (§5.1): shorter side resized to 256 (256/224 of `size`), the centre
+    `size`×`size` crop, ImageNet mean/std normalisation."""
+    from torchvision import transforms
+
+    return transforms.Compose(
+        [
+            transforms.Resize(int(size * 256 / 224)),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
