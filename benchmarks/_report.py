@@ -1,4 +1,5 @@
-"""What a benchmark run found, the machine it ran on, and the RESULTS.md section that records both.
+"""What a benchmark run found, the machine it ran on, and the RESULTS.md section that records both; the rows that
+every step-time benchmark reports alike.
 
 RESULTS.md holds one section per device kind (`cpu`, `cuda`) between HTML comment markers; a run replaces its
 own device's section and keeps the others, so CPU and GPU numbers from different hosts live side by side.
@@ -9,13 +10,15 @@ from __future__ import annotations
 import os
 import platform
 import re
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from ablations import tracking
+from benchmarks._timing import Plan, Summary, ratios
 
 HEADER = """# Benchmark results
 
@@ -48,6 +51,31 @@ def verdict(met: bool) -> str:
     return "met" if met else "not met"
 
 
+def describe_plan(plan: Plan, samples: dict[str, list[float]]) -> str:
+    rounds = len(next(iter(samples.values())))
+    return (
+        f"timing: {plan.warmup} warm-up step(s) per variant, then {rounds} rounds of {plan.steps} step(s) per "
+        "variant, the variants interleaved (order reversed every other round)"
+    )
+
+
+def step_rows(samples: dict[str, list[float]], batch: int) -> list[tuple[str, str]]:
+    """Time per call of each variant and the images per second that makes."""
+    rows = []
+    for name, seconds in samples.items():
+        per_second = images_per_s(Summary.of([batch / s for s in seconds]))
+        rows.append((f"`{name}`", f"{Summary.of(seconds).scaled(1e3).format(1, ' ms')} ({per_second})"))
+    return rows
+
+
+def images_per_s(rate: Summary) -> str:
+    return rate.format(1 if rate.mean < 100 else 0, " images/s")
+
+
+def ratio(samples: dict[str, list[float]], num: str, den: str) -> Summary:
+    return Summary.of(ratios(samples[num], samples[den]))
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -66,16 +94,12 @@ def version(package: str) -> str:
 
 
 def code_version() -> str:
-    """`<short sha>` of the checkout, with `(dirty)` when it has uncommitted changes."""
-    repo = Path(__file__).parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
-        )
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
+    """`<short sha>` of the checkout, with `(dirty)` when it has uncommitted changes (`tracking.code_version`, the
+    code version every run records)."""
+    code = tracking.code_version()
+    if code["git_sha"] == "unknown":
         return "unknown (not a git checkout)"
-    return sha.stdout.strip() + (" (dirty)" if status.stdout.strip() else "")
+    return code["git_sha"][:7] + (" (dirty)" if code["git_dirty"] == "true" else "")
 
 
 def machine(device: torch.device) -> list[tuple[str, str]]:

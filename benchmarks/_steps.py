@@ -1,7 +1,8 @@
 """Training steps as the engine runs them, and the fused SE epilogue experiment (benchmark-local).
 
-`train_step` mirrors the inner loop of `ablations.training.engine.train`: bf16 autocast and channels_last on CUDA, fp32
-NCHW on the CPU, SGD with momentum 0.9 and weight decay 1e-4, `zero_grad(set_to_none=True)`, backward, step.
+`timed_step` calls the engine's own step (`ablations.training.engine.train_step`: forward and loss under autocast,
+`zero_grad(set_to_none=True)`, backward, optimizer step) with the engine's defaults: bf16 autocast and
+channels_last on CUDA, fp32 NCHW on the CPU, SGD with momentum 0.9 and weight decay 1e-4.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from types import MethodType
 import torch
 from torch import nn
 
+from ablations.training.engine import train_step
 from senet_core import BasicBlock, Bottleneck
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+STEP = "forward + backward + SGD step (momentum 0.9, weight decay 1e-4)"  # what one timed step does, for the report
 
 
 @dataclass(frozen=True)
@@ -64,10 +67,11 @@ def endless(loader: Iterable[Batch]) -> Iterator[Batch]:
         yield from loader
 
 
-def train_step(
+def timed_step(
     model: nn.Module, batches: Callable[[], Batch], setup: Setup, *, compile: bool = False
 ) -> Callable[[], None]:
-    """One optimisation step per call on the next batch from `batches`; moves `model` to the device.
+    """One optimisation step of the engine (`engine.train_step`) per call on the next batch from `batches`; moves
+    `model` to the device.
 
     Args:
         model: the network, in training mode from here on.
@@ -83,12 +87,7 @@ def train_step(
     criterion = nn.CrossEntropyLoss()
 
     def step() -> None:
-        x, y = batches()
-        with setup.autocast():
-            loss = criterion(net(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(net, optimizer, criterion, *batches(), setup.autocast)
 
     return step
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+Log = Callable[[str], None]  # where progress lines go (print, or nothing in tests)
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -86,7 +88,7 @@ def interleave(
     variants: Mapping[str, Callable[[], object]],
     plan: Plan,
     clock: Clock,
-    log: Callable[[str], None] = print,
+    log: Log = print,
 ) -> dict[str, list[float]]:
     """Seconds per call of every variant, one sample per round, the variants taking turns within each round.
 

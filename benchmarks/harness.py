@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 BARE = """
 import json, sys, time
-from ablations.study.spec import expand, load_spec
+from ablations.study.load import load_spec
+from ablations.study.trials import expand
 from ablations.training.engine import train
 trials = expand(load_spec(sys.argv[1]), json.loads(sys.argv[2]))
 engine = []

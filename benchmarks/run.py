@@ -1,45 +1,38 @@
-"""Speed benchmarks of the issue: SE overhead per training step, ours against timm, and the CIFAR data pipeline.
+"""The entry point of the speed benchmarks: the settings per device and mode, the arguments, and the run of each
+benchmark (one per file: se_overhead, timm_compare, pipeline, harness) into this device's section of RESULTS.md.
 
 `python -m benchmarks.run [--device cpu|cuda] [--quick] [--out benchmarks/RESULTS.md]` times every comparison
-interleaved in one process and writes this device's section of RESULTS.md. See benchmarks/README.md.
+interleaved in one process. See benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import importlib
 import os
 import resource
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from ablations.config import DataSection
-from ablations.data.build import build_data
-from benchmarks._report import Check, Result, machine, render, verdict, write_section
-from benchmarks._steps import Setup, endless, fuse_se_epilogue, random_batch, repeat, scale_add_relu, train_step
-from benchmarks._timing import Clock, Plan, Summary, interleave, ratios
+from benchmarks._report import Result, machine, render, write_section
+from benchmarks._steps import Setup
+from benchmarks._timing import Log, Plan
 from benchmarks.harness import harness_overhead
-from senet_core import build_model, count_params
+from benchmarks.pipeline import pipeline
+from benchmarks.se_overhead import se_overhead
+from benchmarks.timm_compare import versus_timm
 
 DEFAULT_OUT = Path(__file__).parent / "RESULTS.md"
-SE_TARGET = 1.05  # SE-ResNet-50 / ResNet-50 train-step time on a GPU (the paper: 1.10; timm: 1.13-1.25)
-TIMM_TARGET = 1.0  # our SE-ResNet-50 / timm's seresnet50 train-step time
-DATA_TARGET = 2.0  # percent of the CIFAR training loop spent producing batches
-SERESNET50_PARAMS = 28_088_024  # timm seresnet50 = SE-ResNet-50, r=16, FC biases (REFERENCE §4)
 CPU_REMARK = (
     "GPU targets: not measured — no GPU on this machine. The SE-overhead target is for a GPU step; the timm and "
     "pipeline targets are checked here on the CPU too, but speaking for the GPU needs a run of "
     "`python -m benchmarks.run --device cuda` on a GPU host, which adds its own section."
 )
-Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -98,200 +91,6 @@ SETTINGS = {
         pipeline_plan=Plan(warmup=10, steps=20, min_rounds=5, max_rounds=10, budget_s=5),
     ),
 }
-STEP = "forward + backward + SGD step (momentum 0.9, weight decay 1e-4)"
-
-
-def describe_plan(plan: Plan, samples: dict[str, list[float]]) -> str:
-    rounds = len(next(iter(samples.values())))
-    return (
-        f"timing: {plan.warmup} warm-up step(s) per variant, then {rounds} rounds of {plan.steps} step(s) per "
-        "variant, the variants interleaved (order reversed every other round)"
-    )
-
-
-def step_rows(samples: dict[str, list[float]], batch: int) -> list[tuple[str, str]]:
-    """Time per call of each variant and the images per second that makes."""
-    rows = []
-    for name, seconds in samples.items():
-        per_second = images_per_s(Summary.of([batch / s for s in seconds]))
-        rows.append((f"`{name}`", f"{Summary.of(seconds).scaled(1e3).format(1, ' ms')} ({per_second})"))
-    return rows
-
-
-def images_per_s(rate: Summary) -> str:
-    return rate.format(1 if rate.mean < 100 else 0, " images/s")
-
-
-def ratio(samples: dict[str, list[float]], num: str, den: str) -> Summary:
-    return Summary.of(ratios(samples[num], samples[den]))
-
-
-def check_fused(name: str, num_classes: int, size: int) -> None:
-    """Refuse to time the fused variant unless, in plain fp32 eager math, it computes what the SE unit does."""
-    plain = build_model(name, {"model.num_classes": num_classes}).eval()
-    fused = copy.deepcopy(plain)
-    fuse_se_epilogue(fused, op=scale_add_relu)
-    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        if not torch.allclose(plain(x), fused(x), rtol=1e-4, atol=1e-4):
-            raise RuntimeError(f"the fused SE epilogue changes the output of {name}; not timing it")
-
-
-def se_overhead(base: str, num_classes: int, size: int, batch: int, plan: Plan, setup: Setup, log: Log) -> Result:
-    """Train-step time of `se_<base>` over `<base>`: eager, and on CUDA also compiled and with the fused epilogue."""
-    cuda = setup.device.type == "cuda"
-    options = {"model.num_classes": num_classes}
-    data = repeat(random_batch(setup, batch, size, num_classes))
-
-    def step(name: str, *, compile: bool = False, fused: bool = False) -> Callable[[], None]:
-        torch.manual_seed(0)
-        model = build_model(name, options)
-        if fused:
-            fuse_se_epilogue(model)
-        return train_step(model, data, setup, compile=compile)
-
-    se = f"se_{base}"
-    variants = {base: step(base), se: step(se)}
-    pairs = [("eager", se, base)]
-    if cuda:
-        check_fused(se, num_classes, size)
-        torch.compiler.reset()  # each group starts with empty compile caches, far from the recompile limit
-        variants |= {
-            f"{base} compiled": step(base, compile=True),
-            f"{se} compiled": step(se, compile=True),
-            f"{se} fused": step(se, fused=True),
-        }
-        pairs += [("compiled", f"{se} compiled", f"{base} compiled"), ("fused epilogue", f"{se} fused", base)]
-    samples = interleave(variants, plan, Clock(setup.device), log)
-    kinds = (
-        "`compiled` = torch.compile (mode default) of the whole model; `fused` = eager model whose SE units end "
-        "in one compiled ReLU(branch · s + shortcut) (benchmarks/_steps.py)"
-        if cuda
-        else "eager only; the torch.compile and fused-epilogue variants run on CUDA"
-    )
-    result = Result(
-        f"SE overhead: {se} / {base} train step",
-        [
-            f"{batch} random images of {size}×{size} resident on the device, {num_classes} classes, senet_core's "
-            "default options" + (" (stride on the first 1×1 conv, as in the paper)" if base == "resnet50" else ""),
-            f"step: {STEP}, {setup.describe()}",
-            f"variants: {kinds}",
-            describe_plan(plan, samples),
-        ],
-        step_rows(samples, batch),
-    )
-    for label, num, den in pairs:
-        r = ratio(samples, num, den)
-        result.rows.append((f"ratio {num} / {den}", r.format(3)))
-        if base == "resnet50" and cuda:
-            target = f"SE-ResNet-50 / ResNet-50 step ≤ {SE_TARGET} on GPU, {label} (paper 1.10, timm 1.13-1.25)"
-            result.checks.append(Check(target, r.format(3), verdict(r.mean <= SE_TARGET)))
-    if base == "resnet50" and not cuda:
-        target = f"SE-ResNet-50 / ResNet-50 step ≤ {SE_TARGET} on GPU (paper 1.10, timm 1.13-1.25)"
-        why = "not measured — no GPU on this machine (the CPU ratio is in §1, for information)"
-        result.checks.append(Check(target, "—", why))
-    return result
-
-
-def versus_timm(size: int, batch: int, plan: Plan, setup: Setup, log: Log) -> Result:
-    """Our SE-ResNet-50 in timm's layout against timm's seresnet50: parameters and train-step time."""
-    title = "Ours against timm: se_resnet50 (stride layout v1.5) / timm seresnet50 train step"
-    try:
-        timm = importlib.import_module("timm")
-    except ImportError:
-        why = "not measured — timm not installed (`pip install -e '.[bench]'`)"
-        return Result(title, [], checks=[Check(f"ours / timm step ≤ {TIMM_TARGET}", "—", why)])
-
-    def ours() -> nn.Module:
-        # timm puts the stride on the 3×3 conv, keeps the FC biases and rounds C/r to multiples of 8, which for
-        # ResNet-50's widths equals the paper's floor(C/r): the same network as timm's.
-        return build_model("se_resnet50", {"model.stride_layout": "v1.5"})
-
-    def theirs() -> nn.Module:
-        return timm.create_model("seresnet50")
-
-    counts = count_params(ours()), count_params(theirs())
-    same = counts[0] == counts[1] == SERESNET50_PARAMS
-    log(f"  parameters: ours {counts[0]:,}, timm {counts[1]:,} ({'equal' if same else 'NOT EQUAL'})")
-    data = repeat(random_batch(setup, batch, size, 1000))
-
-    def step(make: Callable[[], nn.Module], *, compile: bool = False) -> Callable[[], None]:
-        torch.manual_seed(0)
-        return train_step(make(), data, setup, compile=compile)
-
-    cuda = setup.device.type == "cuda"
-    variants = {"ours": step(ours), "timm": step(theirs)}
-    pairs = [("eager", "ours", "timm")]
-    if cuda:
-        torch.compiler.reset()
-        variants |= {"ours compiled": step(ours, compile=True), "timm compiled": step(theirs, compile=True)}
-        pairs.append(("compiled", "ours compiled", "timm compiled"))
-    samples = interleave(variants, plan, Clock(setup.device), log)
-    result = Result(
-        title,
-        [
-            f"{batch} random images of {size}×{size} resident on the device, 1000 classes",
-            f"step: {STEP}, {setup.describe()}",
-            f"timm {timm.__version__} `create_model('seresnet50')` with default arguments"
-            + ("; `compiled` = torch.compile (mode default)" if cuda else ""),
-            describe_plan(plan, samples),
-        ],
-        [("parameters, ours / timm", f"{counts[0]:,} / {counts[1]:,}"), *step_rows(samples, batch)],
-    )
-    params = f"{counts[0]:,} / {counts[1]:,}"
-    result.checks.append(Check(f"parameters ours / timm both {SERESNET50_PARAMS:,}", params, verdict(same)))
-    for label, num, den in pairs:
-        r = ratio(samples, num, den)
-        result.rows.append((f"ratio {num} / {den}", r.format(3)))
-        status = verdict(r.mean <= TIMM_TARGET)
-        if abs(r.mean - 1) <= r.std:
-            status += " (the difference from 1 is within one std of the round-to-round spread)"
-        result.checks.append(Check(f"ours / timm step ≤ {TIMM_TARGET} ({label})", r.format(3), status))
-    return result
-
-
-def pipeline(batch: int, images: int, plan: Plan, setup: Setup, log: Log) -> Result:
-    """Images/s of ResNet-56 fed by the DeviceLoader (synthetic CIFAR-size data, augmented), and its data cost."""
-    data_cfg = DataSection(dataset="synthetic", synthetic_train=images, val_size=5000, synthetic_size=32)
-    data = build_data(data_cfg, batch_size=batch, device=setup.device, channels_last=setup.channels_last)
-    stream = endless(data.train)
-
-    def produce() -> None:
-        next(stream)
-
-    torch.manual_seed(0)
-    model = build_model("resnet56", {"model.num_classes": data.num_classes})
-    # One model serves both loops, so that they differ only in where each batch comes from.
-    variants = {
-        "loader + step": train_step(model, stream.__next__, setup),
-        "fixed batch + step": train_step(model, repeat(next(stream)), setup),
-        "loader only": produce,
-    }
-    samples = interleave(variants, plan, Clock(setup.device), log)
-    with_data, without, loader = samples["loader + step"], samples["fixed batch + step"], samples["loader only"]
-    share = Summary.of(ratios(loader, with_data)).scaled(100)
-    slowdown = Summary.of([100 * (1 - w / d) for w, d in zip(without, with_data, strict=True)])
-    result = Result(
-        "CIFAR pipeline: ResNet-56 training throughput and the time spent producing batches",
-        [
-            f"`build_data` synthetic: {data.train_size:,} training images of 32×32 held on the device as uint8; "
-            f"the training DeviceLoader (pad-4 random crop + flip, normalisation) at batch {batch}",
-            f"step: {STEP}, {setup.describe()}, eager (the engine's default)",
-            "data share = time of `loader only` / time of `loader + step`; cross-check: "
-            "1 - (`fixed batch + step`) / (`loader + step`), the loop's slowdown from producing its batches",
-            describe_plan(plan, samples),
-        ],
-        [
-            *step_rows(samples, batch),
-            ("data share of the step", share.format(2, " %")),
-            ("cross-check: loop slowdown from producing batches", slowdown.format(2, " %")),
-        ],
-    )
-    target = f"CIFAR pipeline: producing batches < {DATA_TARGET:.0f} % of the step"
-    result.checks.append(Check(target, share.format(2, " %"), verdict(share.mean < DATA_TARGET)))
-    throughput = images_per_s(Summary.of([batch / s for s in with_data]))
-    result.checks.append(Check("CIFAR pipeline throughput (no target)", throughput, "reported"))
-    return result
 
 
 def run(

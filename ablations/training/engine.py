@@ -265,6 +265,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def train_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    autocast: Autocast = nullcontext,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on the batch (x, y): forward and loss under `autocast`, gradients set to None,
+    backward, optimizer step; returns (outputs, loss). The engine's loop and the speed benchmarks both step here."""
+    with autocast():
+        out = net(x)
+        loss = criterion(out, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return out, loss
+
+
 def train_one_epoch(run: _Run, epoch: int, criterion: nn.Module, first_step: bool) -> dict[str, float]:
     """Epoch `epoch` (0-based) and its validation; the metrics of the history.
 
@@ -288,12 +307,7 @@ def train_one_epoch(run: _Run, epoch: int, criterion: nn.Module, first_step: boo
     began = time.perf_counter()
     compile_s = 0.0
     for step, (x, y) in enumerate(data.train):
-        with run.autocast():
-            out = run.net(x)
-            loss = criterion(out, y)
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        run.optimizer.step()
+        out, loss = train_step(run.net, run.optimizer, criterion, x, y, run.autocast)
         run.scheduler.step()
         loss_sum += loss.detach() * y.numel()
         correct += (out.detach().argmax(1) == y).sum()

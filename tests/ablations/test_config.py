@@ -4,7 +4,7 @@ import pytest
 
 from ablations.config import IDENTITY_VERSION, Host, RunConfig, TrainSection, build_config, unflatten
 from ablations.study.recipes import RECIPES
-from tests.ablations.conftest import tiny_config, tiny_tree
+from tests._support.configs import tiny_config, tiny_tree
 
 
 def test_keys_are_stable():

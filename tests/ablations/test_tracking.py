@@ -15,7 +15,8 @@ from ablations.sweep.slots import Slot
 from ablations.sweep.status import ticket_of
 from ablations.sweep.worker import Worker
 from ablations.tracking import RunLog
-from tests.ablations.conftest import journal, tracker, write_spec
+from tests._support.configs import write_spec
+from tests._support.stores import journal, tracker
 
 
 def locked() -> OperationalError:

@@ -13,7 +13,7 @@ from ablations.config import build_config
 from ablations.errors import SenetError
 from ablations.training.engine import _setup, train
 from senet_core import build_model
-from tests.ablations.conftest import tiny_tree
+from tests._support.configs import tiny_tree
 
 timm = pytest.importorskip("timm")
 

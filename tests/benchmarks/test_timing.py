@@ -1,9 +1,11 @@
-"""Pure helpers of benchmarks/: mean ± std and ratios, the interleaving order, and the RESULTS.md section writer."""
+"""Pure helpers of benchmarks/: mean ± std and ratios, the interleaving order, the RESULTS.md section writer and the
+code version it records."""
 
 import pytest
 import torch
 
-from benchmarks._report import HEADER, write_section
+from ablations import tracking
+from benchmarks._report import HEADER, code_version, write_section
 from benchmarks._timing import Clock, Plan, Summary, interleave, ratios
 
 
@@ -44,3 +46,11 @@ def test_write_section_replaces_its_own_device_and_keeps_the_others(tmp_path):
     assert text.startswith(HEADER)
     assert "new" in text and "old" not in text and "kept" in text
     assert text.index("## CPU") < text.index("## GPU")
+
+
+def test_code_version_is_trackings_sha_shortened_with_its_dirty_flag(monkeypatch):
+    versions = iter([{"git_sha": "0123456789abcdef", "git_dirty": "true"},
+                     {"git_sha": "0123456789abcdef", "git_dirty": "false"},
+                     {"git_sha": "unknown", "git_dirty": "false"}])  # fmt: skip
+    monkeypatch.setattr(tracking, "code_version", lambda: next(versions))
+    assert [code_version() for _ in range(3)] == ["0123456 (dirty)", "0123456", "unknown (not a git checkout)"]

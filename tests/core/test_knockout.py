@@ -5,19 +5,12 @@ import pytest
 import torch
 
 from senet_core import GateOverride, build_model, se_blocks
+from tests._support.networks import trained_like
 
 
-def _trained_like(name: str = "se_resnet20", **options):
-    """A model with random BN statistics and gates well away from 1, so a knock-out shows."""
-    torch.manual_seed(0)
-    model = build_model(name, {"se.reduction": 4, **options})
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-    return model.eval()
+def _trained_like(**options):
+    """SE-ResNet-20 at r = 4 with random BN statistics and gates well away from 1, so a knock-out shows."""
+    return trained_like("se_resnet20", **{"se.reduction": 4, **options})
 
 
 def _without_se(model, name: str, **options):

@@ -10,7 +10,8 @@ import torch
 
 from ablations.config import build_config
 from ablations.training.engine import Warm, is_out_of_memory, train
-from tests.ablations.conftest import assert_each_trial_complete_once, journal, tiny_tree, write_spec
+from tests._support.configs import tiny_tree, write_spec
+from tests._support.stores import assert_each_trial_complete_once, journal
 
 pytestmark = pytest.mark.gpu
 

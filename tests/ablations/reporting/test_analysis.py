@@ -14,7 +14,7 @@ from ablations.study.load import load_spec
 from ablations.study.trials import expand
 from ablations.sweep.status import statuses
 from ablations.tracking import TrialRun
-from tests.ablations.conftest import tiny_tree
+from tests._support.configs import tiny_tree
 
 REFERENCE = {"se.enabled": True, "se.excitation": "sigmoid", "se.reduction": 4}
 NO_SE = [{"label": "no SE", "set": {"se.enabled": False}}]

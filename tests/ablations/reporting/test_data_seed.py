@@ -11,7 +11,7 @@ from ablations.study.load import load_spec
 from ablations.study.spec import SEED_LINKED
 from ablations.study.trials import expand
 from ablations.sweep.status import statuses
-from tests.ablations.conftest import write_spec
+from tests._support.configs import write_spec
 
 EXTRA = [{"label": "no SE", "set": {"se.enabled": False}}]
 

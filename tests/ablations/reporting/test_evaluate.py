@@ -8,18 +8,9 @@ import torch
 from statsmodels.stats.proportion import proportion_confint
 
 from ablations import weights
-from tests.ablations.reporting.conftest import (
-    CLIFF,
-    GOLDFISH,
-    PUG,
-    hand_predictions,
-    run_error,
-    run_json,
-    run_text,
-    save,
-    trained_like,
-    write_folder,
-)
+from tests._support.commands import run_error, run_json, run_text
+from tests._support.images import CLIFF, GOLDFISH, PUG, hand_predictions, write_folder
+from tests._support.networks import save, trained_like
 
 timm = pytest.importorskip("timm")
 

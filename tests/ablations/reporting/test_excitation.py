@@ -25,7 +25,7 @@ from ablations.study.trials import expand
 from ablations.sweep.runner import SweepOptions
 from ablations.training.engine import train
 from senet_core import SEBlock, build_model, se_blocks
-from tests.ablations.conftest import write_spec
+from tests._support.configs import write_spec
 
 BLOCKS = ["SE_2_3", "SE_3_3", "SE_4_3"]  # the last block of each stage of ResNet-20
 WIDTHS = {"SE_2_3": 16, "SE_3_3": 32, "SE_4_3": 64}

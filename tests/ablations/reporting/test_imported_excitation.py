@@ -8,19 +8,9 @@ from ablations.data.imagenet import PAPER_CLASSES, class_name, open_folder, syns
 from ablations.reporting.evaluate import imported
 from ablations.reporting.imported import PAPER_BLOCKS, excitation_imported, paper_blocks
 from senet_core import build_model
-from tests.ablations.reporting.conftest import (
-    CLIFF,
-    GOLDFISH,
-    PLANE,
-    PUG,
-    SIZE,
-    TENCH,
-    run_error,
-    run_text,
-    save,
-    trained_like,
-    write_folder,
-)
+from tests._support.commands import run_error, run_text
+from tests._support.images import CLIFF, GOLDFISH, PLANE, PUG, SIZE, TENCH, write_folder
+from tests._support.networks import save, trained_like
 
 
 def test_the_papers_blocks_are_se_resnet50s_and_other_nets_get_the_same_roles():

@@ -13,17 +13,10 @@ from ablations.reporting.knockout import paired_change
 from ablations.tracking import Tracker
 from ablations.training.engine import train
 from senet_core import build_model
-from tests.ablations.conftest import tiny_config
-from tests.ablations.reporting.conftest import (
-    hand_predictions,
-    run_error,
-    run_json,
-    run_text,
-    saturate_gates,
-    save,
-    trained_like,
-    write_folder,
-)
+from tests._support.commands import run_error, run_json, run_text
+from tests._support.configs import tiny_config
+from tests._support.images import hand_predictions, write_folder
+from tests._support.networks import saturate_gates, save, trained_like
 
 BLOCKS = [f"SE_{s}_{i}" for s in (2, 3, 4) for i in (1, 2, 3)]
 

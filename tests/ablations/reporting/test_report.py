@@ -24,7 +24,7 @@ from ablations.study.trials import expand
 from ablations.sweep.runner import SweepOptions, study_status
 from ablations.tracking import Tracker
 from ablations.training.engine import train
-from tests.ablations.conftest import write_spec
+from tests._support.configs import write_spec
 
 STUDY = "tiny_gate"
 GRID = {"se.excitation": ["sigmoid", "tanh", "relu"]}

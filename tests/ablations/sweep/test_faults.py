@@ -41,7 +41,9 @@ from ablations.sweep.worker import Worker
 from ablations.tracking import Tracker
 from ablations.training import engine as train_mod
 from ablations.training.checkpoint import load_checkpoint
-from tests.ablations.conftest import ENV, journal, tracker, wait_for, write_spec
+from tests._support.configs import write_spec
+from tests._support.processes import ENV, wait_for
+from tests._support.stores import journal, tracker
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 ROUNDS = 20

@@ -6,7 +6,6 @@ hostname, as containers on one machine would, so nobody may judge them by pid: o
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,27 +18,18 @@ from optuna.trial import TrialState
 
 from ablations.cli import main
 from ablations.sweep.ledger import Ledger
-from tests.ablations.conftest import ENV, attempts, cli, wait_for, write_spec
+from tests._support.configs import write_spec
+from tests._support.processes import ENV, cli, free_port, port_open, wait_for
+from tests._support.stores import attempts
 
 pytestmark = pytest.mark.slow
 FAST_BEAT = {"SENET_ABLATE_HEARTBEAT_S": "1"}  # a ledger created with it: stale after 4 s instead of 2 minutes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(pg, tmp_path_factory):
     """`senet-ablate server` on a PostgreSQL backend store given as a plain postgresql:// URL, on 127.0.0.1."""
-    port = _free_port()
+    port = free_port()
     backend = pg.createdb("mlflow")
     art = tmp_path_factory.mktemp("artifacts")
     env = {**ENV, "MLFLOW_BACKEND_STORE_URI": backend}
@@ -68,7 +58,7 @@ def mlflow_server(pg, tmp_path_factory):
         yield uri
         proc.send_signal(signal.SIGTERM)  # item 6: SIGTERM used to leave the MLflow server running
         proc.wait(timeout=60)
-    wait_for(lambda: not _port_open(port), timeout=30)
+    wait_for(lambda: not port_open(port), timeout=30)
 
 
 def _cmdlines() -> list[bytes]:

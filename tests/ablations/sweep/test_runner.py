@@ -7,7 +7,6 @@ kill tests, as its own process.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,16 +19,9 @@ from optuna.trial import TrialState
 from ablations.cli import main
 from ablations.sweep.ledger import Ledger, pid_alive
 from ablations.sweep.slots import live_workers
-from tests.ablations.conftest import (
-    ENV,
-    assert_each_trial_complete_once,
-    attempts,
-    cli,
-    journal,
-    tracker,
-    wait_for,
-    write_spec,
-)
+from tests._support.configs import write_spec
+from tests._support.processes import ENV, cli, free_port, port_open, wait_for
+from tests._support.stores import assert_each_trial_complete_once, attempts, journal, tracker
 
 pytestmark = pytest.mark.slow
 
@@ -310,27 +302,16 @@ def test_real_fashion_mnist_subsets_end_to_end(tmp_path, capsys):
     assert "no SE" in capsys.readouterr().out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def test_ui_binds_to_loopback_links_the_runs_tables_and_dies_with_sigterm(tmp_path):
     """Item 6: `ui` stopped with SIGTERM used to leave the MLflow server running and the port taken."""
     results = tmp_path / "results"
     tracker(results).parent_run("tiny", "a study with one run so far", {})  # what a first sweep leaves
     exp = tracker(results).experiment("tiny")
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "ablations.cli", "ui", "--results", str(results), "--port", str(port)]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(lambda: _port_open(port), timeout=90, every=0.5)
+        wait_for(lambda: port_open(port), timeout=90, every=0.5)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as page:
             assert page.status == 200
         listening = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
@@ -339,7 +320,7 @@ def test_ui_binds_to_loopback_links_the_runs_tables_and_dies_with_sigterm(tmp_pa
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     assert f"tiny: http://127.0.0.1:{port}/#/experiments/{exp}/runs" in out
-    wait_for(lambda: not _port_open(port), timeout=30)
+    wait_for(lambda: not port_open(port), timeout=30)
     assert not [p for p in Path("/proc").glob("[0-9]*") if _cmd(p).count(f"--port\0{port}")]
 
 

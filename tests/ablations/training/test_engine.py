@@ -16,7 +16,7 @@ from ablations.training import engine as train_mod
 from ablations.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ablations.training.engine import Callback, Warm, evaluate, is_out_of_memory, train
 from ablations.training.schedule import Schedule
-from tests.ablations.conftest import tiny_tree
+from tests._support.configs import tiny_tree
 
 # 4 classes of 12×12 images, 256 training images in 8 steps of 32 per epoch, 3 epochs.
 ENGINE = {"data": {"val_size": 64, "synthetic_train": 320, "synthetic_test": 64, "synthetic_size": 12,

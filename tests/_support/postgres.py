@@ -11,22 +11,17 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests._support.processes import free_port
+
 
 def _bindir() -> Path | None:
     found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None)
     return Path(found).resolve().parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -89,7 +84,7 @@ def start_postgres() -> tuple[Postgres | None, str]:
     except ImportError:
         return None, "psycopg and psycopg2 are not installed (pip install -e '.[dev]')"
     root = Path(tempfile.mkdtemp(prefix="senet-pg-"))
-    pg = Postgres(bindir, root, _free_port(), secrets.token_hex(8))
+    pg = Postgres(bindir, root, free_port(), secrets.token_hex(8))
     pwfile = root / "pw"
     pwfile.write_text(pg.password)
     if os.geteuid() == 0:
