@@ -64,3 +64,18 @@ def test_no_import_loops():
 
     for module in sorted(graph):
         visit(module, ())
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "ablations" / "reporting").rglob("*.py")), ids=lambda p: p.name)
+def test_reports_read_the_ledger_through_the_read_side_only(path):
+    """The read side never goes through the controller, the workers or the ledger's writers."""
+    sweep = [m for m in imports(path) if m.startswith("ablations.sweep")]
+    assert all(m == "ablations.sweep.status" for m in sweep), sweep
+
+
+def test_modules_are_readable_at_once():
+    """Every module of the harness and the model library fits in one sitting (the ledger is being replaced)."""
+    modules = [*(ROOT / "ablations").rglob("*.py"), *(ROOT / "senet_core").rglob("*.py")]
+    lines = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in modules if p.name != "ledger.py"}
+    long = {path: n for path, n in lines.items() if n > 450}
+    assert not long
