@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,19 +33,8 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
-
-
-def _mark(ok: bool | None) -> str:
-    return {None: "", True: "✓", False: "✗"}[ok]
-
-
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from ablations.profile import profile, profile_paper
+    from ablations.profile import print_rows, profile, profile_paper
 
     if args.paper:
         rows = profile_paper()
@@ -61,30 +46,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         for row in rows:
             print(json.dumps(row.as_dict(), sort_keys=True))
         return 0
-    table = Table(title=f"Complexity at {rows[0].input_size}×{rows[0].input_size} (GFLOPs = multiply-adds / 1e9)")
-    for col in ("table", "row", "model", "options", "params", "params (M)", "paper (M)", "", "GFLOPs", "paper", ""):
-        table.add_column(col, justify="right" if col not in ("table", "row", "model", "options") else "left")
-    for r in rows:
-        p = r.paper
-        opts = " ".join(f"{k}={v}" for k, v in r.options.items())
-        table.add_row(
-            p.table if p else "",
-            p.label if p else "",
-            r.model,
-            opts,
-            f"{r.params:,}",
-            f"{r.params / 1e6:.2f}",
-            _fmt(p.params_m if p else None, ".1f"),
-            _mark(r.params_ok),
-            f"{r.gflops:.3f}",
-            _fmt(p.gflops if p else None, ".3f" if p and p.gflops and p.gflops < 1 else ".2f"),
-            _mark(r.gflops_ok),
-        )
-    Console(width=200).print(table)
-    if args.paper:
-        checked = [ok for r in rows for ok in (r.params_ok, r.gflops_ok) if ok is not None]
-        rule = "params within ±0.1M, GFLOPs equal at the paper's digits"
-        print(f"{sum(checked)} of {len(checked)} published figures reproduced ({rule})")
+    print_rows(rows, paper=args.paper)
     return 0
 
 
@@ -226,22 +188,23 @@ def _count(value: int, option: str, low: int, high: int) -> int:
     return value
 
 
-def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _sweep_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """`sweep` and `worker`: where and how the sweep runs."""
     from ablations.sweep.runner import SweepOptions
     from ablations.sweep.slots import parse_gpus
 
-    workers = _count(getattr(args, "workers", 1), "--workers", 1, MAX_WORKERS)
+    workers = _count(args.workers, "--workers", 1, MAX_WORKERS)
     _count(args.max_retries, "--max-retries", 0, 1000)
-    per_gpu_text = str(getattr(args, "trials_per_gpu", "1")).strip()
+    per_gpu_text = str(args.trials_per_gpu).strip()
     if per_gpu_text == "auto":
         per_gpu = None
     elif per_gpu_text.isdigit():
         per_gpu = _count(int(per_gpu_text), "--trials-per-gpu", 1, 64)
     else:
         raise SenetError(f"--trials-per-gpu: {per_gpu_text!r} is not allowed; allowed: 1..64 or auto")
-    recycle = 1 if getattr(args, "fresh_process", False) else getattr(args, "recycle_after", 50)
+    recycle = 1 if args.fresh_process else args.recycle_after
     _count(recycle, "--recycle-after", 1, 1_000_000)
-    max_mb = getattr(args, "max_worker_mb", None)
+    max_mb = args.max_worker_mb
     if max_mb is not None and not max_mb > 0:
         raise SenetError(f"--max-worker-mb: {max_mb} is not allowed; allowed: megabytes > 0")
     return SweepOptions(
@@ -249,15 +212,29 @@ def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         storage=args.storage or os.environ.get(STORAGE_ENV),
         tracking_uri=args.tracking_uri,
         workers=workers,
-        gpus=parse_gpus(getattr(args, "gpus", "")),
+        gpus=parse_gpus(args.gpus),
         trials_per_gpu=per_gpu,
         max_retries=args.max_retries,
-        fail_fast=getattr(args, "fail_fast", False),
+        fail_fast=getattr(args, "fail_fast", False),  # `worker` has no --fail-fast
         overrides=parse_set(args.set),
-        progress=not getattr(args, "no_progress", False) and sys.stderr.isatty(),
+        progress=not args.no_progress and sys.stderr.isatty(),
         recycle_after=recycle,
         max_rss_mb=max_mb,
-        device=getattr(args, "device", None),
+    )
+
+
+def _read_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """`status` and `report`: where the sweep is read back from."""
+    from ablations.sweep.status import ReadOptions
+
+    _count(args.max_retries, "--max-retries", 0, 1000)
+    return ReadOptions(
+        results=args.results,
+        storage=args.storage or os.environ.get(STORAGE_ENV),
+        tracking_uri=args.tracking_uri,
+        overrides=parse_set(args.set),
+        device=args.device,
+        max_retries=args.max_retries,
     )
 
 
@@ -273,36 +250,41 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from ablations.reporting.summary import print_summary
     from ablations.study.load import load_spec
     from ablations.study.trials import expand, plan
     from ablations.sweep.runner import run
 
-    opts = _options(args)
+    opts = _sweep_options(args)
+    spec = load_spec(args.study)
     if args.dry_run:
-        trials = expand(load_spec(args.study), opts.overrides)
+        trials = expand(spec, opts.overrides)
         table = plan(trials)
         print(table.to_string(index=False))
         print(f"{len(trials)} trials, {int(table['epochs'].sum())} epochs in all")
         return 0
-    code, statuses = run(args.study, opts)
-    _print_summary(opts, statuses)
+    code, statuses = run(spec, opts)
+    print_summary(statuses, opts.tracking_uri, opts.results)
     return code
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    from ablations.reporting.summary import print_summary
+    from ablations.study.load import load_spec
     from ablations.sweep.runner import run
 
-    opts = _options(args)
-    code, statuses = run(args.study, opts, create=False)
-    _print_summary(opts, statuses)
+    opts = _sweep_options(args)
+    code, statuses = run(load_spec(args.study), opts, create=False)
+    print_summary(statuses, opts.tracking_uri, opts.results)
     return code
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from ablations.sweep.runner import study_status
-    from ablations.sweep.status import summary_line
+    from ablations.study.load import load_spec
+    from ablations.sweep.status import study_status, summary_line
 
-    _, _, statuses = study_status(args.study, _options(args))
+    opts = _read_options(args)
+    _, statuses = study_status(load_spec(args.study), opts)
     print(summary_line(statuses))
     for s in statuses:
         extra = s.outcome if s.state == "done" else s.reason
@@ -310,38 +292,31 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(opts, statuses) -> None:  # type: ignore[no-untyped-def]
-    from ablations.reporting.summary import summary_table
-    from ablations.sweep.status import summary_line
-    from ablations.tracking import Tracker, tracking_uri
-
-    print(summary_line(statuses))
-    for s in statuses:
-        if s.state == "failed":
-            print(f"  failed: {s.trial.label} seed {s.trial.seed}: {s.reason}")
-    tracker = Tracker(tracking_uri(opts.tracking_uri, opts.results), opts.results)
-    print(summary_table(tracker.trial_runs({s.trial.key for s in statuses}, status="FINISHED")).to_string(index=False))
-
-
 def _cmd_report(args: argparse.Namespace) -> int:
     from ablations.reporting.report import write_report
+    from ablations.study.load import load_spec
 
-    path = write_report(args.study, _options(args), out=args.out)
+    opts = _read_options(args)
+    path = write_report(load_spec(args.study), opts, out=args.out, named=args.study)
     print(f"report written to {path}")
     return 0
 
 
 def _cmd_excitation(args: argparse.Namespace) -> int:
-    from ablations.reporting.excitation import excitation_report
+    from ablations.reporting.excitation import excitation_report, names_a_study
+    from ablations.study.load import load_spec
+    from ablations.sweep.status import ReadOptions
 
     if args.weights is not None or args.target is None:
         return _excitation_imported(args)
     out = args.out or Path("reports") / Path(args.target).stem / "excitation"
-    args.max_retries, args.storage = 1, None
     if args.classes is not None and not all(c.isdigit() for c in args.classes):
         raise SenetError(f"--classes: {args.classes} is not allowed; allowed: class indices, e.g. --classes 0 3")
     classes = None if args.classes is None else [int(c) for c in args.classes]
-    paths = excitation_report(args.target, _options(args), out, classes)
+    opts = ReadOptions(results=args.results, storage=os.environ.get(STORAGE_ENV), tracking_uri=args.tracking_uri,
+                       overrides=parse_set(args.set))  # fmt: skip
+    target = load_spec(args.target) if names_a_study(args.target) else args.target  # else a run id
+    paths = excitation_report(target, opts, out, classes)
     for p in paths:
         print(p)
     return 0
@@ -421,73 +396,18 @@ def _excitation_imported(args: argparse.Namespace) -> int:
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
-    from ablations.urls import DATABASES, check_url, redact, with_driver
+    from ablations.server import tracking_server
 
-    workers = str(_count(args.http_workers, "--http-workers", 1, 64))
-    env = dict(os.environ)
-    backend = args.backend_store_uri or env.get("MLFLOW_BACKEND_STORE_URI")
-    if backend:
-        check_url(backend, "--backend-store-uri", DATABASES)
-        backend = with_driver(backend, "--backend-store-uri")
-    else:
-        args.results.mkdir(parents=True, exist_ok=True)
-        backend = f"sqlite:///{args.results.resolve() / 'mlflow.db'}"
-    env["MLFLOW_BACKEND_STORE_URI"] = backend  # passed by environment, never on the command line
-    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # its GenAI job runners: 7 idle processes
-    artifacts = args.artifacts_destination or (args.results.resolve() / "artifacts").as_uri()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", args.host, "--port", str(args.port), "--workers",
-           workers, "--artifacts-destination", artifacts]  # fmt: skip
-    print(f"MLflow tracking server on http://{args.host}:{args.port} ({redact(backend)}), artifacts in {artifacts} "
-          "(Ctrl-C to stop)", flush=True)  # fmt: skip
-    return serve(cmd, env)
+    workers = _count(args.http_workers, "--http-workers", 1, 64)
+    return tracking_server(args.backend_store_uri, args.artifacts_destination, args.results, args.host, args.port,
+                           workers)  # fmt: skip
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from ablations.tracking import Tracker, sqlite_path, tracking_uri
+    from ablations.server import ui
 
-    workers = str(_count(args.http_workers, "--http-workers", 1, 64))
-    uri = tracking_uri(args.tracking_uri, args.results)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port",
-           str(args.port), "--workers", workers]  # fmt: skip
-    if uri.startswith("sqlite:"):
-        cmd += ["--default-artifact-root", (args.results.resolve() / "artifacts").as_uri()]
-    base = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI on {base} (Ctrl-C to stop)")
-    store = sqlite_path(uri)
-    if store is None or store.is_file():
-        # MLflow 3 opens an experiment on its GenAI overview, empty for training runs: link the runs tables.
-        with contextlib.suppress(Exception):
-            for study, exp in sorted(Tracker(uri, args.results).studies().items()):
-                print(f"  {study}: {base}/#/experiments/{exp}/runs")
-    sys.stdout.flush()
-    return serve(cmd, dict(os.environ))
-
-
-def serve(cmd: list[str], env: dict[str, str]) -> int:
-    """Run an MLflow server in its own process group and take the whole group down with us: on Ctrl-C, SIGTERM or
-    SIGHUP, and (through the parent-death signal) when we are killed outright."""
-
-    def die_with_parent() -> None:
-        with contextlib.suppress(Exception):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=die_with_parent)
-
-    def stop(signum: int, _frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, stop)
-    try:
-        return proc.wait()
-    finally:
-        if proc.poll() is None:
-            stop(signal.SIGTERM, None)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=15)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group (uvicorn workers)
+    workers = _count(args.http_workers, "--http-workers", 1, 64)
+    return ui(args.tracking_uri, args.results, args.host, args.port, workers)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

@@ -1,12 +1,16 @@
-"""`senet-ablate profile`: params and GFLOPs of any configuration, with the paper's figure beside ours."""
+"""`senet-ablate profile`: params and GFLOPs of any configuration, with the paper's figure beside ours, as rows and
+as the table the command prints."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ablations.config import network_cost
 from ablations.paper import PaperRow, complexity_rows, find_rows
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 @dataclass(frozen=True)
@@ -74,3 +78,57 @@ def profile_paper() -> list[ProfileRow]:
         c = network_cost(paper.model, paper.options, 224)
         rows.append(ProfileRow(paper.model, paper.options, 224, c.params, c.gflops, paper))
     return rows
+
+
+COLUMNS = ("table", "row", "model", "options", "params", "params (M)", "paper (M)", "", "GFLOPs", "paper", "")
+LEFT = ("table", "row", "model", "options")
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _mark(ok: bool | None) -> str:
+    return {None: "", True: "✓", False: "✗"}[ok]
+
+
+def table(rows: list[ProfileRow]) -> Table:
+    """Our params and GFLOPs beside the paper's, with a ✓ or ✗ where the paper has the figure."""
+    from rich.table import Table
+
+    out = Table(title=f"Complexity at {rows[0].input_size}×{rows[0].input_size} (GFLOPs = multiply-adds / 1e9)")
+    for col in COLUMNS:
+        out.add_column(col, justify="left" if col in LEFT else "right")
+    for r in rows:
+        p = r.paper
+        opts = " ".join(f"{k}={v}" for k, v in r.options.items())
+        out.add_row(
+            p.table if p else "",
+            p.label if p else "",
+            r.model,
+            opts,
+            f"{r.params:,}",
+            f"{r.params / 1e6:.2f}",
+            _fmt(p.params_m if p else None, ".1f"),
+            _mark(r.params_ok),
+            f"{r.gflops:.3f}",
+            _fmt(p.gflops if p else None, ".3f" if p and p.gflops and p.gflops < 1 else ".2f"),
+            _mark(r.gflops_ok),
+        )
+    return out
+
+
+def reproduced(rows: list[ProfileRow]) -> str:
+    """How many of the rows' published figures we reproduce, in one line."""
+    checked = [ok for r in rows for ok in (r.params_ok, r.gflops_ok) if ok is not None]
+    rule = "params within ±0.1M, GFLOPs equal at the paper's digits"
+    return f"{sum(checked)} of {len(checked)} published figures reproduced ({rule})"
+
+
+def print_rows(rows: list[ProfileRow], paper: bool) -> None:
+    """The table on stdout; for the paper's rows (`--paper`), the line of figures reproduced after it."""
+    from rich.console import Console
+
+    Console(width=200).print(table(rows))
+    if paper:
+        print(reproduced(rows))

@@ -103,7 +103,7 @@ def _contrasts(factors: list[Factor]) -> dict[tuple[str, str], tuple[Level, Leve
     for f in factors:
         for lv in f.levels:
             if _is_contrast(lv) and (pair := _pair(lv)) is not None and lv.reference is not None:
-                key = (lv.config.config_hash(), lv.reference.config.config_hash())
+                key = (lv.config_hash, lv.reference.config_hash)
                 found.setdefault(key, (lv, lv.reference, pair))
     adjusted = holm([pair.p for _, _, pair in found.values()])
     return {key: (lv, ref, Comparison(pair, p, verdict(pair, p), CONTRAST))
@@ -148,7 +148,7 @@ def _table(factor: Factor, contrasts: dict[tuple[str, str], tuple[Level, Level, 
                    for (lv, pair), p in zip(family, adjusted, strict=True)}  # fmt: skip
     for lv, _ in pairs:
         if _is_contrast(lv) and lv.reference is not None:
-            comparisons[id(lv)] = contrasts[(lv.config.config_hash(), lv.reference.config.config_hash())][2]
+            comparisons[id(lv)] = contrasts[(lv.config_hash, lv.reference.config_hash)][2]
     rows = [_row(lv, comparisons.get(id(lv))) for lv in factor.levels]
     agreement = {m: _agreement(factor.design(), m) for m in (TOP1, TOP5)}
     return Table(factor, rows, power([pair.diffs for _, pair in pairs]), agreement)

@@ -36,7 +36,7 @@ from ablations.reporting.gate_stats import (
 from ablations.study.load import closure, shipped_names
 from ablations.study.spec import StudySpec
 from ablations.study.trials import Trial
-from ablations.sweep.runner import SweepOptions, study_status
+from ablations.sweep.status import ReadOptions, study_status
 from ablations.tracking import open_store, tracking_uri
 from ablations.training.checkpoint import load_checkpoint
 from senet_core import ExcitationProbe, SEBlock, build_model, se_blocks
@@ -259,11 +259,16 @@ def study_target(spec: StudySpec, trials: list[Trial], results: Path) -> Target:
     return Target(trial.config, trial.key, run_dir(results, trial.key) / CHECKPOINT, label)
 
 
-def resolve_target(target: str, opts: SweepOptions) -> Target:
-    """A study name or YAML path → its reference trial's first seed; otherwise an MLflow run id → that run."""
-    if target in shipped_names() or target.endswith((".yaml", ".yml")) or Path(target).is_file():
-        spec, trials, _ = study_status(target, opts)
-        return study_target(spec, trials, opts.results)
+def names_a_study(target: str) -> bool:
+    """Whether `excitation TARGET` names a study (a shipped name or a YAML path) rather than an MLflow run id."""
+    return target in shipped_names() or target.endswith((".yaml", ".yml")) or Path(target).is_file()
+
+
+def resolve_target(target: StudySpec | str, opts: ReadOptions) -> Target:
+    """A study → its reference trial's first seed; an MLflow run id → that run."""
+    if isinstance(target, StudySpec):
+        trials, _ = study_status(target, opts)
+        return study_target(target, trials, opts.results)
     tracker = open_store(tracking_uri(opts.tracking_uri, opts.results), opts.results)
     allowed = ", ".join(shipped_names())
     run, config = tracker.trial(target, f"excitation: neither a study ({allowed}, or a .yaml path) nor a run id:")
@@ -271,20 +276,20 @@ def resolve_target(target: str, opts: SweepOptions) -> Target:
     return Target(config, run.key, run_dir(opts.results, run.key) / CHECKPOINT, label)
 
 
-def excitation_report(target: str, opts: SweepOptions, out: Path, classes: list[int] | None) -> list[Path]:
+def excitation_report(target: StudySpec | str, opts: ReadOptions, out: Path, classes: list[int] | None) -> list[Path]:
     """`senet-ablate excitation RUN_ID_OR_STUDY`: Figs. 6-7, the η²-and-saturation figure and the per-block CSV
     of one trained model.
 
     Args:
-        target: an MLflow run id of a trial, or a study (name or YAML path) whose reference trial's first seed
-            is analysed.
+        target: an MLflow run id of a trial, or a loaded study (see `names_a_study`) whose reference trial's
+            first seed is analysed.
         opts: the results folder holding `runs/<trial key>/checkpoint.pt`, the stores, and the `--set` values the
             study was swept with (they change its trial keys).
         out: where the figures and the CSV go.
         classes: class indices to draw; None = the first four.
 
     Raises:
-        SenetError: an unknown study or run, a missing checkpoint, a model without SE, a bad class index.
+        SenetError: an unknown run, a missing checkpoint, a model without SE, a bad class index.
     """
     resolved = resolve_target(target, opts)
     model, loader, num_classes = load_model(resolved)

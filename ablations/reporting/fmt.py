@@ -1,13 +1,16 @@
-"""How a report prints numbers, one home for the markdown and the LaTeX: fixed decimals (`stats.DIGITS`, the ones
-verdicts judge), a dash for nothing, no sign on a value that prints as zero."""
+"""How numbers are printed, one home for the report's markdown and LaTeX and the table after a sweep: fixed decimals
+(`stats.DIGITS`, the ones verdicts judge), a dash for nothing, no sign on a value that prints as zero."""
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ablations.reporting.stats import DIGITS, Rate, Summary
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DASH = "—"
 
@@ -34,6 +37,16 @@ def mean_sd_ci(s: Summary) -> str:
     if s.n == 1:
         return f"{num(s.mean)} (n = 1)"
     return f"{num(s.mean)} ± {num(s.std)} [{num(s.lo)}, {num(s.hi)}]"
+
+
+def mean_std(values: pd.Series) -> str:
+    """`mean ± std` over seeds at two decimals (pandas' mean and sample std), `x (1 seed)` for one, a dash for none:
+    the table printed after a sweep."""
+    if values.empty:
+        return DASH
+    if len(values) == 1:
+        return f"{values.iloc[0]:.2f} (1 seed)"
+    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
 
 
 def delta(s: Summary) -> str:

@@ -36,7 +36,7 @@ def levels_frame(analysis: Analysis) -> pd.DataFrame:
         for r in t.rows:
             lv = r.level
             row: dict[str, Any] = {"study": t.factor.study.name, "factor": t.factor.name, "level": lv.label,
-                                   "config_hash": lv.config.config_hash(), "reference": lv.is_reference,
+                                   "config_hash": lv.config_hash, "reference": lv.is_reference,
                                    "baseline": lv.is_baseline, "seeds": len(lv.cells)}  # fmt: skip
             row |= {s: lv.count(s) for s in STATES}
             row |= _summary(TOP1, r.top1) | _summary(TOP5, r.top5) | _summary(VAL1, r.val1)

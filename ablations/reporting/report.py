@@ -21,7 +21,7 @@ from ablations.reporting.paper_match import TOP1
 from ablations.reporting.results import gather
 from ablations.study.spec import StudySpec
 from ablations.study.trials import Trial
-from ablations.sweep.runner import SweepOptions, study_status
+from ablations.sweep.status import ReadOptions, study_status
 from ablations.tracking import open_store, tracking_uri
 
 REPORTS = Path("reports")
@@ -86,27 +86,30 @@ def _excitation(spec: StudySpec, trials: list[Trial], results: Path, out: Path) 
     return excitation_markdown.section(ex, target.label, target.key, excitation.PER_CLASS), paths
 
 
-def write_report(study: str, opts: SweepOptions, out: Path | None = None) -> Path:
+def write_report(spec: StudySpec, opts: ReadOptions, out: Path | None = None, named: str | None = None) -> Path:
     """`senet-ablate report STUDY`: write the report's files and log them to the study's parent run.
 
     Args:
-        study: a shipped study name or a path to a YAML spec.
+        spec: the study, loaded (its includes with it).
         opts: the sweep's results folder, stores and `--set` overrides (they change its trials), and `device`
             (what `auto` resolved to; default: as the ledger recorded it).
         out: the report folder; default `reports/<study>/`.
+        named: the study as the command line named it (a name or a path), for the hint; default its name.
 
     Returns:
         The path of the README.
 
     Raises:
-        SenetError: an unknown study, an unreachable tracking store, or no runs of the study in it.
+        SenetError: an unreachable tracking store, or no runs of the study in it.
     """
-    spec, trials, statuses = study_status(study, opts)
+    trials, statuses = study_status(spec, opts)
     uri = tracking_uri(opts.tracking_uri, opts.results)
     tracker = open_store(uri, opts.results)
     runs = tracker.trial_runs({t.key for t in trials})
     if not runs and not any(s.known for s in statuses):  # a sweep that has only queued its trials still renders
-        raise SenetError(f"report: no runs of study {spec.name!r} in {uri}; run `senet-ablate sweep {study}` first")
+        raise SenetError(
+            f"report: no runs of study {spec.name!r} in {uri}; run `senet-ablate sweep {named or spec.name}` first"
+        )
     analysis = analyse(gather(spec, statuses, runs, tracker))
     out = out if out is not None else REPORTS / spec.name
     out.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,7 @@ class Level:
 
     label: str
     config: RunConfig  # the level's configuration (seed-linked data seed as SEED_LINKED)
+    config_hash: str  # its trials' `Trial.config_hash`, the level's identity
     cells: list[Cell]
     paper: PaperRow | None = None
     paper_note: str = ""  # where a borrowed paper row comes from, e.g. "Table 10"
@@ -199,7 +200,7 @@ def gather(spec: StudySpec, statuses: list[TrialStatus], runs: list[TrialRun], t
                 finished = next((a for a in attempts if a.status == "FINISHED"), None)
                 cells.append(_cell(t, finished, attempts, by_status.get(t.key)))
             config = _level_config(group[0], study)
-            level = Level(_short(group[0].label, study), config, cells)
+            level = Level(_short(group[0].label, study), config, digest, cells)
             level.paper = paper_match(config, study.varied_keys(), rows)
             if level.paper is not None and level.paper.table not in tables:
                 level.paper_note = level.paper.table

@@ -1,12 +1,16 @@
-"""The plain per-configuration table printed after a sweep: its finished runs, mean ± std over seeds."""
+"""What `sweep` and `worker` print when they end: the trials' states, the failed ones, and the plain
+per-configuration table of the finished runs, mean ± std over seeds."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
 import pandas as pd
 
-from ablations.tracking import TrialRun
+from ablations.reporting.fmt import DASH, mean_std
+from ablations.sweep.status import TrialStatus, summary_line
+from ablations.tracking import Tracker, TrialRun, tracking_uri
 
 COLUMNS = ["config", "seeds", "diverged", "test top-1 err %", "val top-1 err %", "time/run s"]
 
@@ -33,17 +37,19 @@ def summary_table(runs: list[TrialRun]) -> pd.DataFrame:
                 "config": label,
                 "seeds": len(ok),
                 "diverged": sum(r.outcome == "diverged" for r in group),
-                "test top-1 err %": _pm(pd.Series([r.metrics.get("test_top1_err") for r in ok], dtype=float)),
-                "val top-1 err %": _pm(pd.Series([r.metrics.get("final_val_top1_err") for r in ok], dtype=float)),
-                "time/run s": f"{time.mean():.0f}" if len(ok) else "—",
+                "test top-1 err %": mean_std(pd.Series([r.metrics.get("test_top1_err") for r in ok], dtype=float)),
+                "val top-1 err %": mean_std(pd.Series([r.metrics.get("final_val_top1_err") for r in ok], dtype=float)),
+                "time/run s": f"{time.mean():.0f}" if len(ok) else DASH,
             }
         )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _pm(values: pd.Series) -> str:
-    if values.empty:
-        return "—"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.2f} (1 seed)"
-    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
+def print_summary(statuses: list[TrialStatus], uri: str | None, results: Path) -> None:
+    """The trials' states in one line, each failed trial with its reason, and the table of their finished runs."""
+    print(summary_line(statuses))
+    for s in statuses:
+        if s.state == "failed":
+            print(f"  failed: {s.trial.label} seed {s.trial.seed}: {s.reason}")
+    tracker = Tracker(tracking_uri(uri, results), results)
+    print(summary_table(tracker.trial_runs({s.trial.key for s in statuses}, status="FINISHED")).to_string(index=False))

@@ -16,6 +16,8 @@ from ablations.study.spec import DATA_SEED, SEED_LINKED, Point, StudySpec, check
 if TYPE_CHECKING:
     import pandas as pd
 
+MAX_TRIALS = 100_000  # trials one sweep may expand to
+
 
 @dataclass(frozen=True)
 class Trial:
@@ -120,6 +122,18 @@ def expand(
             raise SenetError(f"{study.where}: reference: {shown} matches no trial; name one of its levels, e.g. "
                              f"reference: {{{example}}}")  # fmt: skip
     return list(trials.values())
+
+
+def plan_trials(spec: StudySpec, overrides: dict[str, Any], host: Host) -> list[Trial]:
+    """The trials a sweep of `spec` runs (and the read side reads back), `auto` resolved for `host`.
+
+    Raises:
+        SenetError: what `expand` refuses, or more than MAX_TRIALS trials.
+    """
+    trials = expand(spec, overrides, host=host)
+    if len(trials) > MAX_TRIALS:
+        raise SenetError(f"{spec.where}: {len(trials)} trials; allowed: at most {MAX_TRIALS} in one sweep")
+    return trials
 
 
 def with_data_seed(config: RunConfig, data_seed: int) -> RunConfig:

@@ -27,22 +27,20 @@ from optuna.trial import TrialState
 
 from ablations.config import Host
 from ablations.errors import SenetError
-from ablations.paths import RESULTS, STORAGE_ENV, TRACKING_ENV, ledger_file
-from ablations.study.load import load_spec
+from ablations.paths import RESULTS, STORAGE_ENV, TRACKING_ENV
 from ablations.study.spec import StudySpec
-from ablations.study.trials import Trial, expand
+from ablations.study.trials import Trial, plan_trials
 from ablations.sweep.ledger import CONNECT_S, Ledger, check_storage, is_journal, pid_alive
 from ablations.sweep.manifest import Manifest
 from ablations.sweep.progress import Progress
 from ablations.sweep.reconcile import Reconciler, end_runs, repair
 from ablations.sweep.slots import Slot, auto_per_gpu, cpu_threads, live_workers, log_path, worker_env
-from ablations.sweep.status import TrialStatus, statuses, ticket_of
+from ablations.sweep.status import TrialStatus, ledger_url, statuses, ticket_of
 from ablations.sweep.worker import EXIT_DONE, EXIT_RECYCLE, EXIT_STOPPED
 from ablations.tracking import Tag, Tracker, code_version, tracking_uri
 
 POLL_S = 1.0  # seconds between the controller's passes
 RESPAWNS = 3  # a slot whose worker dies this many times in a row without finishing a trial is given up
-MAX_TRIALS = 100_000  # trials one sweep may expand to
 
 
 @dataclass
@@ -61,11 +59,10 @@ class SweepOptions:
     progress: bool = True
     recycle_after: int = 50  # trials per worker process before it is replaced (1 = a fresh process per trial)
     max_rss_mb: float | None = None  # a worker past this resident memory is replaced after its trial
-    device: str | None = None  # what `auto` resolved to for reading a sweep back (status, report); None = ask
 
     @property
     def storage_url(self) -> str:
-        return self.storage or str(ledger_file(self.results))
+        return ledger_url(self.storage, self.results)
 
     def slots(self) -> list[Slot]:
         if self.gpus:
@@ -120,13 +117,6 @@ def check_host(trials: list[Trial], host: Host) -> None:
             f"train.device: 'cuda' requested ({wanting[0].label}, and {len(wanting) - 1} more) but this host has no "
             "CUDA device; allowed here: auto, cpu (or run the sweep on a GPU host)"
         )
-
-
-def plan_trials(spec: StudySpec, opts: SweepOptions, host: Host) -> list[Trial]:
-    trials = expand(spec, opts.overrides, host=host)
-    if len(trials) > MAX_TRIALS:
-        raise SenetError(f"{spec.where}: {len(trials)} trials; allowed: at most {MAX_TRIALS} in one sweep")
-    return trials
 
 
 class Sweep:
@@ -296,15 +286,14 @@ def _install_signals(sweep: Sweep) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def run(study: str, opts: SweepOptions, create: bool = True) -> tuple[int, list[TrialStatus]]:
-    """`sweep` (create=True) and `worker` (create=False: join a sweep whose parent run exists).
+def run(spec: StudySpec, opts: SweepOptions, create: bool = True) -> tuple[int, list[TrialStatus]]:
+    """`sweep` (create=True) and `worker` (create=False: join a sweep whose parent run exists) of a loaded study.
 
     Raises:
         SenetError: bad input, an unreachable store, no sweep to join; before anything is written.
     """
-    spec = load_spec(study)
     host = Host.here()
-    trials = plan_trials(spec, opts, host)
+    trials = plan_trials(spec, opts.overrides, host)
     check_host(trials, host)
     stores = Stores.open(opts)
     if create:
@@ -324,22 +313,3 @@ def run(study: str, opts: SweepOptions, create: bool = True) -> tuple[int, list[
     if create:
         stores.tracker.finish_parent(parent, code == 0)
     return code, sweep.statuses
-
-
-def study_status(study: str, opts: SweepOptions) -> tuple[StudySpec, list[Trial], list[TrialStatus]]:
-    """A study's trials and where each stands, read from the ledger without changing it.
-
-    `auto` settings resolve as the study's last sweep resolved them (recorded in the ledger), unless
-    `opts.device` says otherwise; with no ledger yet, for this host.
-    """
-    spec = load_spec(study)
-    url = opts.storage_url
-    check_storage(url)
-    if is_journal(url) and not Path(url.removeprefix("journal://")).exists():
-        trials = plan_trials(spec, opts, Host(opts.device) if opts.device else Host.here())  # type: ignore[arg-type]
-        return spec, trials, statuses(trials, [], opts.max_retries)
-    ledger = Ledger.open(url, patience=CONNECT_S)
-    device = opts.device or ledger.note(spec.name).get("device")
-    trials = plan_trials(spec, opts, Host(device) if device else Host.here())
-    keys = {t.key for t in trials}
-    return spec, trials, statuses(trials, [a for a in ledger.attempts() if a.key in keys], opts.max_retries)

@@ -16,12 +16,17 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from optuna.trial import TrialState
 
-from ablations.study.trials import Trial
-from ablations.sweep.ledger import Attempt, Ticket
+from ablations.config import Host
+from ablations.paths import RESULTS, ledger_file
+from ablations.study.spec import StudySpec
+from ablations.study.trials import Trial, plan_trials
+from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, Ticket, check_storage, is_journal
 
 COUNTED = ("crash", "oom")  # failures that use up a retry
 FINAL = ("config",)  # failures that end the trial at once
@@ -113,3 +118,43 @@ def counts(found: Iterable[TrialStatus]) -> Counter[str]:
 def summary_line(found: Iterable[TrialStatus]) -> str:
     c = counts(found)
     return ", ".join(f"{c.get(k, 0)} {k}" for k in STATES)
+
+
+def ledger_url(storage: str | None, results: Path) -> str:
+    """The ledger's URL: `storage` (`--storage`), else the journal file in the results folder."""
+    return storage or str(ledger_file(results))
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """Where a sweep is read back from (`status`, `report`, `excitation`) and how its trials were spelled."""
+
+    results: Path = RESULTS
+    storage: str | None = None  # ledger URL; default: journal file under results
+    tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite in results
+    overrides: dict[str, Any] = field(default_factory=dict)  # the sweep's `--set` values (they change its trials)
+    device: str | None = None  # what `auto` resolved to in the sweep; None = as the ledger recorded it
+    max_retries: int = 1  # failed attempts a trial may have before it counts as failed
+
+    @property
+    def storage_url(self) -> str:
+        return ledger_url(self.storage, self.results)
+
+
+def study_status(spec: StudySpec, opts: ReadOptions) -> tuple[list[Trial], list[TrialStatus]]:
+    """A study's trials and where each stands, read from the ledger without changing it: the read side of
+    `status`, `report` and `excitation`.
+
+    `auto` settings resolve as the study's last sweep resolved them (recorded in the ledger), unless
+    `opts.device` says otherwise; with no ledger yet, for this host.
+    """
+    url = opts.storage_url
+    check_storage(url)
+    if is_journal(url) and not Path(url.removeprefix("journal://")).exists():
+        trials = plan_trials(spec, opts.overrides, Host(opts.device) if opts.device else Host.here())  # type: ignore[arg-type]
+        return trials, statuses(trials, [], opts.max_retries)
+    ledger = Ledger.open(url, patience=CONNECT_S)
+    device = opts.device or ledger.note(spec.name).get("device")
+    trials = plan_trials(spec, opts.overrides, Host(device) if device else Host.here())
+    keys = {t.key for t in trials}
+    return trials, statuses(trials, [a for a in ledger.attempts() if a.key in keys], opts.max_retries)

@@ -22,7 +22,7 @@ from ablations.reporting.gate_stats import block_stats, class_share, eta_squared
 from ablations.reporting.paper_match import paper_blocks
 from ablations.study.load import load_spec
 from ablations.study.trials import expand
-from ablations.sweep.runner import SweepOptions
+from ablations.sweep.status import ReadOptions
 from ablations.training.engine import train
 from senet_core import SEBlock, build_model, se_blocks
 from tests._support.configs import write_spec
@@ -170,7 +170,7 @@ def test_analysis_gives_one_curve_per_class_and_block_and_statistics_for_every_b
 
 def test_excitation_report_from_a_study(trained, tmp_path):
     path, results, _, _ = trained
-    paths = excitation_report(str(path), SweepOptions(results=results), tmp_path, [1, 3])
+    paths = excitation_report(load_spec(path), ReadOptions(results=results), tmp_path, [1, 3])
     names = [p.name for p in paths]
     assert names == ["excitation_profiles.png", "excitation_spread.png", "excitation_eta2.png",
                      "excitation_blocks.csv"]  # fmt: skip
@@ -183,8 +183,8 @@ def test_excitation_report_from_a_study(trained, tmp_path):
 def test_user_errors(trained, tmp_path):
     path, results, _, _ = trained
     with pytest.raises(SenetError, match="--classes: 7 is not a class; allowed: 0..3"):
-        excitation_report(str(path), SweepOptions(results=results), tmp_path, [7])
+        excitation_report(load_spec(path), ReadOptions(results=results), tmp_path, [7])
     with pytest.raises(SenetError, match="no checkpoint"):
-        excitation_report(str(path), SweepOptions(results=tmp_path), tmp_path, None)
+        excitation_report(load_spec(path), ReadOptions(results=tmp_path), tmp_path, None)
     with pytest.raises(SenetError, match="no tracking store"):
-        excitation_report("0123abcd", SweepOptions(results=tmp_path), tmp_path, None)
+        excitation_report("0123abcd", ReadOptions(results=tmp_path), tmp_path, None)

@@ -21,7 +21,7 @@ from ablations.reporting.results import gather
 from ablations.reporting.stats import summarize
 from ablations.study.load import load_spec
 from ablations.study.trials import expand
-from ablations.sweep.runner import SweepOptions, study_status
+from ablations.sweep.status import ReadOptions, study_status
 from ablations.tracking import Tracker
 from ablations.training.engine import train
 from tests._support.configs import write_spec
@@ -95,7 +95,7 @@ def store(tmp_path_factory):
 def report(store, tmp_path_factory):
     path, results, _, _ = store
     out = tmp_path_factory.mktemp("out")
-    readme = write_report(str(path), SweepOptions(results=results), out=out)
+    readme = write_report(load_spec(path), ReadOptions(results=results), out=out)
     return readme, readme.read_text(), pd.read_csv(out / "summary.csv").set_index("level")
 
 
@@ -218,7 +218,8 @@ def test_latex_tables_are_booktabs(report):
 
 def test_forest_plot_shows_every_level_and_the_paper_on_its_own_axis(store, report):
     path, results, tracker, _ = store
-    spec, trials, statuses = study_status(str(path), SweepOptions(results=results))
+    spec = load_spec(path)
+    trials, statuses = study_status(spec, ReadOptions(results=results))
     rows = forest_frame(analyse(gather(spec, statuses, tracker.trial_runs({t.key for t in trials}), tracker)))
     assert rows["level"].tolist() == ["sigmoid", "tanh", "relu", "no SE"]
     assert rows["reference"].tolist() == [True, False, False, False]
@@ -277,7 +278,7 @@ def test_report_is_deterministic_and_logged_to_the_parent(store, report):
     pngs = {p.name: p.read_bytes() for p in out.glob("*.png")}
     assert set(pngs) == {"overview_forest.png", *(f"tiny_gate_{k}.png" for k in ("cost", "curves", "seeds"))}
     assert all(b.startswith(PNG) for b in pngs.values())
-    again = write_report(str(path), SweepOptions(results=results), out=out)
+    again = write_report(load_spec(path), ReadOptions(results=results), out=out)
     assert again.read_bytes() == first.encode()
     assert {n: (out / n).read_bytes() for n in names} == files
     assert {p.name: p.read_bytes() for p in out.glob("*.png")} == pngs
@@ -312,11 +313,11 @@ def test_table4_rows_match_by_backbone():
 def test_user_errors_are_one_line(store, tmp_path):
     path, results, _, _ = store
     with pytest.raises(SenetError, match="'no_such_study' is not a study"):
-        write_report("no_such_study", SweepOptions(results=results), out=tmp_path)
+        write_report(load_spec("no_such_study"), ReadOptions(results=results), out=tmp_path)
     with pytest.raises(SenetError, match="no tracking store at"):
-        write_report(str(path), SweepOptions(results=tmp_path / "empty"), out=tmp_path)
+        write_report(load_spec(path), ReadOptions(results=tmp_path / "empty"), out=tmp_path)
     with pytest.raises(SenetError, match="no runs of study 'tiny_gate'"):
-        write_report(str(path), SweepOptions(results=results, overrides={"train.epochs": 3}), out=tmp_path)
+        write_report(load_spec(path), ReadOptions(results=results, overrides={"train.epochs": 3}), out=tmp_path)
 
 
 def test_report_draws_the_role_of_excitation_of_the_reference_model(store, tmp_path):
@@ -325,9 +326,9 @@ def test_report_draws_the_role_of_excitation_of_the_reference_model(store, tmp_p
     reference = next(t for t in expand(load_spec(path)) if t.label == "se.excitation=sigmoid" and t.seed == 0)
     checkpoints = tmp_path / "results"  # beside the store, so the other tests' report stays without excitation
     train(reference.config, checkpoints / "runs" / reference.key, log=lambda _: None)
-    opts = SweepOptions(results=checkpoints, tracking_uri=tracker.uri)
+    opts = ReadOptions(results=checkpoints, tracking_uri=tracker.uri)
     out = tmp_path / "out"
-    md = write_report(str(path), opts, out=out).read_text()
+    md = write_report(load_spec(path), opts, out=out).read_text()
     assert "Reference model `tiny_gate: se.excitation=sigmoid, seed 0`" in md
     assert "| SE_2_1 |" in md and "| SE_4_3 |" in md and "Median η² against depth: Spearman ρ =" in md
     assert "| SE_4_6 | the last block of the third residual stage | `SE_4_3` |" in md

@@ -1,15 +1,18 @@
 """The report's statistics against hand-computed values and direct enumerations: t-intervals, paired differences
-and each verdict rule, Holm, power, Wilson rates, exact permutation p-values, ties and signs."""
+and each verdict rule, Holm, power, Wilson rates, exact permutation p-values, ties and signs; the post-sweep mean ± std
+cell."""
 
 import itertools
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats as sp
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
+from ablations.reporting.fmt import mean_std
 from ablations.reporting.stats import (
     IDENTICAL,
     INCONCLUSIVE,
@@ -201,3 +204,10 @@ def test_ties_are_shown_as_ties_and_signs_judged_as_printed():
     assert sign_agreement(2.5, 0.72) == "same" and sign_agreement(-0.3, 0.72) == "opposite"
     assert sign_agreement(0.004, 0.72) == "tie" and sign_agreement(1.0, 0.0) == "tie"
     assert sign_agreement(math.nan, 1.0) == ""
+
+
+def test_mean_std_prints_the_post_sweep_summary_cells():
+    assert mean_std(pd.Series([], dtype=float)) == "—"
+    assert mean_std(pd.Series([12.345], dtype=float)) == "12.35 (1 seed)"
+    assert mean_std(pd.Series([10.0, 12.0, 14.0], dtype=float)) == "12.00 ± 2.00"
+    assert mean_std(pd.Series([10.0, None, 14.0], dtype=float)) == "12.00 ± 2.83"  # a missing metric is skipped

@@ -1,10 +1,14 @@
-"""Where a trial stands: the one set of rules the reconciler and `status` share."""
+"""Where a trial stands: the one set of rules the reconciler and `status` share, and the read side on them."""
 
 import pytest
 from optuna.trial import TrialState
 
+from ablations.config import Host
+from ablations.paths import ledger_file
+from ablations.study.load import load_spec
+from ablations.study.trials import expand
 from ablations.sweep.ledger import Attempt, Ticket
-from ablations.sweep.status import classify_attempts
+from ablations.sweep.status import ReadOptions, classify_attempts, study_status
 
 T = Ticket("0123456789ab-s0", {}, "0123456789ab", 0, "x", {}, ["s"])
 W, R, C, F = TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.FAIL
@@ -31,3 +35,18 @@ def attempts(*story):
 )
 def test_classify(story, max_retries, state):
     assert classify_attempts(attempts(*story), max_retries) == state
+
+
+def test_read_options_name_the_ledger_of_the_results_folder(tmp_path):
+    assert ReadOptions(results=tmp_path).storage_url == str(ledger_file(tmp_path))
+    assert ReadOptions(results=tmp_path, storage="sqlite:///x.db").storage_url == "sqlite:///x.db"
+
+
+def test_a_study_without_a_ledger_reads_as_pending_and_nothing_is_written(tmp_path):
+    spec = load_spec("demo")
+    trials, found = study_status(spec, ReadOptions(results=tmp_path, device="cpu"))
+    assert [t.key for t in trials] == [t.key for t in expand(spec, host=Host("cpu"))] and [
+        s.trial for s in found
+    ] == trials
+    assert {s.state for s in found} == {"pending"} and not any(s.known for s in found)
+    assert not tmp_path.exists() or not list(tmp_path.iterdir())

@@ -1,0 +1,84 @@
+"""`senet-ablate server` and `ui`: an MLflow tracking server or UI in its own process group, taken down with us."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from ablations.urls import DATABASES, check_url, redact, with_driver
+
+
+def tracking_server(
+    backend_store_uri: str | None, artifacts_destination: str | None, results: Path, host: str, port: int, workers: int
+) -> int:
+    """An MLflow tracking server for many hosts; the database URL goes to it by environment, never on its command
+    line (default: $MLFLOW_BACKEND_STORE_URI, else sqlite in `results`)."""
+    env = dict(os.environ)
+    backend = backend_store_uri or env.get("MLFLOW_BACKEND_STORE_URI")
+    if backend:
+        check_url(backend, "--backend-store-uri", DATABASES)
+        backend = with_driver(backend, "--backend-store-uri")
+    else:
+        results.mkdir(parents=True, exist_ok=True)
+        backend = f"sqlite:///{results.resolve() / 'mlflow.db'}"
+    env["MLFLOW_BACKEND_STORE_URI"] = backend  # passed by environment, never on the command line
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # its GenAI job runners: 7 idle processes
+    artifacts = artifacts_destination or (results.resolve() / "artifacts").as_uri()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers",
+           str(workers), "--artifacts-destination", artifacts]  # fmt: skip
+    print(f"MLflow tracking server on http://{host}:{port} ({redact(backend)}), artifacts in {artifacts} "
+          "(Ctrl-C to stop)", flush=True)  # fmt: skip
+    return serve(cmd, env)
+
+
+def ui(uri: str | None, results: Path, host: str, port: int, workers: int) -> int:
+    """The MLflow UI on the results folder's store (or `uri`), with a link to each study's runs table."""
+    from ablations.tracking import Tracker, sqlite_path, tracking_uri  # torch and MLflow: not for `server`
+
+    uri = tracking_uri(uri, results)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port",
+           str(port), "--workers", str(workers)]  # fmt: skip
+    if uri.startswith("sqlite:"):
+        cmd += ["--default-artifact-root", (results.resolve() / "artifacts").as_uri()]
+    base = f"http://{host}:{port}"
+    print(f"MLflow UI on {base} (Ctrl-C to stop)")
+    store = sqlite_path(uri)
+    if store is None or store.is_file():
+        # MLflow 3 opens an experiment on its GenAI overview, empty for training runs: link the runs tables.
+        with contextlib.suppress(Exception):
+            for study, exp in sorted(Tracker(uri, results).studies().items()):
+                print(f"  {study}: {base}/#/experiments/{exp}/runs")
+    sys.stdout.flush()
+    return serve(cmd, dict(os.environ))
+
+
+def serve(cmd: list[str], env: dict[str, str]) -> int:
+    """Run an MLflow server in its own process group and take the whole group down with us: on Ctrl-C, SIGTERM or
+    SIGHUP, and (through the parent-death signal) when we are killed outright."""
+
+    def die_with_parent() -> None:
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=die_with_parent)
+
+    def stop(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+    try:
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            stop(signal.SIGTERM, None)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group (uvicorn workers)
