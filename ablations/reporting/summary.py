@@ -6,6 +6,7 @@ from collections import defaultdict
 
 import pandas as pd
 
+from ablations.outcomes import Ending, RunStatus
 from ablations.tracking import TrialRun
 
 COLUMNS = ["config", "seeds", "diverged", "test top-1 err %", "val top-1 err %", "time/run s"]
@@ -18,7 +19,7 @@ def summary_table(runs: list[TrialRun]) -> pd.DataFrame:
     """
     first: dict[str, TrialRun] = {}
     for run in sorted(runs, key=lambda r: (r.start_ms, r.run_id)):
-        if run.status == "FINISHED":
+        if run.status == RunStatus.FINISHED:
             first.setdefault(run.key, run)
     by_label: dict[str, list[TrialRun]] = defaultdict(list)
     for run in first.values():
@@ -26,13 +27,13 @@ def summary_table(runs: list[TrialRun]) -> pd.DataFrame:
     rows = []
     for label in sorted(by_label):
         group = by_label[label]
-        ok = [r for r in group if r.outcome == "finished"]
+        ok = [r for r in group if r.outcome == Ending.FINISHED]
         time = pd.Series([r.metrics.get("train_time_s") for r in ok], dtype=float)
         rows.append(
             {
                 "config": label,
                 "seeds": len(ok),
-                "diverged": sum(r.outcome == "diverged" for r in group),
+                "diverged": sum(r.outcome == Ending.DIVERGED for r in group),
                 "test top-1 err %": _pm(pd.Series([r.metrics.get("test_top1_err") for r in ok], dtype=float)),
                 "val top-1 err %": _pm(pd.Series([r.metrics.get("final_val_top1_err") for r in ok], dtype=float)),
                 "time/run s": f"{time.mean():.0f}" if len(ok) else "—",

@@ -20,12 +20,9 @@ from dataclasses import dataclass
 
 from optuna.trial import TrialState
 
+from ablations.outcomes import Ending, Standing
 from ablations.study.trials import Trial
 from ablations.sweep.ledger import Attempt, Ticket
-
-COUNTED = ("crash", "oom")  # failures that use up a retry
-FINAL = ("config",)  # failures that end the trial at once
-STATES = ("done", "running", "failed", "pending")
 
 
 @dataclass(frozen=True)
@@ -42,8 +39,8 @@ class TrialStatus:
     """
 
     trial: Trial
-    state: str
-    outcome: str = ""
+    state: Standing
+    outcome: Ending | None = None
     attempts: int = 0
     failures: int = 0
     reason: str = ""
@@ -57,19 +54,19 @@ def by_key(attempts: Iterable[Attempt]) -> dict[str, list[Attempt]]:
     return out
 
 
-def classify_attempts(attempts: list[Attempt], max_retries: int) -> str:
+def classify_attempts(attempts: list[Attempt], max_retries: int) -> Standing:
     """done / running / failed / pending, from one trial's attempts (oldest first) and the retry budget."""
     states = {a.state for a in attempts}
     if TrialState.COMPLETE in states:
-        return "done"
+        return Standing.DONE
     if TrialState.RUNNING in states:
-        return "running"
+        return Standing.RUNNING
     if TrialState.WAITING in states:
-        return "pending"
-    failed = [a for a in attempts if a.state == TrialState.FAIL]
-    if any(a.kind in FINAL for a in failed) or sum(a.kind in COUNTED for a in failed) > max_retries:
-        return "failed"
-    return "pending"
+        return Standing.PENDING
+    kinds = [a.kind for a in attempts if a.state == TrialState.FAIL and a.kind is not None]
+    if any(k.final for k in kinds) or sum(k.uses_retry for k in kinds) > max_retries:
+        return Standing.FAILED
+    return Standing.PENDING
 
 
 def classify(trial: Trial, attempts: list[Attempt], max_retries: int) -> TrialStatus:
@@ -80,9 +77,9 @@ def classify(trial: Trial, attempts: list[Attempt], max_retries: int) -> TrialSt
     return TrialStatus(
         trial,
         classify_attempts(attempts, max_retries),
-        outcome=(done.outcome or "finished") if done else "",
+        outcome=(done.outcome or Ending.FINISHED) if done else None,
         attempts=len(attempts),
-        failures=sum(a.kind in COUNTED for a in failed),
+        failures=sum(a.kind is not None and a.kind.uses_retry for a in failed),
         reason=f"{last.kind}: {last.reason}" if last else "",
         known=bool(attempts),
     )
@@ -106,10 +103,10 @@ def statuses(trials: list[Trial], attempts: list[Attempt], max_retries: int) -> 
     return [classify(t, grouped.get(t.key, []), max_retries) for t in trials]
 
 
-def counts(found: Iterable[TrialStatus]) -> Counter[str]:
+def counts(found: Iterable[TrialStatus]) -> Counter[Standing]:
     return Counter(s.state for s in found)
 
 
 def summary_line(found: Iterable[TrialStatus]) -> str:
     c = counts(found)
-    return ", ".join(f"{c.get(k, 0)} {k}" for k in STATES)
+    return ", ".join(f"{c.get(k, 0)} {k}" for k in Standing)

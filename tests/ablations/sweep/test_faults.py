@@ -35,7 +35,8 @@ from ablations.cli import main
 from ablations.study.load import load_spec
 from ablations.study.trials import expand
 from ablations.sweep.ledger import Ledger, Owner
-from ablations.sweep.reconcile import Reconciler, end_runs, repair
+from ablations.sweep.reconcile import Reconciler
+from ablations.sweep.repair import end_runs, repair
 from ablations.sweep.status import ticket_of
 from ablations.sweep.worker import Worker
 from ablations.tracking import Tracker
