@@ -280,6 +280,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from ablations.outcomes import Standing
     from ablations.study.load import load_spec
     from ablations.sweep.status import study_status, summary_line
 
@@ -287,7 +288,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     _, statuses = study_status(load_spec(args.study), opts)
     print(summary_line(statuses))
     for s in statuses:
-        extra = s.outcome if s.state == "done" else s.reason
+        extra = s.outcome if s.state == Standing.DONE else s.reason
         print(f"  {s.state:8s} {s.trial.label} seed {s.trial.seed} [{s.trial.key}] {extra}".rstrip())
     return 0
 

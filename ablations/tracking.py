@@ -2,9 +2,9 @@
 
 The Tracker owns every MLflow name the project uses (experiment names, tag keys, the parent-run lookup), so
 the rest of the code reads typed `TrialRun` records instead of `tags.…` strings. Workers talk to MLflow with
-explicit run ids (no global active run) through a `RunLog` that buffers and retries, so a locked SQLite file or
-a slow server delays a trial's logging but never fails the trial. The sweep ledger is the source of truth: a
-run is FINISHED only after the ledger accepted its trial's result, and the sweep repairs MLflow from the ledger.
+explicit run ids (no global active run), buffered and retried by `ablations.sweep.runlog`. The sweep ledger is the
+source of truth: a run is FINISHED only after the ledger accepted its trial's result, and the sweep repairs MLflow
+from the ledger.
 """
 
 from __future__ import annotations
@@ -13,15 +13,13 @@ import contextlib
 import json
 import os
 import platform
-import queue
 import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ablations.config import RunConfig, build_config, unflatten
 from ablations.errors import SenetError
+from ablations.outcomes import Ending, RunStatus
 from ablations.paths import TRACKING_ENV, artifacts_dir, mlflow_db, user_cache
 from ablations.urls import DATABASES, check_url, redact, scrub, with_driver
 
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
 
 EXPERIMENT_PREFIX = "senet-ablate/"
 MAX_PARAM = 6000  # MLflow 3 param value limit in characters
-RETRY_S = float(os.environ.get("SENET_ABLATE_TRACKING_RETRY_S", "300"))  # how long a worker rides out MLflow
 SCHEMES = ("http", "https", "databricks", *DATABASES)
 
 
@@ -69,8 +67,8 @@ class TrialRun:
     key: str
     seed: int
     label: str
-    status: str  # RUNNING / FINISHED / FAILED / KILLED
-    outcome: str  # finished / diverged for FINISHED runs, else ""
+    status: RunStatus
+    outcome: str  # the `Ending` tag of a FINISHED run (finished / diverged) as stored, else ""
     start_ms: int
     end_ms: int | None
     metrics: dict[str, float]
@@ -263,17 +261,13 @@ class Tracker:
         if run_id is None:
             all_tags = {Tag.ROLE: "parent", Tag.STUDY: study, Tag.NOTE: description, **tags}
             return self.client.create_run(self.experiment(study), run_name=study, tags=all_tags).info.run_id
-        self.client.update_run(run_id, status="RUNNING")
+        self.client.update_run(run_id, status=RunStatus.RUNNING.value)
         for k, v in tags.items():
             self.client.set_tag(run_id, k, v)
         return run_id
 
-    def parent_tag(self, study: str, name: str) -> str | None:
-        run_id = self.find_parent(study)
-        return self.client.get_run(run_id).data.tags.get(name) if run_id else None
-
     def finish_parent(self, run_id: str, ok: bool) -> None:
-        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+        self.client.set_terminated(run_id, (RunStatus.FINISHED if ok else RunStatus.FAILED).value)
 
     def log_files(self, run_id: str, paths: Iterable[Path], folder: str) -> None:
         for path in paths:
@@ -317,23 +311,23 @@ class Tracker:
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
         self.client.log_batch(run_id, metrics=batch)
 
-    def log_summary(self, run_id: str, summary: dict[str, float], outcome: str) -> None:
+    def log_summary(self, run_id: str, summary: dict[str, float], outcome: Ending) -> None:
         from mlflow.entities import Metric, RunTag
 
         now = _now_ms()
         metrics = [Metric(k, float(v), now, 0) for k, v in summary.items()]
-        self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(Tag.OUTCOME, outcome)])
+        self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(Tag.OUTCOME, Ending(outcome).value)])
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
 
-    def end(self, run_id: str, status: str, why: str | None = None) -> None:
+    def end(self, run_id: str, status: RunStatus, why: str | None = None) -> None:
         """FINISHED, FAILED or KILLED; `why` (for the latter two) goes into the ended_by tag."""
         if why:
             self.client.set_tag(run_id, Tag.ENDED_BY, why[:500])
-        self.client.set_terminated(run_id, status)
+        self.client.set_terminated(run_id, RunStatus(status).value)
 
-    def trial_runs(self, keys: Iterable[str] | None = None, status: str | None = None) -> list[TrialRun]:
+    def trial_runs(self, keys: Iterable[str] | None = None, status: RunStatus | None = None) -> list[TrialRun]:
         """Child runs of every senet-ablate experiment (optionally only of `keys`, only in `status`), oldest first."""
         wanted = set(keys) if keys is not None else None
         query = f"tags.`{Tag.ROLE}` = 'trial'" + (f" and attributes.status = '{status}'" if status else "")
@@ -395,7 +389,7 @@ def _trial_run(run: Run) -> TrialRun:
         key=tags.get(Tag.KEY, ""),
         seed=int(tags.get(Tag.SEED, "0")),
         label=tags.get(Tag.LABEL, ""),
-        status=run.info.status,
+        status=RunStatus(run.info.status),
         outcome=tags.get(Tag.OUTCOME, ""),
         start_ms=run.info.start_time or 0,
         end_ms=run.info.end_time,
@@ -413,58 +407,6 @@ def open_store(uri: str, results: Path) -> Tracker:
     tracker = Tracker(uri, results)
     tracker.check()
     return tracker
-
-
-class RunLog:
-    """Ordered MLflow writes on a background thread, each retried with back-off for up to `retry_s` seconds.
-
-    A worker hands its per-epoch metrics and text artifacts here and goes on training; `flush` waits until every
-    write went through (or gave up), so the summary that follows is written after them. A write that still fails
-    after `retry_s` is dropped with a note on stderr: the sweep repairs a trial's MLflow record from its
-    `result.json` later, so losing a tracking write never loses the trial.
-    """
-
-    def __init__(self, retry_s: float = RETRY_S, log: Callable[[str], None] | None = None) -> None:
-        self.retry_s = retry_s
-        self._log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-        self._queue: queue.Queue[Callable[[], object] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._drain, daemon=True, name="mlflow-log")
-        self._thread.start()
-
-    def submit(self, write: Callable[[], object]) -> None:
-        self._queue.put(write)
-
-    def flush(self) -> None:
-        self._queue.join()
-
-    def call(self, write: Callable[[], object]) -> bool:
-        """Run `write` now (in order after everything submitted), retrying; True when it went through."""
-        self.flush()
-        return retry(write, self.retry_s, self._log)
-
-    def _drain(self) -> None:
-        while True:
-            write = self._queue.get()
-            try:
-                if write is not None:
-                    retry(write, self.retry_s, self._log)
-            finally:
-                self._queue.task_done()
-
-
-def retry(write: Callable[[], object], retry_s: float, log: Callable[[str], None]) -> bool:
-    """Call `write` until it succeeds or `retry_s` seconds have passed; False (and a note) when it gave up."""
-    delay, deadline = 0.2, time.monotonic() + retry_s
-    while True:
-        try:
-            write()
-            return True
-        except Exception as err:  # locked SQLite, refused connection, a 5xx from the server
-            if time.monotonic() > deadline:
-                log(f"tracking: gave up on a write after {retry_s:.0f} s ({type(err).__name__}); repaired later")
-                return False
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
 
 
 def _now_ms() -> int:

@@ -63,11 +63,12 @@ def fixed_costs(results: Path, runs: list) -> list[float]:
     of one worker, minus the engine's time for the later trial (claim, MLflow run, checkpoints, result, ledger)."""
     from ablations.paths import ledger_file
     from ablations.sweep.ledger import Ledger
+    from ablations.tracking import Tag
 
     attempts = {str(a.trial_id): a for a in Ledger.open(str(ledger_file(results))).attempts()}
     by_worker: dict[int, list] = {}
     for run in runs:
-        owner = attempts[run.tags["senet.attempt_id"]].owner
+        owner = attempts[run.tags[Tag.ATTEMPT_ID]].owner
         by_worker.setdefault(owner.pid if owner else 0, []).append(run)
     costs = []
     for worker_runs in by_worker.values():

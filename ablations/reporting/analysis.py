@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ablations.outcomes import CellState
 from ablations.reporting.paper_match import TOP1, TOP5, paper_value
 from ablations.reporting.results import Factor, Level
 from ablations.reporting.stats import (
@@ -128,16 +129,17 @@ def _paper_delta(level: Level) -> float:
 
 def _at_chance(level: Level) -> Summary:
     chance = 100.0 * (1 - 1 / level.classes())
-    values = [v for c in level.cells if c.state == "finished" and (v := c.metric(TOP1)) is not None]
-    return summarize(values + [chance] * level.count("diverged"))
+    values = [v for c in level.cells if c.state == CellState.FINISHED and (v := c.metric(TOP1)) is not None]
+    return summarize(values + [chance] * level.count(CellState.DIVERGED))
 
 
 def _row(level: Level, comparison: Comparison | None) -> Row:
     delta = _paper_delta(level)
     ours = comparison.pair.diff.mean if comparison is not None and comparison.pair.diff.n else math.nan
-    results = level.count("diverged") + level.count("finished")
+    diverged = level.count(CellState.DIVERGED)
+    results = diverged + level.count(CellState.FINISHED)
     return Row(level, level.summary(TOP1), level.summary(TOP5), level.summary(VAL1), _at_chance(level),
-               wilson(level.count("diverged"), results), comparison, delta, sign_agreement(ours, delta))  # fmt: skip
+               wilson(diverged, results), comparison, delta, sign_agreement(ours, delta))  # fmt: skip
 
 
 def _table(factor: Factor, contrasts: dict[tuple[str, str], tuple[Level, Level, Comparison]]) -> Table:

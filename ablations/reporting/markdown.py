@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ablations.outcomes import CellState
 from ablations.reporting import fmt
 from ablations.reporting.analysis import CONTRAST, Analysis, Comparison, Table
 from ablations.reporting.fmt import DASH, num
@@ -75,7 +76,7 @@ def verdict(c: Comparison) -> str:
 
 
 def _seeds(level: Level) -> str:
-    text = f"{level.count('finished')}/{len(level.cells)}"
+    text = f"{level.count(CellState.FINISHED)}/{len(level.cells)}"
     extra = [f"{level.count(s)} {s}" for s in STATES[1:] if level.count(s)]
     return " · ".join([text, *extra])
 
@@ -173,7 +174,7 @@ def _section(t: Table, figs: dict[str, str]) -> list[str]:
                      num(lv.mean_metric("train_time_s"), 1), num(lv.wall_s(), 1),
                      num(p.params_m if p else None, 1), num(p.gflops if p else None, 2)])  # fmt: skip
     lines += table(header, rows)
-    left_out = [(lv, c) for lv in factor.levels for c in lv.cells if c.state != "finished"]
+    left_out = [(lv, c) for lv in factor.levels for c in lv.cells if c.state != CellState.FINISHED]
     if left_out:
         lines += ["", "Cells not in the means:", ""]
         lines += [f"- `{lv.label}` seed {c.trial.seed} (`{c.trial.key}`): {c.state}: {c.reason}" for lv, c in left_out]

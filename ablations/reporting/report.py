@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ablations.errors import SenetError
+from ablations.outcomes import CellState
 from ablations.reporting import excitation, excitation_markdown, figures
 from ablations.reporting.analysis import Analysis, Table, analyse
 from ablations.reporting.frames import forest_frame, levels_frame, tables_frame
@@ -50,7 +51,7 @@ def draw(table: Table, out: Path) -> dict[str, str]:
                         title=f"{name}: validation error per epoch (mean, 95% t-band over seeds)")),
         (f"{name}_seeds.png", f"test top-1 error of every seed, joined by seed; mean and 95% CI beside{cut}",
          figures.seeds(labels, [lv.values(TOP1) for lv in levels],
-                       [[c.trial.seed for c in lv.cells if c.state == "diverged"] for lv in levels], chance,
+                       [[c.trial.seed for c in lv.cells if c.state == CellState.DIVERGED] for lv in levels], chance,
                        ylabel=ERR, title=f"{name}: every seed (lines join a seed's runs)")),
     ]  # fmt: skip
     for file, _, fig in made:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ablations.config import RunConfig, build_config, cost, input_shape, unflatten
 from ablations.errors import SenetError
+from ablations.outcomes import CellState, RunStatus, Standing
 from ablations.paper import PaperRow
 from ablations.reporting.paper_match import paper_match, published, table_names
 from ablations.reporting.stats import Summary, summarize
@@ -20,7 +21,7 @@ from ablations.sweep.status import TrialStatus
 from ablations.tracking import Tracker, TrialRun
 
 NO_SE = {"se.enabled": False}
-STATES = ("finished", "diverged", "failed", "running", "pending")
+STATES = tuple(CellState)  # the order reports count cells in
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Cell:
     """
 
     trial: Trial
-    state: str
+    state: CellState
     run: TrialRun | None = None
     reason: str = ""
 
@@ -57,12 +58,13 @@ class Level:
 
     def values(self, metric: str) -> dict[int, float]:
         """Seed → metric of the finished cells."""
-        return {c.trial.seed: v for c in self.cells if c.state == "finished" and (v := c.metric(metric)) is not None}
+        finished = (c for c in self.cells if c.state == CellState.FINISHED)
+        return {c.trial.seed: v for c in finished if (v := c.metric(metric)) is not None}
 
     def summary(self, metric: str) -> Summary:
         return summarize([v for _, v in sorted(self.values(metric).items())])
 
-    def count(self, state: str) -> int:
+    def count(self, state: CellState) -> int:
         return sum(c.state == state for c in self.cells)
 
     def classes(self) -> int:
@@ -70,13 +72,13 @@ class Level:
         return input_shape(self.config)[2]
 
     def mean_metric(self, name: str) -> float:
-        values = [v for c in self.cells if c.state == "finished" and (v := c.metric(name)) is not None]
+        values = [v for c in self.cells if c.state == CellState.FINISHED and (v := c.metric(name)) is not None]
         return math.fsum(values) / len(values) if values else math.nan
 
     def wall_s(self) -> float:
         """Mean wall time of the finished runs (MLflow start to end), seconds."""
         spans = [(c.run.end_ms - c.run.start_ms) / 1000 for c in self.cells
-                 if c.state == "finished" and c.run and c.run.end_ms]  # fmt: skip
+                 if c.state == CellState.FINISHED and c.run and c.run.end_ms]  # fmt: skip
         return math.fsum(spans) / len(spans) if spans else math.nan
 
     def params_m(self) -> float:
@@ -140,21 +142,21 @@ def _short(label: str, study: StudySpec) -> str:
 
 def _cell(trial: Trial, finished: TrialRun | None, attempts: list[TrialRun], st: TrialStatus | None) -> Cell:
     if finished is not None:
-        outcome = finished.outcome or "finished"
+        outcome = CellState(finished.outcome or CellState.FINISHED)
         reason = ""
-        if outcome == "diverged":
+        if outcome == CellState.DIVERGED:
             epoch = finished.metrics.get("diverged_epoch")
             reason = f"diverged at epoch {int(epoch)}" if epoch is not None and not math.isnan(epoch) else "diverged"
         return Cell(trial, outcome, finished, reason)
-    ledger = st.state if st is not None else "pending"
+    ledger = st.state if st is not None else Standing.PENDING
     statuses = {a.status for a in attempts}
-    if ledger == "failed" or (ledger != "running" and "FAILED" in statuses):
+    if ledger == Standing.FAILED or (ledger != Standing.RUNNING and RunStatus.FAILED in statuses):
         reason = st.reason if st is not None and st.reason else "run FAILED (see its traceback.txt artifact)"
-        return Cell(trial, "failed", None, reason)
-    if ledger == "running" or "RUNNING" in statuses:
-        return Cell(trial, "running", None, "still running")
-    killed = sum(a.status == "KILLED" for a in attempts)
-    return Cell(trial, "pending", None, f"killed {killed}× and not resumed yet" if killed else "no run yet")
+        return Cell(trial, CellState.FAILED, None, reason)
+    if ledger == Standing.RUNNING or RunStatus.RUNNING in statuses:
+        return Cell(trial, CellState.RUNNING, None, "still running")
+    killed = sum(a.status == RunStatus.KILLED for a in attempts)
+    return Cell(trial, CellState.PENDING, None, f"killed {killed}× and not resumed yet" if killed else "no run yet")
 
 
 def _curve(tracker: Tracker, attempts: list[TrialRun]) -> dict[int, float]:
@@ -197,14 +199,14 @@ def gather(spec: StudySpec, statuses: list[TrialStatus], runs: list[TrialRun], t
             cells = []
             for t in sorted(group, key=lambda t: t.seed):
                 attempts = by_key.get(t.key, [])
-                finished = next((a for a in attempts if a.status == "FINISHED"), None)
+                finished = next((a for a in attempts if a.status == RunStatus.FINISHED), None)
                 cells.append(_cell(t, finished, attempts, by_status.get(t.key)))
             config = _level_config(group[0], study)
             level = Level(_short(group[0].label, study), config, digest, cells)
             level.paper = paper_match(config, study.varied_keys(), rows)
             if level.paper is not None and level.paper.table not in tables:
                 level.paper_note = level.paper.table
-            level.curves = [_curve(tracker, by_key[c.trial.key]) for c in cells if c.state == "finished"]
+            level.curves = [_curve(tracker, by_key[c.trial.key]) for c in cells if c.state == CellState.FINISHED]
             levels[digest] = level
         # A level's reference is itself with the study's reference settings applied, its baseline itself without
         # SE: both keep every other factor, so in a crossed grid each level is compared within its own row.

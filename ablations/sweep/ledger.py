@@ -40,6 +40,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from ablations.errors import SenetError
+from ablations.outcomes import Ending
 from ablations.paths import check_key
 from ablations.urls import DATABASES, check_url, redact, scrub, with_driver
 
@@ -186,7 +187,7 @@ class Attempt:
         epoch: epochs done (progress).
         run_id: its MLflow run.
         outcome: finished / diverged for a COMPLETE attempt.
-        kind: the failure class of a FAIL attempt (see `ablations.sweep.status`).
+        kind: how a FAIL attempt ended (see `ablations.outcomes`).
         reason: one line on why it failed.
         memory: peak device memory measured on a GPU ({"reserved_mb", "context_mb", "total_mb"}).
     """
@@ -198,10 +199,15 @@ class Attempt:
     beat: int = 0
     epoch: int = 0
     run_id: str | None = None
-    outcome: str | None = None
-    kind: str | None = None
+    outcome: Ending | None = None
+    kind: Ending | None = None
     reason: str = ""
     memory: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:  # the storage holds the endings' strings
+        for name in ("outcome", "kind"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Ending(getattr(self, name)))
 
     @property
     def key(self) -> str:
@@ -432,15 +438,15 @@ class Ledger:
         for k, v in attrs.items():
             self._fenced(lambda k=k, v=v: self.storage.set_trial_user_attr(trial_id, k, v))
 
-    def complete(self, trial_id: int, value: float, outcome: str, **attrs: Any) -> None:
+    def complete(self, trial_id: int, value: float, outcome: Ending, **attrs: Any) -> None:
         """The attempt's result (finished or diverged); `value` is the final validation error (NaN if diverged)."""
-        self.update(trial_id, outcome=outcome, **attrs)
+        self.update(trial_id, outcome=Ending(outcome).value, **attrs)
         self._fenced(lambda: self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values=[value]))
 
-    def fail(self, trial_id: int, kind: str, reason: str, **attrs: Any) -> bool:
+    def fail(self, trial_id: int, kind: Ending, reason: str, **attrs: Any) -> bool:
         """End an attempt without a result. False when it had already ended (someone else decided first)."""
         try:
-            self.update(trial_id, kind=kind, reason=reason[:500], **attrs)
+            self.update(trial_id, kind=Ending(kind).value, reason=reason[:500], **attrs)
             self._fenced(lambda: self.storage.set_trial_state_values(trial_id, TrialState.FAIL))
         except LeaseLost:
             return False

@@ -3,6 +3,7 @@
 A manifest names the trials (their tickets, the resolved configurations), the retry budget and the sweep's
 MLflow parent run, so a worker can claim, train, record and re-queue on its own: when its controller dies, it
 finishes the sweep without it. Secrets never go here: ledger and tracking URLs reach workers by environment.
+The exit codes below are the other half of the contract: how a worker tells its controller why it ended.
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ from typing import Any
 from ablations.errors import SenetError
 from ablations.paths import sweeps_dir
 from ablations.sweep.ledger import Ticket
+
+# How a worker process ends. DONE, RECYCLE and STOPPED are clean; any other code (ERROR, FAILPOINT, a signal, an
+# uncaught error) is a death of its slot, and a slot that dies `RESPAWNS` times in a row is given up.
+EXIT_DONE = 0  # nothing left for it in the sweep
+EXIT_ERROR = 2  # bad input (an unreadable manifest, a store it cannot open): one line on stderr
+EXIT_RECYCLE = 3  # replace me with a fresh process (after a failure, `recycle_after` trials or too much memory)
+EXIT_STOPPED = 5  # stopped by SIGTERM or SIGINT
+EXIT_FAILPOINT = 86  # died at the point `SENET_ABLATE_FAILPOINT` names (fault tests)
 
 
 @dataclass(frozen=True)

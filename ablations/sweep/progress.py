@@ -6,15 +6,17 @@ from typing import Any
 
 from optuna.trial import TrialState
 
+from ablations.study.trials import Trial
 from ablations.sweep.ledger import Attempt
 
 
 class Progress:
     """The sweep's overall bar and one bar per running attempt of its trials; a no-op when disabled."""
 
-    def __init__(self, enabled: bool, total: int) -> None:
+    def __init__(self, enabled: bool, trials: list[Trial]) -> None:
         self.enabled = enabled
         self._tasks: dict[int, Any] = {}
+        self._epochs = {t.key: t.config.train.epochs for t in trials}
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -22,7 +24,7 @@ class Progress:
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                 TextColumn("{task.fields[note]}"), transient=False,
             )  # fmt: skip
-            self.overall = self.bar.add_task("trials", total=total, note="")
+            self.overall = self.bar.add_task("trials", total=len(trials), note="")
 
     def __enter__(self) -> Progress:
         if self.enabled:
@@ -42,7 +44,7 @@ class Progress:
         for trial_id in set(self._tasks) - set(running):
             self.bar.remove_task(self._tasks.pop(trial_id))
         for trial_id, a in running.items():
-            epochs = int(a.ticket.config.get("train", {}).get("epochs", 1))
+            epochs = self._epochs.get(a.key, 1)
             if trial_id not in self._tasks:
                 label = f"  {a.ticket.label} s{a.ticket.seed}" + (
                     f" (attempt {a.ticket.number})" if a.ticket.number > 1 else ""

@@ -27,16 +27,17 @@ from optuna.trial import TrialState
 
 from ablations.config import Host
 from ablations.errors import SenetError
+from ablations.outcomes import Standing
 from ablations.paths import RESULTS, STORAGE_ENV, TRACKING_ENV
 from ablations.study.spec import StudySpec
 from ablations.study.trials import Trial, plan_trials
-from ablations.sweep.ledger import CONNECT_S, Ledger, check_storage, is_journal, pid_alive
-from ablations.sweep.manifest import Manifest
+from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, check_storage, is_journal, pid_alive
+from ablations.sweep.manifest import EXIT_DONE, EXIT_RECYCLE, EXIT_STOPPED, Manifest
 from ablations.sweep.progress import Progress
-from ablations.sweep.reconcile import Reconciler, end_runs, repair
+from ablations.sweep.reconcile import Reconciler
+from ablations.sweep.repair import end_runs, repair
 from ablations.sweep.slots import Slot, auto_per_gpu, cpu_threads, live_workers, log_path, worker_env
 from ablations.sweep.status import TrialStatus, ledger_url, statuses, ticket_of
-from ablations.sweep.worker import EXIT_DONE, EXIT_RECYCLE, EXIT_STOPPED
 from ablations.tracking import Tag, Tracker, code_version, tracking_uri
 
 POLL_S = 1.0  # seconds between the controller's passes
@@ -156,45 +157,63 @@ class Sweep:
     def run(self) -> int:
         """0 when every trial is done (diverged counts), 1 when some failed, 130 when stopped."""
         manifest_path = self.manifest.write(self.results)
-        keys = self.manifest.keys
-        queue_new = self.manifest.queue_new
-        attempts, ended = self.reconciler.reconcile(self.manifest.tickets, self.opts.max_retries, True, queue_new)
-        end_runs(self.tracker, ended)
-        self._repair(attempts)
-        with Progress(self.opts.progress, len(self.trials)) as progress:
+        self._repair(self._reconcile(blocking=True))
+        with Progress(self.opts.progress, self.trials) as progress:
             while not self.stop.is_set():
-                attempts, ended = self.reconciler.reconcile(
-                    self.manifest.tickets, self.opts.max_retries, False, queue_new
-                )
-                end_runs(self.tracker, ended)
-                ours = [a for a in attempts if a.key in keys]
-                self.statuses = statuses(self.trials, ours, self.opts.max_retries)
-                settled = sum(s.state in ("done", "failed") for s in self.statuses)
-                progress.show(settled, ours)
-                if settled == len(self.trials):
+                ours = self._reconcile()  # end dead attempts, queue what is missing; where our trials stand
+                self._show_progress(progress, ours)
+                if self._settled():  # every trial done or failed (or one failed, under --fail-fast)
                     break
-                if self.opts.fail_fast and any(s.state == "failed" for s in self.statuses):
-                    self.failed_fast = True
-                    break
-                if not self._staff(manifest_path, ours) and not any(a.state == TrialState.RUNNING for a in ours):
-                    self.say(f"sweep: every worker slot died {RESPAWNS} times in a row before finishing a trial; "
-                             f"see {log_path(self.results, self.manifest.id, Slot(0))}")  # fmt: skip
+                if not self._staff(manifest_path, ours) and self._stranded(ours):  # every slot given up, none runs
                     break
                 time.sleep(POLL_S)
         self._wind_down(stopping=self.stop.is_set() or self.failed_fast)
-        attempts = self.ledger.attempts()
-        self._repair(attempts)
-        self.statuses = statuses(self.trials, [a for a in attempts if a.key in keys], self.opts.max_retries)
+        self._repair(self._take_stock(self.ledger.attempts()))
         if self.stop.is_set():
             return 130
-        return 0 if all(s.state == "done" for s in self.statuses) else 1
+        return 0 if all(s.state == Standing.DONE for s in self.statuses) else 1
 
-    def _repair(self, attempts: list[Any]) -> None:
+    def _reconcile(self, blocking: bool = False) -> list[Attempt]:
+        """A reconcile pass (unless another process holds the lock) and the MLflow runs of the attempts it ended;
+        returns our trials' attempts."""
+        attempts, ended = self.reconciler.reconcile(
+            self.manifest.tickets, self.opts.max_retries, blocking, self.manifest.queue_new
+        )
+        end_runs(self.tracker, ended)
+        return self._take_stock(attempts)
+
+    def _take_stock(self, attempts: list[Attempt]) -> list[Attempt]:
+        """Where each of our trials stands (`statuses`), from the ledger's attempts; returns our trials' attempts."""
+        ours = [a for a in attempts if a.key in self.manifest.keys]
+        self.statuses = statuses(self.trials, ours, self.opts.max_retries)
+        return ours
+
+    def _show_progress(self, progress: Progress, attempts: list[Attempt]) -> None:
+        progress.show(sum(s.state.settled for s in self.statuses), attempts)
+
+    def _settled(self) -> bool:
+        """Every trial is done or failed, or one failed under --fail-fast (which winds the sweep down)."""
+        if all(s.state.settled for s in self.statuses):
+            return True
+        if self.opts.fail_fast and any(s.state == Standing.FAILED for s in self.statuses):
+            self.failed_fast = True
+            return True
+        return False
+
+    def _stranded(self, attempts: list[Attempt]) -> bool:
+        """With every slot given up: nothing runs any more either, so the sweep cannot go on (and says why)."""
+        if any(a.state == TrialState.RUNNING for a in attempts):
+            return False
+        self.say(f"sweep: every worker slot died {RESPAWNS} times in a row before finishing a trial; "
+                 f"see {log_path(self.results, self.manifest.id, Slot(0))}")  # fmt: skip
+        return True
+
+    def _repair(self, attempts: list[Attempt]) -> None:
         repair(self.tracker, attempts, self.manifest.keys, self.results, self.spec.name, self.manifest.parent_run,
                self.manifest.code, self.say)  # fmt: skip
 
     # -- workers ------------------------------------------------------------------------------------------------
-    def _slots(self, attempts: list[Any]) -> list[Slot]:
+    def _slots(self, attempts: list[Attempt]) -> list[Slot]:
         if self.opts.gpus and self.opts.trials_per_gpu is None:
             self.per_gpu = max(self.per_gpu, self._packed(attempts))
             slots = [Slot(i * MAX_SLOTS + j, g) for i, g in enumerate(self.opts.gpus) for j in range(self.per_gpu)]
@@ -202,11 +221,11 @@ class Sweep:
             slots = self.opts.slots()
         return [Slot(self.slot_base + s.index, s.gpu) for s in slots]
 
-    def _packed(self, attempts: list[Any]) -> int:
-        pending = {s.trial.config_hash for s in self.statuses if s.state in ("pending", "running")}
+    def _packed(self, attempts: list[Attempt]) -> int:
+        pending = {s.trial.config_hash for s in self.statuses if s.state in (Standing.PENDING, Standing.RUNNING)}
         return auto_per_gpu(attempts, pending)
 
-    def _staff(self, manifest_path: Path, attempts: list[Any]) -> bool:
+    def _staff(self, manifest_path: Path, attempts: list[Attempt]) -> bool:
         """Adopt live workers, start the missing ones where there is work; False when every slot was given up."""
         for index, proc in list(self.children.items()):
             code = proc.poll()

@@ -1,16 +1,6 @@
-"""Where a trial stands, from its attempts in the ledger: one set of rules for the reconciler and `status`.
-
-Every attempt ends with one class:
-
-| class | what happened | retried? |
-|---|---|---|
-| finished, diverged | a result (the ledger's COMPLETE); a diverged run is a result too | no |
-| oom | out of device memory | counts toward `--max-retries`; the next attempt runs alone on its GPU |
-| crash | any other error in training, or the worker process died | counts toward `--max-retries` |
-| config | a configuration this host cannot run (missing data, a device it lacks) | never: one line, exit 1 |
-| stopped | stopped by us (Ctrl-C or SIGTERM to the sweep) | does not count |
-| lost | the worker stopped beating (its host died, or it was paused past the grace) | does not count |
-"""
+"""The read side of a sweep: where each trial stands, from its attempts in the ledger (one set of rules for the
+reconciler, `status` and reports; the endings and their retry rules are `ablations.outcomes`), and `study_status`,
+which reads a study back without changing anything."""
 
 from __future__ import annotations
 
@@ -23,14 +13,11 @@ from typing import Any
 from optuna.trial import TrialState
 
 from ablations.config import Host
+from ablations.outcomes import Ending, Standing
 from ablations.paths import RESULTS, ledger_file
 from ablations.study.spec import StudySpec
 from ablations.study.trials import Trial, plan_trials
 from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, Ticket, check_storage, is_journal
-
-COUNTED = ("crash", "oom")  # failures that use up a retry
-FINAL = ("config",)  # failures that end the trial at once
-STATES = ("done", "running", "failed", "pending")
 
 
 @dataclass(frozen=True)
@@ -47,8 +34,8 @@ class TrialStatus:
     """
 
     trial: Trial
-    state: str
-    outcome: str = ""
+    state: Standing
+    outcome: Ending | None = None
     attempts: int = 0
     failures: int = 0
     reason: str = ""
@@ -62,19 +49,19 @@ def by_key(attempts: Iterable[Attempt]) -> dict[str, list[Attempt]]:
     return out
 
 
-def classify_attempts(attempts: list[Attempt], max_retries: int) -> str:
+def classify_attempts(attempts: list[Attempt], max_retries: int) -> Standing:
     """done / running / failed / pending, from one trial's attempts (oldest first) and the retry budget."""
     states = {a.state for a in attempts}
     if TrialState.COMPLETE in states:
-        return "done"
+        return Standing.DONE
     if TrialState.RUNNING in states:
-        return "running"
+        return Standing.RUNNING
     if TrialState.WAITING in states:
-        return "pending"
-    failed = [a for a in attempts if a.state == TrialState.FAIL]
-    if any(a.kind in FINAL for a in failed) or sum(a.kind in COUNTED for a in failed) > max_retries:
-        return "failed"
-    return "pending"
+        return Standing.PENDING
+    kinds = [a.kind for a in attempts if a.state == TrialState.FAIL and a.kind is not None]
+    if any(k.final for k in kinds) or sum(k.uses_retry for k in kinds) > max_retries:
+        return Standing.FAILED
+    return Standing.PENDING
 
 
 def classify(trial: Trial, attempts: list[Attempt], max_retries: int) -> TrialStatus:
@@ -85,9 +72,9 @@ def classify(trial: Trial, attempts: list[Attempt], max_retries: int) -> TrialSt
     return TrialStatus(
         trial,
         classify_attempts(attempts, max_retries),
-        outcome=(done.outcome or "finished") if done else "",
+        outcome=(done.outcome or Ending.FINISHED) if done else None,
         attempts=len(attempts),
-        failures=sum(a.kind in COUNTED for a in failed),
+        failures=sum(a.kind is not None and a.kind.uses_retry for a in failed),
         reason=f"{last.kind}: {last.reason}" if last else "",
         known=bool(attempts),
     )
@@ -111,13 +98,13 @@ def statuses(trials: list[Trial], attempts: list[Attempt], max_retries: int) -> 
     return [classify(t, grouped.get(t.key, []), max_retries) for t in trials]
 
 
-def counts(found: Iterable[TrialStatus]) -> Counter[str]:
+def counts(found: Iterable[TrialStatus]) -> Counter[Standing]:
     return Counter(s.state for s in found)
 
 
 def summary_line(found: Iterable[TrialStatus]) -> str:
     c = counts(found)
-    return ", ".join(f"{c.get(k, 0)} {k}" for k in STATES)
+    return ", ".join(f"{c.get(k, 0)} {k}" for k in Standing)
 
 
 def ledger_url(storage: str | None, results: Path) -> str:

@@ -8,7 +8,7 @@ the controller dies it finishes its trial, records it, and goes on until the swe
 
 Per attempt: claim (the ledger's compare-and-set), heartbeat, MLflow run, train (checkpoint every epoch, the
 lease checked before each write), then result → ledger → MLflow: the run is FINISHED only after the ledger
-accepted the result. Exit codes: 0 nothing left, 3 recycle me, 5 stopped by a signal; anything else a crash.
+accepted the result. Its exit codes are the runner <-> worker contract in `ablations.sweep.manifest`.
 """
 
 from __future__ import annotations
@@ -30,20 +30,23 @@ from typing import Any
 import psutil
 import torch
 import yaml
+from optuna.trial import TrialState
 
-from ablations.config import RunConfig, build_config, flatten, input_shape
+from ablations.config import RunConfig, build_config, input_shape
 from ablations.errors import SenetError
+from ablations.outcomes import Ending, RunStatus, Standing
 from ablations.paths import STORAGE_ENV, TRACEBACK, TRACKING_ENV, TRAIN_LOG, run_dir
 from ablations.sweep.ledger import Attempt, LeaseLost, Ledger, Owner, Ticket
-from ablations.sweep.manifest import Manifest
-from ablations.sweep.reconcile import Reconciler, end_runs
+from ablations.sweep.manifest import EXIT_DONE, EXIT_ERROR, EXIT_FAILPOINT, EXIT_RECYCLE, EXIT_STOPPED, Manifest
+from ablations.sweep.reconcile import Reconciler
+from ablations.sweep.repair import end_runs, trial_info
+from ablations.sweep.runlog import RunLog
 from ablations.sweep.slots import CONTEXT_MB, GpuPermit, Slot, register
-from ablations.sweep.status import COUNTED, FINAL, by_key, classify_attempts
-from ablations.tracking import RunLog, Tracker, code_tags, environment_tags
+from ablations.sweep.status import by_key, classify_attempts
+from ablations.tracking import Tracker, code_tags, environment_tags
 from ablations.training.engine import Callback, RunResult, Warm, is_out_of_memory, train
 from senet_core import build_model, se_blocks
 
-EXIT_DONE, EXIT_RECYCLE, EXIT_STOPPED = 0, 3, 5
 IDLE_S = 0.5  # pause between looks at the ledger while other workers' trials run
 
 
@@ -55,7 +58,7 @@ def failpoint(name: str) -> None:
     """Die here when `SENET_ABLATE_FAILPOINT` names this point: fault tests place a crash exactly (e.g. between
     the ledger's COMPLETE and MLflow's FINISHED). A no-op otherwise."""
     if os.environ.get("SENET_ABLATE_FAILPOINT") == name:
-        os._exit(86)
+        os._exit(EXIT_FAILPOINT)
 
 
 def _stop(signum: int, _frame: object) -> None:
@@ -94,20 +97,19 @@ class Heartbeat:
 class Track(Callback):
     """Per-epoch metrics to MLflow (buffered), progress and the lease to the ledger."""
 
-    def __init__(self, worker: Worker, attempt: Attempt, run_id: str | None, beat: Heartbeat) -> None:
-        self.worker, self.attempt, self.run_id, self.beat = worker, attempt, run_id, beat
+    def __init__(self, worker: Worker, attempt: Attempt, cfg: RunConfig, run_id: str | None, beat: Heartbeat) -> None:
+        self.worker, self.attempt, self.cfg, self.run_id, self.beat = worker, attempt, cfg, run_id, beat
 
     def on_start(self, info: dict[str, Any]) -> None:
-        run_id, tracker = self.run_id, self.worker.tracker
+        run_id, tracker, cfg = self.run_id, self.worker.tracker, self.cfg
         if run_id:
-            cfg = build_config(self.attempt.ticket.config)
             text = json.dumps(info, indent=1, default=str)
             self.worker.runlog.submit(lambda: tracker.log_text(run_id, text, "start.json"))
             # built on the logging thread, off the training path
             self.worker.runlog.submit(lambda: tracker.log_text(run_id, model_summary(cfg, info), "model_summary.txt"))
 
     def before_save(self, epoch: int) -> None:
-        if self.beat.lost.is_set() or self.worker.ledger.attempt(self.attempt.trial_id).state.name != "RUNNING":
+        if self.beat.lost.is_set() or self.worker.ledger.attempt(self.attempt.trial_id).state != TrialState.RUNNING:
             raise LeaseLost
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
@@ -141,13 +143,25 @@ class Worker:
         self.permit = GpuPermit(results, slot.gpu) if slot.gpu is not None else None
         self.cuda = torch.cuda.is_available()
         self.trained = 0
+        self._typed: tuple[dict[str, Any], RunConfig] | None = None  # the last ticket config validated, typed
 
     def note(self, text: str) -> None:
         print(f"{datetime.now():%H:%M:%S} slot {self.slot.index}: {text}", flush=True)
 
     def serves(self, ticket: Ticket) -> bool:
         """Whether this worker can run the ticket (a CUDA trial needs a visible CUDA device)."""
-        return self.cuda or ticket.config.get("train", {}).get("device") != "cuda"
+        if self.cuda:
+            return True
+        try:
+            return self.config(ticket).train.device != "cuda"
+        except Exception:  # claimed, and ended by `run_attempt` as the failure it is
+            return True
+
+    def config(self, ticket: Ticket) -> RunConfig:
+        """The ticket's configuration, typed; validated once for the ticket `serves` looked at and then claimed."""
+        if self._typed is None or self._typed[0] != ticket.config:
+            self._typed = (ticket.config, build_config(ticket.config))
+        return self._typed[1]
 
     def run(self) -> int:
         register(self.results, self.manifest.id, self.slot)
@@ -161,12 +175,12 @@ class Worker:
                     return EXIT_DONE
                 time.sleep(IDLE_S)
                 continue
-            kind = self.run_attempt(attempt)
+            ending = self.run_attempt(attempt)
             self.trained += 1
-            if self.manifest.fail_fast and kind in (*FINAL, *COUNTED) and self._failed(attempt.key):
+            if self.manifest.fail_fast and ending.failure and self._failed(attempt.key):
                 self.note(f"{attempt.ticket.label} seed {attempt.ticket.seed} failed: stopping (--fail-fast)")
                 return EXIT_DONE
-            if kind in ("crash", "oom"):
+            if ending.uses_retry:
                 return EXIT_RECYCLE  # a fresh process for the next trial: nothing of a failure leaks into it
 
     def _too_big(self) -> bool:
@@ -175,7 +189,7 @@ class Worker:
 
     def _failed(self, key: str) -> bool:
         mine = [a for a in self.ledger.attempts() if a.key == key]
-        return classify_attempts(mine, self.manifest.max_retries) == "failed"
+        return classify_attempts(mine, self.manifest.max_retries) == Standing.FAILED
 
     def _settled(self) -> bool:
         """Reconcile (if no one else is) and say whether every trial of the sweep is done or failed."""
@@ -184,14 +198,11 @@ class Worker:
         )
         end_runs(self.tracker, ended)
         grouped = by_key(attempts)
-        return all(
-            classify_attempts(grouped.get(k, []), self.manifest.max_retries) in ("done", "failed")
-            for k in self.manifest.keys
-        )
+        return all(classify_attempts(grouped.get(k, []), self.manifest.max_retries).settled for k in self.manifest.keys)
 
     # -- one attempt --------------------------------------------------------------------------------------------
-    def run_attempt(self, attempt: Attempt) -> str:
-        """Train one claimed attempt and end it in the ledger and MLflow; returns its class."""
+    def run_attempt(self, attempt: Attempt) -> Ending:
+        """Train one claimed attempt and end it in the ledger and MLflow; returns how it ended."""
         t = attempt.ticket
         folder = run_dir(self.results, t.key)
         folder.mkdir(parents=True, exist_ok=True)
@@ -203,43 +214,41 @@ class Worker:
         ):
             log = _logger(logfile)
             try:
-                cfg = build_config(t.config)
+                cfg = self.config(t)
                 run_id = self._start_run(attempt, cfg)
                 failpoint("before_training")
                 if self.cuda:  # the previous trial's cached blocks must not count as this one's reserved memory
                     torch.cuda.empty_cache()
                 with (
-                    self.permit.hold(t.exclusive) if self.permit is not None else _nothing(),
+                    self.permit.hold(t.exclusive) if self.permit is not None else contextlib.nullcontext(),
                     _system_metrics(run_id, self.tracker.uri),
                 ):
-                    result = train(cfg, folder, [Track(self, attempt, run_id, beat)], log=log, warm=self.warm)
+                    result = train(cfg, folder, [Track(self, attempt, cfg, run_id, beat)], log=log, warm=self.warm)
                 return self._record(attempt, run_id, result)
             except Stop as sig:
-                self._end(attempt, run_id, "stopped", f"stopped by {sig}", "KILLED")
+                self._end(attempt, run_id, Ending.STOPPED, f"stopped by {sig}")
                 raise
             except LeaseLost:
                 now = self.ledger.attempt(attempt.trial_id)
                 why = f"superseded: the ledger ended this attempt ({now.kind or now.state.name}: {now.reason})"
                 log(why)
                 if run_id:
-                    self.runlog.call(lambda: self.tracker.end(run_id, "KILLED", why))
-                return "lost"
+                    self.runlog.call(lambda: self.tracker.end(run_id, RunStatus.KILLED, why))
+                return Ending.LOST
             except Exception as err:
-                kind = "config" if isinstance(err, SenetError) else "oom" if is_out_of_memory(err) else "crash"
+                kind = failure(err)
                 text = traceback.format_exc()
                 (folder / TRACEBACK).write_text(text)
                 log(text)
                 if run_id:
                     self.runlog.submit(lambda: self.tracker.log_text(run_id, text, TRACEBACK))
                 reason = str(err).strip().splitlines()[0][:500] if str(err).strip() else type(err).__name__
-                self._end(attempt, run_id, kind, reason, "FAILED")
+                self._end(attempt, run_id, kind, reason)
                 return kind
 
     def _start_run(self, attempt: Attempt, cfg: RunConfig) -> str | None:
         """The attempt's MLflow run (None if MLflow stays unreachable: the sweep builds it later from the result)."""
-        t = attempt.ticket
-        info = {"key": t.key, "config_hash": t.config_hash, "seed": t.seed, "label": t.label, "factors": t.factors,
-                "attempt": t.number, "attempt_id": attempt.trial_id, "flat": flatten(t.config)}  # fmt: skip
+        info = trial_info(attempt)
         tags = {**environment_tags(cfg.train.device), **code_tags(self.manifest.code)}
         created: list[str] = []
         study, parent = self.manifest.study, self.manifest.parent_run
@@ -251,33 +260,41 @@ class Worker:
         self.runlog.submit(lambda: self.tracker.log_text(run_id, config_text, "config.yaml"))
         return run_id
 
-    def _record(self, attempt: Attempt, run_id: str | None, result: RunResult) -> str:
+    def _record(self, attempt: Attempt, run_id: str | None, result: RunResult) -> Ending:
         """Result → ledger → MLflow: FINISHED only once the ledger accepted the result."""
+        outcome = Ending(result.status)
         if run_id:
             self.runlog.flush()
-            self.runlog.call(lambda: self.tracker.log_summary(run_id, result.summary, result.status))
+            self.runlog.call(lambda: self.tracker.log_summary(run_id, result.summary, outcome))
             if result.notes:
                 notes = "\n".join(result.notes)
                 self.runlog.submit(lambda: self.tracker.log_text(run_id, notes, "notes.txt"))
         value = result.summary.get("final_val_top1_err", float("nan"))
         extra = {"memory": self._memory()} if self.cuda else {}
-        self.ledger.complete(attempt.trial_id, value, result.status, **extra)
+        self.ledger.complete(attempt.trial_id, value, outcome, **extra)
         failpoint("after_complete")
         if run_id:
-            self.runlog.call(lambda: self.tracker.end(run_id, "FINISHED"))
-        self.note(f"{attempt.ticket.label} seed {attempt.ticket.seed}: {result.status}")
-        return result.status
+            self.runlog.call(lambda: self.tracker.end(run_id, outcome.run_status))
+        self.note(f"{attempt.ticket.label} seed {attempt.ticket.seed}: {outcome}")
+        return outcome
 
-    def _end(self, attempt: Attempt, run_id: str | None, kind: str, reason: str, status: str) -> None:
+    def _end(self, attempt: Attempt, run_id: str | None, kind: Ending, reason: str) -> None:
         if self.ledger.fail(attempt.trial_id, kind, reason, **({"run_id": run_id} if run_id else {})):
             self.note(f"{attempt.ticket.label} seed {attempt.ticket.seed}: {kind}: {reason}")
         if run_id:
-            self.runlog.call(lambda: self.tracker.end(run_id, status, f"{kind}: {reason}"))
+            self.runlog.call(lambda: self.tracker.end(run_id, kind.run_status, f"{kind}: {reason}"))
 
     def _memory(self) -> dict[str, float]:
         """Peak reserved memory of the last trial, this process's CUDA context and the device's total (MB)."""
         total = torch.cuda.get_device_properties(0).total_memory / 2**20
         return {"reserved_mb": torch.cuda.max_memory_reserved() / 2**20, "context_mb": CONTEXT_MB, "total_mb": total}
+
+
+def failure(err: Exception) -> Ending:
+    """How an error in training ends its attempt: the configuration's fault (a SenetError), out of memory, a crash."""
+    if isinstance(err, SenetError):
+        return Ending.CONFIG
+    return Ending.OOM if is_out_of_memory(err) else Ending.CRASH
 
 
 def _logger(logfile: Any) -> Callable[[str], None]:
@@ -310,14 +327,6 @@ def _system_metrics(run_id: str | None, uri: str) -> Iterator[None]:
                 monitor.finish()
 
 
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ablations.sweep.worker")
     p.add_argument("--manifest", type=Path, required=True)
@@ -342,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_STOPPED
     except SenetError as err:
         print(f"worker: error: {err}", file=sys.stderr, flush=True)
-        return 2
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ from ablations.study.load import load_spec
 from ablations.study.trials import expand
 from ablations.sweep.ledger import Ledger, Owner
 from ablations.sweep.manifest import Manifest
-from ablations.sweep.reconcile import repair
+from ablations.sweep.repair import repair
+from ablations.sweep.runlog import RunLog
 from ablations.sweep.slots import Slot
 from ablations.sweep.status import ticket_of
 from ablations.sweep.worker import Worker
-from ablations.tracking import RunLog
 from tests._support.configs import write_spec
 from tests._support.stores import journal, tracker
 

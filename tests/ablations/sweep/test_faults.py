@@ -35,10 +35,11 @@ from ablations.cli import main
 from ablations.study.load import load_spec
 from ablations.study.trials import expand
 from ablations.sweep.ledger import Ledger, Owner
-from ablations.sweep.reconcile import Reconciler, end_runs, repair
+from ablations.sweep.reconcile import Reconciler
+from ablations.sweep.repair import end_runs, repair
 from ablations.sweep.status import ticket_of
 from ablations.sweep.worker import Worker
-from ablations.tracking import Tracker
+from ablations.tracking import Tag, Tracker
 from ablations.training import engine as train_mod
 from ablations.training.checkpoint import load_checkpoint
 from tests._support.configs import write_spec
@@ -252,7 +253,7 @@ def test_a_paused_worker_loses_its_lease_and_stops_quietly_when_resumed(tmp_path
     assert proc.wait(timeout=240) == 0
     ledger = Ledger.open(journal(results)).attempts()
     assert [(a.state, a.kind) for a in ledger] == [(TrialState.FAIL, "lost"), (TrialState.COMPLETE, None)]
-    runs = {r.tags["senet.attempt_id"]: r for r in tracker(results).trial_runs()}
+    runs = {r.tags[Tag.ATTEMPT_ID]: r for r in tracker(results).trial_runs()}
     assert runs[str(ledger[1].trial_id)].status == "FINISHED"
     paused = tracker(results).client.get_run(runs[str(ledger[0].trial_id)].run_id)
     assert paused.info.status == "KILLED" and paused.data.tags["senet.ended_by"].startswith(("lost", "superseded"))
