@@ -4,7 +4,7 @@
 results/
   mlflow.db                 default MLflow tracking store (SQLite)
   artifacts/<study>/        MLflow artifacts of the study's runs
-  ledger.journal            default sweep ledger (Optuna journal file), with its lock files beside it
+  ledger.db                 default sweep ledger (SQLite; ledger.journal.imported: a 0.2 journal it was made from)
   runs/<key>/               one trial: checkpoint.pt, result.json, traceback.txt, train.log
   workers/                  warm slot workers: one log and one pid record each
   sweeps/<id>.json          what a sweep asked for (its trial keys), read by its workers
@@ -26,7 +26,7 @@ DEFAULT_DATA = RESULTS / "data"  # where torchvision downloads land (relative to
 STORAGE_ENV = "SENET_ABLATE_STORAGE"  # the ledger URL; from the environment so a password never shows in `ps`
 TRACKING_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable for the tracking store
 CACHE_ENV = "SENET_ABLATE_CACHE"  # the per-user cache folder (the empty MLflow database new stores copy)
-LEDGER_FILE = "ledger.journal"
+LEDGER_FILE = "ledger.db"
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
 TRACEBACK = "traceback.txt"

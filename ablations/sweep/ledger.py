@@ -1,63 +1,88 @@
-"""The sweep ledger: every attempt at every trial, in one Optuna storage, the single source of truth of a sweep.
+"""The sweep ledger: every attempt at every trial in a small database of its own, the single source of truth of a
+sweep.
 
-One Optuna study (`senet-ablate-ledger`) holds one Optuna trial per *attempt*; its user attributes carry our
-trial identity (`key` = config hash + seed) and the attempt's story. Queues are by trial key, not by study:
-any sweep whose trials include a key may claim its waiting attempt, so a trial shared by two studies never
-waits in the other study's queue.
+One row per *attempt* (table `senet_attempts`, schema in `_ledger_db`); queues are by trial key, not by study, so a
+trial shared by two studies never waits in the other study's queue. The backends: a SQLite file for one host
+(default `results/ledger.db`: WAL, write transactions BEGIN IMMEDIATE, refused on a network filesystem) and
+PostgreSQL for many.
 
-An attempt is a lease. A worker claims a WAITING attempt with the storage's compare-and-set (WAITING to
-RUNNING succeeds for exactly one claimer), names itself the owner and keeps a heartbeat. The attempt's id is
-its fencing token: once a reconciler has ended an attempt (its worker died or paused past the grace), every
-later write of the old holder (heartbeat, result, failure) is refused by the storage, and the holder stops
-quietly. Only one process reconciles at a time (`Ledger.lock`: a file lock beside a journal, an advisory lock
-on PostgreSQL). Liveness settings (heartbeat period, grace) are written into the ledger when it is created and
-read from there by every process, so hosts never judge each other by different clocks or settings.
+Exactly once comes from transactions and constraints, not locks:
 
-The default storage is a `JournalFileBackend` file under the results folder (many processes on one host); a
-PostgreSQL URL lets many hosts share one sweep.
+- every transition is one transaction with a conditional write, and the constraints refuse what must never be:
+  at most one live (WAITING or RUNNING) attempt per trial, at most one COMPLETE attempt per trial, one row per
+  (key, attempt number). Any number of reconcilers may run at once; there is no lock to lose.
+- an attempt is a lease. `claim` takes a WAITING attempt (`FOR UPDATE SKIP LOCKED` on PostgreSQL) only while
+  its trial has nothing running or complete, and gives it a new random fencing token; `heartbeat`, `update`,
+  `complete` and `fail` change only the row with that id and token in state RUNNING, else `LeaseLost`.
+- a write whose COMMIT reply was lost is retried, and the retry recognises its own first try instead of doing it
+  twice or calling it a lost lease: enqueue by the (key, number) it inserted, claim by its token, an end by the
+  random `end_id` it wrote, `set_run_id` by the run id it set.
+- leases are judged by the database's clock in the same statement that ends them (`expire`), so a stalled or
+  paused observer cannot end a lease that is being renewed. Liveness settings live in the ledger (`meta`).
+- the result (summary metrics, run id) lives in the attempt's row, so any host can make MLflow follow it; the run
+  id is set by a conditional write, so concurrent repairs converge on one run.
+- a database outage is waited out for `RETRY_S`, then raises `StoreUnavailable` (a harness condition, never the
+  user's error); opening a ledger turns it into the one-line `SenetError` of a command that cannot start.
+
+The schema has a version and numbered migration steps, applied in place when a ledger is opened. A results folder
+with the Optuna journal of senet-ablate 0.2 (`ledger.journal`) and no `ledger.db` has it imported once under its
+recorded keys and ids; the journal is kept as `ledger.journal.imported`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import enum
 import json
+import math
 import os
 import platform
 import secrets
+import sqlite3
 import sys
 import time
-import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import optuna
-from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
-from optuna.trial import FrozenTrial, TrialState
+import sqlalchemy as sa
 
 from ablations.errors import SenetError
 from ablations.outcomes import Ending
 from ablations.paths import check_key
-from ablations.urls import DATABASES, check_url, redact, scrub, with_driver
+from ablations.sweep import _ledger_db as db
+from ablations.sweep.ticket import Ticket
+from ablations.urls import check_url, redact, scrub
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-LEDGER_STUDY = "senet-ablate-ledger"  # the one Optuna study that holds every attempt
-FORMAT = 2  # ledger layout; 1 was one Optuna study per senet-ablate study
 RETRY_S = float(os.environ.get("SENET_ABLATE_DB_RETRY_S", "120"))  # how long to ride out a database outage
 # How long a command waits for the database it was given before saying so: a typo or a server that is down
 # should cost the user seconds, not the two minutes a running sweep rides out.
 CONNECT_S = min(RETRY_S, 5.0)
+BATCH = 500  # attempts queued per transaction by `enqueue_all`
 T = TypeVar("T")
+_t = db.attempts
 
 
 class LeaseLost(Exception):
     """This process's attempt was ended by someone else (it was judged dead); its writes are refused."""
+
+
+class StoreUnavailable(Exception):
+    """The ledger's database stayed unreachable for longer than the patience: a condition of the harness, not of
+    the trial or the user's input (never a `SenetError`, which a worker would class `config`)."""
+
+
+class State(enum.IntEnum):
+    """Where an attempt stands (stored by name). Numbered as Optuna's `TrialState`, an IntEnum too, so the two
+    compare equal (also in sets and dicts) while callers move from `TrialState` to `State`."""
+
+    RUNNING = 0  # leased to a worker
+    COMPLETE = 1  # a result
+    FAIL = 3  # ended without one
+    WAITING = 4  # queued
+
+    def is_finished(self) -> bool:
+        return self in (State.COMPLETE, State.FAIL)
 
 
 # -- identities ------------------------------------------------------------------------------------------------
@@ -113,7 +138,7 @@ class Owner:
     host_id: str  # processes with the same host_id can check each other's pids
     pid: int
     start: int | None  # process start time, against pid reuse
-    token: str  # random per process
+    token: str  # random per process (the lease's fencing token is the attempt's, new at every claim)
 
     @classmethod
     def me(cls) -> Owner:
@@ -130,10 +155,10 @@ class Liveness:
 
     Attributes:
         heartbeat_s: a running attempt's worker beats this often (seconds).
-        grace_s: an attempt whose heartbeat nobody saw change for this long (on the observer's own clock) is
-            dead: its host died or its worker is paused.
-        claim_grace_s: a claim names its owner within milliseconds; an ownerless RUNNING attempt seen for this
-            long is a claimer killed in between.
+        grace_s: an attempt whose last beat is older than this by the database's clock is dead: its host died or
+            its worker is paused.
+        claim_grace_s: an ownerless RUNNING attempt (none is made now: a claim names its owner in the same write;
+            an imported ledger may hold one) older than this is dead.
     """
 
     heartbeat_s: float = 30.0
@@ -153,47 +178,29 @@ class Liveness:
 
 
 @dataclass(frozen=True)
-class Ticket:
-    """What an attempt is for, written when it is queued (the runner <-> worker contract)."""
-
-    key: str
-    config: dict[str, Any]  # the resolved RunConfig, JSON
-    config_hash: str
-    seed: int
-    label: str
-    factors: dict[str, Any]
-    studies: list[str]
-    number: int = 1  # attempt number of this trial
-    exclusive: bool = False  # run alone on its GPU (after an out-of-memory failure)
-
-    def to_attrs(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_attrs(cls, attrs: dict[str, Any]) -> Ticket:
-        return cls(**{f.name: attrs[f.name] for f in fields(cls) if f.name in attrs})
-
-
-@dataclass(frozen=True)
 class Attempt:
-    """One attempt at one trial, as the ledger holds it.
+    """One attempt at one trial, as the ledger holds it (times are the database's clock, seconds since 1970).
 
     Attributes:
-        trial_id: the ledger's id of the attempt, also its fencing token.
+        trial_id: the attempt's id in the ledger (MLflow's `senet.attempt_id`).
         state: WAITING (queued), RUNNING (leased), COMPLETE (a result) or FAIL (ended without one).
         ticket: what it trains.
         owner: the lease holder once claimed.
-        beat: heartbeat counter; its changes prove the holder alive.
+        beat: heartbeats so far.
         epoch: epochs done (progress).
         run_id: its MLflow run.
         outcome: finished / diverged for a COMPLETE attempt.
         kind: how a FAIL attempt ended (see `ablations.outcomes`).
         reason: one line on why it failed.
         memory: peak device memory measured on a GPU ({"reserved_mb", "context_mb", "total_mb"}).
+        token: the lease's fencing token, new at every claim; the holder's writes carry it.
+        steps: training steps done.
+        result: the summary metrics of a COMPLETE attempt.
+        value: its final validation error (None when diverged).
     """
 
     trial_id: int
-    state: TrialState
+    state: State
     ticket: Ticket
     owner: Owner | None = None
     beat: int = 0
@@ -203,8 +210,16 @@ class Attempt:
     kind: Ending | None = None
     reason: str = ""
     memory: dict[str, float] | None = None
+    token: str | None = None
+    steps: int = 0
+    result: dict[str, Any] | None = None
+    value: float | None = None
+    queued_at: float | None = None
+    claimed_at: float | None = None
+    beat_at: float | None = None
+    ended_at: float | None = None
 
-    def __post_init__(self) -> None:  # the storage holds the endings' strings
+    def __post_init__(self) -> None:  # the database holds the endings' strings
         for name in ("outcome", "kind"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Ending(getattr(self, name)))
@@ -214,309 +229,517 @@ class Attempt:
         return self.ticket.key
 
     @classmethod
-    def from_trial(cls, t: FrozenTrial) -> Attempt:
-        a = t.user_attrs
-        owner = Owner(**a["owner"]) if isinstance(a.get("owner"), dict) else None
-        return cls(t._trial_id, t.state, Ticket.from_attrs(a), owner, int(a.get("beat", 0)), int(a.get("epoch", 0)),
-                   a.get("run_id"), a.get("outcome"), a.get("kind"), a.get("reason", ""), a.get("memory"))  # fmt: skip
+    def from_row(cls, row: sa.Row[Any], ticket: Ticket) -> Attempt:
+        return cls(row.id, State[row.state], ticket, Owner(**row.owner) if row.owner else None, row.beat, row.epoch,
+                   row.run_id, row.outcome, row.kind, row.reason, row.memory, row.token, row.steps, row.result,
+                   row.value, row.queued_at, row.claimed_at, row.beat_at, row.ended_at)  # fmt: skip
 
 
-# -- storage ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrialRecord:
+    """A trial's identity as the ledger records it: its key and what the key was made from."""
+
+    key: str
+    config_hash: str
+    seed: int
+    identity_version: int
 
 
-class FileLock:
-    """An exclusive `flock` on a file: released by the kernel when its holder dies, so a killed writer never
-    leaves a stale lock behind (Optuna's default journal lock waits 30 s for one)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        self._fd: int | None = None
-
-    def acquire(self, blocking: bool = True) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+# -- URLs and outages ------------------------------------------------------------------------------------------
 
 
-def is_journal(url: str) -> bool:
-    return "://" not in url or url.startswith("journal://")
+def check_storage(url: str) -> None:
+    """Refuse an unknown scheme, or a URL typo that would become a SQLite file named after the credentials."""
+    check_url(url.removeprefix("journal://"), "--storage", ("sqlite", "postgresql", "postgres"))
+    path = local_file(url)
+    if path is not None and path.name in ("", ":memory:"):
+        raise SenetError(f"--storage: {redact(url)} names no file; allowed: a path, sqlite:///PATH, postgresql://...")
 
 
-def _journal_path(url: str) -> Path:
-    return Path(url.removeprefix("journal://"))
+def local_file(url: str) -> Path | None:
+    """The SQLite file of a local ledger (a path, `sqlite:///PATH` or a 0.2 `journal://PATH`), None for a server.
 
-
-def repair_journal(path: Path, log: Callable[[str], None]) -> None:
-    """Drop a torn last record (a writer killed mid-append, a full disk), which would otherwise break every later
-    append; a damaged record before the end is not guessed at but reported.
-
-    Runs under the journal's own append lock, so no live writer is mid-record.
+    A `.journal` path (the 0.2 default, `results/ledger.journal`) means the database beside it, `ledger.db`.
     """
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    lock = FileLock(f"{path}.flock")
-    lock.acquire()
-    try:
-        data = path.read_bytes()
-        end = len(data) if data.endswith(b"\n") else data.rfind(b"\n") + 1
-        lines = data[:end].split(b"\n")[:-1]
-        while lines:
-            try:
-                json.loads(lines[-1])
-                break
-            except ValueError:
-                end -= len(lines.pop()) + 1
-        for number, line in enumerate(lines, start=1):
-            try:
-                json.loads(line)
-            except ValueError:
-                raise SenetError(f"--storage: {path}: record {number} is damaged; the ledger cannot be read") from None
-        if end < len(data):
-            with open(path, "r+b") as f:
-                f.truncate(end)
-                f.flush()
-                os.fsync(f.fileno())
-            log(f"ledger: dropped a torn last record ({len(data) - end} bytes) of {path}, left by a killed writer")
-    finally:
-        lock.release()
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+    elif "://" not in url or url.startswith("journal://"):
+        path = Path(url.removeprefix("journal://"))
+    else:
+        return None
+    return path.with_suffix(".db") if path.suffix == ".journal" else path
+
+
+def is_local(url: str) -> bool:
+    """A SQLite file on this host (created on first open), rather than a database server."""
+    return local_file(url) is not None
+
+
+def journal_of(path: Path) -> Path:
+    """The 0.2 journal a SQLite ledger at `path` imports when it is created."""
+    return path.with_suffix(".journal")
 
 
 def _transient(err: BaseException) -> bool:
-    """A database hiccup worth waiting out (connection refused or dropped, server restarting)."""
-    from optuna.exceptions import StorageInternalError
+    """A database hiccup worth waiting out: connection refused or dropped, server restarting, SQLite busy."""
     from sqlalchemy.exc import DBAPIError, OperationalError
 
-    return isinstance(err, OperationalError | StorageInternalError) or (
-        isinstance(err, DBAPIError) and err.connection_invalidated
-    )
+    if isinstance(err, DBAPIError) and err.connection_invalidated:
+        return True
+    if not isinstance(err, OperationalError):
+        return False
+    if isinstance(err.orig, sqlite3.Error):  # else "no such table" and its kind would be waited on for nothing
+        text = str(err.orig).lower()
+        return any(s in text for s in ("locked", "busy", "disk i/o error", "disk is full"))
+    return True
 
 
 def retrying(fn: Callable[[], T], where: str = "the ledger database", patience: float | None = None) -> T:
-    """Call `fn`, retrying transient database errors with back-off for up to `patience` (RETRY_S) seconds."""
+    """Call `fn`, retrying transient database errors with back-off for up to `patience` (RETRY_S) seconds.
+
+    Raises:
+        StoreUnavailable: still failing after the patience.
+    """
     patience = RETRY_S if patience is None else patience
-    delay, deadline = 0.5, time.monotonic() + patience
+    delay, deadline = 0.2, time.monotonic() + patience
     while True:
         try:
             return fn()
         except Exception as err:
             if not _transient(err):
                 raise
-            if time.monotonic() > deadline:
-                raise SenetError(
-                    f"--storage: {where} unreachable for {patience:.0f} s; rerun the same command to resume"
+            if time.monotonic() + delay > deadline:
+                first = str(getattr(err, "orig", None) or err).strip().splitlines()
+                raise StoreUnavailable(
+                    f"{where} unreachable for {patience:g} s ({type(err).__name__}: {first[0][:160] if first else ''}"
+                    "); rerun the same command to resume"
                 ) from None
             time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 2, 5.0)
 
 
-def check_storage(url: str) -> None:
-    """Refuse an unknown scheme, or a URL typo that would become a journal file named after the credentials."""
-    check_url(url.removeprefix("journal://"), "--storage", DATABASES)
-
-
-def open_storage(url: str, log: Callable[[str], None] | None = None, patience: float | None = None) -> BaseStorage:
-    """A journal file for a path (or `journal:///path`), an RDB storage for a database URL, waited for up to
-    `patience` seconds (default RETRY_S; commands starting up give CONNECT_S).
-
-    Raises:
-        SenetError: a bad URL, a folder that cannot be created, a database that cannot be opened (password
-            redacted), a damaged journal.
-    """
-    check_storage(url)
-    if is_journal(url):
-        path = _journal_path(url)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise SenetError(f"--storage: cannot create {path.parent} ({err.strerror})") from None
-        repair_journal(path, log or (lambda s: print(s, file=sys.stderr)))
-        # Our own lock file name: Optuna's default symlink lock (`.lock`) would wait 30 s for a stale one.
-        return JournalStorage(JournalFileBackend(str(path), lock_obj=FileLock(f"{path}.flock")))  # type: ignore[arg-type]
-    driven = with_driver(url, "--storage")
-    try:
-        return retrying(lambda: RDBStorage(driven, engine_kwargs={"pool_pre_ping": True}), redact(url), patience)
-    except SenetError:
-        raise
-    except ModuleNotFoundError as err:
-        raise SenetError(f"--storage: {redact(url)} needs {err.name}; pip install 'senet-ablate[postgres]'") from None
-    except Exception as err:
-        reason = scrub(str(err).strip().splitlines()[0][:160] if str(err).strip() else "", url)
-        raise SenetError(f"--storage: cannot open {redact(url)} ({type(err).__name__}: {reason})") from None
+# -- the ledger ------------------------------------------------------------------------------------------------
 
 
 class Ledger:
-    """The attempts of every sweep in one storage. Every call rides out a short database outage."""
+    """The attempts of every sweep in one database. Every call rides out a database outage of up to `retry_s`."""
 
-    def __init__(self, storage: BaseStorage, url: str) -> None:
-        self.storage = storage
+    def __init__(self, engine: sa.Engine, url: str, retry_s: float | None = None) -> None:
+        self.engine = engine
         self.url = url
-        self._sid = retrying(self._ledger_study)
-        attrs = retrying(lambda: self.storage.get_study_user_attrs(self._sid))
-        if "liveness" not in attrs:
-            settings = Liveness.from_env()
-            retrying(lambda: self.storage.set_study_user_attr(self._sid, "liveness", asdict(settings)))
-            retrying(lambda: self.storage.set_study_user_attr(self._sid, "format", FORMAT))
-            attrs = retrying(lambda: self.storage.get_study_user_attrs(self._sid))
-        self.liveness = Liveness(**attrs["liveness"])
-        self._lock: FileLock | None = None
-        self._connection: Any = None
+        self.retry_s = RETRY_S if retry_s is None else retry_s
+        self.where = f"--storage: {redact(url)}"
+        self._dialect = engine.dialect.name
+        self._now = db.clock(self._dialect)
+        self._insert = db.insert(self._dialect)
+        self._tickets: dict[int, Ticket] = {}  # a ticket never changes once queued: read once per process
+        self.liveness = Liveness()
 
     @classmethod
-    def open(cls, url: str, log: Callable[[str], None] | None = None, patience: float | None = None) -> Ledger:
-        """The ledger at `url`; a database is waited for up to `patience` seconds (see `open_storage`)."""
-        return cls(open_storage(url, log, patience), url)
+    def open(
+        cls,
+        url: str,
+        log: Callable[[str], None] | None = None,
+        patience: float | None = None,
+        *,
+        liveness: Liveness | None = None,
+        retry_s: float | None = None,
+    ) -> Ledger:
+        """The ledger at `url`, created or upgraded in place; a database is waited for up to `patience` seconds
+        (default RETRY_S; commands starting up give CONNECT_S).
 
-    def _ledger_study(self) -> int:
-        others = [s for s in self.storage.get_all_studies() if s.study_name != LEDGER_STUDY]
-        for summary in others:
-            trials = self.storage.get_all_trials(summary._study_id, deepcopy=False)
-            if any("key" in t.user_attrs for t in trials):
-                raise SenetError(
-                    f"--storage: {redact(self.url)} is a ledger of senet-ablate 0.1 (one queue per study; its trial "
-                    "keys predate identity version 2); give a new --results folder or --storage"
-                )
+        Args:
+            url: a path or `sqlite:///PATH` (SQLite), or `postgresql://...`.
+            log: where the import of a 0.2 journal is reported (stderr).
+            liveness: the settings of a ledger created now (default: `Liveness.from_env()`); an existing ledger
+                keeps its own.
+            retry_s: how long later calls ride out an outage (RETRY_S).
+
+        Raises:
+            SenetError: a bad URL, a folder that cannot be created, a network filesystem under SQLite, a missing
+                driver, a database that cannot be opened or stays unreachable (password redacted), a ledger of a
+                newer senet-ablate, a damaged journal.
+        """
+        check_storage(url)
+        path = local_file(url)
         try:
-            return self.storage.get_study_id_from_name(LEDGER_STUDY)
-        except KeyError:
-            return optuna.create_study(study_name=LEDGER_STUDY, storage=self.storage, load_if_exists=True)._study_id
+            if path is None:
+                engine = db.postgres_engine(url)
+            else:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as err:
+                    raise SenetError(f"--storage: cannot create {path.parent} ({err.strerror})") from None
+                db.check_local_disk(path)
+                engine = db.sqlite_engine(path)
+            ledger = cls(engine, url, retry_s)
+            ledger._setup(patience, liveness, journal_of(path) if path is not None else None, log)
+        except SenetError:
+            raise
+        except StoreUnavailable as err:
+            raise SenetError(scrub(str(err), url)) from None
+        except ModuleNotFoundError as err:
+            raise SenetError(
+                f"--storage: {redact(url)} needs {err.name}; pip install 'senet-ablate[postgres]'"
+            ) from None
+        except Exception as err:
+            reason = scrub(str(err).strip().splitlines()[0][:160] if str(err).strip() else "", url)
+            raise SenetError(f"--storage: cannot open {redact(url)} ({type(err).__name__}: {reason})") from None
+        return ledger
+
+    @staticmethod
+    def exists(url: str) -> bool:
+        """Whether opening `url` would find a ledger (or a 0.2 journal to import) rather than make an empty one;
+        a server is taken to have one."""
+        path = local_file(url)
+        return path is None or path.exists() or journal_of(path).exists()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _setup(
+        self, patience: float | None, liveness: Liveness | None, journal: Path | None, log: Callable[[str], None] | None
+    ) -> None:
+        version = self._tx(db.stored_version, read=True, patience=patience)
+        if version > db.LATEST:
+            raise SenetError(
+                f"{self.where} has ledger schema {version}, made by a newer senet-ablate (this one knows up to "
+                f"{db.LATEST}); upgrade senet-ablate"
+            )
+        if version < db.LATEST:
+            self._tx(lambda c: self._upgrade(c, liveness, journal), patience=patience)
+        row = self._tx(lambda c: c.execute(sa.select(db.meta)).one(), read=True, patience=patience)
+        self.liveness = Liveness(row.heartbeat_s, row.grace_s, row.claim_grace_s)
+        if journal is not None and row.imported_from == str(journal.resolve()):
+            backup = journal.with_name(journal.name + ".imported")
+            try:  # also finishes an import whose process died between its commit and this rename
+                os.replace(journal, backup)
+            except FileNotFoundError:  # renamed already (by a process that opened it at the same time)
+                return
+            (log or (lambda s: print(s, file=sys.stderr)))(
+                f"ledger: imported {journal} into {self.url}; kept as {backup}"
+            )
+
+    def _upgrade(self, conn: sa.Connection, liveness: Liveness | None, journal: Path | None) -> None:
+        """Bring the schema up to date; a ledger created now from a folder with a 0.2 journal imports it, in the
+        same transaction (so two first opens import it once)."""
+        if db.stored_version(conn) == 0 and journal is not None and journal.exists():
+            from ablations.sweep._ledger_journal import read_journal
+
+            found = read_journal(journal, conn.execute(sa.select(self._now)).scalar_one())
+            settings = Liveness(**found.liveness) if found.liveness else liveness or Liveness.from_env()
+            db.upgrade(conn, asdict(settings))
+            self._load(conn, found.rows, found.notes)
+            conn.execute(sa.update(db.meta).values(imported_from=str(journal.resolve())))
+            return
+        db.upgrade(conn, asdict(liveness or Liveness.from_env()))
+
+    def import_journal(self, path: Path) -> int:
+        """Import a 0.2 journal into this ledger, which must hold no attempts yet (e.g. a new PostgreSQL database);
+        returns how many attempts it held. The journal is left in place."""
+        from ablations.sweep._ledger_journal import read_journal
+
+        def once(conn: sa.Connection) -> int:
+            if conn.execute(sa.select(sa.func.count()).select_from(_t)).scalar_one():
+                raise SenetError(f"{self.where} already holds attempts; import {path} into a new ledger")
+            found = read_journal(path, conn.execute(sa.select(self._now)).scalar_one())
+            self._load(conn, found.rows, found.notes)
+            return len(found.rows)
+
+        return self._tx(once)
+
+    def _load(self, conn: sa.Connection, rows: list[dict[str, Any]], found: dict[str, dict[str, Any]]) -> None:
+        if rows:
+            conn.execute(sa.insert(_t), rows)
+        for study, note in found.items():
+            conn.execute(sa.insert(db.notes).values(study=study, note=note, updated=self._now))
+        if self._dialect == "postgresql":  # explicit ids: the id sequence starts after them
+            conn.execute(sa.text(f"SELECT setval(pg_get_serial_sequence('{_t.name}', 'id'), "
+                                 f"COALESCE((SELECT MAX(id) FROM {_t.name}), 0) + 1, false)"))  # fmt: skip
+
+    # -- transactions --------------------------------------------------------------------------------------
+    def _run(self, fn: Callable[[sa.Connection], T], read: bool) -> T:
+        """One transaction: `fn` on a connection, committed if it returns, rolled back if it raises."""
+        with self.engine.connect() as conn:
+            if read:
+                conn.execution_options(ledger_read=True)
+            with conn.begin():
+                return fn(conn)
+
+    def _tx(self, fn: Callable[[sa.Connection], T], read: bool = False, patience: float | None = None) -> T:
+        """`fn` in one transaction, retried as a whole over transient errors (so `fn` must recognise a first try
+        that committed although its reply was lost)."""
+        return retrying(lambda: self._run(fn, read), self.where, self.retry_s if patience is None else patience)
+
+    def clock(self) -> float:
+        """The database's now, seconds since 1970: the clock leases are judged by."""
+        return self._tx(lambda c: c.execute(sa.select(self._now)).scalar_one(), read=True)
 
     # -- reading -------------------------------------------------------------------------------------------
     def attempts(self) -> list[Attempt]:
-        """Every attempt, in the order they were queued (one read of the storage)."""
-        trials = retrying(lambda: self.storage.get_all_trials(self._sid, deepcopy=False))
-        return [Attempt.from_trial(t) for t in trials if "key" in t.user_attrs]
+        """Every attempt, in the order they were queued (one read; tickets only of attempts new to this process)."""
+        return self._tx(lambda c: self._select(c, None), read=True)
 
     def attempt(self, trial_id: int) -> Attempt:
-        return Attempt.from_trial(retrying(lambda: self.storage.get_trial(trial_id)))
+        """The attempt with this id; KeyError if there is none."""
+        found = self._tx(lambda c: self._select(c, _t.c.id == trial_id), read=True)
+        if not found:
+            raise KeyError(trial_id)
+        return found[0]
+
+    def _select(self, conn: sa.Connection, where: sa.ColumnElement[bool] | None) -> list[Attempt]:
+        query = sa.select(*(c for c in _t.c if c.name != "ticket")).order_by(_t.c.id)
+        rows = conn.execute(query if where is None else query.where(where)).all()
+        missing = [r.id for r in rows if r.id not in self._tickets]
+        if missing:
+            # ids grow with time, so the tickets new to this process are one range (a few ids: those alone)
+            which = _t.c.id.in_(missing) if len(missing) <= 100 else _t.c.id >= min(missing)
+            for id_, attrs in conn.execute(sa.select(_t.c.id, _t.c.ticket).where(which)):
+                self._tickets[id_] = Ticket.from_attrs(attrs)
+        return [Attempt.from_row(r, self._tickets[r.id]) for r in rows]
 
     def note(self, study: str) -> dict[str, Any]:
-        """What the last sweep of `study` recorded about itself (e.g. the device `auto` resolved to)."""
-        return dict(retrying(lambda: self.storage.get_study_user_attrs(self._sid)).get(f"study:{study}", {}))
+        """What the last sweep of `study` recorded about itself (e.g. the device `auto` resolved to, overrides)."""
+        query = sa.select(db.notes.c.note).where(db.notes.c.study == study)
+        return dict(self._tx(lambda c: c.execute(query).scalar_one_or_none(), read=True) or {})
 
     def set_note(self, study: str, note: dict[str, Any]) -> None:
-        retrying(lambda: self.storage.set_study_user_attr(self._sid, f"study:{study}", note))
+        stmt = self._insert(db.notes).values(study=study, note=note, updated=self._now)
+        replace = {"note": stmt.excluded.note, "updated": stmt.excluded.updated}
+        stmt = stmt.on_conflict_do_update(index_elements=["study"], set_=replace)
+        self._tx(lambda c: c.execute(stmt))
 
-    # -- writing -------------------------------------------------------------------------------------------
-    def enqueue(self, ticket: Ticket) -> int:
-        """Queue an attempt (WAITING). Call it under `lock()`, after checking the key has no live attempt."""
+    def record_trials(self, study: str, records: Iterable[TrialRecord]) -> None:
+        """Record trials and that `study` has them (a key's identity never changes: known ones are kept)."""
+        records = list(records)
+        if not records:
+            return
+        rows = [{**asdict(r), "created": time.time()} for r in records]
+        links = [{"study": study, "key": r.key} for r in records]
+
+        def once(conn: sa.Connection) -> None:
+            conn.execute(self._insert(db.trials).on_conflict_do_nothing(), rows)
+            conn.execute(self._insert(db.study_trials).on_conflict_do_nothing(), links)
+
+        self._tx(once)
+
+    def trials(self, study: str) -> list[TrialRecord]:
+        """The trials recorded for `study`, by key."""
+        query = (sa.select(db.trials.c.key, db.trials.c.config_hash, db.trials.c.seed, db.trials.c.identity_version)
+                 .join(db.study_trials, db.study_trials.c.key == db.trials.c.key)
+                 .where(db.study_trials.c.study == study).order_by(db.trials.c.key))  # fmt: skip
+        return [TrialRecord(*r) for r in self._tx(lambda c: c.execute(query).all(), read=True)]
+
+    # -- queueing and claiming -----------------------------------------------------------------------------
+    def enqueue(self, ticket: Ticket) -> int | None:
+        """Queue attempt `ticket.number` of its trial (WAITING) unless the trial has a live or complete attempt.
+
+        Returns:
+            The attempt's id, also when an identical enqueue (this call's own first try, whose reply was lost, or
+            another reconciler's) queued it; None when the trial already had another live or complete attempt or
+            that number was taken.
+        """
         check_key(ticket.key)
-        template = optuna.trial.create_trial(state=TrialState.WAITING, user_attrs=ticket.to_attrs())
-        return retrying(lambda: self.storage.create_new_trial(self._sid, template_trial=template))
+        return self._tx(lambda c: self._enqueue(c, ticket))
 
-    def claim(self, keys: set[str], owner: Owner, serves: Callable[[Ticket], bool] = lambda _: True) -> Attempt | None:
-        """Atomically take the oldest WAITING attempt of one of `keys` that this worker `serves`, or None."""
-        waiting = retrying(lambda: self.storage.get_all_trials(self._sid, deepcopy=False, states=(TrialState.WAITING,)))
-        for t in waiting:
-            ticket = Ticket.from_attrs(t.user_attrs)
-            if ticket.key not in keys or not serves(ticket):
-                continue
-            try:
-                if not retrying(lambda t=t: self.storage.set_trial_state_values(t._trial_id, TrialState.RUNNING)):
+    def enqueue_all(self, tickets: Iterable[Ticket]) -> list[int | None]:
+        """`enqueue` for many tickets, `BATCH` to a transaction."""
+        tickets = list(tickets)
+        for t in tickets:
+            check_key(t.key)
+        out: list[int | None] = []
+        for start in range(0, len(tickets), BATCH):
+            chunk = tickets[start : start + BATCH]
+            out += self._tx(lambda c, chunk=chunk: [self._enqueue(c, t) for t in chunk])
+        return out
+
+    def _enqueue(self, conn: sa.Connection, ticket: Ticket) -> int | None:
+        attrs = ticket.to_attrs()
+        other = _t.alias("other")
+        held = sa.exists().where(other.c.key == ticket.key, other.c.state.in_(db.HELD))
+        values = sa.select(
+            sa.literal(ticket.key, sa.String),
+            sa.literal(ticket.number, sa.Integer),
+            sa.literal("WAITING", sa.String),
+            sa.literal(attrs, db.Json()),
+            self._now,
+        ).where(~held)
+        # The constraints (one live attempt per trial, one row per attempt number) make a racing or retried insert
+        # insert nothing instead of failing.
+        insert = (self._insert(_t).from_select(["key", "number", "state", "ticket", "queued_at"], values)
+                  .on_conflict_do_nothing().returning(_t.c.id))  # fmt: skip
+        new = conn.execute(insert).scalar_one_or_none()
+        if new is not None:
+            self._tickets[new] = ticket
+            return new
+        there = conn.execute(
+            sa.select(_t.c.id, _t.c.ticket).where(_t.c.key == ticket.key, _t.c.number == ticket.number)
+        )
+        row = there.first()
+        return row.id if row is not None and row.ticket == json.loads(json.dumps(attrs)) else None
+
+    def claim(
+        self, keys: Collection[str] | None, owner: Owner, serves: Callable[[Ticket], bool] = lambda _: True
+    ) -> Attempt | None:
+        """Take the oldest WAITING attempt of one of `keys` (None: any) that this worker `serves`, or None.
+
+        The attempt becomes RUNNING with `owner` and a new token in one conditional write, only while its trial has
+        no RUNNING or COMPLETE attempt; of two claimers exactly one gets it (PostgreSQL skips an attempt another
+        claimer has locked, SQLite's immediate transaction lets one claimer in at a time).
+        """
+        token, tried = secrets.token_hex(8), False
+        other, locked = _t.alias("other"), _t.alias("locked")
+        query = sa.select(_t.c.id, _t.c.key).where(_t.c.state == "WAITING").order_by(_t.c.id)
+
+        def candidates(conn: sa.Connection) -> list[int]:
+            return [id_ for id_, key in conn.execute(query) if keys is None or key in keys]
+
+        if not self._tx(candidates, read=True):
+            return None  # the idle worker's usual look, without a write transaction
+
+        def once(conn: sa.Connection) -> Attempt | None:
+            nonlocal tried
+            if tried and (mine := self._select(conn, _t.c.token == token)):
+                return mine[0]  # the first try committed; its reply was lost
+            tried = True
+            for id_ in candidates(conn):
+                if not serves(self._ticket(conn, id_)):
                     continue
-            except UpdateFinishedTrialError:
-                continue
+                free = (sa.select(locked.c.id).where(locked.c.id == id_, locked.c.state == "WAITING")
+                        .with_for_update(skip_locked=True).scalar_subquery())  # fmt: skip
+                settled = sa.exists().where(other.c.key == _t.c.key, other.c.state.in_(("RUNNING", "COMPLETE")))
+                took = conn.execute(sa.update(_t).where(_t.c.id == free, ~settled).values(
+                    state="RUNNING", token=token, owner=asdict(owner), beat=1, claimed_at=self._now, beat_at=self._now
+                ))  # fmt: skip
+                if took.rowcount:
+                    return self._select(conn, _t.c.id == id_)[0]
+            return None
+
+        return self._tx(once)
+
+    def _ticket(self, conn: sa.Connection, trial_id: int) -> Ticket:
+        if trial_id not in self._tickets:
+            attrs = conn.execute(sa.select(_t.c.ticket).where(_t.c.id == trial_id)).scalar_one()
+            self._tickets[trial_id] = Ticket.from_attrs(attrs)
+        return self._tickets[trial_id]
+
+    # -- the holder's writes (fenced by the token) ---------------------------------------------------------
+    def heartbeat(self, attempt: Attempt, *, epoch: int | None = None, steps: int | None = None) -> None:
+        """Renew the lease (the database's now), with progress; LeaseLost if the attempt was ended meanwhile."""
+        progress = {k: v for k, v in (("epoch", epoch), ("steps", steps)) if v is not None}
+        self._renew(attempt, {"beat": _t.c.beat + 1, **progress})
+
+    def update(self, attempt: Attempt, **values: Any) -> None:
+        """Write progress (`epoch`, `steps`), `run_id` or `memory` of an attempt this process holds, renewing its
+        lease; LeaseLost if it was ended meanwhile."""
+        self._renew(attempt, _extras(values))
+
+    def _renew(self, attempt: Attempt, values: dict[str, Any]) -> None:
+        def once(conn: sa.Connection) -> None:
+            if not conn.execute(sa.update(_t).where(_held(attempt)).values(**values, beat_at=self._now)).rowcount:
+                raise LeaseLost
+
+        self._tx(once)
+
+    def complete(
+        self,
+        attempt: Attempt,
+        value: float | None,
+        outcome: Ending,
+        *,
+        result: dict[str, Any] | None = None,
+        **values: Any,
+    ) -> None:
+        """The attempt's result (finished or diverged): `value` is the final validation error (NaN or None if
+        diverged), `result` the summary metrics; `run_id`, `memory`, `epoch`, `steps` may come along.
+
+        Raises:
+            LeaseLost: the attempt was ended by someone else (or its trial has a result already).
+        """
+        finite = value if value is not None and math.isfinite(value) else None
+        ending = {"state": "COMPLETE", "outcome": Ending(outcome).value, "value": finite, "result": result}
+        if not self._end(attempt, {**_extras(values), **ending}):
+            raise LeaseLost
+
+    def fail(self, attempt: Attempt, kind: Ending, reason: str, **values: Any) -> bool:
+        """End an attempt without a result (by its holder, or by an observer that found its worker dead).
+
+        Returns:
+            False when it had already ended otherwise (someone else decided first).
+        """
+        ending = {"state": "FAIL", "kind": Ending(kind).value, "reason": reason[:500]}
+        return self._end(attempt, {**_extras(values), **ending})
+
+    def _end(self, attempt: Attempt, values: dict[str, Any]) -> bool:
+        from sqlalchemy.exc import IntegrityError
+
+        end_id = secrets.token_hex(8)
+
+        def once(conn: sa.Connection) -> bool:
+            end = sa.update(_t).where(_held(attempt)).values(**values, end_id=end_id, ended_at=self._now)
             try:
-                self.update(t._trial_id, owner=asdict(owner), beat=1)
-            except LeaseLost:  # judged an ownerless claim and ended before we named ourselves
-                continue
-            return self.attempt(t._trial_id)
-        return None
+                if conn.execute(end).rowcount:
+                    return True
+            except IntegrityError:  # a second result for the trial: the constraint refuses it
+                raise LeaseLost from None  # out of the transaction, which is rolled back
+            # 0 rows: ended by someone else, or by this very call's first try whose COMMIT reply was lost
+            return conn.execute(sa.select(_t.c.end_id).where(_t.c.id == attempt.trial_id)).scalar() == end_id
 
-    def update(self, trial_id: int, **attrs: Any) -> None:
-        """Write attributes of an attempt this process holds; LeaseLost if it was ended meanwhile."""
-        for k, v in attrs.items():
-            self._fenced(lambda k=k, v=v: self.storage.set_trial_user_attr(trial_id, k, v))
-
-    def complete(self, trial_id: int, value: float, outcome: Ending, **attrs: Any) -> None:
-        """The attempt's result (finished or diverged); `value` is the final validation error (NaN if diverged)."""
-        self.update(trial_id, outcome=Ending(outcome).value, **attrs)
-        self._fenced(lambda: self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values=[value]))
-
-    def fail(self, trial_id: int, kind: Ending, reason: str, **attrs: Any) -> bool:
-        """End an attempt without a result. False when it had already ended (someone else decided first)."""
         try:
-            self.update(trial_id, kind=Ending(kind).value, reason=reason[:500], **attrs)
-            self._fenced(lambda: self.storage.set_trial_state_values(trial_id, TrialState.FAIL))
+            return self._tx(once)
         except LeaseLost:
             return False
-        return True
 
-    def _fenced(self, write: Callable[[], object]) -> None:
-        try:
-            retrying(write)
-        except UpdateFinishedTrialError:
-            raise LeaseLost from None
+    # -- anyone's writes -----------------------------------------------------------------------------------
+    def set_run_id(self, trial_id: int, run_id: str) -> str:
+        """Record the MLflow run of an attempt unless it has another one; returns the run id that won (concurrent
+        repairs that each made a run converge on one, and end the others)."""
 
-    # -- one reconciler at a time --------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def lock(self, blocking: bool = True, timeout: float = 30.0) -> Iterator[bool]:
-        """Hold the ledger's reconcile lock; yields False (not holding it) when it is taken and `blocking` is off,
-        or still taken after `timeout` seconds (its holder may be paused: the caller goes on reading only).
+        def once(conn: sa.Connection) -> str:
+            unset = sa.or_(_t.c.run_id.is_(None), _t.c.run_id == run_id)
+            conn.execute(sa.update(_t).where(_t.c.id == trial_id, unset).values(run_id=run_id))
+            return conn.execute(sa.select(_t.c.run_id).where(_t.c.id == trial_id)).scalar_one()
 
-        A file lock beside a journal or SQLite file; `pg_advisory_lock` on PostgreSQL; `GET_LOCK` on MySQL. The
-        kernel or the database frees it when its holder dies.
+        return self._tx(once)
+
+    def expire(self) -> list[Attempt]:
+        """End, as `lost`, every RUNNING attempt whose last beat is older than the grace by the database's clock
+        (and any ownerless one older than the claim grace); returns them as ended.
+
+        Any process may call it, as often and as many at once as they like: the age is compared with the
+        database's now in the statement that ends the attempt, so a beat that reached the database first is never
+        ended, however late the observer.
         """
-        deadline = time.monotonic() + (timeout if blocking else 0.0)
-        taken = self._take()
-        while not taken and time.monotonic() < deadline:
-            time.sleep(0.05)
-            taken = self._take()
-        try:
-            yield taken
-        finally:
-            if taken:
-                self._give()
-
-    def _take(self) -> bool:
-        """Try once to take the lock, without waiting."""
-        if isinstance(self.storage, RDBStorage) and self.storage.engine.name in ("postgresql", "mysql"):
-            from sqlalchemy import text
-
-            conn = retrying(self.storage.engine.connect)
-            if self.storage.engine.name == "postgresql":
-                sql = "SELECT pg_try_advisory_lock(727379)"
-            else:
-                sql = "SELECT GET_LOCK('senet-ablate-reconcile', 0)"
-            got = conn.execute(text(sql)).scalar()
-            if got is False or got == 0:
-                conn.close()
-                return False
-            self._connection = conn
-            return True
-        path = (
-            f"{_journal_path(self.url)}.reconcile.lock"
-            if is_journal(self.url)
-            else f"{self.storage.engine.url.database}.reconcile.lock"  # type: ignore[attr-defined]
+        live = self.liveness
+        beat_at = sa.func.coalesce(_t.c.beat_at, _t.c.claimed_at, _t.c.queued_at)
+        stale = sa.and_(_t.c.state == "RUNNING", sa.or_(
+            sa.and_(_t.c.owner.is_not(None), beat_at < self._now - live.grace_s),
+            sa.and_(_t.c.owner.is_(None), beat_at < self._now - live.claim_grace_s),
+        ))  # fmt: skip
+        if not self._tx(lambda c: c.execute(sa.select(_t.c.id).where(stale).limit(1)).first(), read=True):
+            return []  # the usual case, without a write transaction (SQLite has one writer at a time)
+        reason = sa.case(
+            (_t.c.owner.is_(None), f"claimed but no owner named for {live.claim_grace_s:g} s (claimer killed)"),
+            else_=f"no heartbeat for {live.grace_s:g} s by the ledger's clock (its host died or its worker is paused)",
         )
-        lock = FileLock(path)
-        if not lock.acquire(blocking=False):
-            return False
-        self._lock = lock
-        return True
+        end_id = secrets.token_hex(8)
 
-    def _give(self) -> None:
-        if self._connection is not None:
-            conn, self._connection = self._connection, None
-            with contextlib.suppress(Exception):  # a dropped connection has released the lock already
-                from sqlalchemy import text
+        def once(conn: sa.Connection) -> list[Attempt]:
+            lost = {"state": "FAIL", "kind": Ending.LOST.value, "reason": reason, "end_id": end_id}
+            conn.execute(sa.update(_t).where(stale).values(**lost, ended_at=self._now))
+            return self._select(conn, _t.c.end_id == end_id)  # with those of a first try whose reply was lost
 
-                unlock = "SELECT pg_advisory_unlock(727379)" if conn.engine.name == "postgresql" else (
-                    "SELECT RELEASE_LOCK('senet-ablate-reconcile')"
-                )  # fmt: skip
-                conn.execute(text(unlock))
-            with contextlib.suppress(Exception):
-                conn.close()
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        return self._tx(once)
+
+
+def _extras(values: dict[str, Any]) -> dict[str, Any]:
+    """What a holder's write may carry besides its own fields."""
+    unknown = set(values) - {"epoch", "steps", "run_id", "memory"}
+    if unknown:
+        raise TypeError(f"Ledger: unknown fields {sorted(unknown)}; allowed: epoch, steps, run_id, memory")
+    return values
+
+
+def _held(attempt: Attempt) -> sa.ColumnElement[bool]:
+    """The row of `attempt` while the lease it was handed is still in force."""
+    return sa.and_(_t.c.id == attempt.trial_id, _t.c.token == attempt.token, _t.c.state == "RUNNING")

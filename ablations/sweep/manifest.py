@@ -17,7 +17,7 @@ from typing import Any
 
 from ablations.errors import SenetError
 from ablations.paths import sweeps_dir
-from ablations.sweep.ledger import Ticket
+from ablations.sweep.ticket import Ticket
 
 # How a worker process ends. DONE, RECYCLE and STOPPED are clean; any other code (ERROR, FAILPOINT, a signal, an
 # uncaught error) is a death of its slot, and a slot that dies `RESPAWNS` times in a row is given up.

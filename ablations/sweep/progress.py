@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from optuna.trial import TrialState
-
 from ablations.study.trials import Trial
-from ablations.sweep.ledger import Attempt
+from ablations.sweep.ledger import Attempt, State
 
 
 class Progress:
@@ -40,7 +38,7 @@ class Progress:
         if not self.enabled:
             return
         self.bar.update(self.overall, completed=done, note=note)
-        running = {a.trial_id: a for a in attempts if a.state == TrialState.RUNNING}
+        running = {a.trial_id: a for a in attempts if a.state == State.RUNNING}
         for trial_id in set(self._tasks) - set(running):
             self.bar.remove_task(self._tasks.pop(trial_id))
         for trial_id, a in running.items():

@@ -1,5 +1,7 @@
-"""MLflow follows the ledger: a COMPLETE attempt's run becomes FINISHED (created from `result.json` if the worker
-never got to MLflow), any other run of the sweep's trials that is not live ends KILLED or FAILED with the reason.
+"""MLflow follows the ledger: a COMPLETE attempt's run becomes FINISHED (created from the result the ledger holds, or
+`result.json`, if the worker never got to MLflow), any other run of the sweep's trials that is not live ends KILLED
+or FAILED with the reason. Any number of hosts may repair at once: the run of an attempt is recorded in the ledger
+by a conditional write, so concurrent repairs converge on one run and delete the ones they made in vain.
 """
 
 from __future__ import annotations
@@ -8,19 +10,18 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from optuna.trial import TrialState
-
 from ablations.config import flatten
 from ablations.outcomes import Ending, RunStatus
 from ablations.paths import run_dir
-from ablations.sweep.ledger import Attempt
+from ablations.sweep.ledger import Attempt, Ledger, State
 from ablations.sweep.reconcile import Ended
 from ablations.tracking import Tag, Tracker, code_tags, environment_tags
-from ablations.training.engine import read_result
+from ablations.training.engine import RunResult, read_result
 
 
 def repair(
     tracker: Tracker,
+    ledger: Ledger,
     attempts: Iterable[Attempt],
     keys: set[str],
     results: Path,
@@ -31,8 +32,9 @@ def repair(
 ) -> int:
     """Make MLflow agree with the ledger for `keys`; returns how many runs were changed or created.
 
-    - a COMPLETE attempt's run is FINISHED, with its summary (from `result.json` when the worker died before
-      logging it); an attempt with no run gets one, built from `result.json`;
+    - a COMPLETE attempt's run is FINISHED, with its summary (from the ledger's copy of the result, or
+      `result.json`, when the worker died before logging it); an attempt with no run gets one, built from the
+      result, unless a concurrent repair recorded its own first (then ours is deleted);
     - a run whose attempt is not RUNNING (ended, superseded, or never recorded) and that is still RUNNING ends
       KILLED, or FAILED for a failure of the trial itself, with the reason in its `ended_by` tag.
     """
@@ -41,21 +43,24 @@ def repair(
     by_run = {r.run_id: r for r in runs}
     by_attempt_id = {r.tags.get(Tag.ATTEMPT_ID): r for r in runs}
     changed = 0
-    live = {str(a.trial_id) for a in attempts if a.state in (TrialState.RUNNING, TrialState.WAITING)}
+    live = {str(a.trial_id) for a in attempts if a.state in (State.RUNNING, State.WAITING)}
     for a in attempts:
-        if a.state != TrialState.COMPLETE:
+        if a.state != State.COMPLETE:
             continue
         run = by_run.get(a.run_id or "") or by_attempt_id.get(str(a.trial_id))
         if run is not None and run.status == RunStatus.FINISHED and run.outcome:
             continue
-        result = read_result(run_dir(results, a.key))
+        result = RunResult(**a.result) if a.result else read_result(run_dir(results, a.key))
         if run is None:
             if result is None:
-                log(f"repair: {a.key} is COMPLETE but has no run and no result.json; nothing to rebuild from")
+                log(f"repair: {a.key} is COMPLETE but has no run and no result to rebuild one from")
                 continue
             run_id = tracker.start_trial(
                 study, parent_id, trial_info(a), {**environment_tags("unknown"), **code_tags(code)}
             )
+            if ledger.set_run_id(a.trial_id, run_id) != run_id:  # another repair's run was recorded first
+                tracker.client.delete_run(run_id)
+                continue
             for m in result.history:
                 tracker.log_epoch(run_id, int(m["epoch"]), m)
         else:
@@ -72,7 +77,7 @@ def repair(
         if run.status != RunStatus.RUNNING or attempt_id in live:
             continue
         ended = next((a for a in attempts if str(a.trial_id) == attempt_id), None)
-        if ended is not None and ended.state == TrialState.COMPLETE:
+        if ended is not None and ended.state == State.COMPLETE:
             continue  # handled above
         status, why = _ending(ended)
         tracker.end(run.run_id, status, why)

@@ -23,15 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optuna.trial import TrialState
-
 from ablations.config import Host
 from ablations.errors import SenetError
 from ablations.outcomes import Standing
 from ablations.paths import RESULTS, STORAGE_ENV, TRACKING_ENV
 from ablations.study.spec import StudySpec
 from ablations.study.trials import Trial, plan_trials
-from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, check_storage, is_journal, pid_alive
+from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, State, check_storage, is_local, pid_alive
 from ablations.sweep.manifest import EXIT_DONE, EXIT_RECYCLE, EXIT_STOPPED, Manifest
 from ablations.sweep.progress import Progress
 from ablations.sweep.reconcile import Reconciler
@@ -89,7 +87,7 @@ class Stores:
         tracker = None if local else Tracker(uri, opts.results)
         if tracker is not None:
             tracker.check()
-        ledger = None if is_journal(opts.storage_url) else Ledger.open(opts.storage_url, patience=CONNECT_S)
+        ledger = None if is_local(opts.storage_url) else Ledger.open(opts.storage_url, patience=CONNECT_S)
         check_writable(opts.results)
         if tracker is None:
             tracker = Tracker(uri, opts.results)  # a SQLite client creates its database (and folder) at once
@@ -157,7 +155,7 @@ class Sweep:
     def run(self) -> int:
         """0 when every trial is done (diverged counts), 1 when some failed, 130 when stopped."""
         manifest_path = self.manifest.write(self.results)
-        self._repair(self._reconcile(blocking=True))
+        self._repair(self._reconcile())
         with Progress(self.opts.progress, self.trials) as progress:
             while not self.stop.is_set():
                 ours = self._reconcile()  # end dead attempts, queue what is missing; where our trials stand
@@ -173,12 +171,10 @@ class Sweep:
             return 130
         return 0 if all(s.state == Standing.DONE for s in self.statuses) else 1
 
-    def _reconcile(self, blocking: bool = False) -> list[Attempt]:
-        """A reconcile pass (unless another process holds the lock) and the MLflow runs of the attempts it ended;
-        returns our trials' attempts."""
-        attempts, ended = self.reconciler.reconcile(
-            self.manifest.tickets, self.opts.max_retries, blocking, self.manifest.queue_new
-        )
+    def _reconcile(self) -> list[Attempt]:
+        """A reconcile pass and the MLflow runs of the attempts it ended; returns our trials' attempts."""
+        manifest = self.manifest
+        attempts, ended = self.reconciler.reconcile(manifest.tickets, self.opts.max_retries, manifest.queue_new)
         end_runs(self.tracker, ended)
         return self._take_stock(attempts)
 
@@ -202,15 +198,17 @@ class Sweep:
 
     def _stranded(self, attempts: list[Attempt]) -> bool:
         """With every slot given up: nothing runs any more either, so the sweep cannot go on (and says why)."""
-        if any(a.state == TrialState.RUNNING for a in attempts):
+        if any(a.state == State.RUNNING for a in attempts):
             return False
         self.say(f"sweep: every worker slot died {RESPAWNS} times in a row before finishing a trial; "
                  f"see {log_path(self.results, self.manifest.id, Slot(0))}")  # fmt: skip
         return True
 
     def _repair(self, attempts: list[Attempt]) -> None:
-        repair(self.tracker, attempts, self.manifest.keys, self.results, self.spec.name, self.manifest.parent_run,
-               self.manifest.code, self.say)  # fmt: skip
+        m = self.manifest
+        repair(
+            self.tracker, self.ledger, attempts, m.keys, self.results, self.spec.name, m.parent_run, m.code, self.say
+        )
 
     # -- workers ------------------------------------------------------------------------------------------------
     def _slots(self, attempts: list[Attempt]) -> list[Slot]:
@@ -232,7 +230,7 @@ class Sweep:
             if code is None:
                 continue
             del self.children[index]
-            finished = any(a.owner is not None and a.owner.pid == proc.pid and a.state == TrialState.COMPLETE
+            finished = any(a.owner is not None and a.owner.pid == proc.pid and a.state == State.COMPLETE
                            for a in attempts)  # fmt: skip
             if code in (EXIT_DONE, EXIT_RECYCLE, EXIT_STOPPED) or finished:
                 self.deaths[index] = 0
@@ -240,7 +238,7 @@ class Sweep:
                 self.deaths[index] = self.deaths.get(index, 0) + 1
                 if self.deaths[index] >= RESPAWNS:
                     self.given_up.add(index)
-        waiting = any(a.state == TrialState.WAITING for a in attempts)
+        waiting = any(a.state == State.WAITING for a in attempts)
         live = {w.slot for w in live_workers(self.results, self.manifest.id)}
         slots = self._slots(attempts)
         for slot in slots:

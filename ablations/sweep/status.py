@@ -10,14 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optuna.trial import TrialState
-
 from ablations.config import Host
 from ablations.outcomes import Ending, Standing
 from ablations.paths import RESULTS, ledger_file
 from ablations.study.spec import StudySpec
 from ablations.study.trials import Trial, plan_trials
-from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, Ticket, check_storage, is_journal
+from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, State, Ticket, check_storage
 
 
 @dataclass(frozen=True)
@@ -52,13 +50,13 @@ def by_key(attempts: Iterable[Attempt]) -> dict[str, list[Attempt]]:
 def classify_attempts(attempts: list[Attempt], max_retries: int) -> Standing:
     """done / running / failed / pending, from one trial's attempts (oldest first) and the retry budget."""
     states = {a.state for a in attempts}
-    if TrialState.COMPLETE in states:
+    if State.COMPLETE in states:
         return Standing.DONE
-    if TrialState.RUNNING in states:
+    if State.RUNNING in states:
         return Standing.RUNNING
-    if TrialState.WAITING in states:
+    if State.WAITING in states:
         return Standing.PENDING
-    kinds = [a.kind for a in attempts if a.state == TrialState.FAIL and a.kind is not None]
+    kinds = [a.kind for a in attempts if a.state == State.FAIL and a.kind is not None]
     if any(k.final for k in kinds) or sum(k.uses_retry for k in kinds) > max_retries:
         return Standing.FAILED
     return Standing.PENDING
@@ -66,9 +64,9 @@ def classify_attempts(attempts: list[Attempt], max_retries: int) -> Standing:
 
 def classify(trial: Trial, attempts: list[Attempt], max_retries: int) -> TrialStatus:
     """The trial's status from its attempts (oldest first) and the retry budget."""
-    failed = [a for a in attempts if a.state == TrialState.FAIL]
+    failed = [a for a in attempts if a.state == State.FAIL]
     last = failed[-1] if failed else None
-    done = next((a for a in attempts if a.state == TrialState.COMPLETE), None)
+    done = next((a for a in attempts if a.state == State.COMPLETE), None)
     return TrialStatus(
         trial,
         classify_attempts(attempts, max_retries),
@@ -137,7 +135,7 @@ def study_status(spec: StudySpec, opts: ReadOptions) -> tuple[list[Trial], list[
     """
     url = opts.storage_url
     check_storage(url)
-    if is_journal(url) and not Path(url.removeprefix("journal://")).exists():
+    if not Ledger.exists(url):
         trials = plan_trials(spec, opts.overrides, Host(opts.device) if opts.device else Host.here())  # type: ignore[arg-type]
         return trials, statuses(trials, [], opts.max_retries)
     ledger = Ledger.open(url, patience=CONNECT_S)

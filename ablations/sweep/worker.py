@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -30,13 +31,12 @@ from typing import Any
 import psutil
 import torch
 import yaml
-from optuna.trial import TrialState
 
 from ablations.config import RunConfig, build_config, input_shape
 from ablations.errors import SenetError
 from ablations.outcomes import Ending, RunStatus, Standing
 from ablations.paths import STORAGE_ENV, TRACEBACK, TRACKING_ENV, TRAIN_LOG, run_dir
-from ablations.sweep.ledger import Attempt, LeaseLost, Ledger, Owner, Ticket
+from ablations.sweep.ledger import Attempt, LeaseLost, Ledger, Owner, StoreUnavailable, Ticket
 from ablations.sweep.manifest import EXIT_DONE, EXIT_ERROR, EXIT_FAILPOINT, EXIT_RECYCLE, EXIT_STOPPED, Manifest
 from ablations.sweep.reconcile import Reconciler
 from ablations.sweep.repair import end_runs, trial_info
@@ -68,8 +68,8 @@ def _stop(signum: int, _frame: object) -> None:
 class Heartbeat:
     """Beats an attempt's lease every `period` seconds on a thread; notices when the lease was taken away."""
 
-    def __init__(self, ledger: Ledger, trial_id: int, period: float) -> None:
-        self.ledger, self.trial_id, self.period = ledger, trial_id, period
+    def __init__(self, ledger: Ledger, attempt: Attempt, period: float) -> None:
+        self.ledger, self.attempt, self.period = ledger, attempt, period
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
@@ -82,11 +82,9 @@ class Heartbeat:
         self._stop.set()
 
     def _run(self) -> None:
-        count = 1
         while not self._stop.wait(self.period):
-            count += 1
             try:
-                self.ledger.update(self.trial_id, beat=count)
+                self.ledger.heartbeat(self.attempt)
             except LeaseLost:
                 self.lost.set()
                 return
@@ -109,14 +107,15 @@ class Track(Callback):
             self.worker.runlog.submit(lambda: tracker.log_text(run_id, model_summary(cfg, info), "model_summary.txt"))
 
     def before_save(self, epoch: int) -> None:
-        if self.beat.lost.is_set() or self.worker.ledger.attempt(self.attempt.trial_id).state != TrialState.RUNNING:
+        if self.beat.lost.is_set():
             raise LeaseLost
+        self.worker.ledger.heartbeat(self.attempt)  # LeaseLost unless the lease is still ours: never save for another
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         if self.run_id:
             run_id = self.run_id
             self.worker.runlog.submit(lambda: self.worker.tracker.log_epoch(run_id, epoch, metrics))
-        self.worker.ledger.update(self.attempt.trial_id, epoch=epoch)
+        self.worker.ledger.update(self.attempt, epoch=epoch)
 
 
 def model_summary(cfg: RunConfig, info: dict[str, Any]) -> str:
@@ -192,7 +191,7 @@ class Worker:
         return classify_attempts(mine, self.manifest.max_retries) == Standing.FAILED
 
     def _settled(self) -> bool:
-        """Reconcile (if no one else is) and say whether every trial of the sweep is done or failed."""
+        """Reconcile and say whether every trial of the sweep is done or failed."""
         attempts, ended = self.reconciler.reconcile(
             self.manifest.tickets, self.manifest.max_retries, queue_new=self.manifest.queue_new
         )
@@ -210,7 +209,7 @@ class Worker:
         run_id: str | None = None
         with (
             open(folder / TRAIN_LOG, "a") as logfile,
-            Heartbeat(self.ledger, attempt.trial_id, self.ledger.liveness.heartbeat_s) as beat,
+            Heartbeat(self.ledger, attempt, self.ledger.liveness.heartbeat_s) as beat,
         ):
             log = _logger(logfile)
             try:
@@ -235,6 +234,12 @@ class Worker:
                 if run_id:
                     self.runlog.call(lambda: self.tracker.end(run_id, RunStatus.KILLED, why))
                 return Ending.LOST
+            except StoreUnavailable as err:  # nothing can be written: the lease lapses and the trial goes on elsewhere
+                why = f"ledger unreachable: {err}"
+                log(why)
+                if run_id:
+                    self.runlog.call(lambda: self.tracker.end(run_id, RunStatus.KILLED, why))
+                raise
             except Exception as err:
                 kind = failure(err)
                 text = traceback.format_exc()
@@ -255,7 +260,7 @@ class Worker:
         if not self.runlog.call(lambda: created.append(self.tracker.start_trial(study, parent, info, tags))):
             return None
         run_id = created[0]
-        self.ledger.update(attempt.trial_id, run_id=run_id)
+        self.ledger.update(attempt, run_id=run_id)
         config_text = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
         self.runlog.submit(lambda: self.tracker.log_text(run_id, config_text, "config.yaml"))
         return run_id
@@ -271,7 +276,7 @@ class Worker:
                 self.runlog.submit(lambda: self.tracker.log_text(run_id, notes, "notes.txt"))
         value = result.summary.get("final_val_top1_err", float("nan"))
         extra = {"memory": self._memory()} if self.cuda else {}
-        self.ledger.complete(attempt.trial_id, value, outcome, **extra)
+        self.ledger.complete(attempt, value, outcome, result=dataclasses.asdict(result), **extra)
         failpoint("after_complete")
         if run_id:
             self.runlog.call(lambda: self.tracker.end(run_id, outcome.run_status))
@@ -279,7 +284,7 @@ class Worker:
         return outcome
 
     def _end(self, attempt: Attempt, run_id: str | None, kind: Ending, reason: str) -> None:
-        if self.ledger.fail(attempt.trial_id, kind, reason, **({"run_id": run_id} if run_id else {})):
+        if self.ledger.fail(attempt, kind, reason, **({"run_id": run_id} if run_id else {})):
             self.note(f"{attempt.ticket.label} seed {attempt.ticket.seed}: {kind}: {reason}")
         if run_id:
             self.runlog.call(lambda: self.tracker.end(run_id, kind.run_status, f"{kind}: {reason}"))
@@ -349,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         return worker.run()
     except Stop:
         return EXIT_STOPPED
-    except SenetError as err:
+    except (SenetError, StoreUnavailable) as err:
         print(f"worker: error: {err}", file=sys.stderr, flush=True)
         return EXIT_ERROR
 

@@ -11,8 +11,9 @@ from ablations.sweep.ledger import Attempt, Ledger
 from ablations.tracking import Tracker
 
 
-def journal(results: Path) -> str:
-    return str(results / "ledger.journal")
+def local_ledger(results: Path) -> str:
+    """The ledger a sweep makes in `results` when no --storage is given."""
+    return str(results / "ledger.db")
 
 
 def attempts(url: str) -> list[Attempt]:

@@ -16,7 +16,7 @@ from ablations.sweep.slots import Slot
 from ablations.sweep.status import ticket_of
 from ablations.sweep.worker import Worker
 from tests._support.configs import write_spec
-from tests._support.stores import journal, tracker
+from tests._support.stores import local_ledger, tracker
 
 
 def locked() -> OperationalError:
@@ -60,11 +60,11 @@ def test_a_trial_finishes_while_mlflow_is_down_and_its_run_is_rebuilt_from_the_r
     spec = load_spec(spec_path)
     [trial] = expand(spec)
     uri = f"sqlite:///{results / 'mlflow.db'}"
-    ledger = Ledger.open(journal(results))
+    ledger = Ledger.open(local_ledger(results))
     ledger.enqueue(ticket_of(trial))
     parent = tracker(results).parent_run("tiny", "x", {})
     manifest = Manifest(spec.name, parent, {trial.key: ticket_of(trial)}, max_retries=0)
-    worker = Worker(manifest, results, Slot(0), journal(results), uri)
+    worker = Worker(manifest, results, Slot(0), local_ledger(results), uri)
     worker.runlog = RunLog(retry_s=0.3, log=lambda _: None)
 
     def down(*args, **kwargs):

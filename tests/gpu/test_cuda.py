@@ -11,7 +11,7 @@ import torch
 from ablations.config import build_config
 from ablations.training.engine import Warm, is_out_of_memory, train
 from tests._support.configs import tiny_tree, write_spec
-from tests._support.stores import assert_each_trial_complete_once, journal
+from tests._support.stores import assert_each_trial_complete_once, local_ledger
 
 pytestmark = pytest.mark.gpu
 
@@ -85,6 +85,6 @@ def test_a_packed_sweep_shares_one_gpu_and_records_memory(tmp_path):
     results = tmp_path / "results"
     assert main(["sweep", str(spec), "--results", str(results), "--gpus", "0", "--trials-per-gpu", "auto",
                  "--no-progress"]) == 0  # fmt: skip
-    assert_each_trial_complete_once(journal(results), results, 4)
-    memory = [a.memory for a in Ledger.open(journal(results)).attempts() if a.memory]
+    assert_each_trial_complete_once(local_ledger(results), results, 4)
+    memory = [a.memory for a in Ledger.open(local_ledger(results)).attempts() if a.memory]
     assert len(memory) == 4 and all(m["reserved_mb"] > 0 and m["total_mb"] > m["reserved_mb"] for m in memory)

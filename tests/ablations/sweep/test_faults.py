@@ -44,7 +44,7 @@ from ablations.training import engine as train_mod
 from ablations.training.checkpoint import load_checkpoint
 from tests._support.configs import write_spec
 from tests._support.processes import ENV, wait_for
-from tests._support.stores import journal, tracker
+from tests._support.stores import local_ledger, tracker
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 ROUNDS = 20
@@ -145,7 +145,7 @@ def _storage(kind: str, request) -> tuple[str, object]:
 def test_random_faults_lose_nothing_duplicate_nothing_and_hang_on_nothing(kind, tmp_path, request):
     url, pg = _storage(kind, request)
     results = tmp_path / "results"
-    storage = url or journal(results)
+    storage = url or local_ledger(results)
     uri = f"sqlite:///{results / 'mlflow.db'}"
     spec = write_spec(tmp_path, name=f"faults_{kind}", train={"epochs": 3}, data={"synthetic_train": 320})
     rng = random.Random(SEED)
@@ -244,14 +244,14 @@ def test_a_paused_worker_loses_its_lease_and_stops_quietly_when_resumed(tmp_path
     results = tmp_path / "results"
     common = ["--results", str(results), "--no-progress", "--max-retries", "0"]
     proc = _launch("sweep", str(spec), "--workers", "2", *common, cwd=tmp_path)
-    attempt = wait_for(lambda: [a for a in Ledger.open(journal(results)).attempts() if a.epoch >= 1], 120)[0]
+    attempt = wait_for(lambda: [a for a in Ledger.open(local_ledger(results)).attempts() if a.epoch >= 1], 120)[0]
     _signal(attempt.owner.pid, signal.SIGSTOP)
     try:
-        wait_for(lambda: len(Ledger.open(journal(results)).attempts()) == 2, timeout=60)  # taken away, requeued
+        wait_for(lambda: len(Ledger.open(local_ledger(results)).attempts()) == 2, timeout=60)  # taken away, requeued
     finally:
         _signal(attempt.owner.pid, signal.SIGCONT)
     assert proc.wait(timeout=240) == 0
-    ledger = Ledger.open(journal(results)).attempts()
+    ledger = Ledger.open(local_ledger(results)).attempts()
     assert [(a.state, a.kind) for a in ledger] == [(TrialState.FAIL, "lost"), (TrialState.COMPLETE, None)]
     runs = {r.tags[Tag.ATTEMPT_ID]: r for r in tracker(results).trial_runs()}
     assert runs[str(ledger[1].trial_id)].status == "FINISHED"
@@ -271,7 +271,7 @@ def test_a_crash_between_the_ledger_and_mlflow_keeps_one_finished_run(tmp_path):
     proc = _launch("sweep", str(spec), "--results", str(results), "--no-progress", "--max-retries", "0",
                    cwd=tmp_path, env={"SENET_ABLATE_FAILPOINT": "after_complete"})  # fmt: skip
     assert proc.wait(timeout=240) == 0
-    ledger = Ledger.open(journal(results)).attempts()
+    ledger = Ledger.open(local_ledger(results)).attempts()
     assert [a.state for a in ledger] == [TrialState.COMPLETE] * 2
     runs = tracker(results).trial_runs()
     assert sorted(r.status for r in runs) == ["FINISHED", "FINISHED"] and all(r.outcome for r in runs)
@@ -296,7 +296,7 @@ def test_a_torn_checkpoint_restarts_the_trial_from_scratch_and_says_so(tmp_path)
     assert "checkpoint is unreadable" in log and "restarting from scratch" in log
     assert load_checkpoint(ckpt)["epoch"] == 4
     uri = f"sqlite:///{results / 'mlflow.db'}"
-    assert invariants(spec, journal(results), uri, results)["complete"] == 1
+    assert invariants(spec, local_ledger(results), uri, results)["complete"] == 1
 
 
 def test_disk_full_mid_trial_fails_clearly_and_resumes_later(tmp_path, monkeypatch):
@@ -305,7 +305,7 @@ def test_disk_full_mid_trial_fails_clearly_and_resumes_later(tmp_path, monkeypat
     results = tmp_path / "results"
     spec = load_spec(spec_path)
     [trial] = expand(spec)
-    ledger = Ledger.open(journal(results))
+    ledger = Ledger.open(local_ledger(results))
     ledger.enqueue(ticket_of(trial))
     real, calls = train_mod.save_checkpoint, []
 
@@ -320,7 +320,7 @@ def test_disk_full_mid_trial_fails_clearly_and_resumes_later(tmp_path, monkeypat
     from ablations.sweep.slots import Slot
 
     manifest = Manifest(spec.name, None, {trial.key: ticket_of(trial)}, max_retries=1)
-    worker = Worker(manifest, results, Slot(0), journal(results), f"sqlite:///{results / 'mlflow.db'}")
+    worker = Worker(manifest, results, Slot(0), local_ledger(results), f"sqlite:///{results / 'mlflow.db'}")
     attempt = ledger.claim({trial.key}, Owner.me())
     assert worker.run_attempt(attempt) == "crash"
     ended = ledger.attempt(attempt.trial_id)

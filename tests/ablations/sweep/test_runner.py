@@ -21,7 +21,7 @@ from ablations.sweep.ledger import Ledger, pid_alive
 from ablations.sweep.slots import live_workers
 from tests._support.configs import write_spec
 from tests._support.processes import ENV, cli, free_port, port_open, wait_for
-from tests._support.stores import assert_each_trial_complete_once, attempts, journal, tracker
+from tests._support.stores import assert_each_trial_complete_once, attempts, local_ledger, tracker
 
 pytestmark = pytest.mark.slow
 
@@ -44,13 +44,13 @@ def test_sweep_tracks_everything_and_a_rerun_trains_nothing(tmp_path, capsys):
     assert sweep(spec, results, "--workers", "2") == 0
     out = capsys.readouterr().out
     assert "6 done, 0 running, 0 failed, 0 pending" in out and "no SE" in out
-    assert_each_trial_complete_once(journal(results), results, 6)
+    assert_each_trial_complete_once(local_ledger(results), results, 6)
 
     df = tracker(results).runs_frame()
     parent = df[df["tags.senet.role"] == "parent"]
     assert len(parent) == 1 and parent["status"].iloc[0] == "FINISHED"
     assert parent["tags.senet.host_device"].iloc[0] == "cpu"
-    assert Ledger.open(journal(results)).note("tiny") == {"device": "cpu"}  # the device `auto` resolved to
+    assert Ledger.open(local_ledger(results)).note("tiny") == {"device": "cpu"}  # the device `auto` resolved to
     trials = df[df["tags.senet.role"] == "trial"]
     assert set(trials["tags.mlflow.parentRunId"]) == {parent["run_id"].iloc[0]}
     for tag in ("study", "config_hash", "seed", "git_sha", "git_dirty", "torch", "device", "trial_key", "attempt_id"):
@@ -72,7 +72,7 @@ def test_sweep_tracks_everything_and_a_rerun_trains_nothing(tmp_path, capsys):
     # The same command again: everything is COMPLETE, nothing trains, nothing is duplicated.
     assert sweep(spec, results, "--workers", "2") == 0
     assert len(tracker(results).runs_frame()) == len(df)
-    assert_each_trial_complete_once(journal(results), results, 6)
+    assert_each_trial_complete_once(local_ledger(results), results, 6)
     assert main(["status", str(spec), "--results", str(results)]) == 0
     assert "6 done, 0 running, 0 failed, 0 pending" in capsys.readouterr().out
 
@@ -81,7 +81,7 @@ def test_fresh_process_per_trial_is_an_option(tmp_path):
     spec = write_spec(tmp_path, seeds=1)
     results = tmp_path / "results"
     assert sweep(spec, results, "--fresh-process") == 0
-    assert_each_trial_complete_once(journal(results), results, 2)
+    assert_each_trial_complete_once(local_ledger(results), results, 2)
     log = next(results.glob("workers/*/slot0.log")).read_text()
     assert log.count("recycled after 1 trials") == 2
 
@@ -92,16 +92,18 @@ def test_kill_9_of_a_worker_mid_trial_then_the_trial_resumes_from_its_checkpoint
     results = tmp_path / "results"
     proc = cli("sweep", str(spec), "--results", str(results), "--no-progress", cwd=tmp_path)
     ckpt = wait_for(lambda: next(results.glob("runs/*/checkpoint.pt"), None))
-    running = wait_for(lambda: [a for a in attempts(journal(results)) if a.state == TrialState.RUNNING and a.run_id])
+    running = wait_for(
+        lambda: [a for a in attempts(local_ledger(results)) if a.state == TrialState.RUNNING and a.run_id]
+    )
     os.kill(running[0].owner.pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
-    assert_each_trial_complete_once(journal(results), results, 1)
+    assert_each_trial_complete_once(local_ledger(results), results, 1)
     runs = tracker(results).trial_runs()
     assert sorted(r.status for r in runs) == ["FAILED", "FINISHED"]
     assert "died mid-trial" in next(r for r in runs if r.status == "FAILED").tags["senet.ended_by"]
     assert "resumed after epoch" in (ckpt.parent / "train.log").read_text()
-    crashed = [a for a in attempts(journal(results)) if a.state == TrialState.FAIL]
+    crashed = [a for a in attempts(local_ledger(results)) if a.state == TrialState.FAIL]
     assert len(crashed) == 1 and crashed[0].kind == "crash"
 
 
@@ -120,8 +122,8 @@ def test_workers_outlive_a_killed_controller_and_a_rerun_adopts_them(tmp_path, c
     assert all(pid_alive(w.pid, w.start) for w in workers)  # orphaned, alive, still training
     assert sweep(spec, results, "--workers", "2", "--max-retries", "0") == 0  # the rerun, in this process
     assert "4 done" in capsys.readouterr().out
-    assert_each_trial_complete_once(journal(results), results, 4)
-    ledger = attempts(journal(results))
+    assert_each_trial_complete_once(local_ledger(results), results, 4)
+    ledger = attempts(local_ledger(results))
     assert not [a for a in ledger if a.state == TrialState.FAIL]  # nothing failed: no broken pipe, no duplicate
     # The rerun adopted the two live workers instead of starting more: they trained every trial.
     assert {a.owner.pid for a in ledger if a.owner is not None} == {w.pid for w in workers}
@@ -143,12 +145,12 @@ def test_sigint_stops_the_workers_cleanly_and_the_rerun_resumes(tmp_path):
     out, err = proc.communicate(timeout=90)
     assert proc.returncode == 130, err
     assert "stopping" in err
-    ledger = attempts(journal(results))
+    ledger = attempts(local_ledger(results))
     assert [(a.state, a.kind) for a in ledger] == [(TrialState.FAIL, "stopped")]  # stopped by us: no retry used
     assert {r.status for r in tracker(results).trial_runs()} == {"KILLED"}
     assert not _workers(results)
     assert sweep(spec, results, "--max-retries", "0") == 0  # the rerun, in this process
-    assert_each_trial_complete_once(journal(results), results, 1)
+    assert_each_trial_complete_once(local_ledger(results), results, 1)
     assert "resumed after epoch" in next(results.glob("runs/*/train.log")).read_text()
 
 
@@ -156,7 +158,7 @@ def test_a_diverged_trial_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     spec = write_spec(tmp_path, grid={"train.lr": [0.05, 1e30]}, seeds=1)
     results = tmp_path / "results"
     assert sweep(spec, results) == 0
-    assert_each_trial_complete_once(journal(results), results, 2)
+    assert_each_trial_complete_once(local_ledger(results), results, 2)
     runs = tracker(results).trial_runs()
     by_lr = {json.loads(r.tags["factor.train.lr"]): r.outcome for r in runs}
     assert by_lr == {0.05: "finished", 1e30: "diverged"}
@@ -170,13 +172,13 @@ def test_two_sweeps_and_a_joining_worker_never_run_a_trial_twice(tmp_path):
     spec = write_spec(tmp_path, seeds=3)
     results = tmp_path / "results"
     first = cli("sweep", str(spec), "--results", str(results), "--workers", "2", "--no-progress", cwd=tmp_path)
-    wait_for(lambda: attempts(journal(results)))
+    wait_for(lambda: attempts(local_ledger(results)))
     joiner = cli("worker", str(spec), "--results", str(results), "--no-progress", cwd=tmp_path)
     second = cli("sweep", str(spec), "--results", str(results), "--no-progress", cwd=tmp_path)
     for p in (first, joiner, second):
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
-    assert_each_trial_complete_once(journal(results), results, 6)
+    assert_each_trial_complete_once(local_ledger(results), results, 6)
 
 
 def test_a_configuration_error_is_one_attempt_one_line_and_exit_1(tmp_path, capsys):
@@ -187,7 +189,7 @@ def test_a_configuration_error_is_one_attempt_one_line_and_exit_1(tmp_path, caps
     assert sweep(spec, results, "--max-retries", "3") == 1
     out = capsys.readouterr().out
     assert "1 done, 0 running, 1 failed" in out and "no-data" in out
-    fails = [a for a in attempts(journal(results)) if a.state == TrialState.FAIL]
+    fails = [a for a in attempts(local_ledger(results)) if a.state == TrialState.FAIL]
     assert len(fails) == 1 and fails[0].kind == "config"
     failed = [r for r in tracker(results).trial_runs() if r.status == "FAILED"]
     assert len(failed) == 1 and failed[0].tags["senet.ended_by"].startswith("config:")
@@ -204,7 +206,7 @@ def test_a_deterministic_crash_uses_the_retries_then_fails(tmp_path, capsys, mon
     monkeypatch.setenv("SENET_ABLATE_FAILPOINT", "before_training")  # the workers inherit it
     assert sweep(spec, results, "--max-retries", "1") == 1
     assert "1 failed" in capsys.readouterr().out
-    kinds = [(a.state, a.kind) for a in attempts(journal(results))]
+    kinds = [(a.state, a.kind) for a in attempts(local_ledger(results))]
     assert kinds == [(TrialState.FAIL, "crash")] * 2
 
 
@@ -213,7 +215,7 @@ def test_fail_fast_stops_at_the_first_failure(tmp_path):
                       data={"root": str(tmp_path / "no-data"), "val_size": 10})  # fmt: skip
     results = tmp_path / "results"
     assert sweep(spec, results, "--fail-fast") == 1
-    assert len([a for a in attempts(journal(results)) if a.state == TrialState.FAIL]) == 1
+    assert len([a for a in attempts(local_ledger(results)) if a.state == TrialState.FAIL]) == 1
 
 
 def test_cuda_asked_for_on_a_host_without_cuda_is_exit_2_at_once(tmp_path, capsys):
@@ -296,7 +298,7 @@ def test_real_fashion_mnist_subsets_end_to_end(tmp_path, capsys):
     )  # fmt: skip
     results = tmp_path / "results"
     assert sweep(spec, results) == 0
-    assert_each_trial_complete_once(journal(results), results, 2)
+    assert_each_trial_complete_once(local_ledger(results), results, 2)
     runs = tracker(results).trial_runs()
     assert all(r.metrics["test_top1_err"] < 90 for r in runs)  # better than chance on 10 classes after 1 epoch
     assert "no SE" in capsys.readouterr().out
@@ -353,9 +355,9 @@ def test_a_trial_left_queued_by_another_study_does_not_block_this_one(tmp_path):
     second = write_spec(tmp_path, name="second", grid={"se.excitation": ["sigmoid", "relu"]}, seeds=1)
     # The first study's sweep queued its trials and died before training any.
     tickets = {t.key: ticket_of(t) for t in expand(load_spec(first))}
-    Reconciler(Ledger.open(journal(results)), print).reconcile(tickets, max_retries=1, blocking=True)
+    Reconciler(Ledger.open(local_ledger(results)), print).reconcile(tickets, max_retries=1, blocking=True)
     assert sweep(second, results) == 0
-    ledger = attempts(journal(results))
+    ledger = attempts(local_ledger(results))
     shared = next(t.key for t in expand(load_spec(second)) if t.label == "se.excitation=sigmoid")
     assert [a.state for a in ledger if a.key == shared] == [TrialState.COMPLETE]  # trained once, by `second`
     tanh = next(t.key for t in expand(load_spec(first)) if t.label == "se.excitation=tanh")
@@ -371,13 +373,13 @@ def test_workers_train_only_their_own_sweep_and_a_joiner_needs_the_sweeps_settin
     other.mkdir()
     namesake = write_spec(other, name="same", grid={"train.lr": [0.2]}, seeds=1)  # same name, another trial
     assert sweep(spec, results, "--set", "train.epochs=1") == 0
-    keys = {a.key for a in attempts(journal(results))}
+    keys = {a.key for a in attempts(local_ledger(results))}
     assert main(["worker", str(spec), "--results", str(results), "--no-progress"]) == 2  # without the --set
     assert "give `worker` the sweep's own --set" in capsys.readouterr().err
-    assert {a.key for a in attempts(journal(results))} == keys  # it queued and trained nothing
+    assert {a.key for a in attempts(local_ledger(results))} == keys  # it queued and trained nothing
     assert sweep(namesake, results) == 0
-    assert len({a.key for a in attempts(journal(results))} - keys) == 1  # the namesake's own trial, nothing else
-    assert_each_trial_complete_once(journal(results), results, 3)
+    assert len({a.key for a in attempts(local_ledger(results))} - keys) == 1  # the namesake's own trial, nothing else
+    assert_each_trial_complete_once(local_ledger(results), results, 3)
 
 
 def test_secrets_and_store_urls_never_reach_a_command_line(tmp_path, monkeypatch):
@@ -387,7 +389,7 @@ def test_secrets_and_store_urls_never_reach_a_command_line(tmp_path, monkeypatch
     spec = write_spec(tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1, train={"epochs": 4},
                       data={"synthetic_train": 640})  # fmt: skip
     proc = cli("sweep", str(spec), "--results", str(results), "--no-progress", cwd=tmp_path,
-               env={"MLFLOW_TRACKING_URI": uri, "SENET_ABLATE_STORAGE": journal(results)})  # fmt: skip
+               env={"MLFLOW_TRACKING_URI": uri, "SENET_ABLATE_STORAGE": local_ledger(results)})  # fmt: skip
     workers = wait_for(lambda: _workers(results))
     cmdlines = [Path(f"/proc/{w.pid}/cmdline").read_bytes() for w in workers]
     assert proc.wait(timeout=180) == 0
