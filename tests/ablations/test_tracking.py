@@ -78,7 +78,7 @@ def test_a_trial_finishes_while_mlflow_is_down_and_its_run_is_rebuilt_from_the_r
     assert done.state == TrialState.COMPLETE and done.run_id is None
     assert tracker(results).trial_runs() == []
     monkeypatch.undo()
-    repair(tracker(results), ledger.attempts(), {trial.key}, results, spec.name, parent, {}, print)
+    repair(tracker(results), ledger, ledger.attempts(), {trial.key}, results, spec.name, parent, {}, print)
     [run] = tracker(results).trial_runs()
     assert (run.status, run.outcome, run.key) == ("FINISHED", "finished", trial.key)
     assert run.metrics["test_top1_err"] == pytest.approx(_result(results, trial.key)["test_top1_err"])

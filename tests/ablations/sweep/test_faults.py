@@ -103,12 +103,12 @@ def invariants(spec_path: Path, storage: str, uri: str, results: Path, planted: 
     reconciler = Reconciler(ledger, lambda _: None)
     deadline = time.monotonic() + ledger.liveness.grace_s + 15
     while True:  # a dead foreign host's attempt is ended only after the grace, on our own clock
-        found, ended = reconciler.reconcile(tickets, max_retries=1000, blocking=True)
+        found, ended = reconciler.reconcile(tickets, max_retries=1000)
         end_runs(tracker_, ended)
         if not any(a.state == TrialState.RUNNING for a in found) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    repair(tracker_, found, set(tickets), results, spec.name, tracker_.find_parent(spec.name), {}, lambda _: None)
+    repair(tracker_, ledger, found, set(tickets), results, spec.name, tracker_.find_parent(spec.name), {}, lambda _: None)
     complete = Counter(a.key for a in found if a.state == TrialState.COMPLETE)
     assert all(n == 1 for n in complete.values()), f"duplicated in the ledger: {complete}"
     assert not [a for a in found if a.state == TrialState.RUNNING], "RUNNING attempt without a live worker"

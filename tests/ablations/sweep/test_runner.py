@@ -355,7 +355,7 @@ def test_a_trial_left_queued_by_another_study_does_not_block_this_one(tmp_path):
     second = write_spec(tmp_path, name="second", grid={"se.excitation": ["sigmoid", "relu"]}, seeds=1)
     # The first study's sweep queued its trials and died before training any.
     tickets = {t.key: ticket_of(t) for t in expand(load_spec(first))}
-    Reconciler(Ledger.open(local_ledger(results)), print).reconcile(tickets, max_retries=1, blocking=True)
+    Reconciler(Ledger.open(local_ledger(results)), print).reconcile(tickets, max_retries=1)
     assert sweep(second, results) == 0
     ledger = attempts(local_ledger(results))
     shared = next(t.key for t in expand(load_spec(second)) if t.label == "se.excitation=sigmoid")
