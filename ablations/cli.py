@@ -42,11 +42,10 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         rows = profile(args.model, parse_set(args.set), args.input_size)
     else:
         raise SenetError("profile: give --model NAME or --paper")
-    if args.json:
-        for row in rows:
-            print(json.dumps(row.as_dict(), sort_keys=True))
-        return 0
-    print_rows(rows, paper=args.paper)
+    for row in rows if args.json else ():
+        print(json.dumps(row.as_dict(), sort_keys=True))
+    if not args.json:
+        print_rows(rows, paper=args.paper)
     return 0
 
 
@@ -108,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     place(st)
     reading(st)
     st.set_defaults(func=_cmd_status)
+
+    rt = sub.add_parser(
+        "retry", help="queue chosen trials of a study again (failed ones by default); `sweep` trains them"
+    )
+    place(rt)
+    rt.add_argument("--failed", action="store_true", help="every failed trial (the default without --trial)")
+    rt.add_argument(
+        "--trial", action="append", default=[], metavar="KEY", help="a trial key (see `status`), repeatable"
+    )
+    rt.set_defaults(func=_cmd_retry)
 
     rp = sub.add_parser("report", help="paper-style tables, figures and CSV of a study, from MLflow")
     place(rp)
@@ -232,8 +241,8 @@ def _read_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         results=args.results,
         storage=args.storage or os.environ.get(STORAGE_ENV),
         tracking_uri=args.tracking_uri,
-        overrides=parse_set(args.set),
-        device=args.device,
+        overrides=parse_set(args.set) if args.set else None,  # none given: as the sweep recorded them
+        device=getattr(args, "device", None),
         max_retries=args.max_retries,
     )
 
@@ -270,35 +279,38 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     from ablations.reporting.summary import print_summary
-    from ablations.study.load import load_spec
     from ablations.sweep.runner import run
+    from ablations.sweep.status import find_spec
 
     opts = _sweep_options(args)
-    code, statuses = run(load_spec(args.study), opts, create=False)
+    code, statuses = run(find_spec(args.study, opts.storage_url), opts, create=False)
     print_summary(statuses, opts.tracking_uri, opts.results)
     return code
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from ablations.outcomes import Standing
-    from ablations.study.load import load_spec
-    from ablations.sweep.status import study_status, summary_line
+    from ablations.sweep.status import describe, find_spec, study_status
 
     opts = _read_options(args)
-    _, statuses = study_status(load_spec(args.study), opts)
-    print(summary_line(statuses))
-    for s in statuses:
-        extra = s.outcome if s.state == Standing.DONE else s.reason
-        print(f"  {s.state:8s} {s.trial.label} seed {s.trial.seed} [{s.trial.key}] {extra}".rstrip())
+    print(describe(study_status(find_spec(args.study, opts.storage_url), opts)[1]))
+    return 0
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    from ablations.sweep.reconcile import retry
+    from ablations.sweep.status import find_spec
+
+    opts = _read_options(args)
+    print(retry(find_spec(args.study, opts.storage_url), opts, set(args.trial)))
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from ablations.reporting.report import write_report
-    from ablations.study.load import load_spec
+    from ablations.sweep.status import find_spec
 
     opts = _read_options(args)
-    path = write_report(load_spec(args.study), opts, out=args.out, named=args.study)
+    path = write_report(find_spec(args.study, opts.storage_url), opts, out=args.out, named=args.study)
     print(f"report written to {path}")
     return 0
 
@@ -315,7 +327,7 @@ def _cmd_excitation(args: argparse.Namespace) -> int:
         raise SenetError(f"--classes: {args.classes} is not allowed; allowed: class indices, e.g. --classes 0 3")
     classes = None if args.classes is None else [int(c) for c in args.classes]
     opts = ReadOptions(results=args.results, storage=os.environ.get(STORAGE_ENV), tracking_uri=args.tracking_uri,
-                       overrides=parse_set(args.set))  # fmt: skip
+                       overrides=parse_set(args.set) if args.set else None)  # fmt: skip
     target = load_spec(args.target) if names_a_study(args.target) else args.target  # else a run id
     paths = excitation_report(target, opts, out, classes)
     for p in paths:

@@ -8,7 +8,10 @@ run's status, each one typed enum with its behaviour on it and stored as the sam
 | crash | any other error in training, or the worker process died | counts toward `--max-retries` | FAILED |
 | config | a configuration this host cannot run (missing data, a device it lacks) | never: one line, exit 1 | FAILED |
 | stopped | stopped by us (Ctrl-C or SIGTERM to the sweep) | does not count | KILLED |
-| lost | the worker stopped beating (its host died, or it was paused past the grace) | does not count | KILLED |
+| lost | the worker stopped beating (its host died, or it was paused past the grace) | counts as a loss | KILLED |
+| stalled | its training made no step for too long (blocked in I/O, a hung device) | counts as a loss | KILLED |
+
+A trial lost or stalled `LOSS_LIMIT` times is failed: it kills, freezes or hangs whatever host trains it.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Ending(_Word):
     CONFIG = "config"
     STOPPED = "stopped"
     LOST = "lost"
+    STALLED = "stalled"
 
     @property
     def result(self) -> bool:
@@ -58,6 +62,12 @@ class Ending(_Word):
     def final(self) -> bool:
         """A failure that ends the trial at once, whatever retries are left."""
         return self is Ending.CONFIG
+
+    @property
+    def host_loss(self) -> bool:
+        """The attempt's host lost it (died, froze, paused past the grace) or its training hung: counts toward the
+        trial's own limit of losses, never toward `--max-retries`."""
+        return self in (Ending.LOST, Ending.STALLED)
 
     @property
     def failure(self) -> bool:

@@ -15,9 +15,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ablations.errors import SenetError
 from ablations.outcomes import Ending, Standing
-from ablations.sweep.ledger import Attempt, Ledger, State, Ticket, pid_alive
-from ablations.sweep.status import by_key, classify_attempts
+from ablations.study.spec import StudySpec
+from ablations.study.trials import Trial
+from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, State, Ticket, pid_alive
+from ablations.sweep.status import ReadOptions, by_key, classify_attempts, study_status, ticket_of
 
 
 @dataclass(frozen=True)
@@ -82,3 +85,40 @@ def next_ticket(first: Ticket, attempts: list[Attempt], max_retries: int) -> Tic
     exclusive = bool(failed) and failed[-1].kind == Ending.OOM
     base = attempts[-1].ticket if attempts else first
     return Ticket(**{**base.to_attrs(), "number": len(attempts) + 1, "exclusive": exclusive})
+
+
+def queue_again(ledger: Ledger, trials: list[Trial], keys: set[str]) -> list[Trial]:
+    """One more attempt, on purpose, for each trial of `keys` whatever its failures (`retry`, and a sweep whose host
+    now passes the checks a configuration failure did not); the ticket is the trial as planned now, so settings that
+    are not part of its identity (a data folder) are today's. A trial with a live or complete attempt is left as it
+    is. Returns the trials queued."""
+    grouped = by_key(ledger.attempts())
+    chosen = [t for t in trials if t.key in keys]
+    tickets = [Ticket(**{**ticket_of(t).to_attrs(), "number": len(grouped.get(t.key, [])) + 1}) for t in chosen]
+    return [t for t, queued in zip(chosen, ledger.enqueue_all(tickets), strict=True) if queued is not None]
+
+
+def retry(spec: StudySpec, opts: ReadOptions, keys: set[str]) -> str:
+    """`senet-ablate retry`: one more attempt for the study's failed trials, or for the trials of `keys` (failed or
+    pending ones; a done or running trial is refused: it has its result or its attempt); returns what to print.
+
+    Raises:
+        SenetError: a key that is not one of the study's trials.
+    """
+    trials, found = study_status(spec, opts)
+    unknown = sorted(keys - {t.key for t in trials})
+    if unknown:
+        raise SenetError(f"--trial: {unknown[0]} is not a trial of {spec.name!r}; see `senet-ablate status`")
+    wanted = [s for s in found if s.trial.key in keys] if keys else [s for s in found if s.state == Standing.FAILED]
+    chosen = [s for s in wanted if s.state in (Standing.FAILED, Standing.PENDING)]
+    ledger = Ledger.open(opts.storage_url, patience=CONNECT_S)
+    queued = {t.key for t in queue_again(ledger, trials, {s.trial.key for s in chosen})}
+    hint = f"; `senet-ablate sweep {spec.where}` trains them" if queued else ""
+    lines = [f"queued {len(queued)} trials again{hint}"]
+    for s in wanted:
+        where = f"{s.trial.label} seed {s.trial.seed} [{s.trial.key}]"
+        if s.trial.key in queued:
+            lines.append(f"  {where} was {s.state}" + (f": {s.reason}" if s.reason else ""))
+        else:
+            lines.append(f"  not queued: {where} is {s.state}")
+    return "\n".join(lines)

@@ -13,26 +13,29 @@ end `stopped`, which uses no retry); a second Ctrl-C exits at once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ablations.config import Host
+from ablations.config import IDENTITY_VERSION, Host
 from ablations.errors import SenetError
-from ablations.outcomes import Standing
+from ablations.outcomes import Ending, Standing
 from ablations.paths import RESULTS, STORAGE_ENV, TRACKING_ENV
+from ablations.study.load import STUDIES
 from ablations.study.spec import StudySpec
 from ablations.study.trials import Trial, plan_trials
-from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, State, check_storage, is_local, pid_alive
+from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, State, TrialRecord, check_storage, is_local, pid_alive
 from ablations.sweep.manifest import EXIT_DONE, EXIT_RECYCLE, EXIT_STOPPED, Manifest
 from ablations.sweep.progress import Progress
-from ablations.sweep.reconcile import Reconciler
+from ablations.sweep.reconcile import Reconciler, queue_again
 from ablations.sweep.repair import end_runs, repair
 from ablations.sweep.slots import Slot, auto_per_gpu, cpu_threads, live_workers, log_path, worker_env
 from ablations.sweep.status import TrialStatus, ledger_url, statuses, ticket_of
@@ -149,7 +152,7 @@ class Sweep:
         self.statuses: list[TrialStatus] = []
 
     def say(self, text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
+        say(text)
 
     # -- the loop -----------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -289,6 +292,10 @@ MAX_SLOTS = 1000  # slot numbers per GPU under --trials-per-gpu auto (GPU i has 
 JOINER_SLOTS = 500_000  # first slot number of a joining `worker`
 
 
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 def _install_signals(sweep: Sweep) -> None:
     """First Ctrl-C/SIGTERM: stop the workers cleanly; a second one exits at once."""
 
@@ -310,12 +317,16 @@ def run(spec: StudySpec, opts: SweepOptions, create: bool = True) -> tuple[int, 
         SenetError: bad input, an unreachable store, no sweep to join; before anything is written.
     """
     host = Host.here()
+    if not create and not opts.overrides and Ledger.exists(opts.storage_url):  # join the sweep as it was run
+        recorded = Ledger.open(opts.storage_url, patience=CONNECT_S).note(spec.name).get("overrides")
+        opts = dataclasses.replace(opts, overrides=recorded or {})
     trials = plan_trials(spec, opts.overrides, host)
     check_host(trials, host)
     stores = Stores.open(opts)
     if create:
         parent = stores.tracker.parent_run(spec.name, spec.description, {Tag.HOST_DEVICE: host.device})
-        stores.ledger.set_note(spec.name, {"device": host.device})
+        record(stores.ledger, spec, trials, host, opts.overrides)
+        requeue_config_failures(stores.ledger, trials, opts.max_retries, say)
     else:
         parent = stores.tracker.find_parent(spec.name)
         known = {a.key for a in stores.ledger.attempts()}
@@ -330,3 +341,31 @@ def run(spec: StudySpec, opts: SweepOptions, create: bool = True) -> tuple[int, 
     if create:
         stores.tracker.finish_parent(parent, code == 0)
     return code, sweep.statuses
+
+
+def record(ledger: Ledger, spec: StudySpec, trials: list[Trial], host: Host, overrides: dict[str, Any]) -> None:
+    """What `status`, `report`, `worker` and `retry` read back: how the sweep resolved `auto` and which `--set` it
+    ran with, where its file is (a study run from a file is found again by its name), and its trials with the
+    identity version their keys were made by, under every study they belong to."""
+    shipped = spec._file is None or spec._file.parent == Path(str(STUDIES))
+    where = None if shipped else str(spec._file.resolve())  # type: ignore[union-attr]
+    ledger.set_note(spec.name, {"device": host.device, "overrides": overrides, "spec": where,
+                                "identity_version": IDENTITY_VERSION})  # fmt: skip
+    by_study: dict[str, list[TrialRecord]] = {}
+    for t in trials:
+        for study in t.studies:
+            by_study.setdefault(study, []).append(TrialRecord(t.key, t.config_hash, t.seed, IDENTITY_VERSION))
+    for study, records in by_study.items():
+        ledger.record_trials(study, records)
+
+
+def requeue_config_failures(ledger: Ledger, trials: list[Trial], max_retries: int, say: Callable[[str], None]) -> None:
+    """Trials that failed for their configuration were refused by a host that could not run them (data missing, a
+    device it lacked): this host has just passed every check a sweep makes before it writes, so each gets one more
+    attempt, said so."""
+    found = statuses(trials, ledger.attempts(), max_retries)
+    again = [s for s in found if s.state == Standing.FAILED and s.reason.startswith(f"{Ending.CONFIG}:")]
+    queue_again(ledger, trials, {s.trial.key for s in again})
+    if again:
+        say(f"sweep: {len(again)} trials failed for their configuration before ({again[0].reason}); this host "
+            "passes the sweep's checks now, so they are tried again")  # fmt: skip

@@ -6,16 +6,20 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ablations.config import Host
+from ablations.errors import SenetError
 from ablations.outcomes import Ending, Standing
 from ablations.paths import RESULTS, ledger_file
-from ablations.study.spec import StudySpec
+from ablations.study.load import load_spec
+from ablations.study.spec import NAME, StudySpec
 from ablations.study.trials import Trial, plan_trials
 from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, State, Ticket, check_storage
+
+LOSS_LIMIT = 3  # attempts of one trial lost or stalled before it is failed (it kills or hangs its hosts)
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ def classify_attempts(attempts: list[Attempt], max_retries: int) -> Standing:
         return Standing.PENDING
     kinds = [a.kind for a in attempts if a.state == State.FAIL and a.kind is not None]
     if any(k.final for k in kinds) or sum(k.uses_retry for k in kinds) > max_retries:
+        return Standing.FAILED
+    if sum(k.host_loss for k in kinds) >= LOSS_LIMIT:
         return Standing.FAILED
     return Standing.PENDING
 
@@ -105,8 +111,17 @@ def summary_line(found: Iterable[TrialStatus]) -> str:
     return ", ".join(f"{c.get(k, 0)} {k}" for k in Standing)
 
 
+def describe(found: list[TrialStatus]) -> str:
+    """What `status` prints: the counts, then a line per trial with its outcome or its last failure."""
+    lines = [summary_line(found)]
+    for s in found:
+        extra = s.outcome if s.state == Standing.DONE else s.reason
+        lines.append(f"  {s.state:8s} {s.trial.label} seed {s.trial.seed} [{s.trial.key}] {extra}".rstrip())
+    return "\n".join(lines)
+
+
 def ledger_url(storage: str | None, results: Path) -> str:
-    """The ledger's URL: `storage` (`--storage`), else the journal file in the results folder."""
+    """The ledger's URL: `storage` (`--storage`), else the SQLite file in the results folder."""
     return storage or str(ledger_file(results))
 
 
@@ -115,9 +130,9 @@ class ReadOptions:
     """Where a sweep is read back from (`status`, `report`, `excitation`) and how its trials were spelled."""
 
     results: Path = RESULTS
-    storage: str | None = None  # ledger URL; default: journal file under results
+    storage: str | None = None  # ledger URL; default: the SQLite file under results
     tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite in results
-    overrides: dict[str, Any] = field(default_factory=dict)  # the sweep's `--set` values (they change its trials)
+    overrides: dict[str, Any] | None = None  # the sweep's `--set` values (they change its trials); None = as recorded
     device: str | None = None  # what `auto` resolved to in the sweep; None = as the ledger recorded it
     max_retries: int = 1  # failed attempts a trial may have before it counts as failed
 
@@ -130,16 +145,32 @@ def study_status(spec: StudySpec, opts: ReadOptions) -> tuple[list[Trial], list[
     """A study's trials and where each stands, read from the ledger without changing it: the read side of
     `status`, `report` and `excitation`.
 
-    `auto` settings resolve as the study's last sweep resolved them (recorded in the ledger), unless
-    `opts.device` says otherwise; with no ledger yet, for this host.
+    `auto` settings resolve as the study's last sweep resolved them and its `--set` values are the ones it was run
+    with (both recorded in the ledger), unless `opts` says otherwise; with no ledger yet, for this host.
     """
     url = opts.storage_url
     check_storage(url)
     if not Ledger.exists(url):
-        trials = plan_trials(spec, opts.overrides, Host(opts.device) if opts.device else Host.here())  # type: ignore[arg-type]
+        trials = plan_trials(spec, opts.overrides or {}, Host(opts.device) if opts.device else Host.here())  # type: ignore[arg-type]
         return trials, statuses(trials, [], opts.max_retries)
     ledger = Ledger.open(url, patience=CONNECT_S)
-    device = opts.device or ledger.note(spec.name).get("device")
-    trials = plan_trials(spec, opts.overrides, Host(device) if device else Host.here())
+    note = ledger.note(spec.name)
+    device = opts.device or note.get("device")
+    overrides = opts.overrides if opts.overrides is not None else note.get("overrides", {})
+    trials = plan_trials(spec, overrides, Host(device) if device else Host.here())
     keys = {t.key for t in trials}
     return trials, statuses(trials, [a for a in ledger.attempts() if a.key in keys], opts.max_retries)
+
+
+def find_spec(ref: str, storage_url: str) -> StudySpec:
+    """A shipped study, a spec file, or a study first run from a file, found again by its name in the ledger (the
+    sweep recorded where its file was)."""
+    try:
+        return load_spec(ref)
+    except SenetError:
+        if not NAME.fullmatch(ref) or not Ledger.exists(storage_url):
+            raise
+        path = Ledger.open(storage_url, patience=CONNECT_S).note(ref).get("spec")
+        if not path:
+            raise
+        return load_spec(path)

@@ -108,7 +108,8 @@ def invariants(spec_path: Path, storage: str, uri: str, results: Path, planted: 
         if not any(a.state == TrialState.RUNNING for a in found) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    repair(tracker_, ledger, found, set(tickets), results, spec.name, tracker_.find_parent(spec.name), {}, lambda _: None)
+    parent = tracker_.find_parent(spec.name)
+    repair(tracker_, ledger, found, set(tickets), results, spec.name, parent, {}, lambda _: None)
     complete = Counter(a.key for a in found if a.state == TrialState.COMPLETE)
     assert all(n == 1 for n in complete.values()), f"duplicated in the ledger: {complete}"
     assert not [a for a in found if a.state == TrialState.RUNNING], "RUNNING attempt without a live worker"

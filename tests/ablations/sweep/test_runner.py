@@ -50,7 +50,7 @@ def test_sweep_tracks_everything_and_a_rerun_trains_nothing(tmp_path, capsys):
     parent = df[df["tags.senet.role"] == "parent"]
     assert len(parent) == 1 and parent["status"].iloc[0] == "FINISHED"
     assert parent["tags.senet.host_device"].iloc[0] == "cpu"
-    assert Ledger.open(local_ledger(results)).note("tiny") == {"device": "cpu"}  # the device `auto` resolved to
+    assert Ledger.open(local_ledger(results)).note("tiny")["device"] == "cpu"  # the device `auto` resolved to
     trials = df[df["tags.senet.role"] == "trial"]
     assert set(trials["tags.mlflow.parentRunId"]) == {parent["run_id"].iloc[0]}
     for tag in ("study", "config_hash", "seed", "git_sha", "git_dirty", "torch", "device", "trial_key", "attempt_id"):
