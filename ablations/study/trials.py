@@ -1,5 +1,6 @@
 """A study's trials: every configuration of a spec and of the studies it includes, resolved (recipe → base →
-level → `--set`), validated and crossed with its seeds, each identical trial once; and the plan `--dry-run` prints.
+level → `--set`), validated (data sizes too, where the dataset's are known) and crossed with its seeds, each
+identical trial once; and the plan `--dry-run` prints.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from ablations.config import Host, RunConfig, build_config, cost, flatten, unflatten
+from ablations.config import Host, RunConfig, build_config, check_sizes, cost, flatten, unflatten
 from ablations.errors import SenetError
 from ablations.study.load import closure
 from ablations.study.recipes import RECIPES
@@ -48,17 +49,24 @@ class Trial:
     labels: tuple[str, ...]
 
 
+def _build(flat: dict[str, Any]) -> RunConfig:
+    """A validated configuration whose data sizes fit its dataset where they are known without reading it."""
+    cfg = build_config(unflatten(flat))
+    check_sizes(cfg.data)
+    return cfg
+
+
 def _resolve(spec: StudySpec, point: Point, overrides: dict[str, Any]) -> RunConfig:
     """recipe → base → the point's settings → overrides, validated; a failure names the layer that caused it."""
     recipe = RECIPES[spec.recipe] if spec.recipe else {}
     base = {**recipe, **flatten(spec.base)}
     try:
-        return build_config(unflatten({**base, **point.settings, **overrides}))
+        return _build({**base, **point.settings, **overrides})
     except SenetError as err:
         blame = f"{point.origin} ({point.label})"
         for layer, flat in (("base", base), ("--set", {**base, **overrides})):
             try:
-                build_config(unflatten(flat))
+                _build(flat)
             except SenetError:
                 blame = layer
                 break

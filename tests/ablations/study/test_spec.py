@@ -332,3 +332,20 @@ def test_a_million_trials_are_refused_before_the_grid_is_expanded(tmp_path, monk
         expand(spec, seeds=2)
     assert main(["sweep", str(path), "--dry-run", "--results", str(tmp_path / "r")]) == 2
     assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_subset_larger_than_the_dataset_is_exit_2_before_anything_is_written(tmp_path, capsys, dry_run):
+    """Item 16 (issue 19): data sizes were checked only in the worker: exit 1 after the sweep had written its
+    ledger and MLflow runs. Fashion-MNIST's sizes are known without reading its files."""
+    path = tmp_path / "big.yaml"
+    base = {"data": {"dataset": "fashion_mnist", "train_subset": 100_000}, "train": {"epochs": 1}}
+    path.write_text(yaml.safe_dump(spec_of(name="big", base=base, grid={"se.reduction": [8, 16]}, seeds=1)))
+    results = tmp_path / "r"
+    args = ["sweep", str(path), "--results", str(results), "--no-progress", *(["--dry-run"] if dry_run else [])]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data.train_subset: 100000 is not allowed; allowed: 1..55000" in err
+    assert err.startswith(f"senet-ablate: error: {path}: base: ") and not results.exists()
+    assert main(["sweep", "demo", "--set", "data.workers=-1", "--dry-run", "--results", str(results)]) == 2
+    assert "--set data.workers: Input should be greater than or equal to 0" in capsys.readouterr().err
