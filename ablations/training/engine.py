@@ -243,8 +243,7 @@ def _restore(
                 torch.cuda.set_rng_state(state["rng_cuda"])
             history = list(state["history"])
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
-            cause = " ".join(str(err).split())  # one line: load_state_dict lists every mismatch on its own line
-            cause = cause if len(cause) <= 200 else cause[:197] + "..."
+            cause = " ".join(str(err).split())[:200]  # one line: load_state_dict lists each mismatch on its own
             raise CheckpointError(f"{ckpt}: does not fit this code's network ({type(err).__name__}: {cause})") from None
         note = f"resumed after epoch {state['epoch']} from {ckpt}"
     except CheckpointError as err:
