@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from ablations.errors import SenetError
-from ablations.paths import RESULTS, STORAGE_ENV
+from ablations.paths import RESULTS, STORAGE_ENV, check_environment
 
 MAX_WORKERS = 256
 
@@ -440,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])
     try:
+        check_environment()  # numeric variables the sweep, its workers and the ledger read: a line, not a traceback
         return int(args.func(args))
     except SenetError as err:
         print(f"senet-ablate: error: {err}", file=sys.stderr)

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -81,34 +81,76 @@ class SESection(_Section):
 
 
 Dataset = Literal["fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic"]
-# The files' datasets as the model sees them: (channels, image side in pixels, classes). `synthetic` takes its shape
-# from `data.synthetic_*`, `imagefolder` from `data.image_size` and its class folders.
-DATASETS: dict[str, tuple[int, int, int]] = {
-    "fashion_mnist": (1, 28, 10),
-    "cifar10": (3, 32, 10),
-    "cifar100": (3, 32, 100),
+
+
+class DatasetShape(NamedTuple):
+    """A packaged dataset as its files hold it: the shape the model sees and the images of each file."""
+
+    channels: int
+    size: int  # pixels, side of an image
+    classes: int
+    train: int  # images of the training file, before the validation split
+    test: int  # images of the test file
+
+
+# The files' datasets, known without reading them. `synthetic` takes its shape and sizes from `data.synthetic_*`,
+# `imagefolder` its shape from `data.image_size` and its class folders, its sizes from the files it finds.
+DATASETS: dict[str, DatasetShape] = {
+    "fashion_mnist": DatasetShape(1, 28, 10, 60_000, 10_000),
+    "cifar10": DatasetShape(3, 32, 10, 50_000, 10_000),
+    "cifar100": DatasetShape(3, 32, 100, 50_000, 10_000),
 }
 
 
 class DataSection(_Section):
-    """Which dataset to load and how to split, subsample and augment it; user-facing names are `data.<field>`."""
+    """Which dataset to load and how to split, subsample and augment it; user-facing names are `data.<field>`.
+
+    Sizes the configuration alone can refuse are constraints here; those that depend on the dataset's size are
+    `check_sizes`' (from the config for the packaged and synthetic datasets) and the loader's (image folders).
+    """
 
     dataset: Dataset = "fashion_mnist"
     root: str | None = None  # data folder; None = the dataset's default location
-    val_size: int = 5000  # images held out of the training set for validation (He et al. 2016: 45k/5k)
+    val_size: int = Field(5000, ge=1)  # images held out of the training set for validation (He et al. 2016: 45k/5k)
     data_seed: int = 0  # fixes the validation split, the subsets and the synthetic images
-    train_subset: int | None = None  # training images kept after the split; None = all
-    val_subset: int | None = None  # validation images kept; None = all
-    test_subset: int | None = None  # test images kept (a seeded random choice); None = all, in file order
+    train_subset: int | None = Field(None, ge=1)  # training images kept after the split; None = all
+    val_subset: int | None = Field(None, ge=1)  # validation images kept; None = all
+    test_subset: int | None = Field(None, ge=1)  # test images kept (a seeded random choice); None = all, in file order
     augment: bool = True  # pad-4 random crop + horizontal flip on the train split (imagefolder: random resized crop)
     download: bool = False  # let torchvision fetch a missing dataset (fashion_mnist, cifar10, cifar100)
-    image_size: int = 224  # pixels, side of the ImageFolder crop
-    workers: int = 4  # ImageFolder DataLoader worker processes
-    synthetic_classes: int = 10  # classes
-    synthetic_size: int = 32  # pixels, side of a synthetic image
-    synthetic_channels: int = 3  # channels
-    synthetic_train: int = 512  # images in the training set, before the validation split
-    synthetic_test: int = 256  # images in the test set
+    image_size: int = Field(224, ge=1)  # pixels, side of the ImageFolder crop
+    workers: int = Field(4, ge=0)  # ImageFolder DataLoader worker processes
+    synthetic_classes: int = Field(10, ge=2)  # classes
+    synthetic_size: int = Field(32, ge=1)  # pixels, side of a synthetic image
+    synthetic_channels: int = Field(3, ge=1)  # channels
+    synthetic_train: int = Field(512, ge=2)  # images in the training set, before the validation split
+    synthetic_test: int = Field(256, ge=1)  # images in the test set
+
+
+def check_split(data: DataSection, n_train: int, n_test: int) -> None:
+    """Raise SenetError unless `data`'s validation hold-out and subsets fit `n_train` training and `n_test` test
+    images (the loader's check on the files it read, and `check_sizes`' on the sizes known beforehand)."""
+    if not data.val_size < n_train:
+        raise SenetError(
+            f"data.val_size: {data.val_size} is not allowed; allowed: 1..{n_train - 1} "
+            f"(the {data.dataset} training set has {n_train} images)"
+        )
+    held = f"the {data.dataset} training set has {n_train} images, {data.val_size} of them validate"
+    for name, n, why in (("train_subset", n_train - data.val_size, held), ("val_subset", data.val_size, held),
+                         ("test_subset", n_test, f"the {data.dataset} test set has {n_test} images")):  # fmt: skip
+        value = getattr(data, name)
+        if value is not None and value > n:
+            raise SenetError(f"data.{name}: {value} is not allowed; allowed: 1..{n} or null for all ({why})")
+
+
+def check_sizes(data: DataSection) -> None:
+    """Raise SenetError now for a split or subset the dataset cannot hold, where its sizes are known without
+    reading it (the packaged datasets, synthetic data): a sweep refuses it before anything is written. Image
+    folders are counted when they are scanned."""
+    if data.dataset == "synthetic":
+        check_split(data, data.synthetic_train, data.synthetic_test)
+    elif data.dataset in DATASETS:
+        check_split(data, DATASETS[data.dataset].train, DATASETS[data.dataset].test)
 
 
 Compile = Literal["off", "default", "reduce-overhead", "max-autotune"]
@@ -311,7 +353,7 @@ def input_shape(config: RunConfig) -> tuple[int, int, int]:
         channels, size = 3, data.image_size
         classes = model_info(config.model.name).defaults().get("model.num_classes", 1000)
     else:
-        channels, size, classes = DATASETS[data.dataset]
+        channels, size, classes = DATASETS[data.dataset][:3]
     return config.model.in_channels or channels, size, config.model.num_classes or classes
 
 

@@ -15,6 +15,7 @@ results/
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -26,6 +27,11 @@ DEFAULT_DATA = RESULTS / "data"  # where torchvision downloads land (relative to
 STORAGE_ENV = "SENET_ABLATE_STORAGE"  # the ledger URL; from the environment so a password never shows in `ps`
 TRACKING_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable for the tracking store
 CACHE_ENV = "SENET_ABLATE_CACHE"  # the per-user cache folder (the empty MLflow database new stores copy)
+# Seconds, read at use with `env_seconds` (never at import) and all checked by the CLI before a command runs.
+HEARTBEAT_ENV = "SENET_ABLATE_HEARTBEAT_S"  # between a running trial's heartbeats (the ledger's lease renewal)
+DB_RETRY_ENV = "SENET_ABLATE_DB_RETRY_S"  # how long the ledger rides out a database outage
+TRACKING_RETRY_ENV = "SENET_ABLATE_TRACKING_RETRY_S"  # how long a worker rides out an unreachable MLflow
+SECONDS_ENV = (HEARTBEAT_ENV, DB_RETRY_ENV, TRACKING_RETRY_ENV)
 LEDGER_FILE = "ledger.db"
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
@@ -54,6 +60,32 @@ def user_cache() -> Path:
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "senet-ablate"
+
+
+def env_seconds(name: str, default: float) -> float:
+    """The environment variable `name` as a number of seconds, or `default` when it is unset or empty.
+
+    Raises:
+        SenetError: the value is not a finite number > 0 (one line naming the variable; the CLI exits 2).
+    """
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise SenetError(f"{name}: {shown!r} is not allowed; allowed: seconds > 0")
+    return value
+
+
+def check_environment() -> None:
+    """Raise SenetError for the first numeric variable (SECONDS_ENV) set to something that is not seconds > 0:
+    checked before a command runs, so a sweep never starts workers that would each die of it."""
+    for name in SECONDS_ENV:
+        env_seconds(name, 1.0)
 
 
 def ledger_file(results: Path) -> Path:

@@ -13,48 +13,76 @@ from pathlib import Path
 from ablations.urls import DATABASES, check_url, redact, with_driver
 
 
-def tracking_server(
-    backend_store_uri: str | None, artifacts_destination: str | None, results: Path, host: str, port: int, workers: int
-) -> int:
-    """An MLflow tracking server for many hosts; the database URL goes to it by environment, never on its command
-    line (default: $MLFLOW_BACKEND_STORE_URI, else sqlite in `results`)."""
-    env = dict(os.environ)
+def server_launch(
+    backend_store_uri: str | None,
+    artifacts_destination: str | None,
+    results: Path,
+    host: str,
+    port: int,
+    workers: int,
+    environ: dict[str, str],
+) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of `mlflow server`: the database URL goes by environment, never on the command
+    line where `ps` shows it (default: $MLFLOW_BACKEND_STORE_URI, else sqlite in `results`)."""
+    env = dict(environ)
     backend = backend_store_uri or env.get("MLFLOW_BACKEND_STORE_URI")
     if backend:
         check_url(backend, "--backend-store-uri", DATABASES)
         backend = with_driver(backend, "--backend-store-uri")
     else:
-        results.mkdir(parents=True, exist_ok=True)
         backend = f"sqlite:///{results.resolve() / 'mlflow.db'}"
-    env["MLFLOW_BACKEND_STORE_URI"] = backend  # passed by environment, never on the command line
+    env["MLFLOW_BACKEND_STORE_URI"] = backend  # mlflow's own variable for --backend-store-uri
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # its GenAI job runners: 7 idle processes
     artifacts = artifacts_destination or (results.resolve() / "artifacts").as_uri()
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers",
            str(workers), "--artifacts-destination", artifacts]  # fmt: skip
-    print(f"MLflow tracking server on http://{host}:{port} ({redact(backend)}), artifacts in {artifacts} "
-          "(Ctrl-C to stop)", flush=True)  # fmt: skip
+    return cmd, env
+
+
+def tracking_server(
+    backend_store_uri: str | None, artifacts_destination: str | None, results: Path, host: str, port: int, workers: int
+) -> int:
+    """An MLflow tracking server for many hosts (`server_launch`), taken down with us."""
+    cmd, env = server_launch(backend_store_uri, artifacts_destination, results, host, port, workers, dict(os.environ))
+    if env["MLFLOW_BACKEND_STORE_URI"].startswith("sqlite:"):
+        results.mkdir(parents=True, exist_ok=True)
+    artifacts = cmd[cmd.index("--artifacts-destination") + 1]
+    print(f"MLflow tracking server on http://{host}:{port} ({redact(env['MLFLOW_BACKEND_STORE_URI'])}), artifacts "
+          f"in {artifacts} (Ctrl-C to stop)", flush=True)  # fmt: skip
     return serve(cmd, env)
 
 
-def ui(uri: str | None, results: Path, host: str, port: int, workers: int) -> int:
-    """The MLflow UI on the results folder's store (or `uri`), with a link to each study's runs table."""
-    from ablations.tracking import Tracker, sqlite_path, tracking_uri  # torch and MLflow: not for `server`
+def ui_launch(
+    uri: str | None, results: Path, host: str, port: int, workers: int, environ: dict[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of `mlflow ui` on the results folder's store (or `uri`): the store, password and
+    all, goes by environment (mlflow's MLFLOW_BACKEND_STORE_URI), never on the command line where `ps` shows it."""
+    from ablations.tracking import tracking_uri
 
-    uri = tracking_uri(uri, results)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port",
-           str(port), "--workers", str(workers)]  # fmt: skip
-    if uri.startswith("sqlite:"):
-        cmd += ["--default-artifact-root", (results.resolve() / "artifacts").as_uri()]
+    env = dict(environ)
+    env["MLFLOW_BACKEND_STORE_URI"] = tracking_uri(uri, results)
+    if env["MLFLOW_BACKEND_STORE_URI"].startswith("sqlite:"):
+        env["MLFLOW_DEFAULT_ARTIFACT_ROOT"] = (results.resolve() / "artifacts").as_uri()  # --default-artifact-root
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port), "--workers", str(workers)]
+    return cmd, env
+
+
+def ui(uri: str | None, results: Path, host: str, port: int, workers: int) -> int:
+    """The MLflow UI (`ui_launch`), with a link to each study's runs table."""
+    from ablations.tracking import Tracker, sqlite_path  # torch and MLflow: not for `server`
+
+    cmd, env = ui_launch(uri, results, host, port, workers, dict(os.environ))
+    store_uri = env["MLFLOW_BACKEND_STORE_URI"]
     base = f"http://{host}:{port}"
     print(f"MLflow UI on {base} (Ctrl-C to stop)")
-    store = sqlite_path(uri)
+    store = sqlite_path(store_uri)
     if store is None or store.is_file():
         # MLflow 3 opens an experiment on its GenAI overview, empty for training runs: link the runs tables.
         with contextlib.suppress(Exception):
-            for study, exp in sorted(Tracker(uri, results).studies().items()):
+            for study, exp in sorted(Tracker(store_uri, results).studies().items()):
                 print(f"  {study}: {base}/#/experiments/{exp}/runs")
     sys.stdout.flush()
-    return serve(cmd, dict(os.environ))
+    return serve(cmd, env)
 
 
 def serve(cmd: list[str], env: dict[str, str]) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ablations.config import DataSection
+from ablations.config import DataSection, check_split
 from ablations.data.loaders import IMAGENET_MEAN, IMAGENET_STD, DeviceLoader, FolderLoader, Loader, single_crop
 from ablations.data.readers import read_arrays
 from ablations.errors import SenetError
@@ -48,42 +48,21 @@ class DataBundle:
     name: str
 
 
-def _take(idx: torch.Tensor, n: int | None, field: str) -> torch.Tensor:
-    if n is None:
-        return idx
-    if not 1 <= n <= len(idx):
-        raise SenetError(f"data.{field}: {n} is not allowed; allowed: 1..{len(idx)} or null for all")
-    return idx[:n]
-
-
 def split_indices(n_train: int, n_test: int, cfg: DataSection) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train, validation and test indices: a seeded validation hold-out, then the subsets.
 
     He et al. (2016, §4.2) train on 45k CIFAR-10 images and validate on the other 5k; `val_size` is that 5k.
     The first `val_size` images of a `data_seed` permutation of the training set validate, the rest train.
+
+    Raises:
+        SenetError: the hold-out or a subset does not fit the images found.
     """
-    if not 1 <= cfg.val_size < n_train:
-        raise SenetError(
-            f"data.val_size: {cfg.val_size} is not allowed; allowed: 1..{n_train - 1} "
-            f"(the {cfg.dataset} training set has {n_train} images)"
-        )
+    check_split(cfg, n_train, n_test)
     gen = torch.Generator().manual_seed(cfg.data_seed)
     perm = torch.randperm(n_train, generator=gen)
     # A test subset is a random draw too: image folders list val/ class by class, so its head is one class.
     test = torch.arange(n_test) if cfg.test_subset is None else torch.randperm(n_test, generator=gen)
-    return (
-        _take(perm[cfg.val_size :], cfg.train_subset, "train_subset"),
-        _take(perm[: cfg.val_size], cfg.val_subset, "val_subset"),
-        _take(test, cfg.test_subset, "test_subset"),
-    )
-
-
-def _check_sizes(cfg: DataSection) -> None:
-    lows = {"workers": 0, "image_size": 1, "synthetic_classes": 2, "synthetic_size": 1, "synthetic_channels": 1}
-    lows |= {"synthetic_train": 2, "synthetic_test": 1}
-    for field, low in lows.items():
-        if getattr(cfg, field) < low:
-            raise SenetError(f"data.{field}: {getattr(cfg, field)} is not allowed; allowed: >= {low}")
+    return perm[cfg.val_size :][: cfg.train_subset], perm[: cfg.val_size][: cfg.val_subset], test[: cfg.test_subset]
 
 
 DataCache = dict[str, Any]  # what a warm worker keeps between trials: scanned folders, decoded splits on the device
@@ -209,7 +188,6 @@ def build_data(
     Raises:
         SenetError: the dataset is missing or corrupt, or a size does not fit it.
     """
-    _check_sizes(cfg)
     eval_bs = eval_batch_size or batch_size
     train_seed = cfg.data_seed if seed is None else seed
     if cfg.dataset == "imagefolder":

@@ -1,6 +1,6 @@
 """Batches for training and evaluation: small datasets held on the training device as uint8 tensors, augmented
 there with a pad-4 crop and flip (as airbench does), and image folders streamed through a DataLoader; both with a
-seeded order per epoch.
+seeded order and seeded augmentation per epoch.
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PAD = 4  # pixels of zero padding before the random crop (He et al. 2016, §4.2)
 
 
-def _mix(seed: int, epoch: int) -> int:
+def _mix(seed: int, *parts: int) -> int:
     # Plain seed + epoch would make run seed 1, epoch 0 replay run seed 0, epoch 1; SeedSequence keeps them apart.
-    return int(np.random.SeedSequence((seed % 2**64, epoch)).generate_state(1, np.uint64)[0])
+    return int(np.random.SeedSequence((seed % 2**64, *parts)).generate_state(1, np.uint64)[0])
 
 
 def _crop_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
@@ -122,11 +122,49 @@ class DeviceLoader:
             yield _to_output(x, self.dtype, self.channels_last), self.labels[order[part]]
 
 
+class _EpochOrder(Sampler[tuple[int, int]]):
+    """(epoch, index) pairs in the order of one epoch: a permutation seeded by (seed, epoch) when shuffling, the
+    stored order otherwise. The epoch travels with every index, so persistent worker processes need no message.
+    Each pass advances the epoch by one, as DeviceLoader's do."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int) -> None:
+        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        gen = torch.Generator().manual_seed(_mix(self.seed, epoch))
+        order = torch.randperm(self.n, generator=gen) if self.shuffle else torch.arange(self.n)
+        return ((epoch, i) for i in order.tolist())
+
+
+class _Seeded(Dataset):
+    """`dataset[index]` with torch's generator seeded by (seed, epoch, index) while it loads: torchvision's random
+    transforms draw from that generator, so an image gets the same crop and flip in whichever worker process
+    loads it, however many there are. The caller's generator state is restored afterwards (with no workers the
+    loading runs in the training process)."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        epoch, index = item
+        with torch.random.fork_rng(devices=()):
+            torch.manual_seed(_mix(self.seed, epoch, index))
+            return self.dataset[index]
+
+
 class FolderLoader:
     """A DataLoader over an image folder that yields device batches and has `set_epoch`, like DeviceLoader.
 
-    The shuffle order is a function of (seed, epoch). The random crops run in worker processes whose generators
-    are not re-seeded per epoch, so a resumed run sees the same order but not the same crops.
+    The shuffle order is a function of (seed, epoch) and each image's random crop and flip a function of (seed,
+    epoch, its index), whatever `workers` is: a resumed run, or one with another number of loader processes,
+    trains on the same batches.
     """
 
     def __init__(
@@ -142,31 +180,35 @@ class FolderLoader:
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        self.device, self.seed, self.epoch, self.channels_last, self.dtype = device, seed, 0, channels_last, dtype
+        self.device, self.seed, self.channels_last, self.dtype = device, seed, channels_last, dtype
         self.batch_size, self.train = batch_size, train
         self.mean, self.std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-        self._gen = torch.Generator()
+        self._order = _EpochOrder(len(dataset), train, seed)  # type: ignore[arg-type]
         self._loader = DataLoader(
-            dataset,
+            _Seeded(dataset, seed),
             batch_size,
-            shuffle=train,
-            generator=self._gen,
+            sampler=self._order,
+            # Its own generator for the workers' base seed (unused by the transforms): drawing it from torch's
+            # global generator would move the training process's random state every epoch.
+            generator=torch.Generator(),
             num_workers=workers,
             drop_last=drop_last,
             pin_memory=device.type == "cuda",
             persistent_workers=workers > 0,
         )
 
+    @property
+    def epoch(self) -> int:
+        return self._order.epoch
+
     def set_epoch(self, epoch: int) -> None:
-        """Make the next pass use the order of `epoch`."""
-        self.epoch = epoch
+        """Make the next pass use the order and augmentation of `epoch`."""
+        self._order.epoch = epoch
 
     def __len__(self) -> int:
         return len(self._loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self._gen.manual_seed(_mix(self.seed, self.epoch))
-        self.epoch += 1
         for x, y in self._loader:
             x = x.to(self.device, non_blocking=True)
             yield _to_output(x, self.dtype, self.channels_last), y.to(self.device, non_blocking=True)

@@ -86,7 +86,7 @@ def _load_fashion(cfg: DataSection) -> Arrays:
             "dataset-fashion-mnist`, or --set data.root=DIR (a folder with the idx .gz files), or data.download=true"
         )
     folder = found[0]
-    classes = DATASETS["fashion_mnist"][2]
+    classes = DATASETS["fashion_mnist"].classes
 
     def pair(prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
         x = _read_idx(_idx_path(folder, f"{prefix}-images-idx3-ubyte"), 2051)

@@ -1,13 +1,15 @@
 """A study's trials: every configuration of a spec and of the studies it includes, resolved (recipe → base →
-level → `--set`), validated and crossed with its seeds, each identical trial once; and the plan `--dry-run` prints.
+level → `--set`), validated (data sizes too, where the dataset's are known) and crossed with its seeds, each
+identical trial once; and the plan `--dry-run` prints.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from ablations.config import Host, RunConfig, build_config, cost, flatten, unflatten
+from ablations.config import Host, RunConfig, build_config, check_sizes, cost, flatten, unflatten
 from ablations.errors import SenetError
 from ablations.study.load import closure
 from ablations.study.recipes import RECIPES
@@ -47,17 +49,24 @@ class Trial:
     labels: tuple[str, ...]
 
 
+def _build(flat: dict[str, Any]) -> RunConfig:
+    """A validated configuration whose data sizes fit its dataset where they are known without reading it."""
+    cfg = build_config(unflatten(flat))
+    check_sizes(cfg.data)
+    return cfg
+
+
 def _resolve(spec: StudySpec, point: Point, overrides: dict[str, Any]) -> RunConfig:
     """recipe → base → the point's settings → overrides, validated; a failure names the layer that caused it."""
     recipe = RECIPES[spec.recipe] if spec.recipe else {}
     base = {**recipe, **flatten(spec.base)}
     try:
-        return build_config(unflatten({**base, **point.settings, **overrides}))
+        return _build({**base, **point.settings, **overrides})
     except SenetError as err:
         blame = f"{point.origin} ({point.label})"
         for layer, flat in (("base", base), ("--set", {**base, **overrides})):
             try:
-                build_config(unflatten(flat))
+                _build(flat)
             except SenetError:
                 blame = layer
                 break
@@ -80,11 +89,12 @@ def expand(
             trials carry resolved configurations, so a CPU and a GPU run of one spec are different trials.
 
     Raises:
-        SenetError: a bad override, an override of a key the study varies, a configuration `build_config`
-            refuses, or a reference that matches no trial.
+        SenetError: more than MAX_TRIALS trials (counted before anything is expanded), a bad override, an override
+            of a key the study varies, a configuration `build_config` refuses, or a reference that matches no trial.
     """
     overrides = dict(overrides or {})
     studies = closure(spec)
+    _check_count(spec, studies, seeds)
     for key, value in overrides.items():
         check_value(key, value, f"--set {key}")
         owner = next((s for s in studies if key in s.varied_keys() or (key == DATA_SEED and s.vary_data_seed)), None)
@@ -124,16 +134,26 @@ def expand(
     return list(trials.values())
 
 
+def _check_count(spec: StudySpec, studies: list[StudySpec], seeds: int | list[int] | None) -> None:
+    """Refuse more than MAX_TRIALS trials from the spec's level counts alone, before any point is built: a small
+    file can describe a grid whose expansion alone costs minutes and gigabytes. The count is an upper bound
+    (identical trials of included studies merge later)."""
+    given = parse_seeds(seeds, "--seeds") if seeds is not None else None
+    n = 0
+    for study in studies:
+        points = math.prod(len(levels) for levels in study.grid.values()) if study.grid else 0
+        n += (points + len(study.extra)) * len(given or study.seeds)
+    if n > MAX_TRIALS:
+        raise SenetError(f"{spec.where}: {n} trials; allowed: at most {MAX_TRIALS} in one sweep")
+
+
 def plan_trials(spec: StudySpec, overrides: dict[str, Any], host: Host) -> list[Trial]:
     """The trials a sweep of `spec` runs (and the read side reads back), `auto` resolved for `host`.
 
     Raises:
-        SenetError: what `expand` refuses, or more than MAX_TRIALS trials.
+        SenetError: what `expand` refuses (more than MAX_TRIALS trials among it).
     """
-    trials = expand(spec, overrides, host=host)
-    if len(trials) > MAX_TRIALS:
-        raise SenetError(f"{spec.where}: {len(trials)} trials; allowed: at most {MAX_TRIALS} in one sweep")
-    return trials
+    return expand(spec, overrides, host=host)
 
 
 def with_data_seed(config: RunConfig, data_seed: int) -> RunConfig:

@@ -49,15 +49,15 @@ import sqlalchemy as sa
 
 from ablations.errors import SenetError
 from ablations.outcomes import Ending
-from ablations.paths import check_key
+from ablations.paths import DB_RETRY_ENV, HEARTBEAT_ENV, check_key, env_seconds
 from ablations.sweep import _ledger_db as db
 from ablations.sweep.ticket import Ticket
 from ablations.urls import check_url, redact, scrub
 
-RETRY_S = float(os.environ.get("SENET_ABLATE_DB_RETRY_S", "120"))  # how long to ride out a database outage
-# How long a command waits for the database it was given before saying so: a typo or a server that is down
-# should cost the user seconds, not the two minutes a running sweep rides out.
-CONNECT_S = min(RETRY_S, 5.0)
+RETRY_S = 120.0  # how long to ride out a database outage, unless $SENET_ABLATE_DB_RETRY_S says otherwise
+# How long a command waits for the database it was given before saying so (never longer than the retry window): a
+# typo or a server that is down should cost the user seconds, not the two minutes a running sweep rides out.
+CONNECT_S = 5.0
 BATCH = 500  # attempts queued per transaction by `enqueue_all`
 T = TypeVar("T")
 _t = db.attempts
@@ -168,9 +168,7 @@ class Liveness:
     @classmethod
     def from_env(cls) -> Liveness:
         """The settings a new ledger is created with: `SENET_ABLATE_HEARTBEAT_S` (default 30) and 4 periods."""
-        beat = float(os.environ.get("SENET_ABLATE_HEARTBEAT_S", "30"))
-        if not beat > 0:
-            raise SenetError(f"SENET_ABLATE_HEARTBEAT_S: {beat} is not allowed; allowed: seconds > 0")
+        beat = env_seconds(HEARTBEAT_ENV, 30.0)
         return cls(beat, 4 * beat, min(10.0, 4 * beat))
 
 
@@ -294,13 +292,19 @@ def _transient(err: BaseException) -> bool:
     return True
 
 
+def retry_window() -> float:
+    """How long a database outage is ridden out: `SENET_ABLATE_DB_RETRY_S`, read at use (a bad value is one line)."""
+    return env_seconds(DB_RETRY_ENV, RETRY_S)
+
+
 def retrying(fn: Callable[[], T], where: str = "the ledger database", patience: float | None = None) -> T:
     """Call `fn`, retrying transient database errors with back-off for up to `patience` (RETRY_S) seconds.
 
     Raises:
         StoreUnavailable: still failing after the patience.
     """
-    patience = RETRY_S if patience is None else patience
+    window = retry_window()
+    patience = window if patience is None else min(patience, window)
     delay, deadline = 0.2, time.monotonic() + patience
     while True:
         try:
@@ -327,7 +331,7 @@ class Ledger:
     def __init__(self, engine: sa.Engine, url: str, retry_s: float | None = None) -> None:
         self.engine = engine
         self.url = url
-        self.retry_s = RETRY_S if retry_s is None else retry_s
+        self.retry_s = retry_window() if retry_s is None else retry_s
         self.where = f"--storage: {redact(url)}"
         self._dialect = engine.dialect.name
         self._now = db.clock(self._dialect)

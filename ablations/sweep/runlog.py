@@ -4,14 +4,15 @@ delays a trial's logging but never fails the trial (the sweep repairs MLflow fro
 
 from __future__ import annotations
 
-import os
 import queue
 import sys
 import threading
 import time
 from collections.abc import Callable
 
-RETRY_S = float(os.environ.get("SENET_ABLATE_TRACKING_RETRY_S", "300"))  # how long a worker rides out MLflow
+from ablations.paths import TRACKING_RETRY_ENV, env_seconds
+
+RETRY_S = 300.0  # how long a worker rides out MLflow, unless $SENET_ABLATE_TRACKING_RETRY_S says otherwise
 
 
 class RunLog:
@@ -23,8 +24,8 @@ class RunLog:
     `result.json` later, so losing a tracking write never loses the trial.
     """
 
-    def __init__(self, retry_s: float = RETRY_S, log: Callable[[str], None] | None = None) -> None:
-        self.retry_s = retry_s
+    def __init__(self, retry_s: float | None = None, log: Callable[[str], None] | None = None) -> None:
+        self.retry_s = env_seconds(TRACKING_RETRY_ENV, RETRY_S) if retry_s is None else retry_s
         self._log = log or (lambda s: print(s, file=sys.stderr, flush=True))
         self._queue: queue.Queue[Callable[[], object] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._drain, daemon=True, name="mlflow-log")

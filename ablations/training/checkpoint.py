@@ -1,9 +1,11 @@
-"""Atomic per-epoch checkpoints: a kill at any moment leaves either the old file or the new one, never half."""
+"""Atomic per-epoch checkpoints: a kill at any moment leaves either the old file or the new one, never half; one
+this code cannot use is set aside beside it, never deleted."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from ablations.errors import SenetError
 
 
 class CheckpointError(SenetError):
-    """A checkpoint exists but cannot be read."""
+    """A checkpoint exists but this code cannot resume from it (torn, refused, another network or run)."""
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -40,9 +42,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a torn file fails anywhere in the unpickler (IndexError, KeyError, BadZipFile, ...)
-        raise CheckpointError(
-            f"{path}: checkpoint is unreadable ({type(err).__name__}); delete it to start over"
-        ) from None
+        raise CheckpointError(f"{path}: checkpoint is unreadable ({type(err).__name__})") from None
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise CheckpointError(f"{path}: not a senet-ablate checkpoint (no model/epoch entries)")
     return state
+
+
+def set_aside(path: Path) -> Path:
+    """Rename `path` to `<name>.unloadable-<UTC time>` beside it (a later one never replaces an earlier one), so a
+    run can start over while the file stays for whoever wants to know what was in it."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.unloadable-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.unloadable-{stamp}-{n}")
+    path.rename(aside)
+    return aside

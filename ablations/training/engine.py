@@ -26,7 +26,7 @@ from ablations.config import RunConfig, network_cost
 from ablations.data.build import DataBundle, DataCache, build_data
 from ablations.errors import SenetError
 from ablations.paths import CHECKPOINT, RESULT
-from ablations.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ablations.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_aside
 from ablations.training.schedule import Schedule
 from ablations.weights import load_weights
 from senet_core import Complexity, build_model
@@ -219,28 +219,39 @@ def _setup(cfg: RunConfig, warm: Warm | None) -> _Run:
                 cfg.config_hash())  # fmt: skip
 
 
-def _restore(run: _Run, ckpt: Path | None, log: Callable[[str], None]) -> tuple[list[dict[str, float]], list[str]]:
-    """Load the run's checkpoint when it holds an earlier epoch of this configuration and seed; else start over."""
+def _restore(
+    run: _Run, ckpt: Path | None, log: Callable[[str], None], warm: Warm | None
+) -> tuple[_Run, list[dict[str, float]], list[str]]:
+    """Resume from the run's checkpoint when it holds an earlier epoch of this configuration and seed.
+
+    A checkpoint this code cannot resume from (torn, refused by the safe unpickler, another network's state dict,
+    another configuration or seed) is set aside beside it and the run starts over in this attempt, from a freshly
+    built run: a refused state dict may already have overwritten part of the network before it was refused.
+    """
     if ckpt is None or not ckpt.exists():
-        return [], []
+        return run, [], []
     try:
         state = load_checkpoint(ckpt)
         if state.get("config_hash") != run.digest or state.get("seed") != run.cfg.seed:
             raise CheckpointError(f"{ckpt}: belongs to another configuration or seed")
-        run.model.load_state_dict(state["model"])
-        run.optimizer.load_state_dict(state["optimizer"])
-        run.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if run.device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"])
+        try:
+            run.model.load_state_dict(state["model"])
+            run.optimizer.load_state_dict(state["optimizer"])
+            run.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng_cpu"])
+            if run.device.type == "cuda" and "rng_cuda" in state:
+                torch.cuda.set_rng_state(state["rng_cuda"])
+            history = list(state["history"])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
+            cause = " ".join(str(err).split())[:200]  # one line: load_state_dict lists each mismatch on its own
+            raise CheckpointError(f"{ckpt}: does not fit this code's network ({type(err).__name__}: {cause})") from None
         note = f"resumed after epoch {state['epoch']} from {ckpt}"
-        history = list(state["history"])
     except CheckpointError as err:
-        note = f"{err}; restarting from scratch"
-        ckpt.unlink()
-        history = []
+        aside = set_aside(ckpt)
+        note = f"{err}; set aside as {aside.name}, restarting from scratch"
+        run, history = _setup(run.cfg, warm), []
     log(note)
-    return history, [note]
+    return run, history, [note]
 
 
 def _state(run: _Run, epoch: int, history: list[dict[str, float]]) -> dict[str, Any]:
@@ -387,7 +398,7 @@ def train(
     began = time.perf_counter()
     run = _setup(cfg, warm)
     ckpt = run_dir / CHECKPOINT if run_dir is not None else None
-    history, notes = _restore(run, ckpt, log)
+    run, history, notes = _restore(run, ckpt, log, warm)
     start = len(history)
     info = {"params": run.cost.params, "gflops": run.cost.gflops, "device": str(run.device), "resumed_from": start,
             "config_hash": run.digest, "precision": cfg.train.precision, "channels_last": cfg.train.channels_last,

@@ -2,8 +2,10 @@
 
 import pytest
 
-from ablations.config import IDENTITY_VERSION, Host, RunConfig, TrainSection, build_config, unflatten
+from ablations.config import IDENTITY_VERSION, Host, RunConfig, TrainSection, build_config, check_sizes, unflatten
+from ablations.errors import SenetError
 from ablations.study.recipes import RECIPES
+from ablations.study.spec import check_value
 from tests._support.configs import tiny_config, tiny_tree
 
 
@@ -80,3 +82,45 @@ def test_compile_accepts_booleans_and_modes():
     assert TrainSection(compile="reduce-overhead").compile == "reduce-overhead"
     with pytest.raises(ValueError):
         TrainSection(compile="fast")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("workers", -1), ("image_size", 0), ("val_size", 0), ("train_subset", 0), ("val_subset", -3), ("test_subset", 0),
+     ("synthetic_classes", 1), ("synthetic_size", 0), ("synthetic_channels", 0), ("synthetic_train", 1),
+     ("synthetic_test", 0)],
+)  # fmt: skip
+def test_sizes_the_config_alone_can_refuse_are_refused_at_validation(field, value):
+    """Item 16 (issue 19): these were checked only in the worker, after the sweep had written its ledger."""
+    with pytest.raises(SenetError, match=rf"^data\.{field}: Input should be greater than or equal to"):
+        build_config(tiny_tree(data={field: value}))
+    with pytest.raises(SenetError, match=rf"^--set data\.{field}: Input should be greater than or equal to"):
+        check_value(f"data.{field}", value, f"--set data.{field}")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"dataset": "fashion_mnist", "val_size": 5000, "train_subset": 100_000},
+            r"data\.train_subset: 100000 is not allowed; allowed: "
+            r"1\.\.55000 or null for all \(the fashion_mnist training set has 60000 images, 5000 of them validate\)",
+        ),
+        ({"dataset": "cifar10", "val_size": 50_000}, r"data\.val_size: 50000 is not allowed; allowed: 1\.\.49999 "),
+        (
+            {"dataset": "cifar100", "val_size": 5000, "val_subset": 5001},
+            r"data\.val_subset: 5001 is not allowed; allowed: 1\.\.5000 ",
+        ),
+        ({"dataset": "fashion_mnist", "test_subset": 10_001}, r"data\.test_subset: 10001 .* allowed: 1\.\.10000 "),
+        ({"synthetic_train": 32}, r"data\.val_size: 32 is not allowed; allowed: 1\.\.31 "),
+        ({"synthetic_test": 8, "test_subset": 9}, r"data\.test_subset: 9 is not allowed; allowed: 1\.\.8 "),
+    ],
+)
+def test_sizes_a_known_dataset_cannot_hold_are_refused_from_the_config(data, message):
+    with pytest.raises(SenetError, match=f"^{message}"):
+        check_sizes(tiny_config(data=data).data)
+
+
+def test_sizes_that_fit_and_image_folders_pass_the_config_check(tmp_path):
+    check_sizes(tiny_config(data={"dataset": "fashion_mnist", "val_size": 5000, "train_subset": 55_000}).data)
+    check_sizes(tiny_config(data={"dataset": "imagefolder", "root": str(tmp_path), "train_subset": 10**9}).data)

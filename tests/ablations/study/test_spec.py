@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ablations.config import build_config
+from ablations.cli import main
+from ablations.config import Host, build_config
 from ablations.errors import SenetError
+from ablations.study import trials as trials_mod
 from ablations.study.load import list_studies, load_spec, shipped_names
 from ablations.study.recipes import RECIPES
-from ablations.study.spec import SEED_LINKED, STANDARD_SE, parse_spec
-from ablations.study.trials import Trial, expand, plan, with_data_seed
+from ablations.study.spec import SEED_LINKED, STANDARD_SE, StudySpec, parse_spec
+from ablations.study.trials import Trial, expand, plan, plan_trials, with_data_seed
 from senet_core import model_info
 
 TABLES = ["reduction_ratio", "squeeze", "excitation", "stages", "integration", "inner_3x3", "no_squeeze"]
@@ -302,3 +304,48 @@ def test_missing_file_and_unknown_study_name_what_exists(tmp_path):
         load_spec(tmp_path / "missing.yaml")
     with pytest.raises(SenetError, match=r"study: 'nosuch' is not a study; allowed: cifar_table4, demo"):
         load_spec("nosuch")
+
+
+def test_a_million_trials_are_refused_before_the_grid_is_expanded(tmp_path, monkeypatch, capsys):
+    """Item 13 (issue 19): MAX_TRIALS was checked after the grid was expanded, so a small spec of 10^6 trials cost
+    minutes of CPU and gigabytes before the refusal."""
+    grid = {
+        "train.lr": [0.01 * (i + 1) for i in range(10)],
+        "train.momentum": [i / 20 for i in range(10)],
+        "train.weight_decay": [1e-5 * (i + 1) for i in range(10)],
+        "train.epochs": list(range(1, 11)),
+        "train.batch_size": list(range(1, 11)),
+        "se.reduction": list(range(1, 11)),
+    }
+    path = write(tmp_path, yaml.safe_dump(spec_of(name="huge", grid=grid, seeds=1)))
+    spec = load_spec(path)
+
+    def never(*args, **kwargs):
+        raise AssertionError("a point of the grid was expanded")
+
+    monkeypatch.setattr(trials_mod, "_resolve", never)
+    monkeypatch.setattr(StudySpec, "points", never)
+    message = rf"^{path}: 1000000 trials; allowed: at most 100000 in one sweep$"
+    with pytest.raises(SenetError, match=message):
+        plan_trials(spec, {}, Host("cpu"))
+    with pytest.raises(SenetError, match=rf"^{path}: 2000000 trials"):
+        expand(spec, seeds=2)
+    assert main(["sweep", str(path), "--dry-run", "--results", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_subset_larger_than_the_dataset_is_exit_2_before_anything_is_written(tmp_path, capsys, dry_run):
+    """Item 16 (issue 19): data sizes were checked only in the worker: exit 1 after the sweep had written its
+    ledger and MLflow runs. Fashion-MNIST's sizes are known without reading its files."""
+    path = tmp_path / "big.yaml"
+    base = {"data": {"dataset": "fashion_mnist", "train_subset": 100_000}, "train": {"epochs": 1}}
+    path.write_text(yaml.safe_dump(spec_of(name="big", base=base, grid={"se.reduction": [8, 16]}, seeds=1)))
+    results = tmp_path / "r"
+    args = ["sweep", str(path), "--results", str(results), "--no-progress", *(["--dry-run"] if dry_run else [])]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data.train_subset: 100000 is not allowed; allowed: 1..55000" in err
+    assert err.startswith(f"senet-ablate: error: {path}: base: ") and not results.exists()
+    assert main(["sweep", "demo", "--set", "data.workers=-1", "--dry-run", "--results", str(results)]) == 2
+    assert "--set data.workers: Input should be greater than or equal to 0" in capsys.readouterr().err

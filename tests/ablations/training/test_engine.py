@@ -13,7 +13,7 @@ from ablations.config import TrainSection, build_config
 from ablations.errors import SenetError
 from ablations.study.recipes import RECIPES
 from ablations.training import engine as train_mod
-from ablations.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ablations.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_aside
 from ablations.training.engine import Callback, Warm, evaluate, is_out_of_memory, train
 from ablations.training.schedule import Schedule
 from tests._support.configs import tiny_tree
@@ -159,6 +159,54 @@ def test_corrupt_checkpoint_is_a_clear_error_and_training_restarts(tmp_path):
     assert result.resumed_from == 0 and result.status == "finished"
     assert "restarting from scratch" in notes[0]
     assert load_checkpoint(ckpt)["epoch"] == 1
+    (aside,) = tmp_path.glob("checkpoint.pt.unloadable-*")  # the torn file takes the same path: set aside
+    assert aside.read_bytes() == b"\x00not a checkpoint" and aside.name in notes[0]
+
+
+class Foreign:
+    """A class `torch.load(weights_only=True)` refuses (as a checkpoint of another code version may hold one)."""
+
+
+def _shape(state):
+    last = list(state["model"])[-1]  # the classifier: every earlier tensor fits and is copied before the refusal
+    state["model"][last] = torch.zeros(7, *state["model"][last].shape[1:])
+
+
+def _missing(state):
+    state["model"].pop(next(iter(state["model"])))
+
+
+def _optimizer(state):
+    state["optimizer"]["param_groups"][0]["params"] = [0]
+
+
+def _pickled(state):
+    state["extra"] = Foreign()
+
+
+@pytest.mark.parametrize("damage", [_shape, _missing, _optimizer, _pickled], ids=lambda f: f.__name__.strip("_"))
+def test_a_checkpoint_this_code_cannot_load_is_set_aside_and_the_run_starts_over(tmp_path, damage):
+    """Item 8 (issue 19): a checkpoint with the right key that this code version cannot load (another network's
+    state dict, a pickle `weights_only` refuses) crashed every attempt and was never discarded."""
+    cfg = tiny(train={"epochs": 2})
+    straight, damaged = tmp_path / "straight", tmp_path / "damaged"
+    train(cfg, straight, log=lambda _: None)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, damaged, [CrashAfter(1)], log=lambda _: None)
+    ckpt = damaged / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    damage(state)
+    torch.save(state, ckpt)
+    content = ckpt.read_bytes()
+    notes = []
+    result = train(cfg, damaged, log=notes.append)
+    assert result.status == "finished" and result.resumed_from == 0
+    (aside,) = damaged.glob("checkpoint.pt.unloadable-*")
+    assert aside.read_bytes() == content  # kept as it was, never deleted
+    assert len(notes) == 1 and "\n" not in notes[0] and aside.name in notes[0] and "restarting from scratch" in notes[0]
+    assert result.notes == notes
+    a, b = _weights(straight), _weights(damaged)  # a fresh start: nothing of the refused file stayed in the network
+    assert load_checkpoint(ckpt)["epoch"] == 2 and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_checkpoint_of_another_configuration_is_not_resumed(tmp_path):
@@ -166,6 +214,7 @@ def test_checkpoint_of_another_configuration_is_not_resumed(tmp_path):
     notes = []
     result = train(tiny(train={"epochs": 1}, se={"reduction": 2}), tmp_path, log=notes.append)
     assert result.resumed_from == 0 and "another configuration" in notes[0]
+    assert len(list(tmp_path.glob("checkpoint.pt.unloadable-*"))) == 1
 
 
 def test_truncated_checkpoint_write_never_replaces_the_old_one(tmp_path, monkeypatch):
@@ -306,3 +355,12 @@ def test_a_callback_can_stop_the_run_before_anything_is_written(tmp_path):
         train(tiny(), tmp_path, [Guard()], log=lambda _: None)
     assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
     assert not (tmp_path / "result.json").exists()
+
+
+def test_set_aside_never_replaces_an_earlier_one(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    names = []
+    for content in (b"first", b"second"):
+        path.write_bytes(content)
+        names.append(set_aside(path))
+    assert not path.exists() and [p.read_bytes() for p in names] == [b"first", b"second"]
