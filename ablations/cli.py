@@ -426,8 +426,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     from senet_core import list_models, model_info
 
-    for name in list_models():
-        info = model_info(name)
+    for name, info in ((name, model_info(name)) for name in list_models()):
         stages = ",".join(map(str, info.stages))
         print(f"{name:18s} {info.paper_name:12s} stages {stages:10s} options: {' '.join(info.options())}")
     return 0
