@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 EXPERIMENT_PREFIX = "senet-ablate/"
+ANSWER_S = 10.0  # seconds a tracking server has to answer its health check when a command starts
 MAX_PARAM = 6000  # MLflow 3 param value limit in characters
 SCHEMES = ("http", "https", "databricks", *DATABASES)
 
@@ -213,6 +215,14 @@ class Tracker:
                 socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=5).close()
             except OSError as err:
                 raise SenetError(f"--tracking-uri: cannot reach {redact(self.uri)} ({err.strerror or err})") from None
+            # A server that accepts connections and never answers would hang MLflow's client for minutes.
+            health = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/health", "", ""))
+            try:
+                urllib.request.urlopen(health, timeout=ANSWER_S).close()
+            except OSError as err:  # an answer, even an error status, is for the client's own check below
+                if isinstance(err, TimeoutError) or isinstance(getattr(err, "reason", None), TimeoutError):
+                    raise SenetError(f"--tracking-uri: {redact(self.uri)} accepts connections but sent no answer "
+                                     f"in {ANSWER_S:g} s; is it an MLflow server, and is it up?") from None  # fmt: skip
         try:
             self.client.search_experiments(max_results=1)
         except ModuleNotFoundError as err:

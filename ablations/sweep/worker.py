@@ -266,19 +266,19 @@ class Worker:
         return run_id
 
     def _record(self, attempt: Attempt, run_id: str | None, result: RunResult) -> Ending:
-        """Result → ledger → MLflow: FINISHED only once the ledger accepted the result."""
+        """Result → ledger → MLflow: the ledger takes the result at once (never behind MLflow's backlog of buffered
+        writes), and the run is FINISHED only once the ledger accepted it."""
         outcome = Ending(result.status)
+        value = result.summary.get("final_val_top1_err", float("nan"))
+        extra = {"memory": self._memory()} if self.cuda else {}
+        self.ledger.complete(attempt, value, outcome, result=dataclasses.asdict(result), **extra)
+        failpoint("after_complete")
         if run_id:
             self.runlog.flush()
             self.runlog.call(lambda: self.tracker.log_summary(run_id, result.summary, outcome))
             if result.notes:
                 notes = "\n".join(result.notes)
                 self.runlog.submit(lambda: self.tracker.log_text(run_id, notes, "notes.txt"))
-        value = result.summary.get("final_val_top1_err", float("nan"))
-        extra = {"memory": self._memory()} if self.cuda else {}
-        self.ledger.complete(attempt, value, outcome, result=dataclasses.asdict(result), **extra)
-        failpoint("after_complete")
-        if run_id:
             self.runlog.call(lambda: self.tracker.end(run_id, outcome.run_status))
         self.note(f"{attempt.ticket.label} seed {attempt.ticket.seed}: {outcome}")
         return outcome

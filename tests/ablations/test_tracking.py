@@ -1,5 +1,6 @@
 """Tracking hiccups never fail a trial: writes are buffered and retried, and MLflow is repaired from the ledger."""
 
+import contextlib
 import time
 
 import pytest
@@ -15,6 +16,7 @@ from ablations.sweep.runlog import RunLog
 from ablations.sweep.slots import Slot
 from ablations.sweep.status import ticket_of
 from ablations.sweep.worker import Worker
+from ablations.tracking import Tracker
 from tests._support.configs import write_spec
 from tests._support.stores import local_ledger, tracker
 
@@ -116,3 +118,99 @@ def test_a_new_sqlite_store_is_a_copy_of_an_empty_one_and_an_existing_one_is_nev
     Tracker(f"sqlite:///{first / 'mlflow.db'}", first)  # an existing store is opened, never replaced
     assert len(Tracker(f"sqlite:///{first / 'mlflow.db'}", first).trial_runs()) == 0
     assert Tracker(f"sqlite:///{first / 'mlflow.db'}", first).find_parent("tiny") is not None
+
+
+def test_a_tracking_server_that_never_answers_is_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    """Issue 19 item 11: a server that accepts connections and never answers hung `sweep` silently for minutes."""
+    import socket
+    import threading
+
+    from ablations import tracking
+    from ablations.cli import main
+
+    monkeypatch.setattr(tracking, "ANSWER_S", 1.0)
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:  # take every connection, answer nothing
+        server.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                held.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        spec = write_spec(tmp_path)
+        results = tmp_path / "results"
+        uri = f"http://127.0.0.1:{server.getsockname()[1]}"
+        assert main(["sweep", str(spec), "--results", str(results), "--tracking-uri", uri, "--no-progress"]) == 2
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+        for s in held:
+            s.close()
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "accepts connections but sent no answer in 1 s" in err
+    assert not results.exists() or not any(results.iterdir())
+
+
+def test_the_ledger_takes_a_result_before_the_mlflow_backlog_drains_and_another_host_rebuilds_the_run(
+    tmp_path, monkeypatch
+):
+    """Issue 19 items 11 and 12: COMPLETE waited behind the buffered MLflow writes; a host with its own --results
+    (no result.json) could rebuild no run, or one without metrics."""
+    spec_path = write_spec(tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1)
+    results = tmp_path / "results"
+    spec = load_spec(spec_path)
+    [trial] = expand(spec)
+    ledger = Ledger.open(local_ledger(results))
+    ledger.enqueue(ticket_of(trial))
+    parent = tracker(results).parent_run("tiny", "x", {})
+    manifest = Manifest(spec.name, parent, {trial.key: ticket_of(trial)}, max_retries=0)
+    worker = Worker(manifest, results, Slot(0), local_ledger(results), f"sqlite:///{results / 'mlflow.db'}")
+    seen = []
+    slow_epoch = worker.tracker.log_epoch
+
+    def slow(*args, **kwargs):  # a slow store: every epoch's metrics take a while to reach it
+        time.sleep(0.5)
+        seen.append(("epoch", ledger.attempts()[0].state.name))
+        return slow_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(worker.tracker, "log_epoch", slow)
+    attempt = ledger.claim({trial.key}, Owner.me())
+    assert worker.run_attempt(attempt) == "finished"
+    assert ("epoch", "COMPLETE") in seen  # the backlog was still draining when the ledger held the result
+    [done] = ledger.attempts()
+    assert done.result["summary"]["test_top1_err"] == _result(results, trial.key)["test_top1_err"]
+
+
+def test_a_host_with_its_own_results_folder_rebuilds_a_run_from_the_ledger(tmp_path, monkeypatch):
+    """Issue 19 item 12: repair on another host had no result.json: no FINISHED run, or one without metrics."""
+    spec_path = write_spec(tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1)
+    results, elsewhere = tmp_path / "results", tmp_path / "elsewhere"
+    spec = load_spec(spec_path)
+    [trial] = expand(spec)
+    ledger = Ledger.open(local_ledger(results))
+    ledger.enqueue(ticket_of(trial))
+    parent = tracker(results).parent_run("tiny", "x", {})
+    manifest = Manifest(spec.name, parent, {trial.key: ticket_of(trial)}, max_retries=0)
+    worker = Worker(manifest, results, Slot(0), local_ledger(results), f"sqlite:///{results / 'mlflow.db'}")
+    worker.runlog = RunLog(retry_s=0.3, log=lambda _: None)
+
+    def down(*args, **kwargs):
+        raise locked()
+
+    for name in ("start_trial", "log_epoch", "log_summary", "log_text", "end"):
+        monkeypatch.setattr(worker.tracker, name, down)
+    assert worker.run_attempt(ledger.claim({trial.key}, Owner.me())) == "finished"
+    monkeypatch.undo()
+    # the other host shares the ledger and the tracking store, not the folder: no result.json there
+    store = Tracker(f"sqlite:///{results / 'mlflow.db'}", elsewhere)
+    assert repair(store, ledger, ledger.attempts(), {trial.key}, elsewhere, spec.name, parent, {}, print) == 1
+    [run] = store.trial_runs()
+    expected = _result(results, trial.key)["test_top1_err"]
+    assert run.status == "FINISHED" and run.metrics["test_top1_err"] == pytest.approx(expected)
+    assert sorted(store.history(run.run_id, "val_top1_err")) == [1, 2]
