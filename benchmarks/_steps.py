@@ -1,6 +1,6 @@
 """Training steps as the engine runs them, and the fused SE epilogue experiment (benchmark-local).
 
-`timed_step` calls the engine's own step (`ablations.training.engine.train_step`: forward and loss under autocast,
+`timed_step` calls the engine's own step (`ablations.training.steps.train_step`: forward and loss under autocast,
 `zero_grad(set_to_none=True)`, backward, optimizer step) with the engine's defaults: bf16 autocast and
 channels_last on CUDA, fp32 NCHW on the CPU, SGD with momentum 0.9 and weight decay 1e-4.
 """
@@ -16,7 +16,7 @@ from types import MethodType
 import torch
 from torch import nn
 
-from ablations.training.engine import train_step
+from ablations.training.steps import train_step
 from senet_core import BasicBlock, Bottleneck
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -70,7 +70,7 @@ def endless(loader: Iterable[Batch]) -> Iterator[Batch]:
 def timed_step(
     model: nn.Module, batches: Callable[[], Batch], setup: Setup, *, compile: bool = False
 ) -> Callable[[], None]:
-    """One optimisation step of the engine (`engine.train_step`) per call on the next batch from `batches`; moves
+    """One optimisation step of the engine (`steps.train_step`) per call on the next batch from `batches`; moves
     `model` to the device.
 
     Args:

@@ -16,7 +16,7 @@ from ablations.paths import run_dir
 from ablations.sweep.ledger import Attempt, Ledger, State
 from ablations.sweep.reconcile import Ended
 from ablations.tracking import Tag, Tracker, code_tags, environment_tags
-from ablations.training.engine import RunResult, read_result
+from ablations.training.result import RunResult, read_result
 
 
 def repair(

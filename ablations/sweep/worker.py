@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -36,6 +35,7 @@ from ablations.config import RunConfig, build_config, input_shape
 from ablations.errors import SenetError
 from ablations.outcomes import Ending, RunStatus, Standing
 from ablations.paths import STORAGE_ENV, TRACEBACK, TRACKING_ENV, TRAIN_LOG, run_dir
+from ablations.sweep.heartbeat import Heartbeat
 from ablations.sweep.ledger import Attempt, LeaseLost, Ledger, Owner, StoreUnavailable, Ticket
 from ablations.sweep.manifest import EXIT_DONE, EXIT_ERROR, EXIT_FAILPOINT, EXIT_RECYCLE, EXIT_STOPPED, Manifest
 from ablations.sweep.reconcile import Reconciler
@@ -44,7 +44,9 @@ from ablations.sweep.runlog import RunLog
 from ablations.sweep.slots import CONTEXT_MB, GpuPermit, Slot, register
 from ablations.sweep.status import by_key, classify_attempts
 from ablations.tracking import Tracker, code_tags, environment_tags
-from ablations.training.engine import Callback, RunResult, Warm, is_out_of_memory, train
+from ablations.training.engine import Callback, Warm, is_out_of_memory, train
+from ablations.training.result import RunResult
+from ablations.training.steps import Progress
 from senet_core import build_model, se_blocks
 
 IDLE_S = 0.5  # pause between looks at the ledger while other workers' trials run
@@ -63,33 +65,6 @@ def failpoint(name: str) -> None:
 
 def _stop(signum: int, _frame: object) -> None:
     raise Stop(signal.Signals(signum).name)
-
-
-class Heartbeat:
-    """Beats an attempt's lease every `period` seconds on a thread; notices when the lease was taken away."""
-
-    def __init__(self, ledger: Ledger, attempt: Attempt, period: float) -> None:
-        self.ledger, self.attempt, self.period = ledger, attempt, period
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period):
-            try:
-                self.ledger.heartbeat(self.attempt)
-            except LeaseLost:
-                self.lost.set()
-                return
-            except Exception as err:  # a lost beat must not kill training; the next one may get through
-                print(f"heartbeat failed: {type(err).__name__}", file=sys.stderr, flush=True)
 
 
 class Track(Callback):
@@ -207,9 +182,21 @@ class Worker:
         folder.mkdir(parents=True, exist_ok=True)
         self.note(f"{t.label} seed {t.seed}: attempt {t.number} (ledger id {attempt.trial_id})")
         run_id: str | None = None
+        progress = Progress()
+
+        def stalled(reason: str) -> None:  # on the heartbeat's thread: the training's own thread is stuck
+            self.note(f"{t.label} seed {t.seed}: attempt {t.number} {Ending.STALLED}: {reason}")
+            with contextlib.suppress(Exception):
+                logfile.write(f"stalled: {reason}\n")
+                logfile.flush()
+            if run_id:
+                with contextlib.suppress(Exception):
+                    self.tracker.end(run_id, Ending.STALLED.run_status, f"{Ending.STALLED}: {reason}")
+            os._exit(EXIT_RECYCLE)
+
         with (
             open(folder / TRAIN_LOG, "a") as logfile,
-            Heartbeat(self.ledger, attempt, self.ledger.liveness.heartbeat_s) as beat,
+            Heartbeat(self.ledger, attempt, self.ledger.liveness.heartbeat_s, progress, stalled) as beat,
         ):
             log = _logger(logfile)
             try:
@@ -222,7 +209,8 @@ class Worker:
                     self.permit.hold(t.exclusive) if self.permit is not None else contextlib.nullcontext(),
                     _system_metrics(run_id, self.tracker.uri),
                 ):
-                    result = train(cfg, folder, [Track(self, attempt, cfg, run_id, beat)], log=log, warm=self.warm)
+                    track = Track(self, attempt, cfg, run_id, beat)
+                    result = train(cfg, folder, [track], log=log, warm=self.warm, progress=progress)
                 return self._record(attempt, run_id, result)
             except Stop as sig:
                 self._end(attempt, run_id, Ending.STOPPED, f"stopped by {sig}")

@@ -12,26 +12,26 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import psutil
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ablations.config import RunConfig, network_cost
 from ablations.data.build import DataBundle, DataCache, build_data
 from ablations.errors import SenetError
-from ablations.paths import CHECKPOINT, RESULT
+from ablations.paths import CHECKPOINT
 from ablations.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_aside
+from ablations.training.result import RunResult, write_result
 from ablations.training.schedule import Schedule
+from ablations.training.steps import Autocast, Progress, evaluate, train_step
 from ablations.weights import load_weights
 from senet_core import Complexity, build_model
 
-Autocast = Callable[[], AbstractContextManager[Any]]
 # Messages of allocation failures that do not arrive as torch.OutOfMemoryError: cuBLAS and cuDNN workspaces
 # fail inside their own libraries and surface as RuntimeError with their status names.
 _OOM_TEXT = ("out of memory", "cublas_status_alloc_failed", "cudnn_status_alloc_failed", "cudaerrormemoryallocation")
@@ -63,27 +63,6 @@ class Callback:
 
 
 @dataclass
-class RunResult:
-    """What one run produced.
-
-    Attributes:
-        status: `finished`, or `diverged` (a final result too: the configuration does not train).
-        history: per-epoch metrics, epoch 1 first (restored epochs included after a resume).
-        summary: final validation and test errors, best validation error and its epoch, cost and speed.
-        resumed_from: epochs restored from a checkpoint (0 for a fresh run).
-        diverged_epoch: the epoch whose loss became non-finite.
-        notes: what a reader of the run should know (a resume, a discarded checkpoint, the divergence).
-    """
-
-    status: Literal["finished", "diverged"]
-    history: list[dict[str, float]]
-    summary: dict[str, float]
-    resumed_from: int = 0
-    diverged_epoch: int | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
 class Warm:
     """What a long-lived worker keeps from one run to the next.
 
@@ -111,29 +90,6 @@ def pick_device(preference: str) -> torch.device:
     if preference == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda")
-
-
-@torch.no_grad()
-def evaluate(net: nn.Module, loader: Any, autocast: Autocast = nullcontext) -> dict[str, float]:
-    """Mean loss and top-1 / top-5 error (%) over a loader; top-5 becomes top-k for fewer than 5 classes.
-
-    Sums stay on the device and are read once at the end: no host sync per batch.
-    """
-    net.eval()
-    total: torch.Tensor | None = None
-    count = 0
-    for x, y in loader:
-        with autocast():
-            out = net(x)
-        out = out.float()
-        hits = out.topk(min(5, out.shape[1]), dim=1).indices == y[:, None]
-        sums = torch.stack([F.cross_entropy(out, y, reduction="sum"), hits[:, 0].sum(), hits.any(dim=1).sum()])
-        total = sums.double() if total is None else total + sums.double()
-        count += y.numel()
-    if total is None or count == 0:
-        raise SenetError("evaluation split is empty; give data subsets of at least one image")
-    loss, top1, top5 = total.tolist()
-    return {"loss": loss / count, "top1_err": 100.0 * (1 - top1 / count), "top5_err": 100.0 * (1 - top5 / count)}
 
 
 def _memory_mb(device: torch.device) -> float:
@@ -276,26 +232,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_step(
-    net: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    criterion: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    autocast: Autocast = nullcontext,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step on the batch (x, y): forward and loss under `autocast`, gradients set to None,
-    backward, optimizer step; returns (outputs, loss). The engine's loop and the speed benchmarks both step here."""
-    with autocast():
-        out = net(x)
-        loss = criterion(out, y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return out, loss
-
-
-def train_one_epoch(run: _Run, epoch: int, criterion: nn.Module, first_step: bool) -> dict[str, float]:
+def train_one_epoch(
+    run: _Run, epoch: int, criterion: nn.Module, first_step: bool, progress: Progress | None = None
+) -> dict[str, float]:
     """Epoch `epoch` (0-based) and its validation; the metrics of the history.
 
     With `first_step` (the first step this process trains, which compiles a compiled model) that step is timed
@@ -317,8 +256,10 @@ def train_one_epoch(run: _Run, epoch: int, criterion: nn.Module, first_step: boo
     seen = skipped = 0
     began = time.perf_counter()
     compile_s = 0.0
+    progress = progress or Progress()
     for step, (x, y) in enumerate(data.train):
         out, loss = train_step(run.net, run.optimizer, criterion, x, y, run.autocast)
+        progress.steps += 1
         run.scheduler.step()
         loss_sum += loss.detach() * y.numel()
         correct += (out.detach().argmax(1) == y).sum()
@@ -332,7 +273,7 @@ def train_one_epoch(run: _Run, epoch: int, criterion: nn.Module, first_step: boo
         raise Diverged(epoch + 1, len(data.train))
     _sync(device)
     elapsed = time.perf_counter() - began
-    val = evaluate(run.model, data.val, run.autocast)  # eager: a compiled model would trace eval shapes too
+    val = evaluate(run.model, data.val, run.autocast, progress)  # eager: a compiled model would trace eval shapes
     run.schedule.end_epoch(val["loss"])
     metrics = {
         "epoch": epoch + 1,
@@ -382,6 +323,7 @@ def train(
     callbacks: Sequence[Callback] = (),
     log: Callable[[str], None] = print,
     warm: Warm | None = None,
+    progress: Progress | None = None,
 ) -> RunResult:
     """Train and test one configuration; resume from `run_dir/checkpoint.pt` when it holds an earlier epoch.
 
@@ -391,6 +333,7 @@ def train(
         callbacks: listeners for start, every epoch and the end.
         log: where human-readable notes go (resume, a corrupt checkpoint, divergence).
         warm: a long-lived worker's cache of datasets and compiled models; None builds everything afresh.
+        progress: counts every training step and evaluation batch as it happens (a sweep worker watches it).
 
     Raises:
         SenetError: bad data or device settings (the sweep reports them as configuration errors).
@@ -408,7 +351,7 @@ def train(
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     try:
         for epoch in range(start, cfg.train.epochs):
-            metrics = train_one_epoch(run, epoch, criterion, first_step=epoch == start)
+            metrics = train_one_epoch(run, epoch, criterion, first_step=epoch == start, progress=progress)
             history.append(metrics)
             for cb in callbacks:
                 cb.before_save(epoch + 1)
@@ -421,7 +364,7 @@ def train(
         summary = {"diverged_epoch": err.epoch, "epochs": err.epoch - 1}
         result = RunResult("diverged", history, summary, start, err.epoch, [*notes, str(err)])
     else:
-        test = evaluate(run.model, run.data.test, run.autocast)
+        test = evaluate(run.model, run.data.test, run.autocast, progress)
         summary = _summary(run, history, test) | {"engine_s": time.perf_counter() - began}
         result = RunResult("finished", history, summary, start, None, notes)
     if run_dir is not None:
@@ -431,18 +374,3 @@ def train(
     for cb in callbacks:
         cb.on_end(result)
     return result
-
-
-def write_result(result: RunResult, run_dir: Path) -> None:
-    """`result.json` beside the checkpoint, written atomically (the sweep repairs MLflow from it)."""
-    tmp = run_dir / f".{RESULT}.tmp"
-    tmp.write_text(json.dumps(asdict(result), indent=1, sort_keys=True))
-    tmp.replace(run_dir / RESULT)
-
-
-def read_result(run_dir: Path) -> RunResult | None:
-    """The run's `result.json`, or None when it is missing or unreadable."""
-    try:
-        return RunResult(**json.loads((run_dir / RESULT).read_text()))
-    except (OSError, ValueError, TypeError):
-        return None

@@ -14,8 +14,9 @@ from ablations.errors import SenetError
 from ablations.study.recipes import RECIPES
 from ablations.training import engine as train_mod
 from ablations.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_aside
-from ablations.training.engine import Callback, Warm, evaluate, is_out_of_memory, train
+from ablations.training.engine import Callback, Warm, is_out_of_memory, train
 from ablations.training.schedule import Schedule
+from ablations.training.steps import evaluate
 from tests._support.configs import tiny_tree
 
 # 4 classes of 12×12 images, 256 training images in 8 steps of 32 per epoch, 3 epochs.

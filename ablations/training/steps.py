@@ -1,0 +1,71 @@
+"""One optimisation step and one evaluation pass, as the engine runs them (the speed benchmarks step here too), and
+the count of work done that a sweep's worker watches to tell a training that moves from one that hangs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ablations.errors import SenetError
+
+Autocast = Callable[[], AbstractContextManager[Any]]
+
+
+@dataclass
+class Progress:
+    """Batches a run has processed (training steps and evaluation batches), counted as they happen: a plain
+    integer another thread may read (the sweep worker's heartbeat reports it and judges a stall by it)."""
+
+    steps: int = 0
+
+
+def train_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    autocast: Autocast = nullcontext,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on the batch (x, y): forward and loss under `autocast`, gradients set to None,
+    backward, optimizer step; returns (outputs, loss). The engine's loop and the speed benchmarks both step here."""
+    with autocast():
+        out = net(x)
+        loss = criterion(out, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return out, loss
+
+
+@torch.no_grad()
+def evaluate(
+    net: nn.Module, loader: Any, autocast: Autocast = nullcontext, progress: Progress | None = None
+) -> dict[str, float]:
+    """Mean loss and top-1 / top-5 error (%) over a loader; top-5 becomes top-k for fewer than 5 classes.
+
+    Sums stay on the device and are read once at the end: no host sync per batch.
+    """
+    net.eval()
+    total: torch.Tensor | None = None
+    count = 0
+    for x, y in loader:
+        with autocast():
+            out = net(x)
+        out = out.float()
+        hits = out.topk(min(5, out.shape[1]), dim=1).indices == y[:, None]
+        sums = torch.stack([F.cross_entropy(out, y, reduction="sum"), hits[:, 0].sum(), hits.any(dim=1).sum()])
+        total = sums.double() if total is None else total + sums.double()
+        count += y.numel()
+        if progress is not None:
+            progress.steps += 1
+    if total is None or count == 0:
+        raise SenetError("evaluation split is empty; give data subsets of at least one image")
+    loss, top1, top5 = total.tolist()
+    return {"loss": loss / count, "top1_err": 100.0 * (1 - top1 / count), "top5_err": 100.0 * (1 - top5 / count)}
