@@ -13,6 +13,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from ablations.config import Host
+from ablations.errors import SenetError
 from ablations.outcomes import Ending, Standing
 from ablations.paths import RESULTS, ledger_file
 from ablations.study.spec import StudySpec
@@ -140,7 +141,10 @@ def study_status(spec: StudySpec, opts: ReadOptions) -> tuple[list[Trial], list[
     if is_journal(url) and not Path(url.removeprefix("journal://")).exists():
         trials = plan_trials(spec, opts.overrides, Host(opts.device) if opts.device else Host.here())  # type: ignore[arg-type]
         return trials, statuses(trials, [], opts.max_retries)
-    ledger = Ledger.open(url, patience=CONNECT_S)
+    try:
+        ledger = Ledger.open(url, patience=CONNECT_S)
+    except OSError as err:  # the ledger on a read-only folder (reading must not need to write): one clear line
+        raise SenetError(f"--storage: cannot open the ledger {url} for reading ({err.strerror or err})") from None
     device = opts.device or ledger.note(spec.name).get("device")
     trials = plan_trials(spec, opts.overrides, Host(device) if device else Host.here())
     keys = {t.key for t in trials}
