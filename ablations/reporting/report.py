@@ -9,6 +9,7 @@ give byte-identical markdown, CSV and LaTeX.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ablations.errors import SenetError
@@ -127,5 +128,9 @@ def write_report(spec: StudySpec, opts: ReadOptions, out: Path | None = None, na
     parent = tracker.find_parent(spec.name)
     if parent is not None:
         pngs = [out / name for f in (*figs.values(), top) for name in f]
-        tracker.log_files(parent, [readme, *csvs, tex, *pngs, *excite_paths], "report")
+        try:
+            tracker.log_files(parent, [readme, *csvs, tex, *pngs, *excite_paths], "report")
+        except OSError as err:  # a read-only results folder holds the parent's artifacts: the report still stands
+            print(f"report: not attached to the study's parent run ({err.strerror or err}); its files are in {out}",
+                  file=sys.stderr)  # fmt: skip
     return readme

@@ -250,7 +250,7 @@ def insert(dialect: str) -> Callable[..., Any]:
     return postgresql_insert
 
 
-def sqlite_engine(path: Path) -> sa.Engine:
+def sqlite_engine(path: Path, read_only: bool = False) -> sa.Engine:
     """A SQLite file in WAL mode whose write transactions begin IMMEDIATE (the write lock at BEGIN, so two
     transactions never both read and then both write) and whose reads begin deferred (`ledger_read`).
 
@@ -261,7 +261,11 @@ def sqlite_engine(path: Path) -> sa.Engine:
         raise SenetError(
             f"--storage: SQLite {sqlite3.sqlite_version} is too old for the ledger; allowed: 3.35 or newer"
         )
-    engine = sa.create_engine(sa.URL.create("sqlite", database=str(path)), connect_args={"timeout": BUSY_S})
+    if read_only:  # a folder nobody can write to holds no live writer: read the file as it is, writing nothing
+        url = sa.URL.create("sqlite", database=f"file:{path}", query={"immutable": "1", "uri": "true"})
+    else:
+        url = sa.URL.create("sqlite", database=str(path))
+    engine = sa.create_engine(url, connect_args={"timeout": BUSY_S})
 
     @sa.event.listens_for(engine, "connect")
     def _connect(dbapi: Any, _record: Any) -> None:
@@ -271,7 +275,8 @@ def sqlite_engine(path: Path) -> sa.Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("ledger_read") else "BEGIN IMMEDIATE")
+        reading = read_only or conn.get_execution_options().get("ledger_read")
+        conn.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
     return engine
 

@@ -26,8 +26,13 @@ STALL_STEPS = 100  # ... or this many median batch times, when that is longer
 _WINDOWS = 200  # recent per-batch times kept for the median
 
 
+class HeartbeatDied(Exception):
+    """The heartbeat thread failed: the lease is no longer renewed, so training must not go on under it."""
+
+
 class Heartbeat:
-    """Beats an attempt's lease every `period` seconds on a thread, with the batches done so far."""
+    """Beats an attempt's lease every `period` seconds on a thread, with the batches done so far; keeps the error
+    that killed it: `check` turns a lost lease or a dead heartbeat into an end of the attempt."""
 
     def __init__(
         self, ledger: Ledger, attempt: Attempt, period: float, progress: Progress, stalled: Callable[[str], None]
@@ -36,6 +41,7 @@ class Heartbeat:
         self.stalled = stalled  # called (on this thread) with the reason once the training has stalled
         self.floor = env_seconds(STALL_ENV, STALL_S)
         self.lost = threading.Event()
+        self.died: Exception | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
 
@@ -45,6 +51,15 @@ class Heartbeat:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+
+    def check(self) -> None:
+        """LeaseLost when the ledger took the lease away, HeartbeatDied (a crash) when the thread died."""
+        if self.died is not None:
+            err = self.died
+            text = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+            raise HeartbeatDied(f"heartbeat failed ({type(err).__name__}: {text}); the lease was no longer renewed")
+        if self.lost.is_set():
+            raise LeaseLost
 
     def stall_after(self, per_batch: list[float]) -> float:
         """Seconds without a batch after which the training has stalled."""
@@ -63,9 +78,11 @@ class Heartbeat:
                     self.stalled(reason)
                 return
             try:
-                self.ledger.heartbeat(self.attempt, steps=steps)
+                self.ledger.heartbeat(self.attempt, steps=steps)  # the ledger itself rides out a short outage
             except LeaseLost:
                 self.lost.set()
                 return
-            except Exception as err:  # a lost beat must not kill training; the next one may get through
-                print(f"heartbeat failed: {type(err).__name__}", file=sys.stderr, flush=True)
+            except Exception as err:  # a bug, or an outage past the ledger's retries: training must not go on unleased
+                self.died = err
+                print(f"heartbeat failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+                return

@@ -370,12 +370,13 @@ class Ledger:
             if path is None:
                 engine = db.postgres_engine(url)
             else:
+                read_only = path.exists() and not os.access(path.parent, os.W_OK)  # `status` on a read-only copy
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)
                 except OSError as err:
                     raise SenetError(f"--storage: cannot create {path.parent} ({err.strerror})") from None
                 db.check_local_disk(path)
-                engine = db.sqlite_engine(path)
+                engine = db.sqlite_engine(path, read_only)
             ledger = cls(engine, url, retry_s)
             ledger._setup(patience, liveness, journal_of(path) if path is not None else None, log)
         except SenetError:
@@ -414,7 +415,7 @@ class Ledger:
             self._tx(lambda c: self._upgrade(c, liveness, journal), patience=patience)
         row = self._tx(lambda c: c.execute(sa.select(db.meta)).one(), read=True, patience=patience)
         self.liveness = Liveness(row.heartbeat_s, row.grace_s, row.claim_grace_s)
-        if journal is not None and row.imported_from == str(journal.resolve()):
+        if journal is not None and row.imported_from == str(journal.resolve()) and os.access(journal.parent, os.W_OK):
             backup = journal.with_name(journal.name + ".imported")
             try:  # also finishes an import whose process died between its commit and this rename
                 os.replace(journal, backup)

@@ -41,7 +41,9 @@ class Manifest:
         recycle_after: trials a worker trains before it is replaced by a fresh process.
         max_rss_mb: resident memory past which a worker is replaced after its trial (None: no limit).
         fail_fast: a worker claims nothing more once a trial of the sweep has failed.
-        queue_new: reconcile passes queue trials the ledger has never seen (off for a joining worker's sweep).
+        joiner: written by a joining `worker`, not by the sweep: its reconcile passes queue only trials the ledger
+            already knows, and it has an id of its own, so it never replaces the sweep's manifest and its workers
+            are never the sweep's (a Ctrl-C of the joiner stops only its own).
     """
 
     study: str
@@ -52,13 +54,21 @@ class Manifest:
     recycle_after: int = 50
     max_rss_mb: float | None = None
     fail_fast: bool = False
-    queue_new: bool = True
+    joiner: bool = False
 
     @property
     def id(self) -> str:
-        """Equal for equal sweeps (same study, same trials), so a rerun finds its workers."""
-        blob = json.dumps([self.study, sorted(self.tickets)], separators=(",", ":"))
+        """Equal for equal sweeps (same study, same trials, both sweeps or both joiners), so a rerun finds its
+        workers; a joiner's differs from its sweep's."""
+        blob = json.dumps(
+            [self.study, sorted(self.tickets), *(["worker"] if self.joiner else [])], separators=(",", ":")
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def queue_new(self) -> bool:
+        """Reconcile passes queue trials the ledger has never seen (a joiner helps a sweep, it never starts one)."""
+        return not self.joiner
 
     @property
     def keys(self) -> set[str]:

@@ -138,16 +138,13 @@ class Sweep:
         self.results = opts.results
         self.manifest = Manifest(spec.name, parent, {t.key: ticket_of(t) for t in trials}, opts.max_retries,
                                  code_version(), opts.recycle_after, opts.max_rss_mb, opts.fail_fast,
-                                 queue_new=not joining)  # fmt: skip
+                                 joiner=joining)  # fmt: skip
         self.reconciler = Reconciler(self.ledger, self.say)
         self.stop = threading.Event()
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.deaths: dict[int, int] = {}  # slot → worker deaths in a row without a finished trial
         self.given_up: set[int] = set()
         self.per_gpu = opts.trials_per_gpu or 1
-        # A joiner's slots are numbered apart from the controller's, so on one host it adds workers (and a rerun of
-        # either adopts its own).
-        self.slot_base = JOINER_SLOTS if joining else 0
         self.failed_fast = False
         self.statuses: list[TrialStatus] = []
 
@@ -217,10 +214,8 @@ class Sweep:
     def _slots(self, attempts: list[Attempt]) -> list[Slot]:
         if self.opts.gpus and self.opts.trials_per_gpu is None:
             self.per_gpu = max(self.per_gpu, self._packed(attempts))
-            slots = [Slot(i * MAX_SLOTS + j, g) for i, g in enumerate(self.opts.gpus) for j in range(self.per_gpu)]
-        else:
-            slots = self.opts.slots()
-        return [Slot(self.slot_base + s.index, s.gpu) for s in slots]
+            return [Slot(i * MAX_SLOTS + j, g) for i, g in enumerate(self.opts.gpus) for j in range(self.per_gpu)]
+        return self.opts.slots()
 
     def _packed(self, attempts: list[Attempt]) -> int:
         pending = {s.trial.config_hash for s in self.statuses if s.state in (Standing.PENDING, Standing.RUNNING)}
@@ -242,13 +237,26 @@ class Sweep:
                 if self.deaths[index] >= RESPAWNS:
                     self.given_up.add(index)
         waiting = any(a.state == State.WAITING for a in attempts)
-        live = {w.slot for w in live_workers(self.results, self.manifest.id)}
+        live = live_workers(self.results, self.manifest.id)
+        staffed = set(self.children) | {w.slot for w in live}
         slots = self._slots(attempts)
-        for slot in slots:
-            if slot.index in self.children or slot.index in live or slot.index in self.given_up or not waiting:
+        wanted = min(len(slots), self._work(attempts, {p.pid for p in self.children.values()} | {w.pid for w in live}))
+        for slot in spread(slots):
+            if len(staffed) >= wanted or not waiting:  # never more workers than trials for them
+                break
+            if slot.index in staffed or slot.index in self.given_up:
                 continue
-            self.children[slot.index] = self._spawn(slot, manifest_path, len(slots))
+            self.children[slot.index] = self._spawn(slot, manifest_path, wanted)
+            staffed.add(slot.index)
         return len(self.given_up) < len(slots)
+
+    def _work(self, attempts: list[Attempt], pids: set[int]) -> int:
+        """Trials that need one of our workers: those still to train, and those our own workers are training
+        (a trial another host's worker trains needs none of ours)."""
+        pending = sum(s.state == Standing.PENDING for s in self.statuses)
+        training = sum(a.state == State.RUNNING and a.owner is not None and a.owner.is_local()
+                       and a.owner.pid in pids for a in attempts)  # fmt: skip
+        return pending + training
 
     def _spawn(self, slot: Slot, manifest_path: Path, slots: int) -> subprocess.Popen[bytes]:
         env = worker_env(dict(os.environ), slot, cpu_threads(slots), self.results)
@@ -265,8 +273,8 @@ class Sweep:
                                     start_new_session=True)  # fmt: skip
 
     def terminate(self) -> None:
-        """SIGTERM to every worker of this sweep on this host (ours and adopted): they end their attempts as
-        `stopped` and their runs KILLED."""
+        """SIGTERM to every worker of this sweep on this host (ours and adopted; a joiner's manifest has its own id,
+        so a joiner's are never the sweep's): they end their attempts as `stopped` and their runs KILLED."""
         pids = {p.pid for p in self.children.values()} | {w.pid for w in live_workers(self.results, self.manifest.id)}
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
@@ -289,7 +297,17 @@ class Sweep:
 
 
 MAX_SLOTS = 1000  # slot numbers per GPU under --trials-per-gpu auto (GPU i has slots i*1000 ...)
-JOINER_SLOTS = 500_000  # first slot number of a joining `worker`
+
+
+def spread(slots: list[Slot]) -> list[Slot]:
+    """Slots in the order their workers start: across the GPUs first (each GPU's first slot, then each second
+    one ...), so fewer workers than slots still use every device."""
+    rank: dict[str | None, int] = {}
+    ranked = []
+    for slot in slots:
+        rank[slot.gpu] = rank.get(slot.gpu, 0) + 1
+        ranked.append((rank[slot.gpu], slot))
+    return [slot for _, slot in sorted(ranked, key=lambda r: r[0])]
 
 
 def say(text: str) -> None:

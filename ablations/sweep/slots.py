@@ -95,15 +95,16 @@ class GpuPermit:
 
     Both are one `flock` call on one file, so an exclusive taker gets the whole device at once or waits (never
     half of several permits); before it waits it closes a gate that new shared takers pass, so a stream of small
-    trials cannot starve it. The kernel frees both locks when a holder dies.
+    trials cannot starve it. The kernel frees both locks when a holder dies. The files are named by host and
+    device: on a results folder that hosts share, GPU 0 of one host is not GPU 0 of another.
     """
 
     def __init__(self, results: Path, gpu: str) -> None:
         folder = results / "locks"
         folder.mkdir(parents=True, exist_ok=True)
-        safe = re.sub(r"[^0-9A-Za-z-]", "_", gpu)
-        self.main = folder / f"gpu-{safe}.lock"
-        self.gate = folder / f"gpu-{safe}.gate"
+        name = f"gpu-{_safe(host_id())}.{_safe(gpu)}"  # "." never occurs in either part
+        self.main = folder / f"{name}.lock"
+        self.gate = folder / f"{name}.gate"
 
     @contextlib.contextmanager
     def hold(self, exclusive: bool) -> Iterator[None]:
@@ -137,6 +138,11 @@ class WorkerRecord:
         return pid_alive(self.pid, self.start)
 
 
+def _safe(text: str) -> str:
+    """`text` as part of a file name (a host id holds slashes, a MIG id too)."""
+    return re.sub(r"[^0-9A-Za-z-]", "_", text)
+
+
 def _folder(results: Path, manifest_id: str) -> Path:
     return workers_dir(results) / manifest_id
 
@@ -146,7 +152,7 @@ def register(results: Path, manifest_id: str, slot: Slot) -> Path:
     folder = _folder(results, manifest_id)
     folder.mkdir(parents=True, exist_ok=True)
     pid = os.getpid()
-    path = folder / f"{re.sub(r'[^0-9A-Za-z-]', '_', host_id())}-{pid}.json"
+    path = folder / f"{_safe(host_id())}-{pid}.json"
     path.write_text(json.dumps({"pid": pid, "start": process_start(pid), "slot": slot.index, "gpu": slot.gpu}))
     return path
 
@@ -154,7 +160,7 @@ def register(results: Path, manifest_id: str, slot: Slot) -> Path:
 def live_workers(results: Path, manifest_id: str) -> list[WorkerRecord]:
     """The workers of one sweep on this host that are still alive; the files of dead ones are removed."""
     folder = _folder(results, manifest_id)
-    prefix = re.sub(r"[^0-9A-Za-z-]", "_", host_id()) + "-"
+    prefix = _safe(host_id()) + "-"
     out = []
     for path in sorted(folder.glob(f"{prefix}*.json")) if folder.is_dir() else []:
         try:

@@ -153,7 +153,10 @@ def study_status(spec: StudySpec, opts: ReadOptions) -> tuple[list[Trial], list[
     if not Ledger.exists(url):
         trials = plan_trials(spec, opts.overrides or {}, Host(opts.device) if opts.device else Host.here())  # type: ignore[arg-type]
         return trials, statuses(trials, [], opts.max_retries)
-    ledger = Ledger.open(url, patience=CONNECT_S)
+    try:
+        ledger = Ledger.open(url, patience=CONNECT_S)
+    except OSError as err:  # the ledger on a read-only folder (reading must not need to write): one clear line
+        raise SenetError(f"--storage: cannot open the ledger {url} for reading ({err.strerror or err})") from None
     note = ledger.note(spec.name)
     device = opts.device or note.get("device")
     overrides = opts.overrides if opts.overrides is not None else note.get("overrides", {})

@@ -56,15 +56,47 @@ class Stop(BaseException):
     """SIGTERM or SIGINT from the sweep: the attempt ends as `stopped` (no retry used), its run KILLED."""
 
 
+class Stops:
+    """SIGTERM and SIGINT raise `Stop`, except while held: from the claim until the attempt's own handler is in
+    place a stop waits, so an attempt this worker holds ends `stopped`, never left RUNNING by a worker that exited
+    (which the reconciler would end as a crash, using a retry)."""
+
+    def __init__(self) -> None:
+        self.held = False
+        self.pending: str | None = None
+
+    def handler(self, signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.held:
+            self.pending = name
+            return
+        raise Stop(name)
+
+    def hold(self) -> None:
+        self.held = True
+
+    def release(self) -> None:
+        """Stop waiting; raise the stop that came meanwhile."""
+        self.held = False
+        if self.pending is not None:
+            name, self.pending = self.pending, None
+            raise Stop(name)
+
+
+STOPS = Stops()  # the process's handler (installed by `main`; in-process workers of tests never hold a stop)
+
+
 def failpoint(name: str) -> None:
     """Die here when `SENET_ABLATE_FAILPOINT` names this point: fault tests place a crash exactly (e.g. between
-    the ledger's COMPLETE and MLflow's FINISHED). A no-op otherwise."""
-    if os.environ.get("SENET_ABLATE_FAILPOINT") == name:
-        os._exit(EXIT_FAILPOINT)
-
-
-def _stop(signum: int, _frame: object) -> None:
-    raise Stop(signal.Signals(signum).name)
+    the ledger's COMPLETE and MLflow's FINISHED). `NAME:sigterm` instead sends this process a SIGTERM here, a stop
+    arriving at exactly that point. A no-op otherwise."""
+    where, _, action = os.environ.get("SENET_ABLATE_FAILPOINT", "").partition(":")
+    if where != name:
+        return
+    if action == "sigterm":
+        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs before the next line of the caller
+        return
+    os._exit(EXIT_FAILPOINT)
 
 
 class Track(Callback):
@@ -82,8 +114,7 @@ class Track(Callback):
             self.worker.runlog.submit(lambda: tracker.log_text(run_id, model_summary(cfg, info), "model_summary.txt"))
 
     def before_save(self, epoch: int) -> None:
-        if self.beat.lost.is_set():
-            raise LeaseLost
+        self.beat.check()
         self.worker.ledger.heartbeat(self.attempt)  # LeaseLost unless the lease is still ours: never save for another
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
@@ -143,12 +174,15 @@ class Worker:
             if self.trained >= self.manifest.recycle_after or self._too_big():
                 self.note(f"recycled after {self.trained} trials")
                 return EXIT_RECYCLE
+            STOPS.hold()  # released inside `run_attempt`'s handler: a stop from here on ends the attempt `stopped`
             attempt = self.ledger.claim(self.manifest.keys, self.owner, self.serves)
             if attempt is None:
+                STOPS.release()
                 if self._settled():
                     return EXIT_DONE
                 time.sleep(IDLE_S)
                 continue
+            failpoint("after_claim")
             ending = self.run_attempt(attempt)
             self.trained += 1
             if self.manifest.fail_fast and ending.failure and self._failed(attempt.key):
@@ -200,6 +234,7 @@ class Worker:
         ):
             log = _logger(logfile)
             try:
+                STOPS.release()  # a stop held since the claim ends the attempt here
                 cfg = self.config(t)
                 run_id = self._start_run(attempt, cfg)
                 failpoint("before_training")
@@ -327,8 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slot", type=int, required=True)
     p.add_argument("--gpu", help="the CUDA device this slot is pinned to (CUDA_VISIBLE_DEVICES is set for it)")
     a = p.parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, STOPS.handler)
+    signal.signal(signal.SIGINT, STOPS.handler)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a dropped SSH session must not take the worker with it
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     threads = os.environ.get("SENET_ABLATE_THREADS")

@@ -394,3 +394,41 @@ def test_secrets_and_store_urls_never_reach_a_command_line(tmp_path, monkeypatch
     cmdlines = [Path(f"/proc/{w.pid}/cmdline").read_bytes() for w in workers]
     assert proc.wait(timeout=180) == 0
     assert cmdlines and not [c for c in cmdlines if b"sqlite" in c or b"ledger.journal" in c]
+
+
+def test_workers_never_outnumber_the_trials_still_to_train(tmp_path):
+    """Item 16: `--workers 4` started four workers (four processes importing torch and MLflow) for two trials."""
+    spec = write_spec(tmp_path, seeds=1)  # two trials
+    results = tmp_path / "results"
+    assert sweep(spec, results, "--workers", "4") == 0
+    assert len(list(results.glob("workers/*/slot*.log"))) == 2
+    assert_each_trial_complete_once(local_ledger(results), results, 2)
+
+
+def test_a_joiner_keeps_to_its_own_manifest_and_its_ctrl_c_to_its_own_workers(tmp_path):
+    """Item 16: a `worker` joining on the same host rewrote the sweep's manifest (the same id) with its own settings,
+    and its Ctrl-C stopped the sweep's workers too (they were registered under that id)."""
+    spec = write_spec(tmp_path, seeds=1, train={"epochs": 20})  # two trials, long enough to stop one mid-way
+    results = tmp_path / "results"
+    common = ["--results", str(results), "--no-progress", "--max-retries", "0"]
+    first = cli("sweep", str(spec), *common, cwd=tmp_path)
+    [theirs] = wait_for(lambda: _running(results))  # the sweep's one worker trains a trial
+    [manifest] = list(results.glob("sweeps/*.json"))
+    written = manifest.read_bytes()
+    joiner = cli("worker", str(spec), *common, cwd=tmp_path)
+    [mine] = wait_for(lambda: [a for a in _running(results) if a.owner.pid != theirs.owner.pid])
+    assert manifest.read_bytes() == written  # the sweep's manifest as the sweep wrote it
+    joiner.send_signal(signal.SIGINT)
+    _, err = joiner.communicate(timeout=120)
+    assert joiner.returncode == 130, err
+    assert pid_alive(theirs.owner.pid, theirs.owner.start)  # the sweep's worker trains on
+    stopped = [a for a in attempts(local_ledger(results)) if a.kind == "stopped"]
+    assert [a.owner.pid for a in stopped] == [mine.owner.pid]  # only the joiner's own worker was stopped
+    first.send_signal(signal.SIGINT)  # and the sweep's Ctrl-C stops its own
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err
+    assert not pid_alive(theirs.owner.pid, theirs.owner.start) and not _running(results)
+
+
+def _running(results: Path):
+    return [a for a in attempts(local_ledger(results)) if a.state == TrialState.RUNNING and a.owner is not None]

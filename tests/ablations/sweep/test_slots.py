@@ -2,6 +2,7 @@
 
 import multiprocessing
 import os
+import threading
 import time
 
 import pytest
@@ -86,3 +87,29 @@ def test_exclusive_holders_run_alone_and_two_of_them_never_deadlock(tmp_path):
             inside.discard(name)
     shared_together = [n for n, w, _ in events if w == "in"]
     assert shared_together.index("x1") < shared_together.index("s3")  # the gate kept later shared takers out
+
+
+def test_gpu_permits_are_per_host_on_a_shared_results_folder(tmp_path, monkeypatch):
+    """Item 16: permit files carried no host id, so on a results folder shared by hosts GPU 0 of every host was one
+    permit. GPU 0 of another host is another device; GPU 0 of this host is the same one."""
+    monkeypatch.setenv("SENET_ABLATE_HOST_ID", "host-a")
+    here, here_too = GpuPermit(tmp_path, "0"), GpuPermit(tmp_path, "0")
+    monkeypatch.setenv("SENET_ABLATE_HOST_ID", "host-b")
+    there = GpuPermit(tmp_path, "0")
+    order: list[str] = []
+    inside = {"there": threading.Event(), "here_too": threading.Event()}
+
+    def take(permit, name):
+        with permit.hold(exclusive=True):
+            order.append(f"{name} in")
+            inside[name].set()
+
+    with here.hold(exclusive=True):
+        threads = [threading.Thread(target=take, args=(p, n)) for p, n in ((there, "there"), (here_too, "here_too"))]
+        for t in threads:
+            t.start()
+        assert inside["there"].wait(30), "host B waited for host A's GPU 0"
+        order.append("here out")
+    for t in threads:
+        t.join(timeout=30)
+    assert order == ["there in", "here out", "here_too in"]  # this host's second taker waited for the first

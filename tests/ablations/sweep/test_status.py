@@ -1,14 +1,24 @@
 """Where a trial stands: the one set of rules the reconciler and `status` share, and the read side on them."""
 
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 from optuna.trial import TrialState
 
+from ablations.cli import main
 from ablations.config import Host
 from ablations.paths import ledger_file
 from ablations.study.load import load_spec
 from ablations.study.trials import expand
 from ablations.sweep.ledger import Attempt, Ticket
 from ablations.sweep.status import ReadOptions, classify_attempts, study_status
+from tests._support.configs import write_spec
+from tests._support.processes import ENV
 
 T = Ticket("0123456789ab-s0", {}, "0123456789ab", 0, "x", {}, ["s"])
 W, R, C, F = TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.FAIL
@@ -50,3 +60,67 @@ def test_a_study_without_a_ledger_reads_as_pending_and_nothing_is_written(tmp_pa
     ] == trials
     assert {s.state for s in found} == {"pending"} and not any(s.known for s in found)
     assert not tmp_path.exists() or not list(tmp_path.iterdir())
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """`folder` read-only for this process: a read-only bind mount over itself as root (whom permissions do not
+    stop), its permissions taken away otherwise."""
+    if os.geteuid() != 0:
+        modes = {p: p.stat().st_mode for p in [folder, *folder.rglob("*")]}
+        for p, mode in modes.items():
+            p.chmod(mode & ~0o222)
+        try:
+            yield
+        finally:
+            for p, mode in modes.items():
+                p.chmod(mode)
+        return
+    mount = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"a read-only folder needs a bind mount here: {mount.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+        with pytest.raises(OSError):
+            (folder / "probe").write_text("x")
+        yield
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)  # this process may still hold a file open
+
+
+def _finished_sweep(tmp_path: Path, *args: str) -> tuple[Path, Path]:
+    spec = write_spec(tmp_path, name="readback", grid={"se.excitation": ["sigmoid"]}, seeds=1)
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "ablations.cli", "sweep", str(spec), "--results", str(results), "--no-progress"]
+    done = subprocess.run([*cmd, *args], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return spec, results
+
+
+@pytest.mark.slow
+def test_status_and_report_read_a_read_only_results_folder(tmp_path, capsys):
+    """Item 16: `report` crashed on a read-only results folder (it logs the report to the study's parent run, whose
+    artifacts live there). It reads, writes the report where --out says and notes what it could not attach. The
+    ledger lies elsewhere here: its own read-only opening belongs to the ledger (see the next test)."""
+    ledger = tmp_path / "ledger" / "ledger.journal"
+    spec, results = _finished_sweep(tmp_path, "--storage", str(ledger))
+    out = tmp_path / "report"
+    where = ["--results", str(results), "--storage", str(ledger)]
+    with read_only(results):
+        capsys.readouterr()
+        assert main(["status", str(spec), *where]) == 0
+        assert "1 done, 0 running, 0 failed, 0 pending" in capsys.readouterr().out
+        assert main(["report", str(spec), *where, "--out", str(out)]) == 0
+        err = capsys.readouterr().err
+    assert "1 finished" in (out / "README.md").read_text()
+    assert "not attached to the study's parent run" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_status_and_report_read_a_wholly_read_only_results_folder(tmp_path, capsys):
+    spec, results = _finished_sweep(tmp_path)
+    with read_only(results):
+        capsys.readouterr()
+        assert main(["status", str(spec), "--results", str(results)]) == 0
+        assert "1 done" in capsys.readouterr().out
+        assert main(["report", str(spec), "--results", str(results), "--out", str(tmp_path / "report")]) == 0
