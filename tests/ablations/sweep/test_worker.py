@@ -51,7 +51,7 @@ def test_a_sigterm_just_after_a_claim_ends_the_attempt_stopped(tmp_path):
            "--slot", "0"]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == EXIT_STOPPED, done.stderr
-    found, _ = Reconciler(ledger, lambda _: None).reconcile(manifest.tickets, max_retries=0, blocking=True)
+    found, _ = Reconciler(ledger, lambda _: None).reconcile(manifest.tickets, max_retries=0)
     first = found[0]
     assert (first.state, first.kind, first.reason) == (TrialState.FAIL, Ending.STOPPED, "stopped by SIGTERM")
     assert classify_attempts(found, max_retries=0) == Standing.PENDING  # no retry used: queued again
