@@ -66,12 +66,13 @@ class Heartbeat:
         return max(self.floor, STALL_STEPS * statistics.median(per_batch)) if per_batch else self.floor
 
     def _run(self) -> None:
-        done, since, per_batch = self.progress.steps, time.monotonic(), []
+        done, since, per_batch, started = self.progress.steps, time.monotonic(), [], False
         while not self._stop.wait(self.period):
             now, steps = time.monotonic(), self.progress.steps
             if steps != done:
-                per_batch = [*per_batch[-_WINDOWS:], (now - since) / (steps - done)]
-                done, since = steps, now
+                if started:  # the time before the first batch (data, model, compiling) is no batch's time
+                    per_batch = [*per_batch[-_WINDOWS:], (now - since) / (steps - done)]
+                done, since, started = steps, now, True
             elif now - since > self.stall_after(per_batch):
                 reason = f"no training step for {now - since:.0f} s (after {steps} batches); the worker is replaced"
                 if self.ledger.fail(self.attempt, Ending.STALLED, reason):

@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -89,13 +90,16 @@ STOPS = Stops()  # the process's handler (installed by `main`; in-process worker
 def failpoint(name: str) -> None:
     """Die here when `SENET_ABLATE_FAILPOINT` names this point: fault tests place a crash exactly (e.g. between
     the ledger's COMPLETE and MLflow's FINISHED). `NAME:sigterm` instead sends this process a SIGTERM here, a stop
-    arriving at exactly that point. A no-op otherwise."""
+    arriving at exactly that point, and `NAME:hang` blocks here for good (a read that never returns). A no-op
+    otherwise."""
     where, _, action = os.environ.get("SENET_ABLATE_FAILPOINT", "").partition(":")
     if where != name:
         return
     if action == "sigterm":
         os.kill(os.getpid(), signal.SIGTERM)  # its handler runs before the next line of the caller
         return
+    if action == "hang":
+        threading.Event().wait()
     os._exit(EXIT_FAILPOINT)
 
 
@@ -118,6 +122,7 @@ class Track(Callback):
         self.worker.ledger.heartbeat(self.attempt)  # LeaseLost unless the lease is still ours: never save for another
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        failpoint("after_epoch")
         if self.run_id:
             run_id = self.run_id
             self.worker.runlog.submit(lambda: self.worker.tracker.log_epoch(run_id, epoch, metrics))

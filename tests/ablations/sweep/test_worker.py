@@ -11,11 +11,11 @@ import pytest
 from optuna.trial import TrialState
 
 from ablations.outcomes import Ending, Standing
-from ablations.paths import CHECKPOINT, RESULT, STORAGE_ENV, TRACKING_ENV, run_dir
+from ablations.paths import CHECKPOINT, RESULT, STORAGE_ENV, TRACKING_ENV, TRAIN_LOG, run_dir
 from ablations.study.load import load_spec
 from ablations.study.trials import expand
 from ablations.sweep.ledger import Ledger, Owner
-from ablations.sweep.manifest import EXIT_STOPPED, Manifest
+from ablations.sweep.manifest import EXIT_RECYCLE, EXIT_STOPPED, Manifest
 from ablations.sweep.reconcile import Reconciler
 from ablations.sweep.slots import Slot
 from ablations.sweep.status import classify_attempts, ticket_of
@@ -92,3 +92,23 @@ def test_a_dead_heartbeat_stops_training_and_ends_the_attempt_as_a_crash(tmp_pat
     assert epochs == [0]  # training stopped after the epoch it was in ...
     folder = run_dir(results, trial.key)
     assert not (folder / CHECKPOINT).exists() and not (folder / RESULT).exists()  # ... and wrote nothing unleased
+
+
+def test_a_trial_blocked_in_a_read_ends_stalled_and_its_worker_is_replaced(tmp_path, monkeypatch):
+    """Item 10: a trial blocked in a read kept beating and held its lease forever: the sweep never ended. Now the
+    heartbeat sees no training step for the stall time and ends the attempt `stalled`; the worker exits to be
+    replaced (a blocked thread cannot be interrupted)."""
+    monkeypatch.setenv("SENET_ABLATE_HEARTBEAT_S", "0.3")  # the new ledger's heartbeat period: the stall is seen soon
+    trial, results, ledger, manifest = _one_queued_trial(tmp_path)
+    path = manifest.write(results)
+    env = {**ENV, STORAGE_ENV: local_ledger(results), TRACKING_ENV: f"sqlite:///{results / 'mlflow.db'}",
+           "SENET_ABLATE_FAILPOINT": "after_epoch:hang", "SENET_ABLATE_STALL_S": "8",
+           "SENET_ABLATE_HEARTBEAT_S": "0.3"}  # fmt: skip
+    cmd = [sys.executable, "-m", "ablations.sweep.worker", "--manifest", str(path), "--results", str(results),
+           "--slot", "0"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == EXIT_RECYCLE, done.stderr
+    [first] = ledger.attempts()
+    assert (first.state, first.kind) == (TrialState.FAIL, Ending.STALLED), first
+    assert first.reason.startswith("no training step for") and first.steps > 0
+    assert "stalled" in (run_dir(results, trial.key) / TRAIN_LOG).read_text()
