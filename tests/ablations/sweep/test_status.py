@@ -3,12 +3,15 @@
 import pytest
 from optuna.trial import TrialState
 
+from ablations.cli import main
 from ablations.config import Host
 from ablations.paths import ledger_file
 from ablations.study.load import load_spec
 from ablations.study.trials import expand
 from ablations.sweep.ledger import Attempt, Ticket
 from ablations.sweep.status import ReadOptions, classify_attempts, study_status
+from tests._support.configs import write_spec
+from tests._support.stores import complete_as_of, local_ledger
 
 T = Ticket("0123456789ab-s0", {}, "0123456789ab", 0, "x", {}, ["s"])
 W, R, C, F = TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.FAIL
@@ -50,3 +53,21 @@ def test_a_study_without_a_ledger_reads_as_pending_and_nothing_is_written(tmp_pa
     ] == trials
     assert {s.state for s in found} == {"pending"} and not any(s.known for s in found)
     assert not tmp_path.exists() or not list(tmp_path.iterdir())
+
+
+def test_results_under_an_earlier_identity_are_shown_as_such_and_not_as_the_trials(tmp_path, capsys):
+    """Keys changed with identity version 3 (the data digest): results made under version 2 stay findable and are
+    shown as such, never counted as the current trial's (it is pending: `sweep` trains it under version 3)."""
+    spec = write_spec(tmp_path, seeds=1)
+    results = tmp_path / "results"
+    trials = expand(load_spec(spec))
+    old = complete_as_of(local_ledger(results), "tiny", trials, version=2)
+    assert {t.key for t in old}.isdisjoint(t.key for t in trials)
+    _, found = study_status(load_spec(spec), ReadOptions(results=results))
+    assert [(s.state, s.earlier, s.known) for s in found] == [("pending", t.key, False) for t in old]
+    assert main(["status", str(spec), "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("0 done, 0 running, 0 failed, 2 pending")
+    for new, before in zip(trials, old, strict=True):
+        assert (f"[{new.key}] a result under identity version 2 (before the data digest), key {before.key}; "
+                "`sweep` trains it under version 3") in out  # fmt: skip
