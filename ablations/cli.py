@@ -252,7 +252,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from ablations.study.trials import expand
 
     for spec in list_studies():
-        trials = expand(spec, {})
+        trials = expand(spec, {}, version=2)  # version 2 reads no data files: listed on hosts without the data
         mirrors = ", ".join(spec.mirrors) or "—"
         print(f"{spec.name:16s} {len(trials):4d} trials  mirrors {mirrors}\n{'':16s} {spec.description.strip()}")
     return 0

@@ -18,6 +18,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ablations.datafiles import PACKAGED, digest
 from ablations.errors import SenetError
 from ablations.weights import weights_identity
 from senet_core import (
@@ -40,8 +41,12 @@ from senet_core import (
 
 _SE = SEConfig()  # the library's standard SE block: the defaults of `se.*`
 # Bumped on purpose when the meaning of a configuration changes (a default, a field's semantics), which makes
-# every trial key new. Version 1 hashed the raw dump; version 2 resolves `auto` settings and drops defaults.
-IDENTITY_VERSION = 2
+# every trial key new. Version 1 hashed the raw dump; version 2 resolves `auto` settings and drops defaults;
+# version 3 adds the digest of a packaged dataset's files (`data.files`).
+IDENTITY_VERSION = 3
+# The earlier versions `identity()` still computes, newest first, with what the next one changed: a trial knows its
+# keys under them, so results made before a bump stay findable and are shown as such, never as the current trial's.
+EARLIER_IDENTITIES = {2: "before the data digest"}
 # Fields that never change a result: where files are, how many loader processes read them, how big the
 # evaluation batches are (the same sums, in another grouping).
 _BOOKKEEPING = {"data": ("download", "workers"), "train": ("eval_batch_size",)}
@@ -242,15 +247,23 @@ class RunConfig(_Section):
         )
         return self.model_copy(update={"train": train})
 
-    def identity(self) -> dict[str, Any]:
-        """Everything that changes the result, spelled one way (seed excluded).
+    def identity(self, version: int = IDENTITY_VERSION) -> dict[str, Any]:
+        """Everything that changes the result, spelled one way (seed excluded), as identity `version` spelled it
+        (the current one, or one of EARLIER_IDENTITIES).
 
         `auto` settings are resolved for this host unless already resolved; SE fields of a disabled SE and the
         backbone's defaults are normalised; bookkeeping fields and other schedules' settings are left out; a
-        leaf equal to its declared default is left out, so adding a field with a default keeps every key; an
-        image folder is identified by its absolute path (the packaged datasets by their checked file formats);
-        initial weights by the SHA-256 of their file (or `timm:NAME@<timm version>`).
+        leaf equal to its declared default is left out, so adding a field with a default keeps every key; the
+        packaged datasets are identified by the SHA-256 of their files (`data.files`, from version 3: the data, not
+        the path), an image folder by its absolute path (hashing an ImageNet-sized folder for a key is not
+        practical); initial weights by the SHA-256 of their file (or `timm:NAME@<timm version>`).
+
+        Raises:
+            SenetError: the packaged dataset's files are missing (`ablations.datafiles.MissingData`), or weights.
         """
+        if version != IDENTITY_VERSION and version not in EARLIER_IDENTITIES:
+            raise ValueError(f"identity version {version} is not computable; known: {IDENTITY_VERSION}, "
+                             f"{', '.join(map(str, EARLIER_IDENTITIES))}")  # fmt: skip
         cfg = self.resolved()
         options = cfg.model_options(1, 2)
         info, se, _ = resolve(cfg.model.name, options)
@@ -268,18 +281,20 @@ class RunConfig(_Section):
                 tree[section].pop(name)
         data = tree["data"]
         data["root"] = os.path.realpath(data["root"]) if data["dataset"] == "imagefolder" and data["root"] else None
+        if version >= 3 and data["dataset"] in PACKAGED:
+            data["files"] = digest(cfg.data)
         for name, schedules in _SCHEDULE_FIELDS.items():
             if tree["train"]["schedule"] not in schedules:
                 tree["train"].pop(name)
         defaults = type(self)().model_dump(exclude={"seed"})
-        return {"version": IDENTITY_VERSION} | {
+        return {"version": version} | {
             section: {k: v for k, v in fields.items() if k not in defaults[section] or v != defaults[section][k]}
             for section, fields in tree.items()
         }
 
-    def config_hash(self) -> str:
-        """12 hex digits of SHA-256 over `identity()`."""
-        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+    def config_hash(self, version: int = IDENTITY_VERSION) -> str:
+        """12 hex digits of SHA-256 over `identity(version)`."""
+        blob = json.dumps(self.identity(version), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def flat(self) -> dict[str, Any]:

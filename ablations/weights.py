@@ -15,17 +15,17 @@ two), `timm:NAME` by the name and the timm version.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ablations.datafiles import file_sha256
 from ablations.errors import SenetError
 from senet_core import build_model, model_info
 from senet_core.weights import Converted, External, convert, external, load_state
@@ -61,24 +61,12 @@ def _file(source: str) -> Path:
     return path
 
 
-@lru_cache(maxsize=64)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    """SHA-256 of a file, computed once per (path, size, modification time) in a process."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_identity(source: str) -> str:
     """What a trial key records of `model.weights`: `sha256:<hex>` of a file, `timm:NAME@<timm version>`."""
     if is_timm(source):
         timm_network(source)
         return f"{source}@{_timm_version()}"
-    path = _file(source).resolve()
-    stat = path.stat()
-    return f"sha256:{_sha256(str(path), stat.st_size, stat.st_mtime_ns)}"
+    return f"sha256:{file_sha256(_file(source))}"
 
 
 def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:

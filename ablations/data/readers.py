@@ -1,6 +1,6 @@
 """The datasets' on-disk formats read into memory: Fashion-MNIST's idx files, CIFAR's pickles (through
-torchvision) and the seeded synthetic set, each as whole uint8 arrays. Splitting them is `build`'s work, holding
-them on the device and batching them `loaders`'.
+torchvision) and the seeded synthetic set, each as whole uint8 arrays, from where `ablations.datafiles` finds them.
+Splitting them is `build`'s work, holding them on the device and batching them `loaders`'.
 """
 
 from __future__ import annotations
@@ -20,14 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from ablations.config import DATASETS, DataSection
+from ablations.datafiles import FASHION_FILES, DataPlace, MissingData, download_root, locate
 from ablations.errors import SenetError
-from ablations.paths import DEFAULT_DATA
 
 # torchvision is imported where a dataset needs it (CIFAR, downloads): Fashion-MNIST and synthetic data never pay
 # for its import in a sweep worker.
-
-DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")  # `apt-get install dataset-fashion-mnist`
-FASHION_FILES = tuple(f"{split}-{kind}-ubyte" for split in ("train", "t10k") for kind in ("images-idx3", "labels-idx1"))
 
 
 @dataclass
@@ -48,6 +45,28 @@ def _fetch(make: Callable[[], object], name: str, root: Path) -> None:
         raise SenetError(f"data.download: could not download {name} into {root} ({err}); fetch it by hand") from err
 
 
+def download(data: DataPlace) -> None:
+    """Fetch a packaged dataset through torchvision into `data.root` (default: results/data), where `locate` finds
+    it next (a sweep does this before it plans, since the trial keys need the files)."""
+    from torchvision import datasets
+
+    kind = {"fashion_mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
+    name = "Fashion-MNIST" if data.dataset == "fashion_mnist" else data.dataset
+    target = download_root(data)
+    _fetch(lambda: kind[data.dataset](str(target), download=True), name, target)
+
+
+def _files(cfg: DataSection) -> list[Path]:
+    """The dataset's files where `locate` finds them, downloaded first when missing and `data.download` allows."""
+    try:
+        return locate(cfg)
+    except MissingData:
+        if not cfg.download:
+            raise
+    download(cfg)
+    return locate(cfg)
+
+
 def _read_idx(path: Path, magic: int) -> np.ndarray:
     """Read an idx file (LeCun's MNIST format, optionally gzipped), checking magic number and byte count."""
     try:
@@ -65,32 +84,15 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=head).reshape(dims)
 
 
-def _idx_path(folder: Path, stem: str) -> Path:
-    return folder / f"{stem}.gz" if (folder / f"{stem}.gz").is_file() else folder / stem
-
-
 def _load_fashion(cfg: DataSection) -> Arrays:
-    """Fashion-MNIST from raw idx files: `root`, then Debian's package, then an earlier torchvision download."""
-    root = Path(cfg.root) if cfg.root else None
-    tried = [root, root / "FashionMNIST" / "raw"] if root else [DEBIAN_FASHION, DEFAULT_DATA / "FashionMNIST" / "raw"]
-    found = [d for d in tried if all(_idx_path(d, s).is_file() for s in FASHION_FILES)]
-    if not found and cfg.download:
-        from torchvision import datasets
-
-        target = root or DEFAULT_DATA
-        _fetch(lambda: datasets.FashionMNIST(str(target), download=True), "Fashion-MNIST", target)
-        found = [target / "FashionMNIST" / "raw"]
-    if not found:
-        raise SenetError(
-            f"data.root: Fashion-MNIST not found in {', '.join(map(str, tried))}; run `apt-get install "
-            "dataset-fashion-mnist`, or --set data.root=DIR (a folder with the idx .gz files), or data.download=true"
-        )
-    folder = found[0]
+    """Fashion-MNIST from raw idx files, where `locate` finds them."""
+    files = dict(zip(FASHION_FILES, _files(cfg), strict=True))
+    folder = files[FASHION_FILES[0]].parent
     classes = DATASETS["fashion_mnist"].classes
 
     def pair(prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-        x = _read_idx(_idx_path(folder, f"{prefix}-images-idx3-ubyte"), 2051)
-        y = _read_idx(_idx_path(folder, f"{prefix}-labels-idx1-ubyte"), 2049)
+        x = _read_idx(files[f"{prefix}-images-idx3-ubyte"], 2051)
+        y = _read_idx(files[f"{prefix}-labels-idx1-ubyte"], 2049)
         if len(x) != len(y) or y.max(initial=0) >= classes:
             raise SenetError(
                 f"{folder}: {len(x)} {prefix} images but {len(y)} labels in 0..{classes - 1}; the files do not match"
@@ -105,15 +107,8 @@ def _load_cifar(cfg: DataSection) -> Arrays:
     from torchvision import datasets
 
     kind = datasets.CIFAR10 if cfg.dataset == "cifar10" else datasets.CIFAR100
-    root = Path(cfg.root) if cfg.root else DEFAULT_DATA
-    folder = root / kind.base_folder
-    if cfg.download:
-        _fetch(lambda: kind(str(root), download=True), cfg.dataset, root)
-    elif not folder.is_dir():
-        raise SenetError(
-            f"data.root: {cfg.dataset} not found at {folder}; set data.download=true to fetch it there, "
-            f"or --set data.root=DIR for the folder that holds {kind.base_folder}/"
-        )
+    folder = _files(cfg)[0].parent
+    root = folder.parent
     try:
         train, test = kind(str(root), train=True), kind(str(root), train=False)
     except (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:

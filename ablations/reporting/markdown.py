@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ablations.config import IDENTITY_VERSION
 from ablations.outcomes import CellState
 from ablations.reporting import fmt
 from ablations.reporting.analysis import CONTRAST, Analysis, Comparison, Table
@@ -240,7 +241,22 @@ def _header(spec: StudySpec, factors: list[Factor]) -> list[str]:
         ["code version", _values(factors, version)],
         ["trials", ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" of {len(cells)}"],
     ]  # fmt: skip
-    return table(["setting", "value"], rows)
+    return [*table(["setting", "value"], rows), *_earlier_note(cells)]
+
+
+def _earlier_note(cells: list[Cell]) -> list[str]:
+    """A line under the header when trials have results only under an earlier identity version: those results are
+    in no table, and the report says so rather than leaving the trials silently pending."""
+    earlier = [c for c in cells if c.earlier]
+    if not earlier:
+        return []
+    return [
+        "",
+        paragraph(f"""**Earlier identity.** {len(earlier)} of the {len(cells)} trials have a result only under a
+key made before trial identity version {IDENTITY_VERSION}; those results are in no table or mean below, which hold
+results under the current keys only (the cells not in the means list each such trial with its earlier key), and
+`sweep` trains these trials under version {IDENTITY_VERSION}."""),
+    ]
 
 
 def _subset(triple: tuple[int | None, int | None, int | None]) -> str:

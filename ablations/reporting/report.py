@@ -108,7 +108,7 @@ def write_report(spec: StudySpec, opts: ReadOptions, out: Path | None = None, na
     uri = tracking_uri(opts.tracking_uri, opts.results)
     tracker = open_store(uri, opts.results)
     runs = tracker.trial_runs({t.key for t in trials})
-    if not runs and not any(s.known for s in statuses):  # a sweep that has only queued its trials still renders
+    if not runs and not any(s.known or s.earlier for s in statuses):  # queued, or made under an earlier key: renders
         raise SenetError(
             f"report: no runs of study {spec.name!r} in {uri}; run `senet-ablate sweep {named or spec.name}` first"
         )

@@ -30,12 +30,15 @@ class Cell:
 
     `state` is finished or diverged (a FINISHED run; only finished ones enter the means, diverged ones their own
     rate and the at-chance variant), else failed, running or pending from the sweep ledger and the run records.
+    `earlier` is the key of a pending trial's result under an earlier identity version, which the report names and
+    never counts as this trial's.
     """
 
     trial: Trial
     state: CellState
     run: TrialRun | None = None
     reason: str = ""
+    earlier: str = ""
 
     def metric(self, name: str) -> float | None:
         value = self.run.metrics.get(name) if self.run is not None else None
@@ -155,6 +158,8 @@ def _cell(trial: Trial, finished: TrialRun | None, attempts: list[TrialRun], st:
         return Cell(trial, CellState.FAILED, None, reason)
     if ledger == Standing.RUNNING or RunStatus.RUNNING in statuses:
         return Cell(trial, CellState.RUNNING, None, "still running")
+    if st is not None and st.earlier:
+        return Cell(trial, CellState.PENDING, None, st.reason, st.earlier)
     killed = sum(a.status == RunStatus.KILLED for a in attempts)
     return Cell(trial, CellState.PENDING, None, f"killed {killed}× and not resumed yet" if killed else "no run yet")
 

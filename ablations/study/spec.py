@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from ablations.config import RunConfig, build_config, flatten, shorten, unflatten, validation_message
+from ablations.config import IDENTITY_VERSION, RunConfig, build_config, flatten, shorten, unflatten, validation_message
 from ablations.errors import SenetError
 from ablations.paper import tables
 from ablations.study.recipes import RECIPES
@@ -245,12 +245,13 @@ class StudySpec(BaseModel):
         trial (or moved there by `--set`), so they cannot pick the reference."""
         return sorted(self.varied_keys() & set(self.reference))
 
-    def is_reference(self, config: RunConfig) -> bool:
-        """Whether `config` is this study's reference level: setting the reference keys leaves it the same network."""
+    def is_reference(self, config: RunConfig, version: int = IDENTITY_VERSION) -> bool:
+        """Whether `config` is this study's reference level: setting the reference keys leaves it the same network
+        (the same identity `version`)."""
         keys = self.reference_keys()
         moved = {**config.flat(), **{k: self.reference[k] for k in keys}}
         try:
-            return build_config(unflatten(moved)).config_hash() == config.config_hash()
+            return build_config(unflatten(moved)).config_hash(version) == config.config_hash(version)
         except SenetError:
             return False
 

@@ -6,10 +6,20 @@ identical trial once; and the plan `--dry-run` prints.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from ablations.config import Host, RunConfig, build_config, check_sizes, cost, flatten, unflatten
+from ablations.config import (
+    EARLIER_IDENTITIES,
+    IDENTITY_VERSION,
+    Host,
+    RunConfig,
+    build_config,
+    check_sizes,
+    cost,
+    flatten,
+    unflatten,
+)
 from ablations.errors import SenetError
 from ablations.study.load import closure
 from ablations.study.recipes import RECIPES
@@ -36,6 +46,8 @@ class Trial:
         study: the study the trial first came from (an included study's own name).
         studies: every study the trial belongs to, `study` first.
         labels: the trial's label in each of `studies`.
+        earlier: its keys under the earlier identity versions (version → key), where results made before a bump
+            of IDENTITY_VERSION are found.
     """
 
     config: RunConfig
@@ -47,6 +59,7 @@ class Trial:
     study: str
     studies: tuple[str, ...]
     labels: tuple[str, ...]
+    earlier: dict[int, str] = field(default_factory=dict)
 
 
 def _build(flat: dict[str, Any]) -> RunConfig:
@@ -78,6 +91,7 @@ def expand(
     overrides: dict[str, Any] | None = None,
     seeds: int | list[int] | None = None,
     host: Host | None = None,
+    version: int = IDENTITY_VERSION,
 ) -> list[Trial]:
     """Every trial of the study and of the studies it includes, each identical trial once.
 
@@ -87,10 +101,13 @@ def expand(
         seeds: replaces the seeds of every study (a count or a list, as in a spec); None keeps them.
         host: what `auto` settings resolve to (device, precision, channels_last); None = this host. The
             trials carry resolved configurations, so a CPU and a GPU run of one spec are different trials.
+        version: the identity version of the keys: the current one, or an earlier one (version 2 reads no data
+            files, so `list` counts trials on a host without the datasets).
 
     Raises:
         SenetError: more than MAX_TRIALS trials (counted before anything is expanded), a bad override, an override
-            of a key the study varies, a configuration `build_config` refuses, or a reference that matches no trial.
+            of a key the study varies, a configuration `build_config` refuses, a reference that matches no trial,
+            or a packaged dataset whose files are missing (`ablations.datafiles.MissingData`: its key needs them).
     """
     overrides = dict(overrides or {})
     studies = closure(spec)
@@ -110,7 +127,8 @@ def expand(
             if study.vary_data_seed:
                 cfg = with_data_seed(cfg, SEED_LINKED)
             configs.append(cfg)
-            digest = cfg.config_hash()
+            digest = cfg.config_hash(version)
+            before = {v: cfg.config_hash(v) for v in EARLIER_IDENTITIES if v < version}
             for seed in study_seeds:
                 key = f"{digest}-s{seed}"
                 seen = trials.get(key)
@@ -119,13 +137,14 @@ def expand(
                     if study.vary_data_seed:
                         config = with_data_seed(config, seed)
                     names, labels = (study.name,), (point.label,)
+                    earlier = {v: f"{h}-s{seed}" for v, h in before.items()}
                     trials[key] = Trial(
-                        config, seed, digest, key, point.factors, point.label, study.name, names, labels
+                        config, seed, digest, key, point.factors, point.label, study.name, names, labels, earlier
                     )
                 elif study.name not in seen.studies:
                     trials[key] = replace(seen, studies=(*seen.studies, study.name), labels=(*seen.labels, point.label))
         keys = study.reference_keys()
-        if configs and keys and not any(study.is_reference(c) for c in configs):
+        if configs and keys and not any(study.is_reference(c, version) for c in configs):
             shown = ", ".join(f"{k}={show_level(study.reference[k])}" for k in keys)
             first = configs[0].flat()
             example = ", ".join(f"{k}: {show_level(first[k])}" for k in keys)

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ablations.config import IDENTITY_VERSION, Host
+from ablations.data.readers import download
+from ablations.datafiles import MissingData, download_root
 from ablations.errors import SenetError
 from ablations.outcomes import Ending, Standing
 from ablations.paths import RESULTS, STORAGE_ENV, TRACKING_ENV
@@ -38,7 +40,7 @@ from ablations.sweep.progress import Progress
 from ablations.sweep.reconcile import Reconciler, queue_again
 from ablations.sweep.repair import end_runs, repair
 from ablations.sweep.slots import Slot, auto_per_gpu, cpu_threads, live_workers, log_path, worker_env
-from ablations.sweep.status import TrialStatus, ledger_url, statuses, ticket_of
+from ablations.sweep.status import TrialStatus, by_key, earlier_result, ledger_url, statuses, ticket_of
 from ablations.tracking import Tag, Tracker, code_version, tracking_uri
 
 POLL_S = 1.0  # seconds between the controller's passes
@@ -338,12 +340,13 @@ def run(spec: StudySpec, opts: SweepOptions, create: bool = True) -> tuple[int, 
     if not create and not opts.overrides and Ledger.exists(opts.storage_url):  # join the sweep as it was run
         recorded = Ledger.open(opts.storage_url, patience=CONNECT_S).note(spec.name).get("overrides")
         opts = dataclasses.replace(opts, overrides=recorded or {})
-    trials = plan_trials(spec, opts.overrides, host)
+    trials = plan_fetching(spec, opts.overrides, host)
     check_host(trials, host)
     stores = Stores.open(opts)
     if create:
         parent = stores.tracker.parent_run(spec.name, spec.description, {Tag.HOST_DEVICE: host.device})
         record(stores.ledger, spec, trials, host, opts.overrides)
+        say_earlier(stores.ledger, trials)
         requeue_config_failures(stores.ledger, trials, opts.max_retries, say)
     else:
         parent = stores.tracker.find_parent(spec.name)
@@ -359,6 +362,38 @@ def run(spec: StudySpec, opts: SweepOptions, create: bool = True) -> tuple[int, 
     if create:
         stores.tracker.finish_parent(parent, code == 0)
     return code, sweep.statuses
+
+
+def plan_fetching(spec: StudySpec, overrides: dict[str, Any], host: Host) -> list[Trial]:
+    """The sweep's trials, downloading first each missing dataset whose trials allow it (`data.download`): their keys
+    hold the digest of the files, so the files must be there before anything is planned or written.
+
+    Raises:
+        SenetError: what `plan_trials` refuses; missing data the trials do not let the sweep download (the readers'
+            one line), or a download that failed.
+    """
+    fetched: set[tuple[str, str | None]] = set()
+    while True:
+        try:
+            return plan_trials(spec, overrides, host)
+        except MissingData as missing:
+            data = missing.data
+            if not data.download or (data.dataset, data.root) in fetched:
+                raise
+            say(f"sweep: {data.dataset} is missing; downloading it into {download_root(data)} (data.download=true)")
+            download(data)
+            fetched.add((data.dataset, data.root))
+
+
+def say_earlier(ledger: Ledger, trials: list[Trial]) -> None:
+    """Say, in one line, how many trials have results only under an earlier identity version: the sweep trains them
+    under the current one (those results stay in the ledger, shown as such by `status` and `report`)."""
+    grouped = by_key(ledger.attempts())
+    found = [(t, s) for t in trials if (s := earlier_result(t, grouped)) is not None]
+    if found:
+        versions = ", ".join(map(str, sorted({v for t, s in found for v, k in t.earlier.items() if k == s.earlier})))
+        say(f"sweep: {len(found)} of its {len(trials)} trials have results only under an earlier identity (version "
+            f"{versions}); they are trained under identity version {IDENTITY_VERSION}")  # fmt: skip
 
 
 def record(ledger: Ledger, spec: StudySpec, trials: list[Trial], host: Host, overrides: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ablations.config import Host
+from ablations.config import EARLIER_IDENTITIES, IDENTITY_VERSION, Host
 from ablations.errors import SenetError
 from ablations.outcomes import Ending, Standing
 from ablations.paths import RESULTS, ledger_file
@@ -33,6 +33,8 @@ class TrialStatus:
         failures: failed attempts that count toward the retries.
         reason: the last failure's class and reason.
         known: the ledger has an attempt for it.
+        earlier: the key of its result under an earlier identity version, when it has no attempt of its own (that
+            result is shown as such, never counted as this trial's).
     """
 
     trial: Trial
@@ -42,6 +44,7 @@ class TrialStatus:
     failures: int = 0
     reason: str = ""
     known: bool = False
+    earlier: str = ""
 
 
 def by_key(attempts: Iterable[Attempt]) -> dict[str, list[Attempt]]:
@@ -98,8 +101,28 @@ def ticket_of(trial: Trial) -> Ticket:
 
 
 def statuses(trials: list[Trial], attempts: list[Attempt], max_retries: int) -> list[TrialStatus]:
+    """Where each trial stands; one with no attempt of its own but a result under an earlier key (among `attempts`)
+    is pending, and says so."""
     grouped = by_key(attempts)
-    return [classify(t, grouped.get(t.key, []), max_retries) for t in trials]
+    return [earlier_result(t, grouped) or classify(t, grouped.get(t.key, []), max_retries) for t in trials]
+
+
+def earlier_result(trial: Trial, grouped: dict[str, list[Attempt]]) -> TrialStatus | None:
+    """A pending status naming the trial's result under an earlier identity, if it has one and no attempt of its
+    own (the sweep trains it under the current identity)."""
+    if grouped.get(trial.key):
+        return None
+    for version, key in sorted(trial.earlier.items(), reverse=True):
+        if any(a.state == State.COMPLETE for a in grouped.get(key, [])):
+            why = (f"a result under identity version {version} ({EARLIER_IDENTITIES[version]}), key {key}; "
+                   f"`sweep` trains it under version {IDENTITY_VERSION}")  # fmt: skip
+            return TrialStatus(trial, Standing.PENDING, reason=why, earlier=key)
+    return None
+
+
+def all_keys(trials: Iterable[Trial]) -> set[str]:
+    """The trials' keys under the current identity and the earlier ones."""
+    return {k for t in trials for k in (t.key, *t.earlier.values())}
 
 
 def counts(found: Iterable[TrialStatus]) -> Counter[Standing]:
@@ -146,7 +169,8 @@ def study_status(spec: StudySpec, opts: ReadOptions) -> tuple[list[Trial], list[
     `status`, `report` and `excitation`.
 
     `auto` settings resolve as the study's last sweep resolved them and its `--set` values are the ones it was run
-    with (both recorded in the ledger), unless `opts` says otherwise; with no ledger yet, for this host.
+    with (both recorded in the ledger), unless `opts` says otherwise; with no ledger yet, for this host. A trial
+    whose only result was made under an earlier identity version is pending and names that result (`earlier`).
     """
     url = opts.storage_url
     check_storage(url)
@@ -161,7 +185,7 @@ def study_status(spec: StudySpec, opts: ReadOptions) -> tuple[list[Trial], list[
     device = opts.device or note.get("device")
     overrides = opts.overrides if opts.overrides is not None else note.get("overrides", {})
     trials = plan_trials(spec, overrides, Host(device) if device else Host.here())
-    keys = {t.key for t in trials}
+    keys = all_keys(trials)
     return trials, statuses(trials, [a for a in ledger.attempts() if a.key in keys], opts.max_retries)
 
 

@@ -1,22 +1,109 @@
 """Trial identity: everything that changes a result, nothing that does not (issue "exactly once", item 12)."""
 
+import pickle
+import shutil
+
+import numpy as np
 import pytest
 
-from ablations.config import IDENTITY_VERSION, Host, RunConfig, TrainSection, build_config, check_sizes, unflatten
+from ablations.config import (
+    EARLIER_IDENTITIES,
+    IDENTITY_VERSION,
+    Host,
+    RunConfig,
+    TrainSection,
+    build_config,
+    check_sizes,
+    unflatten,
+)
+from ablations.datafiles import DEBIAN_FASHION, MissingData
 from ablations.errors import SenetError
 from ablations.study.recipes import RECIPES
 from ablations.study.spec import check_value
 from tests._support.configs import tiny_config, tiny_tree
+from tests._support.datasets import write_cifar, write_fashion
 
 
 def test_keys_are_stable():
-    """Keys recorded at identity version 2. A change here orphans every result recorded before it: make it on
-    purpose (bump IDENTITY_VERSION) or not at all."""
-    assert IDENTITY_VERSION == 2
-    assert tiny_config().resolved(Host("cpu")).config_hash() == "e5cdf0d099ef"
+    """Keys recorded at identity version 3, and those of version 2, which a trial still computes to find the
+    results made under it. A change here orphans every result recorded before it: make it on purpose (bump
+    IDENTITY_VERSION, keeping the old version in EARLIER_IDENTITIES) or not at all."""
+    assert IDENTITY_VERSION == 3 and list(EARLIER_IDENTITIES) == [2]
+    tiny = tiny_config().resolved(Host("cpu"))
+    assert (tiny.config_hash(), tiny.config_hash(version=2)) == ("cab687d388b5", "e5cdf0d099ef")
     table12 = build_config(unflatten({**RECIPES["cifar_fast"], "model.name": "resnet56", "data.dataset": "cifar10",
                                       "se.bias": False}))  # fmt: skip
-    assert table12.resolved(Host("cuda")).config_hash() == "c91a069346fa"
+    assert table12.resolved(Host("cuda")).config_hash(version=2) == "c91a069346fa"  # version 2 reads no files
+
+
+def test_version_2_is_the_identity_as_it_was():
+    """The earlier identity stays computable exactly: no data digest, the version it was made by."""
+    cfg = build_config(tiny_tree(data={"dataset": "cifar10", "root": "/nowhere"})).resolved(Host("cpu"))
+    assert cfg.identity(version=2) == {
+        "version": 2,
+        "model": {"shortcut": "A", "in_channels": 3, "num_classes": 10},
+        "se": {"reduction": 4},
+        "data": {"dataset": "cifar10", "val_size": 32, "synthetic_train": 160, "synthetic_test": 32,
+                 "synthetic_size": 8, "synthetic_classes": 3},
+        "train": {"epochs": 2, "batch_size": 32, "device": "cpu", "precision": "fp32", "channels_last": True,
+                  "drop_last": False},
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="identity version 1"):
+        cfg.identity(version=1)
+
+
+@pytest.mark.skipif(not (DEBIAN_FASHION / "train-images-idx3-ubyte.gz").is_file(), reason="dataset-fashion-mnist")
+def test_debian_fashion_mnist_key_is_stable():
+    """The shipped studies' data: its key holds the digest of Debian's four files."""
+    cfg = tiny_config(data={"dataset": "fashion_mnist"}).resolved(Host("cpu"))
+    assert cfg.identity()["data"]["files"] == (
+        "sha256:f0616db38b9c48cb7686a79a32adc10500295453ef551cb1b34cc03d5010c93e"
+    )
+    assert (cfg.config_hash(), cfg.config_hash(version=2)) == ("d20d43bd6969", "8f3e85acbb53")
+
+
+def fashion_key(root, version=IDENTITY_VERSION):
+    return tiny_config(data={"dataset": "fashion_mnist", "root": str(root)}).config_hash(version)
+
+
+def test_a_relabelled_fashion_mnist_is_another_trial_and_a_copy_is_the_same(tmp_path):
+    """Item 7 (issue 19): a relabelled copy of Fashion-MNIST under another data.root got the original's results."""
+    arrays = write_fashion(tmp_path / "original")
+    relabelled = {**arrays, "train-labels-idx1-ubyte": (arrays["train-labels-idx1-ubyte"] + 1) % 10}
+    write_fashion(tmp_path / "relabelled", arrays=relabelled)
+    shutil.copytree(tmp_path / "original", tmp_path / "copy")
+    assert fashion_key(tmp_path / "original") != fashion_key(tmp_path / "relabelled")
+    assert fashion_key(tmp_path / "original") == fashion_key(tmp_path / "copy")  # the data, not the path
+    assert fashion_key(tmp_path / "original", 2) == fashion_key(tmp_path / "relabelled", 2)  # what version 2 did
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+def test_a_relabelled_cifar_is_another_trial_and_a_copy_is_the_same(tmp_path, classes):
+    write_cifar(tmp_path / "original", classes)
+    shutil.copytree(tmp_path / "original", tmp_path / "copy")
+    shutil.copytree(tmp_path / "original", tmp_path / "relabelled")
+    folder = tmp_path / "relabelled" / ("cifar-10-batches-py" if classes == 10 else "cifar-100-python")
+    name, key = ("test_batch", "labels") if classes == 10 else ("test", "fine_labels")
+    batch = pickle.loads((folder / name).read_bytes())
+    batch[key] = list(np.roll(batch[key], 1))
+    (folder / name).write_bytes(pickle.dumps(batch))
+
+    def digest(root):
+        return tiny_config(data={"dataset": f"cifar{classes}", "root": str(root)}).config_hash()
+
+    assert digest(tmp_path / "original") != digest(tmp_path / "relabelled")
+    assert digest(tmp_path / "original") == digest(tmp_path / "copy")
+
+
+def test_a_missing_packaged_dataset_has_no_key(tmp_path):
+    """The key needs the files: a config whose data is missing is refused with the readers' one line."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MissingData, match="^data.root: Fashion-MNIST not found in .*apt-get install") as err:
+        fashion_key(tmp_path / "empty")
+    assert "\n" not in str(err.value) and str(tmp_path / "empty") in str(err.value)
+    with pytest.raises(MissingData, match=r"^data.root: cifar10 not found at .*cifar-10-batches-py"):
+        tiny_config(data={"dataset": "cifar10", "root": str(tmp_path / "empty")}).config_hash()
+    assert fashion_key(tmp_path / "empty", 2)  # version 2 reads no files
 
 
 def test_a_new_field_at_its_default_keeps_every_key(monkeypatch):

@@ -10,6 +10,7 @@ import yaml
 from matplotlib.image import imread
 
 from ablations.errors import SenetError
+from ablations.outcomes import Ending
 from ablations.paper import paper_rows
 from ablations.reporting import figures
 from ablations.reporting.analysis import analyse
@@ -21,10 +22,12 @@ from ablations.reporting.results import gather
 from ablations.reporting.stats import summarize
 from ablations.study.load import load_spec
 from ablations.study.trials import expand
-from ablations.sweep.status import ReadOptions, study_status
+from ablations.sweep.ledger import Ledger, Owner
+from ablations.sweep.status import ReadOptions, study_status, ticket_of
 from ablations.tracking import Tracker
 from ablations.training.engine import train
 from tests._support.configs import write_spec
+from tests._support.stores import complete_as_of, local_ledger
 
 STUDY = "tiny_gate"
 GRID = {"se.excitation": ["sigmoid", "tanh", "relu"]}
@@ -183,6 +186,7 @@ def test_header_states_the_setting(report):
              "| code version | 0123456789ab |", "9 finished, 1 diverged, 1 failed, 1 pending of 12"]  # fmt: skip
     for line in lines:
         assert line in md, line
+    assert "Earlier identity" not in md and "identity version" not in md  # no result under an earlier key
     assert "Not drawn: no checkpoint for the reference model" in md
 
 
@@ -287,6 +291,7 @@ def test_report_is_deterministic_and_logged_to_the_parent(store, report):
     assert tracker.client.get_run(parent).info.status == "FAILED"  # the report does not touch the parent's status
 
 
+@pytest.mark.usefixtures("default_cifar")
 def test_paper_rows_match_levels_by_the_varied_se_key():
     spec = load_spec("stages")
     rows = [r for r in paper_rows() if r.table == "Table 13"]
@@ -297,6 +302,7 @@ def test_paper_rows_match_levels_by_the_varied_se_key():
     }  # fmt: skip
 
 
+@pytest.mark.usefixtures("default_cifar")
 def test_table4_rows_match_by_backbone():
     spec = load_spec("cifar_table4")
     rows = [r for r in paper_rows() if r.table == "Table 4"]
@@ -340,3 +346,28 @@ def test_report_draws_the_role_of_excitation_of_the_reference_model(store, tmp_p
     assert [p.name for p in again][:1] == ["excitation_profiles.png"]
     with pytest.raises(SenetError, match="neither a study"):
         excitation_report("f" * 32, opts, tmp_path, None)
+
+
+def test_results_under_an_earlier_identity_are_named_and_never_mixed_in(tmp_path):
+    """Keys changed with identity version 3: a result made under a version 2 key is in no table or mean; the header
+    says such results exist and the cells name their earlier keys. Without any, the report is as it was."""
+    path = write_spec(tmp_path, "earlier", grid={"se.excitation": ["sigmoid"]}, seeds=2)
+    results = tmp_path / "results"
+    results.mkdir()
+    tracker = Tracker(f"sqlite:///{results / 'mlflow.db'}", results)
+    parent = tracker.parent_run("earlier", "x", {})
+    now, before = expand(load_spec(path))
+    (old,) = complete_as_of(local_ledger(results), "earlier", [before], version=2, value=99.0)
+    ledger = Ledger.open(local_ledger(results))
+    ledger.enqueue(ticket_of(now))
+    ledger.complete(ledger.claim({now.key}, Owner.me()), 10.0, Ending.FINISHED)
+    for trial, top1 in ((now, 10.0), (old, 99.0)):  # both trained, as workers of their releases logged them
+        run = start(tracker, parent, trial)
+        tracker.log_summary(run, summary(top1, 1.0), "finished")
+        tracker.end(run, "FINISHED")
+    md = write_report(load_spec(path), ReadOptions(results=results), out=tmp_path / "out").read_text()
+    assert row_of(md, "sigmoid")[1:3] == ["1/2 · 1 pending", "10.00 (n = 1)"]  # 99 is in no mean
+    assert "**Earlier identity.** 1 of the 2 trials have a result only under a key made before trial identity " \
+           "version 3" in md  # fmt: skip
+    assert (f"- `sigmoid` seed 1 (`{before.key}`): pending: a result under identity version 2 (before the data "
+            f"digest), key {old.key}; `sweep` trains it under version 3") in md  # fmt: skip

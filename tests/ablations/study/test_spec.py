@@ -19,6 +19,9 @@ from ablations.study.spec import SEED_LINKED, STANDARD_SE, StudySpec, parse_spec
 from ablations.study.trials import Trial, expand, plan, plan_trials, with_data_seed
 from senet_core import model_info
 
+# The shipped CIFAR studies' keys hold the digest of CIFAR's files: tiny ones stand in for them.
+pytestmark = pytest.mark.usefixtures("default_cifar")
+
 TABLES = ["reduction_ratio", "squeeze", "excitation", "stages", "integration", "inner_3x3", "no_squeeze"]
 # configurations x seeds of every shipped study; `paper` is its tables with shared configurations counted once
 TRIALS = {

@@ -13,7 +13,7 @@ from ablations.sweep.ledger import Ledger, Owner
 from ablations.sweep.runner import requeue_config_failures
 from ablations.sweep.status import LOSS_LIMIT, classify_attempts, ticket_of
 from tests._support.configs import write_spec
-from tests._support.stores import assert_each_trial_complete_once, local_ledger
+from tests._support.stores import assert_each_trial_complete_once, complete_as_of, local_ledger
 
 pytestmark = pytest.mark.slow
 
@@ -99,6 +99,25 @@ def test_a_sweep_tries_configuration_failures_again_once_the_host_passes_its_che
     assert [(a.ticket.number, a.state.name) for a in ledger.attempts()] == [(1, "FAIL"), (2, "WAITING")]
     requeue_config_failures(ledger, trials, max_retries=1, say=said.append)  # queued already: nothing more
     assert len(ledger.attempts()) == 2 and len(said) == 1
+
+
+def test_a_sweep_says_it_trains_the_trials_whose_results_are_under_an_earlier_identity(tmp_path, capsys):
+    """Keys changed with identity version 3: the sweep trains such trials again (their results came from keys that
+    did not hold the data), saying so in one line, and the earlier results stay in the ledger, apart."""
+    spec = write_spec(tmp_path, seeds=1)
+    results = tmp_path / "results"
+    trials = expand(load_spec(spec))
+    old = complete_as_of(local_ledger(results), "tiny", trials, version=2)
+    assert main(["sweep", str(spec), "--results", str(results), "--no-progress"]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "earlier identity" in line]
+    assert said == ["sweep: 2 of its 2 trials have results only under an earlier identity (version 2); they are "
+                    f"trained under identity version {IDENTITY_VERSION}"]  # fmt: skip
+    done = [a.key for a in Ledger.open(local_ledger(results)).attempts() if a.state.name == "COMPLETE"]
+    assert sorted(done) == sorted(t.key for t in [*old, *trials])
+    assert main(["status", str(spec), "--results", str(results)]) == 0
+    assert capsys.readouterr().out.startswith("2 done, 0 running, 0 failed, 0 pending")
+    assert main(["sweep", str(spec), "--results", str(results), "--no-progress"]) == 0  # nothing left to say
+    assert "earlier identity" not in capsys.readouterr().err
 
 
 def test_lost_attempts_count_toward_a_limit_of_their_own():

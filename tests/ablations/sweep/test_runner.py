@@ -20,6 +20,7 @@ from ablations.cli import main
 from ablations.sweep.ledger import Ledger, pid_alive
 from ablations.sweep.slots import live_workers
 from tests._support.configs import write_spec
+from tests._support.datasets import write_damaged_fashion
 from tests._support.processes import ENV, cli, free_port, port_open, wait_for
 from tests._support.stores import assert_each_trial_complete_once, attempts, local_ledger, tracker
 
@@ -182,13 +183,14 @@ def test_two_sweeps_and_a_joining_worker_never_run_a_trial_twice(tmp_path):
 
 
 def test_a_configuration_error_is_one_attempt_one_line_and_exit_1(tmp_path, capsys):
-    """Missing data is a configuration error: not retried whatever --max-retries says; the others still run."""
+    """Unreadable data is a configuration error: not retried whatever --max-retries says; the others still run.
+    (Missing data never gets this far: the trial key needs the files, so the sweep refuses it before writing.)"""
     spec = write_spec(tmp_path, grid={"data.dataset": ["fashion_mnist", "synthetic"]}, seeds=1,
-                      data={"root": str(tmp_path / "no-data"), "val_size": 10})  # fmt: skip
+                      data={"root": str(write_damaged_fashion(tmp_path / "damaged")), "val_size": 10})  # fmt: skip
     results = tmp_path / "results"
     assert sweep(spec, results, "--max-retries", "3") == 1
     out = capsys.readouterr().out
-    assert "1 done, 0 running, 1 failed" in out and "no-data" in out
+    assert "1 done, 0 running, 1 failed" in out and "damaged" in out
     fails = [a for a in attempts(local_ledger(results)) if a.state == TrialState.FAIL]
     assert len(fails) == 1 and fails[0].kind == "config"
     failed = [r for r in tracker(results).trial_runs() if r.status == "FAILED"]
@@ -212,7 +214,7 @@ def test_a_deterministic_crash_uses_the_retries_then_fails(tmp_path, capsys, mon
 
 def test_fail_fast_stops_at_the_first_failure(tmp_path):
     spec = write_spec(tmp_path, grid={"data.dataset": ["fashion_mnist"]}, seeds=3,
-                      data={"root": str(tmp_path / "no-data"), "val_size": 10})  # fmt: skip
+                      data={"root": str(write_damaged_fashion(tmp_path / "damaged")), "val_size": 10})  # fmt: skip
     results = tmp_path / "results"
     assert sweep(spec, results, "--fail-fast") == 1
     assert len([a for a in attempts(local_ledger(results)) if a.state == TrialState.FAIL]) == 1
@@ -265,6 +267,31 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     assert not list(tmp_path.glob("postgres*")) and not list(tmp_path.glob("**/*pw*"))
 
 
+def test_bad_input_missing_data_is_refused_before_anything_is_written(tmp_path, capsys):
+    """Item 7 (issue 19): a trial key holds the digest of its dataset's files, so missing data is refused at once by
+    the sweep and its --dry-run alike, with the readers' one line, exit 2 and nothing written (the sweep used to
+    write its ledger and fail each trial in a worker). data.download=false refuses too; true would download first."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    spec = write_spec(tmp_path, data={"dataset": "fashion_mnist", "root": str(empty), "val_size": 10})
+    results = tmp_path / "results"
+    fashion = f"data.root: Fashion-MNIST not found in {empty}, {empty / 'FashionMNIST' / 'raw'}; run `apt-get install"
+    cifar = f"data.root: cifar10 not found at {empty / 'cifar-10-batches-py'}; set data.download=true"
+    cases = [
+        ([], fashion),
+        (["--dry-run"], fashion),
+        (["--set", "data.download=false"], fashion),
+        (["--set", "data.dataset=cifar10", "--dry-run"], cifar),
+        (["--set", "data.dataset=cifar10"], cifar),
+    ]
+    for args, needle in cases:
+        assert main(["sweep", str(spec), "--results", str(results), "--no-progress", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert needle in err and "--set data.root=DIR" in err and err.count("\n") == 1, (args, err)
+    assert not results.exists() and not list(empty.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "tiny.yaml"]
+
+
 def test_huge_seed_counts_and_non_utf8_specs_are_one_line(tmp_path, capsys):
     """Items 5 and 15: `seeds: 1000000000` was a MemoryError traceback, a binary spec a UnicodeDecodeError."""
     huge = write_spec(tmp_path, name="huge", seeds=1_000_000_000)
@@ -286,7 +313,7 @@ def test_dry_run_prints_trials_and_cost(tmp_path, capsys):
 
 
 def test_real_fashion_mnist_subsets_end_to_end(tmp_path, capsys):
-    from ablations.data.readers import DEBIAN_FASHION
+    from ablations.datafiles import DEBIAN_FASHION
 
     if not (DEBIAN_FASHION / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Debian package dataset-fashion-mnist not installed (make test installs it)")

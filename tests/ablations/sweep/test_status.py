@@ -19,6 +19,7 @@ from ablations.sweep.ledger import Attempt, Ticket
 from ablations.sweep.status import ReadOptions, classify_attempts, study_status
 from tests._support.configs import write_spec
 from tests._support.processes import ENV
+from tests._support.stores import complete_as_of, local_ledger
 
 T = Ticket("0123456789ab-s0", {}, "0123456789ab", 0, "x", {}, ["s"])
 W, R, C, F = TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.FAIL
@@ -102,7 +103,7 @@ def test_status_and_report_read_a_read_only_results_folder(tmp_path, capsys):
     """Item 16: `report` crashed on a read-only results folder (it logs the report to the study's parent run, whose
     artifacts live there). It reads, writes the report where --out says and notes what it could not attach. The
     ledger lies elsewhere here: its own read-only opening belongs to the ledger (see the next test)."""
-    ledger = tmp_path / "ledger" / "ledger.journal"
+    ledger = tmp_path / "ledger" / "ledger.db"
     spec, results = _finished_sweep(tmp_path, "--storage", str(ledger))
     out = tmp_path / "report"
     where = ["--results", str(results), "--storage", str(ledger)]
@@ -124,3 +125,21 @@ def test_status_and_report_read_a_wholly_read_only_results_folder(tmp_path, caps
         assert main(["status", str(spec), "--results", str(results)]) == 0
         assert "1 done" in capsys.readouterr().out
         assert main(["report", str(spec), "--results", str(results), "--out", str(tmp_path / "report")]) == 0
+
+
+def test_results_under_an_earlier_identity_are_shown_as_such_and_not_as_the_trials(tmp_path, capsys):
+    """Keys changed with identity version 3 (the data digest): results made under version 2 stay findable and are
+    shown as such, never counted as the current trial's (it is pending: `sweep` trains it under version 3)."""
+    spec = write_spec(tmp_path, seeds=1)
+    results = tmp_path / "results"
+    trials = expand(load_spec(spec))
+    old = complete_as_of(local_ledger(results), "tiny", trials, version=2)
+    assert {t.key for t in old}.isdisjoint(t.key for t in trials)
+    _, found = study_status(load_spec(spec), ReadOptions(results=results))
+    assert [(s.state, s.earlier, s.known) for s in found] == [("pending", t.key, False) for t in old]
+    assert main(["status", str(spec), "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("0 done, 0 running, 0 failed, 2 pending")
+    for new, before in zip(trials, old, strict=True):
+        assert (f"[{new.key}] a result under identity version 2 (before the data digest), key {before.key}; "
+                "`sweep` trains it under version 3") in out  # fmt: skip
