@@ -31,7 +31,12 @@ def test_seconds_are_read_at_use_with_their_default_when_unset(monkeypatch):
 
 
 def test_every_numeric_variable_is_declared():
-    assert set(SECONDS_ENV) == {"SENET_ABLATE_HEARTBEAT_S", "SENET_ABLATE_DB_RETRY_S", "SENET_ABLATE_TRACKING_RETRY_S"}
+    assert set(SECONDS_ENV) == {
+        "SENET_ABLATE_HEARTBEAT_S",
+        "SENET_ABLATE_DB_RETRY_S",
+        "SENET_ABLATE_TRACKING_RETRY_S",
+        "SENET_ABLATE_STALL_S",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(SECONDS_ENV))

@@ -428,10 +428,9 @@ def test_an_outage_past_the_patience_is_store_unavailable_not_a_user_error(url, 
     assert ledger.enqueue(ticket(1)) is not None  # the store is back: the same ledger goes on
 
 
+@pytest.mark.parametrize("url", ["postgresql"], indirect=True)  # a SQLite file has no server sessions
 def test_a_killed_database_session_is_ridden_out(url, opened, pg_admin):
     """Item 1's cause: a PostgreSQL session ends (restart, pooler, idle timeout); the next call reconnects."""
-    if is_local(url):
-        pytest.skip("a SQLite file has no server sessions")
     ledger = opened()
     a = running(ledger)
     pg_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{sa.make_url(url).database}'")

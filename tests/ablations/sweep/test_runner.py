@@ -393,7 +393,8 @@ def test_a_trial_left_queued_by_another_study_does_not_block_this_one(tmp_path):
 
 def test_workers_train_only_their_own_sweep_and_a_joiner_needs_the_sweeps_settings(tmp_path, capsys):
     """Item 11: a joining worker without the controller's --set, or a second spec file of the same name, trained
-    configurations that were not in the spec the user ran."""
+    configurations that were not in the spec the user ran. A joiner without --set now joins the sweep as it was
+    run (the ledger recorded its --set, issue 19); one with other settings is refused."""
     results = tmp_path / "results"
     spec = write_spec(tmp_path, name="same", seeds=1)
     other = tmp_path / "elsewhere"
@@ -401,9 +402,10 @@ def test_workers_train_only_their_own_sweep_and_a_joiner_needs_the_sweeps_settin
     namesake = write_spec(other, name="same", grid={"train.lr": [0.2]}, seeds=1)  # same name, another trial
     assert sweep(spec, results, "--set", "train.epochs=1") == 0
     keys = {a.key for a in attempts(local_ledger(results))}
-    assert main(["worker", str(spec), "--results", str(results), "--no-progress"]) == 2  # without the --set
+    assert main(["worker", str(spec), "--results", str(results), "--no-progress"]) == 0  # the recorded --set
+    assert main(["worker", str(spec), "--results", str(results), "--no-progress", "--set", "train.epochs=3"]) == 2
     assert "give `worker` the sweep's own --set" in capsys.readouterr().err
-    assert {a.key for a in attempts(local_ledger(results))} == keys  # it queued and trained nothing
+    assert {a.key for a in attempts(local_ledger(results))} == keys  # neither queued nor trained anything
     assert sweep(namesake, results) == 0
     assert len({a.key for a in attempts(local_ledger(results))} - keys) == 1  # the namesake's own trial, nothing else
     assert_each_trial_complete_once(local_ledger(results), results, 3)
