@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
         q.add_argument("--results", type=Path, default=RESULTS, help="output folder (default ./results)")
         q.add_argument("--storage", help="ledger URL; default $SENET_ABLATE_STORAGE (keeps a password out of the "
-                       "process list), else a journal file in the results folder")  # fmt: skip
+                       "process list), else ledger.db in the results folder")  # fmt: skip
         q.add_argument("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI, else sqlite in results)")
         q.add_argument(
             "--max-retries", type=int, default=1, help="retries of a crashed or out-of-memory trial (default 1)"

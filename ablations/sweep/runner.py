@@ -52,7 +52,7 @@ class SweepOptions:
     """Where and how a sweep runs (CLI flags)."""
 
     results: Path = RESULTS
-    storage: str | None = None  # ledger URL; default: journal file under results
+    storage: str | None = None  # ledger URL; default: ledger.db under results
     tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite in results
     workers: int = 1  # CPU slots (one warm worker each)
     gpus: list[str] = field(default_factory=list)  # CUDA devices; slots pinned with CUDA_VISIBLE_DEVICES
@@ -85,7 +85,7 @@ class Stores:
     @classmethod
     def open(cls, opts: SweepOptions) -> Stores:
         """Remote stores are checked first, so a server or database that is down stops us before anything is
-        written; then the results folder, the SQLite database (created once, here) and the journal file."""
+        written; then the results folder, the SQLite database (created once, here) and the SQLite ledger."""
         uri = tracking_uri(opts.tracking_uri, opts.results)
         check_storage(opts.storage_url)
         local = uri.startswith("sqlite:")
