@@ -37,7 +37,8 @@ lint: $(VENV)/.installed
 test: $(VENV)/.installed data postgres lint
 	$(PY) -m pytest -q -m "not faults and not gpu"
 
-# 20 seeded rounds of random kills per storage (about 4 minutes); CI runs it after `make test`.
+# Seeded rounds of kills, pauses, races and store faults per ledger backend, and the dedicated fault cases (about
+# 12 minutes on 2 cores; as root the SQLite rounds fill a small tmpfs); CI runs it after `make test`.
 faults: $(VENV)/.installed data postgres
 	$(PY) -m pytest -q -s -m faults
 

@@ -1,4 +1,4 @@
-"""The `senet-ablate` command line. User errors become one line on stderr and exit code 2."""
+"""The `senet-ablate` command line. User errors become one line and exit code 2; a ledger out of reach, one and 75."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from ablations.errors import SenetError
+from ablations.errors import SenetError, StoreUnavailable
 from ablations.paths import RESULTS, STORAGE_ENV, check_environment
 
 MAX_WORKERS = 256
@@ -441,9 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_environment()  # numeric variables the sweep, its workers and the ledger read: a line, not a traceback
         return int(args.func(args))
-    except SenetError as err:
+    except (SenetError, StoreUnavailable) as err:
         print(f"senet-ablate: error: {err}", file=sys.stderr)
-        return 2
+        return StoreUnavailable.exit_code if isinstance(err, StoreUnavailable) else 2
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 
 HELD = ("WAITING", "RUNNING", "COMPLETE")  # states that keep a trial from being queued again
 LIVE = ("WAITING", "RUNNING")
+LOCK_WAIT = "senet_lock_wait_s"  # a SQLite connection's `info` key: its last BEGIN's wait for the write lock
+LOCK_HELD_S = 0.05  # a wait that long for the write lock means another connection held it (transactions take ms)
 BUSY_S = 10.0  # how long a SQLite connection waits for another's write transaction before saying "locked"
 _MIGRATION_LOCK = 727379  # PostgreSQL advisory lock of one migration transaction (freed with it)
 
@@ -275,8 +278,10 @@ def sqlite_engine(path: Path, read_only: bool = False) -> sa.Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _begin(conn: sa.Connection) -> None:
+        asked = time.monotonic()
         reading = read_only or conn.get_execution_options().get("ledger_read")
         conn.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
+        conn.info[LOCK_WAIT] = time.monotonic() - asked  # how long another connection held the write lock
 
     return engine
 

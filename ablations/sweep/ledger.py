@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from ablations.errors import SenetError
+from ablations.errors import SenetError, StoreUnavailable
 from ablations.outcomes import Ending
 from ablations.paths import DB_RETRY_ENV, HEARTBEAT_ENV, check_key, env_seconds
 from ablations.sweep import _ledger_db as db
@@ -65,11 +65,6 @@ _t = db.attempts
 
 class LeaseLost(Exception):
     """This process's attempt was ended by someone else (it was judged dead); its writes are refused."""
-
-
-class StoreUnavailable(Exception):
-    """The ledger's database stayed unreachable for longer than the patience: a condition of the harness, not of
-    the trial or the user's input (never a `SenetError`, which a worker would class `config`)."""
 
 
 class State(enum.IntEnum):
@@ -338,6 +333,7 @@ class Ledger:
         self._insert = db.insert(self._dialect)
         self._tickets: dict[int, Ticket] = {}  # a ticket never changes once queued: read once per process
         self.liveness = Liveness()
+        self._locked_out = -math.inf  # when `expire` last had to wait for SQLite's write lock (monotonic)
 
     @classmethod
     def open(
@@ -713,7 +709,9 @@ class Ledger:
 
         Any process may call it, as often and as many at once as they like: the age is compared with the
         database's now in the statement that ends the attempt, so a beat that reached the database first is never
-        ended, however late the observer.
+        ended, however late the observer. An observer that had to wait for SQLite's write lock (held by a process
+        paused mid-transaction, say, while no beat could land) ends nothing for a period, so that the beats queued
+        behind that lock land first.
         """
         live = self.liveness
         beat_at = sa.func.coalesce(_t.c.beat_at, _t.c.claimed_at, _t.c.queued_at)
@@ -723,6 +721,8 @@ class Ledger:
         ))  # fmt: skip
         if not self._tx(lambda c: c.execute(sa.select(_t.c.id).where(stale).limit(1)).first(), read=True):
             return []  # the usual case, without a write transaction (SQLite has one writer at a time)
+        if time.monotonic() - self._locked_out < live.heartbeat_s:
+            return []  # just locked out: the beats that queued with us get a period to land
         reason = sa.case(
             (_t.c.owner.is_(None), f"claimed but no owner named for {live.claim_grace_s:g} s (claimer killed)"),
             else_=f"no heartbeat for {live.grace_s:g} s by the ledger's clock (its host died or its worker is paused)",
@@ -730,9 +730,18 @@ class Ledger:
         end_id = secrets.token_hex(8)
 
         def once(conn: sa.Connection) -> list[Attempt]:
+            mine = self._select(conn, _t.c.end_id == end_id)
+            if mine:
+                return mine  # a first try committed; its reply was lost
+            if conn.info.get(db.LOCK_WAIT, 0.0) > db.LOCK_HELD_S:
+                # We waited for SQLite's write lock (held by a process paused mid-transaction, say): beats queued
+                # behind it with us may not have landed yet, so the leases' age says nothing. A pass a period later
+                # judges, after them (a wait in ordinary contention costs one pass).
+                self._locked_out = time.monotonic()
+                return []
             lost = {"state": "FAIL", "kind": Ending.LOST.value, "reason": reason, "end_id": end_id}
             conn.execute(sa.update(_t).where(stale).values(**lost, ended_at=self._now))
-            return self._select(conn, _t.c.end_id == end_id)  # with those of a first try whose reply was lost
+            return self._select(conn, _t.c.end_id == end_id)
 
         return self._tx(once)
 

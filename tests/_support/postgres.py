@@ -66,6 +66,23 @@ class Postgres:
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
 
+    def admin(self, sql: str) -> list[tuple]:
+        """Run `sql` as the cluster's superuser, from the `postgres` database, outside any transaction."""
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.url("postgres", "psycopg"), isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                result = conn.execute(sa.text(sql))
+                return [tuple(r) for r in result] if result.returns_rows else []
+        finally:
+            engine.dispose()
+
+    def terminate(self, db: str) -> int:
+        """End every session on database `db` at once (as a server restart, a pooler or an idle timeout would, one
+        database at a time); returns how many there were."""
+        return len(self.admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"))
+
     def createdb(self, name: str, driver: str = "") -> str:
         out = self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, name)
         if out.returncode != 0:
