@@ -244,9 +244,14 @@ class Tracker:
             self._experiments[study] = exp.experiment_id
         elif create:
             location = None if self.remote else artifacts_dir(self.results, study).as_uri()
-            self._experiments[study] = self.client.create_experiment(
-                name, artifact_location=location, tags={Tag.STUDY: study}
-            )
+            try:
+                made = self.client.create_experiment(name, artifact_location=location, tags={Tag.STUDY: study})
+            except Exception:  # sweeps starting together: another made it first (its name is unique)
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+                made = exp.experiment_id
+            self._experiments[study] = made
         return self._experiments.get(study)
 
     def studies(self) -> dict[str, str]:
@@ -262,15 +267,20 @@ class Tracker:
         exp = self.experiment(study, create=False)
         if exp is None:
             return None
-        runs = self.client.search_runs([exp], f"tags.`{Tag.ROLE}` = 'parent'", max_results=1)
-        return runs[0].info.run_id if runs else None
+        runs = self.client.search_runs([exp], f"tags.`{Tag.ROLE}` = 'parent'", max_results=100)
+        first = min(runs, key=lambda r: (r.info.start_time, r.info.run_id), default=None)  # the same for everyone
+        return first.info.run_id if first else None
 
     def parent_run(self, study: str, description: str, tags: dict[str, str]) -> str:
         """The study's parent run, created on the first sweep; a resumed sweep attaches to it and marks it RUNNING."""
         run_id = self.find_parent(study)
         if run_id is None:
             all_tags = {Tag.ROLE: "parent", Tag.STUDY: study, Tag.NOTE: description, **tags}
-            return self.client.create_run(self.experiment(study), run_name=study, tags=all_tags).info.run_id
+            made = self.client.create_run(self.experiment(study), run_name=study, tags=all_tags).info.run_id
+            run_id = self.find_parent(study)
+            if run_id == made:
+                return made
+            self.client.delete_run(made)  # sweeps starting together made one each: all keep the first
         self.client.update_run(run_id, status=RunStatus.RUNNING.value)
         for k, v in tags.items():
             self.client.set_tag(run_id, k, v)

@@ -214,3 +214,30 @@ def test_a_host_with_its_own_results_folder_rebuilds_a_run_from_the_ledger(tmp_p
     expected = _result(results, trial.key)["test_top1_err"]
     assert run.status == "FINISHED" and run.metrics["test_top1_err"] == pytest.approx(expected)
     assert sorted(store.history(run.run_id, "val_top1_err")) == [1, 2]
+
+
+def test_sweeps_starting_together_share_one_experiment_and_one_parent_run(tmp_path):
+    """Found by the three-controllers fault round: three sweeps of a new study started at one instant raced in
+    MLflow's experiment creation (a unique name) and each made its own parent run."""
+    import threading
+
+    results = tmp_path / "results"
+    tracker(results)  # the store exists, as Stores.open makes it before anything else
+    barrier, found, errors = threading.Barrier(3), [], []
+
+    def start() -> None:
+        try:
+            t = Tracker(f"sqlite:///{results / 'mlflow.db'}", results)
+            barrier.wait()
+            found.append(t.parent_run("together", "x", {}))
+        except Exception as err:  # pragma: no cover - the assertion below shows it
+            errors.append(err)
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors and len(set(found)) == 1
+    parents = tracker(results).runs_frame()
+    assert (parents["tags.senet.role"] == "parent").sum() == 1
