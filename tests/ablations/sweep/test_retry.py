@@ -1,7 +1,5 @@
 """What a sweep records for reading it back, and trials a user can retry (issue 19: the new-user cases)."""
 
-import signal
-
 import pytest
 
 from ablations.cli import main
@@ -16,14 +14,6 @@ from tests._support.configs import write_spec
 from tests._support.stores import assert_each_trial_complete_once, complete_as_of, local_ledger
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _restore_signals():
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, h in saved.items():
-        signal.signal(s, h)
 
 
 def failed_for_config(results, spec_path, keys=None):

@@ -27,14 +27,6 @@ from tests._support.stores import assert_each_trial_complete_once, attempts, loc
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True)
-def _restore_signals():
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, h in saved.items():
-        signal.signal(s, h)
-
-
 def sweep(spec: Path, results: Path, *args: str) -> int:
     return main(["sweep", str(spec), "--results", str(results), "--no-progress", *args])
 
