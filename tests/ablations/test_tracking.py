@@ -160,17 +160,8 @@ def test_a_tracking_server_that_never_answers_is_one_line_before_anything_is_wri
 def test_the_ledger_takes_a_result_before_the_mlflow_backlog_drains_and_another_host_rebuilds_the_run(
     tmp_path, monkeypatch
 ):
-    """Issue 19 items 11 and 12: COMPLETE waited behind the buffered MLflow writes; a host with its own --results
-    (no result.json) could rebuild no run, or one without metrics."""
-    spec_path = write_spec(tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1)
-    results = tmp_path / "results"
-    spec = load_spec(spec_path)
-    [trial] = expand(spec)
-    ledger = Ledger.open(local_ledger(results))
-    ledger.enqueue(ticket_of(trial))
-    parent = tracker(results).parent_run("tiny", "x", {})
-    manifest = Manifest(spec.name, parent, {trial.key: ticket_of(trial)}, max_retries=0)
-    worker = Worker(manifest, results, Slot(0), local_ledger(results), f"sqlite:///{results / 'mlflow.db'}")
+    """Issue 19 item 11: COMPLETE waited behind the buffered MLflow writes (and the ledger keeps the result)."""
+    spec, trial, results, ledger, parent, worker = _one_trial_worker(tmp_path)
     seen = []
     slow_epoch = worker.tracker.log_epoch
 
@@ -189,15 +180,8 @@ def test_the_ledger_takes_a_result_before_the_mlflow_backlog_drains_and_another_
 
 def test_a_host_with_its_own_results_folder_rebuilds_a_run_from_the_ledger(tmp_path, monkeypatch):
     """Issue 19 item 12: repair on another host had no result.json: no FINISHED run, or one without metrics."""
-    spec_path = write_spec(tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1)
-    results, elsewhere = tmp_path / "results", tmp_path / "elsewhere"
-    spec = load_spec(spec_path)
-    [trial] = expand(spec)
-    ledger = Ledger.open(local_ledger(results))
-    ledger.enqueue(ticket_of(trial))
-    parent = tracker(results).parent_run("tiny", "x", {})
-    manifest = Manifest(spec.name, parent, {trial.key: ticket_of(trial)}, max_retries=0)
-    worker = Worker(manifest, results, Slot(0), local_ledger(results), f"sqlite:///{results / 'mlflow.db'}")
+    spec, trial, results, ledger, parent, worker = _one_trial_worker(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
     worker.runlog = RunLog(retry_s=0.3, log=lambda _: None)
 
     def down(*args, **kwargs):
@@ -241,3 +225,17 @@ def test_sweeps_starting_together_share_one_experiment_and_one_parent_run(tmp_pa
     assert not errors and len(set(found)) == 1
     parents = tracker(results).runs_frame()
     assert (parents["tags.senet.role"] == "parent").sum() == 1
+
+
+def _one_trial_worker(tmp_path):
+    """One tiny trial queued in a new ledger, its study's parent run, and an in-process worker for it."""
+    spec_path = write_spec(tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1)
+    results = tmp_path / "results"
+    spec = load_spec(spec_path)
+    [trial] = expand(spec)
+    ledger = Ledger.open(local_ledger(results))
+    ledger.enqueue(ticket_of(trial))
+    parent = tracker(results).parent_run("tiny", "x", {})
+    manifest = Manifest(spec.name, parent, {trial.key: ticket_of(trial)}, max_retries=0)
+    worker = Worker(manifest, results, Slot(0), local_ledger(results), f"sqlite:///{results / 'mlflow.db'}")
+    return spec, trial, results, ledger, parent, worker
