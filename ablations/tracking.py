@@ -271,20 +271,25 @@ class Tracker:
         first = min(runs, key=lambda r: (r.info.start_time, r.info.run_id), default=None)  # the same for everyone
         return first.info.run_id if first else None
 
-    def parent_run(self, study: str, description: str, tags: dict[str, str]) -> str:
-        """The study's parent run, created on the first sweep; a resumed sweep attaches to it and marks it RUNNING."""
-        run_id = self.find_parent(study)
-        if run_id is None:
-            all_tags = {Tag.ROLE: "parent", Tag.STUDY: study, Tag.NOTE: description, **tags}
-            made = self.client.create_run(self.experiment(study), run_name=study, tags=all_tags).info.run_id
-            run_id = self.find_parent(study)
-            if run_id == made:
-                return made
-            self.client.delete_run(made)  # sweeps starting together made one each: all keep the first
+    def make_parent(self, study: str, description: str, tags: dict[str, str]) -> str:
+        """A new parent run of `study` (`sweep.repair.parent_run` decides, through the ledger, which one is kept)."""
+        all_tags = {Tag.ROLE: "parent", Tag.STUDY: study, Tag.NOTE: description, **tags}
+        return self.client.create_run(self.experiment(study), run_name=study, tags=all_tags).info.run_id
+
+    def resume_parent(self, run_id: str, tags: dict[str, str]) -> None:
+        """A sweep attaches to its study's parent run: RUNNING again, with this sweep's tags."""
         self.client.update_run(run_id, status=RunStatus.RUNNING.value)
         for k, v in tags.items():
             self.client.set_tag(run_id, k, v)
-        return run_id
+
+    def is_active(self, run_id: str) -> bool:
+        """Whether the run exists and is not deleted."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+        except MlflowException:
+            return False
 
     def finish_parent(self, run_id: str, ok: bool) -> None:
         self.client.set_terminated(run_id, (RunStatus.FINISHED if ok else RunStatus.FAILED).value)

@@ -110,6 +110,13 @@ study_trials = sa.Table(
     sa.Column("study", sa.String(200), primary_key=True),
     sa.Column("key", sa.String(64), primary_key=True),
 )
+parents = sa.Table(
+    "senet_parents",
+    metadata,
+    sa.Column("study", sa.String(200), primary_key=True),
+    sa.Column("run_id", sa.String(64), nullable=False),  # the study's MLflow parent run
+    sa.Column("claimed", sa.Double, nullable=False),  # database clock
+)
 
 
 # -- migrations ------------------------------------------------------------------------------------------------
@@ -195,7 +202,18 @@ def _v2(op: Operations) -> None:
     )
 
 
-STEPS: tuple[Callable[[Operations], None], ...] = (_v1, _v2)  # step i takes the schema from version i to i + 1
+def _v3(op: Operations) -> None:
+    """parents: each study's MLflow parent run, claimed by one insert (sweeps starting together each make a run,
+    as MLflow has no transactions, and all keep the one the ledger holds)."""
+    op.create_table(
+        "senet_parents",
+        sa.Column("study", sa.String(200), primary_key=True),
+        sa.Column("run_id", sa.String(64), nullable=False),
+        sa.Column("claimed", sa.Double, nullable=False),
+    )
+
+
+STEPS: tuple[Callable[[Operations], None], ...] = (_v1, _v2, _v3)  # step i takes the schema from version i to i + 1
 LATEST = len(STEPS)
 
 

@@ -703,6 +703,24 @@ class Ledger:
 
         return self._tx(once)
 
+    def parent(self, study: str) -> str | None:
+        """The MLflow parent run the ledger holds for `study` (None before its first sweep claimed one)."""
+        query = sa.select(db.parents.c.run_id).where(db.parents.c.study == study)
+        return self._tx(lambda c: c.execute(query).scalar_one_or_none(), read=True)
+
+    def claim_parent(self, study: str, run_id: str, stale: str | None = None) -> str:
+        """Make `run_id` the study's parent run unless another one is held (or replace `stale`, a run that is gone);
+        returns the one that won. A retried claim whose commit went through finds its own."""
+
+        def once(conn: sa.Connection) -> str:
+            if stale is not None:
+                conn.execute(sa.delete(db.parents).where(db.parents.c.study == study, db.parents.c.run_id == stale))
+            row = {"study": study, "run_id": run_id, "claimed": self._now}
+            conn.execute(self._insert(db.parents).values(**row).on_conflict_do_nothing())
+            return conn.execute(sa.select(db.parents.c.run_id).where(db.parents.c.study == study)).scalar_one()
+
+        return self._tx(once)
+
     def expire(self) -> list[Attempt]:
         """End, as `lost`, every RUNNING attempt whose last beat is older than the grace by the database's clock
         (and any ownerless one older than the claim grace); returns them as ended.

@@ -19,6 +19,22 @@ from ablations.tracking import Tag, Tracker, code_tags, environment_tags
 from ablations.training.result import RunResult, read_result
 
 
+def parent_run(tracker: Tracker, ledger: Ledger, study: str, description: str, tags: dict[str, str]) -> str:
+    """The study's parent run, which a resumed sweep attaches to: the one the ledger holds, else the one MLflow has
+    (a ledger from before parents were recorded), else a new one. Sweeps starting together each make one and claim
+    it in the ledger: the first claim wins, the others delete theirs."""
+    held = ledger.parent(study)
+    if held is None or not tracker.is_active(held):
+        found = tracker.find_parent(study)
+        candidate = found if found is not None and found != held else tracker.make_parent(study, description, tags)
+        won = ledger.claim_parent(study, candidate, stale=held)
+        if won != candidate and candidate != found:
+            tracker.client.delete_run(candidate)
+        held = won
+    tracker.resume_parent(held, tags)
+    return held
+
+
 def repair(
     tracker: Tracker,
     ledger: Ledger,

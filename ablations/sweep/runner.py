@@ -38,7 +38,7 @@ from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, State, TrialRecor
 from ablations.sweep.manifest import EXIT_DONE, EXIT_RECYCLE, EXIT_STOPPED, Manifest
 from ablations.sweep.progress import Progress
 from ablations.sweep.reconcile import Reconciler, queue_again
-from ablations.sweep.repair import end_runs, repair
+from ablations.sweep.repair import end_runs, parent_run, repair
 from ablations.sweep.slots import Slot, auto_per_gpu, cpu_threads, live_workers, log_path, worker_env
 from ablations.sweep.status import TrialStatus, by_key, earlier_result, ledger_url, statuses, ticket_of
 from ablations.tracking import Tag, Tracker, code_version, tracking_uri
@@ -344,12 +344,12 @@ def run(spec: StudySpec, opts: SweepOptions, create: bool = True) -> tuple[int, 
     check_host(trials, host)
     stores = Stores.open(opts)
     if create:
-        parent = stores.tracker.parent_run(spec.name, spec.description, {Tag.HOST_DEVICE: host.device})
+        parent = parent_run(stores.tracker, stores.ledger, spec.name, spec.description, {Tag.HOST_DEVICE: host.device})
         record(stores.ledger, spec, trials, host, opts.overrides)
         say_earlier(stores.ledger, trials)
         requeue_config_failures(stores.ledger, trials, opts.max_retries, say)
     else:
-        parent = stores.tracker.find_parent(spec.name)
+        parent = stores.ledger.parent(spec.name) or stores.tracker.find_parent(spec.name)
         known = {a.key for a in stores.ledger.attempts()}
         if parent is None or not known & {t.key for t in trials}:
             raise SenetError(

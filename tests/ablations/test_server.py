@@ -46,7 +46,7 @@ def test_server_passes_the_database_by_environment(tmp_path):
 def test_the_ui_child_serves_the_store_it_was_given_by_environment(tmp_path):
     """The real `mlflow ui` reads the store from MLFLOW_BACKEND_STORE_URI: it lists the results folder's study."""
     results = tmp_path / "results"
-    Tracker(f"sqlite:///{results / 'mlflow.db'}", results).parent_run("tiny", "a study with one run so far", {})
+    Tracker(f"sqlite:///{results / 'mlflow.db'}", results).make_parent("tiny", "a study with one run so far", {})
     port = free_port()
     cmd = [sys.executable, "-m", "ablations.cli", "ui", "--results", str(results), "--port", str(port)]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

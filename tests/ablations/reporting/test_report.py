@@ -67,7 +67,7 @@ def store(tmp_path_factory):
     results = root / "results"
     results.mkdir()
     tracker = Tracker(f"sqlite:///{results / 'mlflow.db'}", results)
-    parent = tracker.parent_run(STUDY, spec["description"], {})
+    parent = tracker.make_parent(STUDY, spec["description"], {})
     tracker.finish_parent(parent, False)
     for trial in expand(load_spec(path)):
         label = trial.label.removeprefix("se.excitation=")
@@ -355,7 +355,7 @@ def test_results_under_an_earlier_identity_are_named_and_never_mixed_in(tmp_path
     results = tmp_path / "results"
     results.mkdir()
     tracker = Tracker(f"sqlite:///{results / 'mlflow.db'}", results)
-    parent = tracker.parent_run("earlier", "x", {})
+    parent = tracker.make_parent("earlier", "x", {})
     now, before = expand(load_spec(path))
     (old,) = complete_as_of(local_ledger(results), "earlier", [before], version=2, value=99.0)
     ledger = Ledger.open(local_ledger(results))

@@ -505,7 +505,7 @@ def test_concurrent_end_of_sweep_repairs_make_one_finished_run(backend, tmp_path
     result = RunResult("finished", history, {"final_val_top1_err": 0.5, "best_val_top1_err": 0.5})
     ledger.complete(attempt, 0.5, Ending.FINISHED, result=asdict(result))
     uri = f"sqlite:///{results / 'mlflow.db'}"
-    parent = Tracker(uri, results).parent_run(spec.name, spec.description, {})
+    parent = Tracker(uri, results).make_parent(spec.name, spec.description, {})
     together, changed, errors = threading.Barrier(2), [], []
 
     def sweep_ends() -> None:

@@ -325,6 +325,29 @@ def test_set_run_id_converges_on_one_run(opened):
     assert setup.set_run_id(a.trial_id, winners[0]) == winners[0]  # the winner's own retry: still its run
 
 
+def test_the_first_claim_of_a_parent_run_wins_and_a_stale_one_is_replaced_once(opened, monkeypatch):
+    """CI found sweeps starting together each keeping a parent run of their own: the ledger now picks one."""
+    ledgers = [opened() for _ in range(4)]
+    start, winners = threading.Barrier(len(ledgers)), []
+
+    def claim(i: int) -> None:
+        start.wait()
+        winners.append(ledgers[i].claim_parent("tiny", f"run-{i}"))
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(len(ledgers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    [won] = set(winners)
+    assert ledgers[0].parent("tiny") == won and ledgers[0].parent("other") is None
+    assert ledgers[1].claim_parent("tiny", "late") == won  # a later sweep keeps it
+    assert ledgers[1].claim_parent("tiny", "new", stale=won) == "new"  # its run was deleted in MLflow
+    assert ledgers[2].claim_parent("tiny", "newer", stale=won) == "new"  # a second repair of the same stale one
+    lose_reply_once(ledgers[3], monkeypatch)
+    assert ledgers[3].claim_parent("other", "mine") == "mine"  # retried after its commit: still its own
+
+
 # -- leases by the database's clock ----------------------------------------------------------------------------
 
 
@@ -491,12 +514,14 @@ def test_an_older_ledger_is_upgraded_in_place(url, opened):
     queued = old.enqueue(ticket(0))
     with engine.connect() as conn:
         assert db.stored_version(conn) == 1 and not sa.inspect(conn).has_table(db.trials.name)
+        assert not sa.inspect(conn).has_table(db.parents.name)
     engine.dispose()
     ledger = opened()
     assert [a.trial_id for a in ledger.attempts()] == [queued] and ledger.liveness == FAST
     ledger.record_trials("tiny", [TrialRecord(ticket(0).key, ticket(0).config_hash, 0, 2)])
     ledger.record_trials("other", [TrialRecord(ticket(0).key, ticket(0).config_hash, 0, 2)])
     assert ledger.trials("tiny") == ledger.trials("other") == [TrialRecord(ticket(0).key, f"{0:012x}", 0, 2)]
+    assert ledger.parent("tiny") is None and ledger.claim_parent("tiny", "run") == "run"
     with ledger.engine.connect() as conn:
         assert db.stored_version(conn) == db.LATEST
 

@@ -326,7 +326,7 @@ def test_real_fashion_mnist_subsets_end_to_end(tmp_path, capsys):
 def test_ui_binds_to_loopback_links_the_runs_tables_and_dies_with_sigterm(tmp_path):
     """Item 6: `ui` stopped with SIGTERM used to leave the MLflow server running and the port taken."""
     results = tmp_path / "results"
-    tracker(results).parent_run("tiny", "a study with one run so far", {})  # what a first sweep leaves
+    tracker(results).make_parent("tiny", "a study with one run so far", {})  # what a first sweep leaves
     exp = tracker(results).experiment("tiny")
     port = free_port()
     cmd = [sys.executable, "-m", "ablations.cli", "ui", "--results", str(results), "--port", str(port)]
