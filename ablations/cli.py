@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from ablations.errors import SenetError, StoreUnavailable
+from ablations.exits import exit_now
 from ablations.paths import RESULTS, STORAGE_ENV, check_environment
 
 MAX_WORKERS = 256
@@ -108,14 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     reading(st)
     st.set_defaults(func=_cmd_status)
 
-    rt = sub.add_parser(
-        "retry", help="queue chosen trials of a study again (failed ones by default); `sweep` trains them"
-    )
+    rt = sub.add_parser("retry", help="queue chosen trials again (failed ones by default); `sweep` trains them")
     place(rt)
     rt.add_argument("--failed", action="store_true", help="every failed trial (the default without --trial)")
-    rt.add_argument(
-        "--trial", action="append", default=[], metavar="KEY", help="a trial key (see `status`), repeatable"
-    )
+    rt.add_argument("--trial", action="append", default=[], metavar="KEY", help="a trial key (`status`), repeatable")
     rt.set_defaults(func=_cmd_retry)
 
     rp = sub.add_parser("report", help="paper-style tables, figures and CSV of a study, from MLflow")
@@ -199,18 +196,11 @@ def _count(value: int, option: str, low: int, high: int) -> int:
 
 def _sweep_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """`sweep` and `worker`: where and how the sweep runs."""
-    from ablations.sweep.runner import SweepOptions
-    from ablations.sweep.slots import parse_gpus
+    from ablations.sweep.slots import parse_gpus, parse_per_gpu
+    from ablations.sweep.start import SweepOptions
 
     workers = _count(args.workers, "--workers", 1, MAX_WORKERS)
     _count(args.max_retries, "--max-retries", 0, 1000)
-    per_gpu_text = str(args.trials_per_gpu).strip()
-    if per_gpu_text == "auto":
-        per_gpu = None
-    elif per_gpu_text.isdigit():
-        per_gpu = _count(int(per_gpu_text), "--trials-per-gpu", 1, 64)
-    else:
-        raise SenetError(f"--trials-per-gpu: {per_gpu_text!r} is not allowed; allowed: 1..64 or auto")
     recycle = 1 if args.fresh_process else args.recycle_after
     _count(recycle, "--recycle-after", 1, 1_000_000)
     max_mb = args.max_worker_mb
@@ -222,7 +212,7 @@ def _sweep_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         tracking_uri=args.tracking_uri,
         workers=workers,
         gpus=parse_gpus(args.gpus),
-        trials_per_gpu=per_gpu,
+        trials_per_gpu=parse_per_gpu(str(args.trials_per_gpu)),
         max_retries=args.max_retries,
         fail_fast=getattr(args, "fail_fast", False),  # `worker` has no --fail-fast
         overrides=parse_set(args.set),
@@ -259,7 +249,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from ablations.reporting.summary import print_summary
     from ablations.study.load import load_spec
     from ablations.study.trials import expand, plan
     from ablations.sweep.runner import run
@@ -273,6 +262,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{len(trials)} trials, {int(table['epochs'].sum())} epochs in all")
         return 0
     code, statuses = run(spec, opts)
+    from ablations.reporting.summary import print_summary  # after the sweep: its imports would delay the workers
+
     print_summary(statuses, opts.tracking_uri, opts.results)
     return code
 
@@ -446,5 +437,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return StoreUnavailable.exit_code if isinstance(err, StoreUnavailable) else 2
 
 
+def console() -> None:
+    """The `senet-ablate` command: `main`, then an immediate exit (`ablations.exits`)."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -198,8 +198,17 @@ class Tracker:
         seed_sqlite(uri, results)
         self.uri = uri
         self.results = results
-        self.client = MlflowClient(tracking_uri=uri)
+        try:  # a SQL store is opened here: a damaged file or a missing driver fails now
+            self.client = MlflowClient(tracking_uri=uri)
+        except Exception as err:
+            raise self._unreachable(err) from None
         self._experiments: dict[str, str] = {}
+
+    @staticmethod
+    def preload() -> None:
+        """Import MLflow's client and its SQL store (a second or two), e.g. while a worker waits for work."""
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+        import mlflow.tracking  # noqa: F401
 
     @property
     def remote(self) -> bool:
@@ -225,13 +234,16 @@ class Tracker:
                                      f"in {ANSWER_S:g} s; is it an MLflow server, and is it up?") from None  # fmt: skip
         try:
             self.client.search_experiments(max_results=1)
-        except ModuleNotFoundError as err:
-            raise SenetError(
+        except Exception as err:
+            raise self._unreachable(err) from None
+
+    def _unreachable(self, err: Exception) -> SenetError:
+        """One line for a store MLflow cannot use (it raises many types: requests, SQLAlchemy, MlflowException)."""
+        if isinstance(err, ModuleNotFoundError):
+            return SenetError(
                 f"--tracking-uri: {redact(self.uri)} needs the {err.name} package; pip install 'senet-ablate[postgres]'"
-            ) from None
-        except Exception as err:  # MLflow raises many types (requests, SQLAlchemy, MlflowException)
-            reason = scrub(_first_line(err), self.uri)
-            raise SenetError(f"--tracking-uri: cannot reach {redact(self.uri)} ({reason})") from None
+            )
+        return SenetError(f"--tracking-uri: cannot reach {redact(self.uri)} ({scrub(_first_line(err), self.uri)})")
 
     # -- experiments and parent runs ---------------------------------------------------------------------------
     def experiment(self, study: str, create: bool = True) -> str | None:

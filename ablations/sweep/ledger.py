@@ -40,6 +40,7 @@ import secrets
 import sqlite3
 import sys
 import time
+import weakref
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from ablations.errors import SenetError, StoreUnavailable
+from ablations.exits import at_exit
 from ablations.outcomes import Ending
 from ablations.paths import DB_RETRY_ENV, HEARTBEAT_ENV, check_key, env_seconds
 from ablations.sweep import _ledger_db as db
@@ -334,6 +336,7 @@ class Ledger:
         self._tickets: dict[int, Ticket] = {}  # a ticket never changes once queued: read once per process
         self.liveness = Liveness()
         self._locked_out = -math.inf  # when `expire` last had to wait for SQLite's write lock (monotonic)
+        _OPEN.add(engine)
 
     @classmethod
     def open(
@@ -397,6 +400,7 @@ class Ledger:
 
     def close(self) -> None:
         self.engine.dispose()
+        _OPEN.discard(self.engine)
 
     def _setup(
         self, patience: float | None, liveness: Liveness | None, journal: Path | None, log: Callable[[str], None] | None
@@ -762,6 +766,20 @@ class Ledger:
             return self._select(conn, _t.c.end_id == end_id)
 
         return self._tx(once)
+
+
+# The engines of this process's ledgers not closed yet (an engine outlives its ledger until the garbage collector
+# finds the cycle its event listeners make; one it collected has closed its connections).
+_OPEN: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
+
+
+def close_all() -> None:
+    """Close every ledger this process opened (before it ends at once: `ablations.exits`)."""
+    for engine in list(_OPEN):
+        engine.dispose()
+
+
+at_exit(close_all)
 
 
 def _extras(values: dict[str, Any]) -> dict[str, Any]:

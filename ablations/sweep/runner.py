@@ -17,110 +17,47 @@ import dataclasses
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from ablations.config import IDENTITY_VERSION, Host
-from ablations.data.readers import download
-from ablations.datafiles import MissingData, download_root
+from ablations.config import Host
 from ablations.errors import SenetError
-from ablations.outcomes import Ending, Standing
-from ablations.paths import RESULTS, STORAGE_ENV, TRACKING_ENV
-from ablations.study.load import STUDIES
+from ablations.outcomes import Standing
 from ablations.study.spec import StudySpec
-from ablations.study.trials import Trial, plan_trials
-from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, State, TrialRecord, check_storage, is_local, pid_alive
+from ablations.study.trials import Trial
+from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, State, pid_alive
 from ablations.sweep.manifest import EXIT_DONE, EXIT_RECYCLE, EXIT_STOPPED, Manifest
 from ablations.sweep.progress import Progress
-from ablations.sweep.reconcile import Reconciler, queue_again
+from ablations.sweep.reconcile import Reconciler
 from ablations.sweep.repair import end_runs, parent_run, repair
-from ablations.sweep.slots import Slot, auto_per_gpu, cpu_threads, live_workers, log_path, worker_env
-from ablations.sweep.status import TrialStatus, by_key, earlier_result, ledger_url, statuses, ticket_of
-from ablations.tracking import Tag, Tracker, code_version, tracking_uri
+from ablations.sweep.slots import (
+    MAX_SLOTS,
+    Slot,
+    auto_per_gpu,
+    cpu_threads,
+    live_workers,
+    log_path,
+    spawn_worker,
+    spread,
+)
+from ablations.sweep.start import (
+    FirstWorker,
+    Stores,
+    SweepOptions,
+    check_host,
+    plan_fetching,
+    record,
+    requeue_config_failures,
+    say,
+    say_earlier,
+)
+from ablations.sweep.status import TrialStatus, statuses, ticket_of
+from ablations.tracking import Tag, code_version
 
 POLL_S = 1.0  # seconds between the controller's passes
+NAP_S = 0.05  # how often the controller looks at its workers' processes between passes
 RESPAWNS = 3  # a slot whose worker dies this many times in a row without finishing a trial is given up
-
-
-@dataclass
-class SweepOptions:
-    """Where and how a sweep runs (CLI flags)."""
-
-    results: Path = RESULTS
-    storage: str | None = None  # ledger URL; default: ledger.db under results
-    tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite in results
-    workers: int = 1  # CPU slots (one warm worker each)
-    gpus: list[str] = field(default_factory=list)  # CUDA devices; slots pinned with CUDA_VISIBLE_DEVICES
-    trials_per_gpu: int | None = 1  # slots per GPU; None = auto (measure, then pack)
-    max_retries: int = 1  # failed attempts (crash, oom) a trial may have before it counts as failed
-    fail_fast: bool = False
-    overrides: dict[str, Any] = field(default_factory=dict)
-    progress: bool = True
-    recycle_after: int = 50  # trials per worker process before it is replaced (1 = a fresh process per trial)
-    max_rss_mb: float | None = None  # a worker past this resident memory is replaced after its trial
-
-    @property
-    def storage_url(self) -> str:
-        return ledger_url(self.storage, self.results)
-
-    def slots(self) -> list[Slot]:
-        if self.gpus:
-            per = self.trials_per_gpu or 1
-            return [Slot(i * per + j, g) for i, g in enumerate(self.gpus) for j in range(per)]
-        return [Slot(i) for i in range(self.workers)]
-
-
-@dataclass
-class Stores:
-    """The tracking store and the ledger, opened and checked before anything is written."""
-
-    tracker: Tracker
-    ledger: Ledger
-
-    @classmethod
-    def open(cls, opts: SweepOptions) -> Stores:
-        """Remote stores are checked first, so a server or database that is down stops us before anything is
-        written; then the results folder, the SQLite database (created once, here) and the SQLite ledger."""
-        uri = tracking_uri(opts.tracking_uri, opts.results)
-        check_storage(opts.storage_url)
-        local = uri.startswith("sqlite:")
-        tracker = None if local else Tracker(uri, opts.results)
-        if tracker is not None:
-            tracker.check()
-        ledger = None if is_local(opts.storage_url) else Ledger.open(opts.storage_url, patience=CONNECT_S)
-        check_writable(opts.results)
-        if tracker is None:
-            tracker = Tracker(uri, opts.results)  # a SQLite client creates its database (and folder) at once
-            tracker.check()
-        return cls(tracker, ledger or Ledger.open(opts.storage_url))
-
-
-def check_writable(results: Path) -> None:
-    """The results folder exists (or is created) and takes a file; else one clear line, nothing written."""
-    try:
-        results.mkdir(parents=True, exist_ok=True)
-        probe = results / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as err:
-        raise SenetError(f"--results: {results} is not a writable folder ({err.strerror or err})") from None
-
-
-def check_host(trials: list[Trial], host: Host) -> None:
-    """Refuse, before anything runs, trials this host cannot serve (CUDA asked for, none visible)."""
-    if host.device == "cuda":
-        return
-    wanting = [t for t in trials if t.config.train.device == "cuda"]
-    if wanting:
-        raise SenetError(
-            f"train.device: 'cuda' requested ({wanting[0].label}, and {len(wanting) - 1} more) but this host has no "
-            "CUDA device; allowed here: auto, cpu (or run the sweep on a GPU host)"
-        )
 
 
 class Sweep:
@@ -132,18 +69,16 @@ class Sweep:
         trials: list[Trial],
         opts: SweepOptions,
         stores: Stores,
-        parent: str | None,
-        joining: bool,
+        manifest: Manifest,
+        first: FirstWorker | None = None,
     ) -> None:
         self.spec, self.trials, self.opts = spec, trials, opts
         self.tracker, self.ledger = stores.tracker, stores.ledger
         self.results = opts.results
-        self.manifest = Manifest(spec.name, parent, {t.key: ticket_of(t) for t in trials}, opts.max_retries,
-                                 code_version(), opts.recycle_after, opts.max_rss_mb, opts.fail_fast,
-                                 joiner=joining)  # fmt: skip
+        self.manifest = manifest
         self.reconciler = Reconciler(self.ledger, self.say)
         self.stop = threading.Event()
-        self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self.children: dict[int, subprocess.Popen[bytes]] = first.children() if first else {}
         self.deaths: dict[int, int] = {}  # slot → worker deaths in a row without a finished trial
         self.given_up: set[int] = set()
         self.per_gpu = opts.trials_per_gpu or 1
@@ -156,8 +91,9 @@ class Sweep:
     # -- the loop -----------------------------------------------------------------------------------------------
     def run(self) -> int:
         """0 when every trial is done (diverged counts), 1 when some failed, 130 when stopped."""
+        attempts = self._reconcile()  # the trials queued before the first worker reads the manifest
         manifest_path = self.manifest.write(self.results)
-        self._repair(self._reconcile())
+        self._repair(attempts)
         with Progress(self.opts.progress, self.trials) as progress:
             while not self.stop.is_set():
                 ours = self._reconcile()  # end dead attempts, queue what is missing; where our trials stand
@@ -166,7 +102,7 @@ class Sweep:
                     break
                 if not self._staff(manifest_path, ours) and self._stranded(ours):  # every slot given up, none runs
                     break
-                time.sleep(POLL_S)
+                self._nap()
         self._wind_down(stopping=self.stop.is_set() or self.failed_fast)
         self._repair(self._take_stock(self.ledger.attempts()))
         if self.stop.is_set():
@@ -188,6 +124,15 @@ class Sweep:
 
     def _show_progress(self, progress: Progress, attempts: list[Attempt]) -> None:
         progress.show(sum(s.state.settled for s in self.statuses), attempts)
+
+    def _nap(self) -> None:
+        """Wait `POLL_S` for the next pass, or less: a worker that exits (the last trial's, at the sweep's end) wakes
+        the controller at once."""
+        deadline = time.monotonic() + POLL_S
+        while time.monotonic() < deadline and not self.stop.is_set():
+            if any(proc.poll() is not None for proc in self.children.values()):
+                return
+            time.sleep(NAP_S)
 
     def _settled(self) -> bool:
         """Every trial is done or failed, or one failed under --fail-fast (which winds the sweep down)."""
@@ -261,18 +206,8 @@ class Sweep:
         return pending + training
 
     def _spawn(self, slot: Slot, manifest_path: Path, slots: int) -> subprocess.Popen[bytes]:
-        env = worker_env(dict(os.environ), slot, cpu_threads(slots), self.results)
-        env[STORAGE_ENV] = self.opts.storage_url  # by environment: a password must never show in `ps`
-        env[TRACKING_ENV] = self.tracker.uri
-        cmd = [sys.executable, "-m", "ablations.sweep.worker", "--manifest", str(manifest_path),
-               "--results", str(self.results), "--slot", str(slot.index)]  # fmt: skip
-        if slot.gpu is not None:
-            cmd += ["--gpu", slot.gpu]
-        log = log_path(self.results, self.manifest.id, slot)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as out:  # the worker's own file: it outlives us, a pipe would not
-            return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)  # fmt: skip
+        stores = (self.opts.storage_url, self.tracker.uri)
+        return spawn_worker(self.results, manifest_path, self.manifest.id, slot, cpu_threads(slots), stores, False)
 
     def terminate(self) -> None:
         """SIGTERM to every worker of this sweep on this host (ours and adopted; a joiner's manifest has its own id,
@@ -294,26 +229,8 @@ class Sweep:
             alive = [w for w in live_workers(self.results, self.manifest.id) if pid_alive(w.pid, w.start)]
             if not self.children and (not stopping or not alive):
                 return
-            time.sleep(0.2)
+            time.sleep(NAP_S)
         self.terminate()
-
-
-MAX_SLOTS = 1000  # slot numbers per GPU under --trials-per-gpu auto (GPU i has slots i*1000 ...)
-
-
-def spread(slots: list[Slot]) -> list[Slot]:
-    """Slots in the order their workers start: across the GPUs first (each GPU's first slot, then each second
-    one ...), so fewer workers than slots still use every device."""
-    rank: dict[str | None, int] = {}
-    ranked = []
-    for slot in slots:
-        rank[slot.gpu] = rank.get(slot.gpu, 0) + 1
-        ranked.append((rank[slot.gpu], slot))
-    return [slot for _, slot in sorted(ranked, key=lambda r: r[0])]
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def _install_signals(sweep: Sweep) -> None:
@@ -342,83 +259,32 @@ def run(spec: StudySpec, opts: SweepOptions, create: bool = True) -> tuple[int, 
         opts = dataclasses.replace(opts, overrides=recorded or {})
     trials = plan_fetching(spec, opts.overrides, host)
     check_host(trials, host)
-    stores = Stores.open(opts)
-    if create:
-        parent = parent_run(stores.tracker, stores.ledger, spec.name, spec.description, {Tag.HOST_DEVICE: host.device})
-        record(stores.ledger, spec, trials, host, opts.overrides)
-        say_earlier(stores.ledger, trials)
-        requeue_config_failures(stores.ledger, trials, opts.max_retries, say)
-    else:
-        parent = stores.ledger.parent(spec.name) or stores.tracker.find_parent(spec.name)
-        known = {a.key for a in stores.ledger.attempts()}
-        if parent is None or not known & {t.key for t in trials}:
-            raise SenetError(
-                f"worker: no sweep of {spec.name!r} with these settings in the ledger ({len(trials)} trials, none "
-                "queued or run); start one with `sweep`, or give `worker` the sweep's own --set"
-            )
-    sweep = Sweep(spec, trials, opts, stores, parent, joining=not create)
+    manifest = Manifest(spec.name, None, {t.key: ticket_of(t) for t in trials}, opts.max_retries, code_version(),
+                        opts.recycle_after, opts.max_rss_mb, opts.fail_fast, joiner=not create)  # fmt: skip
+    first = FirstWorker(opts, trials, manifest) if create else None
+    try:
+        stores = Stores.open(opts, first)
+        if create:
+            parent = parent_run(stores.tracker, stores.ledger, spec.name, spec.description,
+                                {Tag.HOST_DEVICE: host.device})  # fmt: skip
+            record(stores.ledger, spec, trials, host, opts.overrides)
+            say_earlier(stores.ledger, trials)
+            requeue_config_failures(stores.ledger, trials, opts.max_retries, say)
+        else:
+            parent = stores.ledger.parent(spec.name) or stores.tracker.find_parent(spec.name)
+            known = {a.key for a in stores.ledger.attempts()}
+            if parent is None or not known & {t.key for t in trials}:
+                raise SenetError(
+                    f"worker: no sweep of {spec.name!r} with these settings in the ledger ({len(trials)} trials, "
+                    "none queued or run); start one with `sweep`, or give `worker` the sweep's own --set"
+                )
+        sweep = Sweep(spec, trials, opts, stores, dataclasses.replace(manifest, parent_run=parent), first)
+    except BaseException:
+        if first is not None:
+            first.cancel()
+        raise
     _install_signals(sweep)
     code = sweep.run()
     if create:
         stores.tracker.finish_parent(parent, code == 0)
     return code, sweep.statuses
-
-
-def plan_fetching(spec: StudySpec, overrides: dict[str, Any], host: Host) -> list[Trial]:
-    """The sweep's trials, downloading first each missing dataset whose trials allow it (`data.download`): their keys
-    hold the digest of the files, so the files must be there before anything is planned or written.
-
-    Raises:
-        SenetError: what `plan_trials` refuses; missing data the trials do not let the sweep download (the readers'
-            one line), or a download that failed.
-    """
-    fetched: set[tuple[str, str | None]] = set()
-    while True:
-        try:
-            return plan_trials(spec, overrides, host)
-        except MissingData as missing:
-            data = missing.data
-            if not data.download or (data.dataset, data.root) in fetched:
-                raise
-            say(f"sweep: {data.dataset} is missing; downloading it into {download_root(data)} (data.download=true)")
-            download(data)
-            fetched.add((data.dataset, data.root))
-
-
-def say_earlier(ledger: Ledger, trials: list[Trial]) -> None:
-    """Say, in one line, how many trials have results only under an earlier identity version: the sweep trains them
-    under the current one (those results stay in the ledger, shown as such by `status` and `report`)."""
-    grouped = by_key(ledger.attempts())
-    found = [(t, s) for t in trials if (s := earlier_result(t, grouped)) is not None]
-    if found:
-        versions = ", ".join(map(str, sorted({v for t, s in found for v, k in t.earlier.items() if k == s.earlier})))
-        say(f"sweep: {len(found)} of its {len(trials)} trials have results only under an earlier identity (version "
-            f"{versions}); they are trained under identity version {IDENTITY_VERSION}")  # fmt: skip
-
-
-def record(ledger: Ledger, spec: StudySpec, trials: list[Trial], host: Host, overrides: dict[str, Any]) -> None:
-    """What `status`, `report`, `worker` and `retry` read back: how the sweep resolved `auto` and which `--set` it
-    ran with, where its file is (a study run from a file is found again by its name), and its trials with the
-    identity version their keys were made by, under every study they belong to."""
-    shipped = spec._file is None or spec._file.parent == Path(str(STUDIES))
-    where = None if shipped else str(spec._file.resolve())  # type: ignore[union-attr]
-    ledger.set_note(spec.name, {"device": host.device, "overrides": overrides, "spec": where,
-                                "identity_version": IDENTITY_VERSION})  # fmt: skip
-    by_study: dict[str, list[TrialRecord]] = {}
-    for t in trials:
-        for study in t.studies:
-            by_study.setdefault(study, []).append(TrialRecord(t.key, t.config_hash, t.seed, IDENTITY_VERSION))
-    for study, records in by_study.items():
-        ledger.record_trials(study, records)
-
-
-def requeue_config_failures(ledger: Ledger, trials: list[Trial], max_retries: int, say: Callable[[str], None]) -> None:
-    """Trials that failed for their configuration were refused by a host that could not run them (data missing, a
-    device it lacked): this host has just passed every check a sweep makes before it writes, so each gets one more
-    attempt, said so."""
-    found = statuses(trials, ledger.attempts(), max_retries)
-    again = [s for s in found if s.state == Standing.FAILED and s.reason.startswith(f"{Ending.CONFIG}:")]
-    queue_again(ledger, trials, {s.trial.key for s in again})
-    if again:
-        say(f"sweep: {len(again)} trials failed for their configuration before ({again[0].reason}); this host "
-            "passes the sweep's checks now, so they are tried again")  # fmt: skip

@@ -13,12 +13,14 @@ import fcntl
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ablations.errors import SenetError
-from ablations.paths import cache_dir, workers_dir
+from ablations.paths import STORAGE_ENV, TRACKING_ENV, cache_dir, workers_dir
 from ablations.sweep.ledger import Attempt, host_id, pid_alive, process_start
 
 # A CUDA device as CUDA_VISIBLE_DEVICES takes it: an index, a GPU UUID or a MIG instance.
@@ -45,6 +47,18 @@ def parse_gpus(text: str) -> list[str]:
     if len(set(ids)) != len(ids):
         raise SenetError(f"--gpus: {text!r} names a device twice")
     return ids
+
+
+def parse_per_gpu(text: str) -> int | None:
+    """`--trials-per-gpu`: 1..64 workers per GPU, or `auto` (None: measure, then pack)."""
+    text = text.strip()
+    if text == "auto":
+        return None
+    if not text.isdigit():
+        raise SenetError(f"--trials-per-gpu: {text!r} is not allowed; allowed: 1..64 or auto")
+    if not 1 <= int(text) <= 64:
+        raise SenetError(f"--trials-per-gpu: {int(text)} is not allowed; allowed: an integer in 1..64, or auto")
+    return int(text)
 
 
 def cpu_threads(slots: int) -> int:
@@ -177,3 +191,41 @@ def live_workers(results: Path, manifest_id: str) -> list[WorkerRecord]:
 
 def log_path(results: Path, manifest_id: str, slot: Slot) -> Path:
     return _folder(results, manifest_id) / f"slot{slot.index}.log"
+
+
+def spawn_worker(
+    results: Path, manifest: Path, manifest_id: str, slot: Slot, threads: int, stores: tuple[str, str], wait: bool
+) -> subprocess.Popen[bytes]:
+    """Start the worker of `slot`, writing to its own log file (it outlives us; a pipe would not).
+
+    Args:
+        stores: the ledger URL and the tracking URI, passed by environment (a password must never show in `ps`).
+        wait: the manifest is not written yet: the worker waits for it while this process lives.
+    """
+    env = worker_env(dict(os.environ), slot, threads, results)
+    env[STORAGE_ENV], env[TRACKING_ENV] = stores
+    cmd = [sys.executable, "-m", "ablations.sweep.worker", "--manifest", str(manifest), "--results", str(results),
+           "--slot", str(slot.index)]  # fmt: skip
+    if slot.gpu is not None:
+        cmd += ["--gpu", slot.gpu]
+    if wait:
+        cmd += ["--wait-for", str(os.getpid())]
+    log = log_path(results, manifest_id, slot)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+
+
+MAX_SLOTS = 1000  # slot numbers per GPU under --trials-per-gpu auto (GPU i has slots i*1000 ...)
+
+
+def spread(slots: list[Slot]) -> list[Slot]:
+    """Slots in the order their workers start: across the GPUs first (each GPU's first slot, then each second
+    one ...), so fewer workers than slots still use every device."""
+    rank: dict[str | None, int] = {}
+    ranked = []
+    for slot in slots:
+        rank[slot.gpu] = rank.get(slot.gpu, 0) + 1
+        ranked.append((rank[slot.gpu], slot))
+    return [slot for _, slot in sorted(ranked, key=lambda r: r[0])]

@@ -34,6 +34,7 @@ import yaml
 
 from ablations.config import RunConfig, build_config, input_shape
 from ablations.errors import SenetError
+from ablations.exits import exit_now
 from ablations.outcomes import Ending, RunStatus, Standing
 from ablations.paths import STORAGE_ENV, TRACEBACK, TRACKING_ENV, TRAIN_LOG, run_dir
 from ablations.sweep.heartbeat import Heartbeat
@@ -51,6 +52,7 @@ from ablations.training.steps import Progress
 from senet_core import build_model, se_blocks
 
 IDLE_S = 0.5  # pause between looks at the ledger while other workers' trials run
+MANIFEST_POLL_S = 0.02  # how often a first worker looks for the manifest its sweep is about to write
 
 
 class Stop(BaseException):
@@ -154,6 +156,11 @@ class Worker:
         self.cuda = torch.cuda.is_available()
         self.trained = 0
         self._typed: tuple[dict[str, Any], RunConfig] | None = None  # the last ticket config validated, typed
+
+    def close(self) -> None:
+        """Every MLflow write handed to the background thread done, the ledger's connections closed."""
+        self.runlog.flush()
+        self.ledger.close()
 
     def note(self, text: str) -> None:
         print(f"{datetime.now():%H:%M:%S} slot {self.slot.index}: {text}", flush=True)
@@ -360,12 +367,24 @@ def _system_metrics(run_id: str | None, uri: str) -> Iterator[None]:
                 monitor.finish()
 
 
+def wait_for_manifest(path: Path, sweep: int) -> bool:
+    """A sweep's first worker starts before its manifest is written: it imports the MLflow client meanwhile, then
+    waits for the file while the sweep that started it lives. False when the sweep ended without writing it."""
+    Tracker.preload()
+    while not path.exists():
+        if os.getppid() != sweep:  # our sweep is gone (we were handed to init)
+            return False
+        time.sleep(MANIFEST_POLL_S)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ablations.sweep.worker")
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--results", type=Path, required=True)
     p.add_argument("--slot", type=int, required=True)
     p.add_argument("--gpu", help="the CUDA device this slot is pinned to (CUDA_VISIBLE_DEVICES is set for it)")
+    p.add_argument("--wait-for", type=int, metavar="PID", help="the sweep (our parent) writes the manifest later")
     a = p.parse_args(argv)
     signal.signal(signal.SIGTERM, STOPS.handler)
     signal.signal(signal.SIGINT, STOPS.handler)
@@ -378,8 +397,13 @@ def main(argv: list[str] | None = None) -> int:
     if not storage or not uri:
         p.error(f"{STORAGE_ENV} and {TRACKING_ENV} must be set (the sweep passes them by environment)")
     try:
+        if a.wait_for is not None and not wait_for_manifest(a.manifest, a.wait_for):
+            return EXIT_STOPPED
         worker = Worker(Manifest.read(a.manifest), a.results, Slot(a.slot, a.gpu), storage, uri)
-        return worker.run()
+        try:
+            return worker.run()
+        finally:
+            worker.close()
     except Stop:
         return EXIT_STOPPED
     except (SenetError, StoreUnavailable) as err:
@@ -388,4 +412,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

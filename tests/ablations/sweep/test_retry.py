@@ -8,7 +8,7 @@ from ablations.outcomes import Ending
 from ablations.study.load import load_spec
 from ablations.study.trials import expand
 from ablations.sweep.ledger import Ledger, Owner
-from ablations.sweep.runner import requeue_config_failures
+from ablations.sweep.start import requeue_config_failures
 from ablations.sweep.status import LOSS_LIMIT, classify_attempts, ticket_of
 from tests._support.configs import write_spec
 from tests._support.stores import assert_each_trial_complete_once, complete_as_of, local_ledger

@@ -353,7 +353,7 @@ def _cmd(proc: Path) -> str:
 
 
 def test_gpu_slots_pack_trials_per_device(tmp_path):
-    from ablations.sweep.runner import SweepOptions
+    from ablations.sweep.start import SweepOptions
 
     opts = SweepOptions(results=tmp_path, gpus=["0", "1"], trials_per_gpu=3, workers=9)
     assert [s.gpu for s in opts.slots()] == ["0", "0", "0", "1", "1", "1"]
