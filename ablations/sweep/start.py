@@ -195,12 +195,13 @@ def say_earlier(ledger: Ledger, trials: list[Trial]) -> None:
 
 def record(ledger: Ledger, spec: StudySpec, trials: list[Trial], host: Host, overrides: dict[str, Any]) -> None:
     """What `status`, `report`, `worker` and `retry` read back: how the sweep resolved `auto` and which `--set` it
-    ran with, where its file is (a study run from a file is found again by its name), and its trials with the
-    identity version their keys were made by, under every study they belong to."""
+    ran with, where its file is (a study run from a file is found again by its name), its trials' keys in order (read
+    back where the data files are missing), and its trials with the identity version their keys were made by, under
+    every study they belong to."""
     shipped = spec._file is None or spec._file.parent == Path(str(STUDIES))
     where = None if shipped else str(spec._file.resolve())  # type: ignore[union-attr]
     ledger.set_note(spec.name, {"device": host.device, "overrides": overrides, "spec": where,
-                                "identity_version": IDENTITY_VERSION})  # fmt: skip
+                                "identity_version": IDENTITY_VERSION, "keys": [t.key for t in trials]})  # fmt: skip
     by_study: dict[str, list[TrialRecord]] = {}
     for t in trials:
         for study in t.studies:

@@ -4,13 +4,15 @@ which reads a study back without changing anything."""
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ablations.config import EARLIER_IDENTITIES, IDENTITY_VERSION, Host
+from ablations.config import EARLIER_IDENTITIES, IDENTITY_VERSION, Host, build_config
+from ablations.datafiles import PACKAGED, MissingData, digest
 from ablations.errors import SenetError
 from ablations.outcomes import Ending, Standing
 from ablations.paths import RESULTS, ledger_file
@@ -97,6 +99,7 @@ def ticket_of(trial: Trial) -> Ticket:
         label=trial.label,
         factors=trial.factors,
         studies=list(trial.studies),
+        data_files=digest(trial.config.data) if trial.config.data.dataset in PACKAGED else None,
     )
 
 
@@ -184,9 +187,33 @@ def study_status(spec: StudySpec, opts: ReadOptions) -> tuple[list[Trial], list[
     note = ledger.note(spec.name)
     device = opts.device or note.get("device")
     overrides = opts.overrides if opts.overrides is not None else note.get("overrides", {})
-    trials = plan_trials(spec, overrides, Host(device) if device else Host.here())
+    attempts = ledger.attempts()
+    try:
+        trials = plan_trials(spec, overrides, Host(device) if device else Host.here())
+    except MissingData as missing:  # the keys hold the data's digest: read the trials the sweep recorded
+        if opts.overrides is not None or not note.get("keys"):
+            raise
+        trials = recorded_trials(note["keys"], attempts)
+        print(f"{spec.name}: this host lacks the data files ({missing.data.dataset}); its trials are read from the "
+              "ledger as its last sweep recorded them", file=sys.stderr)  # fmt: skip
     keys = all_keys(trials)
-    return trials, statuses(trials, [a for a in ledger.attempts() if a.key in keys], opts.max_retries)
+    return trials, statuses(trials, [a for a in attempts if a.key in keys], opts.max_retries)
+
+
+def recorded_trials(keys: list[str], attempts: list[Attempt]) -> list[Trial]:
+    """The trials of `keys` (a sweep's, in its order) rebuilt from their attempts' tickets, on a host that cannot
+    compute their keys (the data files they hold the digest of are elsewhere). Their earlier-identity keys are not
+    known here."""
+    tickets = {a.key: a.ticket for a in attempts}
+    trials = []
+    for key in keys:
+        t = tickets.get(key)
+        if t is None:  # every trial of a sweep is queued when it starts
+            raise SenetError(f"ledger: trial {key} of the last sweep has no attempt; run `sweep` where the data are")
+        labels = (t.label,) * len(t.studies)
+        trials.append(Trial(build_config(t.config), t.seed, t.config_hash, t.key, t.factors, t.label, t.studies[0],
+                            tuple(t.studies), labels))  # fmt: skip
+    return trials
 
 
 def find_spec(ref: str, storage_url: str) -> StudySpec:

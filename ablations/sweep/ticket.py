@@ -20,6 +20,7 @@ class Ticket:
     studies: list[str]
     number: int = 1  # attempt number of this trial
     exclusive: bool = False  # run alone on its GPU (after an out-of-memory failure)
+    data_files: str | None = None  # the digest of the packaged dataset's files its key holds (None: no such files)
 
     def to_attrs(self) -> dict[str, Any]:
         return asdict(self)

@@ -33,6 +33,7 @@ import torch
 import yaml
 
 from ablations.config import RunConfig, build_config, input_shape
+from ablations.datafiles import digest, locate
 from ablations.errors import SenetError
 from ablations.exits import exit_now
 from ablations.outcomes import Ending, RunStatus, Standing
@@ -177,7 +178,9 @@ class Worker:
     def config(self, ticket: Ticket) -> RunConfig:
         """The ticket's configuration, typed; validated once for the ticket `serves` looked at and then claimed."""
         if self._typed is None or self._typed[0] != ticket.config:
-            self._typed = (ticket.config, build_config(ticket.config))
+            cfg = build_config(ticket.config)
+            check_data(ticket, cfg)
+            self._typed = (ticket.config, cfg)
         return self._typed[1]
 
     def run(self) -> int:
@@ -328,6 +331,20 @@ class Worker:
         """Peak reserved memory of the last trial, this process's CUDA context and the device's total (MB)."""
         total = torch.cuda.get_device_properties(0).total_memory / 2**20
         return {"reserved_mb": torch.cuda.max_memory_reserved() / 2**20, "context_mb": CONTEXT_MB, "total_mb": total}
+
+
+def check_data(ticket: Ticket, cfg: RunConfig) -> None:
+    """The dataset's files on this host are the ones the trial's key holds (hosts sharing a sweep find them under
+    their own `data.root`); another copy (relabelled, another version) would train another trial under this key."""
+    if ticket.data_files is None:
+        return
+    here = digest(cfg.data)
+    if here != ticket.data_files:
+        raise SenetError(
+            f"data.files: the {cfg.data.dataset} files this host reads ({', '.join(map(str, locate(cfg.data)))}) are "
+            f"not the ones the trial's key holds ({here[:15]}… here, {ticket.data_files[:15]}… in the sweep); give "
+            "this host the same files (--set data.root=DIR) or let other hosts train it"
+        )
 
 
 def failure(err: Exception) -> Ending:

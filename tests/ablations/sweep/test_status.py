@@ -143,3 +143,27 @@ def test_results_under_an_earlier_identity_are_shown_as_such_and_not_as_the_tria
     for new, before in zip(trials, old, strict=True):
         assert (f"[{new.key}] a result under identity version 2 (before the data digest), key {before.key}; "
                 "`sweep` trains it under version 3") in out  # fmt: skip
+
+
+def test_status_and_report_on_a_host_without_the_data_read_the_trials_the_ledger_recorded(tmp_path, capsys):
+    """The keys hold the digest of the dataset's files, so a host without them (a login node reading a shared
+    results folder) could not say where a finished sweep stands; it reads the sweep's trials from the ledger."""
+    from tests._support.datasets import write_fashion
+
+    data = tmp_path / "fashion"
+    write_fashion(data)
+    spec = write_spec(tmp_path, name="nodata", grid={"se.excitation": ["sigmoid"]}, seeds=1,
+                      data={"dataset": "fashion_mnist", "root": str(data), "train_subset": 64, "val_subset": 16,
+                            "test_subset": 16, "augment": False})  # fmt: skip
+    results = tmp_path / "results"
+    assert main(["sweep", str(spec), "--results", str(results), "--no-progress"]) == 0
+    data.rename(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["status", str(spec), "--results", str(results)]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0] == "1 done, 0 running, 0 failed, 0 pending" and "se.excitation=sigmoid seed 0" in out
+    assert "this host lacks the data files (fashion_mnist)" in err
+    assert main(["report", str(spec), "--results", str(results), "--out", str(tmp_path / "report")]) == 0
+    assert "se.excitation=sigmoid" in (tmp_path / "report" / "README.md").read_text()
+    assert main(["status", str(spec), "--results", str(results), "--set", "train.epochs=3"]) == 2  # other trials
+    assert "data.root: Fashion-MNIST not found" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from ablations.study.load import load_spec
 from ablations.study.trials import expand
 from ablations.sweep.ledger import Ledger, Owner
 from ablations.sweep.manifest import EXIT_RECYCLE, EXIT_STOPPED, Manifest
-from ablations.sweep.reconcile import Reconciler
+from ablations.sweep.reconcile import Reconciler, queue_again
 from ablations.sweep.slots import Slot
 from ablations.sweep.status import classify_attempts, ticket_of
 from ablations.sweep.worker import Worker
@@ -112,3 +112,31 @@ def test_a_trial_blocked_in_a_read_ends_stalled_and_its_worker_is_replaced(tmp_p
     assert (first.state, first.kind) == (TrialState.FAIL, Ending.STALLED), first
     assert first.reason.startswith("no training step for") and first.steps > 0
     assert "stalled" in (run_dir(results, trial.key) / TRAIN_LOG).read_text()
+
+
+def test_a_worker_refuses_a_trial_whose_data_files_are_not_the_ones_its_key_holds(tmp_path):
+    """Item 7 across hosts: the key holds the digest of the dataset's files where the sweep planned; a host whose
+    `data.root` holds another copy (here: the same folder relabelled after planning) trained another trial under the
+    key. Now the attempt ends `config`, naming the files; with the planned files back it trains."""
+    from tests._support.datasets import fashion_arrays, write_fashion
+
+    data = tmp_path / "fashion"
+    write_fashion(data)
+    trial, results, ledger, manifest = _one_queued_trial(
+        tmp_path, data={"dataset": "fashion_mnist", "root": str(data), "train_subset": 64, "val_subset": 16,
+                        "test_subset": 16, "augment": False}  # fmt: skip
+    )
+    assert ticket_of(trial).data_files and ticket_of(trial).data_files.startswith("sha256:")
+    arrays = fashion_arrays()
+    arrays["train-labels-idx1-ubyte"] = (arrays["train-labels-idx1-ubyte"] + 1) % 10
+    write_fashion(data, arrays=arrays)  # another host's copy: relabelled
+    worker = Worker(manifest, results, Slot(0), local_ledger(results), f"sqlite:///{results / 'mlflow.db'}")
+    attempt = ledger.claim({trial.key}, Owner.me())
+    assert worker.run_attempt(attempt) == Ending.CONFIG
+    ended = ledger.attempt(attempt.trial_id)
+    assert ended.kind == Ending.CONFIG and ended.reason.startswith("data.files: the fashion_mnist files this host")
+    assert str(data) in ended.reason
+    write_fashion(data)  # the planned files back: the next attempt trains
+    [again] = queue_again(ledger, [trial], {trial.key})
+    second = ledger.claim({trial.key}, Owner.me())
+    assert worker.run_attempt(second) == Ending.FINISHED, ledger.attempt(second.trial_id).reason
