@@ -278,7 +278,8 @@ def run(spec: StudySpec, opts: SweepOptions, create: bool = True) -> tuple[int, 
                     f"worker: no sweep of {spec.name!r} with these settings in the ledger ({len(trials)} trials, "
                     "none queued or run); start one with `sweep`, or give `worker` the sweep's own --set"
                 )
-        sweep = Sweep(spec, trials, opts, stores, dataclasses.replace(manifest, parent_run=parent), first)
+        manifest = dataclasses.replace(manifest, parent_run=parent, controller=os.getpid())
+        sweep = Sweep(spec, trials, opts, stores, manifest, first)
     except BaseException:
         if first is not None:
             first.cancel()

@@ -384,15 +384,22 @@ def _system_metrics(run_id: str | None, uri: str) -> Iterator[None]:
                 monitor.finish()
 
 
-def wait_for_manifest(path: Path, sweep: int) -> bool:
+def wait_for_manifest(path: Path, sweep: int) -> Manifest | None:
     """A sweep's first worker starts before its manifest is written: it imports the MLflow client meanwhile, then
-    waits for the file while the sweep that started it lives. False when the sweep ended without writing it."""
+    waits for the manifest that sweep writes (one an earlier sweep of the same trials left there is not it) while the
+    sweep lives. None when the sweep ended without writing it."""
     Tracker.preload()
-    while not path.exists():
-        if os.getppid() != sweep:  # our sweep is gone (we were handed to init)
-            return False
+    seen = None
+    while os.getppid() == sweep:  # else our sweep is gone (we were handed to init)
+        with contextlib.suppress(OSError):
+            stat = path.stat()
+            if (stat.st_ino, stat.st_mtime_ns) != seen:  # written atomically: a new file each time
+                seen = (stat.st_ino, stat.st_mtime_ns)
+                manifest = Manifest.read(path)
+                if manifest.controller == sweep:
+                    return manifest
         time.sleep(MANIFEST_POLL_S)
-    return True
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -414,9 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     if not storage or not uri:
         p.error(f"{STORAGE_ENV} and {TRACKING_ENV} must be set (the sweep passes them by environment)")
     try:
-        if a.wait_for is not None and not wait_for_manifest(a.manifest, a.wait_for):
+        manifest = Manifest.read(a.manifest) if a.wait_for is None else wait_for_manifest(a.manifest, a.wait_for)
+        if manifest is None:
             return EXIT_STOPPED
-        worker = Worker(Manifest.read(a.manifest), a.results, Slot(a.slot, a.gpu), storage, uri)
+        worker = Worker(manifest, a.results, Slot(a.slot, a.gpu), storage, uri)
         try:
             return worker.run()
         finally:

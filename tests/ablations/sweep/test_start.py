@@ -1,8 +1,12 @@
 """How a sweep starts: its first worker is started before the controller sets up MLflow, waits for the manifest,
 and never outlives a sweep that ends before writing one."""
 
+import dataclasses
+import os
 import subprocess
 import sys
+import threading
+import time
 
 import psutil
 import pytest
@@ -10,6 +14,8 @@ import pytest
 from ablations.cli import main
 from ablations.sweep import start
 from ablations.sweep.ledger import pid_alive
+from ablations.sweep.manifest import Manifest
+from ablations.sweep.worker import wait_for_manifest
 from tests._support.configs import write_spec
 from tests._support.processes import ENV, wait_for
 from tests._support.stores import assert_each_trial_complete_once, attempts, local_ledger
@@ -61,3 +67,21 @@ def test_a_first_worker_whose_sweep_dies_before_the_manifest_exits(tmp_path):
     pid = int(out.stdout)
     wait_for(lambda: not pid_alive(pid, None), timeout=60)
     assert not (results / "sweeps").exists() and not (results / "ledger.db").exists()
+
+
+def test_a_first_worker_waits_for_its_own_sweeps_manifest_not_an_earlier_ones(tmp_path):
+    """A rerun of the same trials finds the last sweep's manifest in place (same id): its first worker must not
+    take that one's retries, options and code version for this sweep's."""
+    earlier = Manifest("tiny", None, {}, max_retries=1, controller=os.getpid() + 100_000)
+    path = earlier.write(tmp_path)
+
+    def sweep_writes_its_own() -> None:
+        time.sleep(0.3)
+        dataclasses.replace(earlier, max_retries=3, controller=os.getppid()).write(tmp_path)
+
+    writer = threading.Thread(target=sweep_writes_its_own)
+    writer.start()
+    got = wait_for_manifest(path, os.getppid())  # in-process: "our sweep" is the test's parent
+    writer.join()
+    assert got is not None and got.max_retries == 3
+    assert wait_for_manifest(path, sweep=os.getppid() + 100_000) is None  # not our parent: its sweep is gone

@@ -123,8 +123,15 @@ def test_a_worker_refuses_a_trial_whose_data_files_are_not_the_ones_its_key_hold
     data = tmp_path / "fashion"
     write_fashion(data)
     trial, results, ledger, manifest = _one_queued_trial(
-        tmp_path, data={"dataset": "fashion_mnist", "root": str(data), "train_subset": 64, "val_subset": 16,
-                        "test_subset": 16, "augment": False}  # fmt: skip
+        tmp_path,
+        data={
+            "dataset": "fashion_mnist",
+            "root": str(data),
+            "train_subset": 64,
+            "val_subset": 16,
+            "test_subset": 16,
+            "augment": False,
+        },  # fmt: skip
     )
     assert ticket_of(trial).data_files and ticket_of(trial).data_files.startswith("sha256:")
     arrays = fashion_arrays()
