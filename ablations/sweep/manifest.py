@@ -44,8 +44,6 @@ class Manifest:
         joiner: written by a joining `worker`, not by the sweep: its reconcile passes queue only trials the ledger
             already knows, and it has an id of its own, so it never replaces the sweep's manifest and its workers
             are never the sweep's (a Ctrl-C of the joiner stops only its own).
-        controller: the pid of the process that wrote it: a sweep's first worker, started before the manifest is
-            written, waits for its own sweep's (a rerun of the same trials finds the last one's there).
     """
 
     study: str
@@ -57,7 +55,6 @@ class Manifest:
     max_rss_mb: float | None = None
     fail_fast: bool = False
     joiner: bool = False
-    controller: int | None = None
 
     @property
     def id(self) -> str:
@@ -89,6 +86,15 @@ class Manifest:
         tmp.write_text(json.dumps(data, sort_keys=True))
         tmp.replace(path)
         return path
+
+    @staticmethod
+    def state(path: Path) -> str:
+        """Which manifest file is at `path` now (`write` makes a new file each time), "none" when there is none."""
+        try:
+            stat = path.stat()
+        except OSError:
+            return "none"
+        return f"{stat.st_ino}:{stat.st_mtime_ns}"
 
     @classmethod
     def read(cls, path: Path) -> Manifest:

@@ -207,7 +207,7 @@ class Sweep:
 
     def _spawn(self, slot: Slot, manifest_path: Path, slots: int) -> subprocess.Popen[bytes]:
         stores = (self.opts.storage_url, self.tracker.uri)
-        return spawn_worker(self.results, manifest_path, self.manifest.id, slot, cpu_threads(slots), stores, False)
+        return spawn_worker(self.results, manifest_path, self.manifest.id, slot, cpu_threads(slots), stores, None)
 
     def terminate(self) -> None:
         """SIGTERM to every worker of this sweep on this host (ours and adopted; a joiner's manifest has its own id,
@@ -278,7 +278,7 @@ def run(spec: StudySpec, opts: SweepOptions, create: bool = True) -> tuple[int, 
                     f"worker: no sweep of {spec.name!r} with these settings in the ledger ({len(trials)} trials, "
                     "none queued or run); start one with `sweep`, or give `worker` the sweep's own --set"
                 )
-        manifest = dataclasses.replace(manifest, parent_run=parent, controller=os.getpid())
+        manifest = dataclasses.replace(manifest, parent_run=parent)
         sweep = Sweep(spec, trials, opts, stores, manifest, first)
     except BaseException:
         if first is not None:

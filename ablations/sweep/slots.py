@@ -194,13 +194,20 @@ def log_path(results: Path, manifest_id: str, slot: Slot) -> Path:
 
 
 def spawn_worker(
-    results: Path, manifest: Path, manifest_id: str, slot: Slot, threads: int, stores: tuple[str, str], wait: bool
+    results: Path,
+    manifest: Path,
+    manifest_id: str,
+    slot: Slot,
+    threads: int,
+    stores: tuple[str, str],
+    after: str | None,
 ) -> subprocess.Popen[bytes]:
     """Start the worker of `slot`, writing to its own log file (it outlives us; a pipe would not).
 
     Args:
         stores: the ledger URL and the tracking URI, passed by environment (a password must never show in `ps`).
-        wait: the manifest is not written yet: the worker waits for it while this process lives.
+        after: the manifest is not written yet: the worker waits, while this process lives, for a manifest other than
+            the one that is there now (`Manifest.state`: an earlier sweep of the same trials left it, or none).
     """
     env = worker_env(dict(os.environ), slot, threads, results)
     env[STORAGE_ENV], env[TRACKING_ENV] = stores
@@ -208,8 +215,8 @@ def spawn_worker(
            "--slot", str(slot.index)]  # fmt: skip
     if slot.gpu is not None:
         cmd += ["--gpu", slot.gpu]
-    if wait:
-        cmd += ["--wait-for", str(os.getpid())]
+    if after is not None:
+        cmd += ["--wait-for", str(os.getpid()), "--after", after]
     log = log_path(results, manifest_id, slot)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:

@@ -139,8 +139,9 @@ class FirstWorker:
         slots = opts.slots()
         self.slot = spread(slots)[0]
         threads = cpu_threads(min(len(slots), pending))  # as the sweep gives its workers threads
-        self.proc = spawn_worker(results, self.manifest.path(results), self.manifest.id, self.slot, threads,
-                                 (opts.storage_url, uri), wait=True)  # fmt: skip
+        path = self.manifest.path(results)
+        stores = (opts.storage_url, uri)
+        self.proc = spawn_worker(results, path, self.manifest.id, self.slot, threads, stores, Manifest.state(path))
 
     def children(self) -> dict[int, subprocess.Popen[bytes]]:
         return {self.slot.index: self.proc} if self.slot is not None and self.proc is not None else {}

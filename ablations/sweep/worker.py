@@ -384,20 +384,14 @@ def _system_metrics(run_id: str | None, uri: str) -> Iterator[None]:
                 monitor.finish()
 
 
-def wait_for_manifest(path: Path, sweep: int) -> Manifest | None:
+def wait_for_manifest(path: Path, sweep: int, after: str) -> Manifest | None:
     """A sweep's first worker starts before its manifest is written: it imports the MLflow client meanwhile, then
-    waits for the manifest that sweep writes (one an earlier sweep of the same trials left there is not it) while the
-    sweep lives. None when the sweep ended without writing it."""
+    waits for a manifest other than the one that was there when it started (`after`: an earlier sweep of the same
+    trials left it, or none) while the sweep lives. None when the sweep ended without writing it."""
     Tracker.preload()
-    seen = None
     while os.getppid() == sweep:  # else our sweep is gone (we were handed to init)
-        with contextlib.suppress(OSError):
-            stat = path.stat()
-            if (stat.st_ino, stat.st_mtime_ns) != seen:  # written atomically: a new file each time
-                seen = (stat.st_ino, stat.st_mtime_ns)
-                manifest = Manifest.read(path)
-                if manifest.controller == sweep:
-                    return manifest
+        if Manifest.state(path) != after:
+            return Manifest.read(path)
         time.sleep(MANIFEST_POLL_S)
     return None
 
@@ -409,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slot", type=int, required=True)
     p.add_argument("--gpu", help="the CUDA device this slot is pinned to (CUDA_VISIBLE_DEVICES is set for it)")
     p.add_argument("--wait-for", type=int, metavar="PID", help="the sweep (our parent) writes the manifest later")
+    p.add_argument("--after", default="none", help="with --wait-for: the manifest there when we started (stale)")
     a = p.parse_args(argv)
     signal.signal(signal.SIGTERM, STOPS.handler)
     signal.signal(signal.SIGINT, STOPS.handler)
@@ -421,7 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     if not storage or not uri:
         p.error(f"{STORAGE_ENV} and {TRACKING_ENV} must be set (the sweep passes them by environment)")
     try:
-        manifest = Manifest.read(a.manifest) if a.wait_for is None else wait_for_manifest(a.manifest, a.wait_for)
+        manifest = (
+            Manifest.read(a.manifest) if a.wait_for is None else wait_for_manifest(a.manifest, a.wait_for, a.after)
+        )
         if manifest is None:
             return EXIT_STOPPED
         worker = Worker(manifest, a.results, Slot(a.slot, a.gpu), storage, uri)

@@ -61,7 +61,7 @@ def test_a_first_worker_whose_sweep_dies_before_the_manifest_exits(tmp_path):
         "import sys; from pathlib import Path; from ablations.sweep.slots import Slot, spawn_worker; "
         f"r = Path({str(results)!r}); "
         "p = spawn_worker(r, r / 'sweeps' / 'x.json', 'x', Slot(0), 1, (str(r / 'ledger.db'), 'sqlite:///' + "
-        "str(r / 'mlflow.db')), wait=True); print(p.pid)"
+        "str(r / 'mlflow.db')), 'none'); print(p.pid)"
     )
     out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, check=True)
     pid = int(out.stdout)
@@ -72,16 +72,17 @@ def test_a_first_worker_whose_sweep_dies_before_the_manifest_exits(tmp_path):
 def test_a_first_worker_waits_for_its_own_sweeps_manifest_not_an_earlier_ones(tmp_path):
     """A rerun of the same trials finds the last sweep's manifest in place (same id): its first worker must not
     take that one's retries, options and code version for this sweep's."""
-    earlier = Manifest("tiny", None, {}, max_retries=1, controller=os.getpid() + 100_000)
+    earlier = Manifest("tiny", None, {}, max_retries=1)
     path = earlier.write(tmp_path)
+    stale = Manifest.state(path)
 
     def sweep_writes_its_own() -> None:
         time.sleep(0.3)
-        dataclasses.replace(earlier, max_retries=3, controller=os.getppid()).write(tmp_path)
+        dataclasses.replace(earlier, max_retries=3).write(tmp_path)
 
     writer = threading.Thread(target=sweep_writes_its_own)
     writer.start()
-    got = wait_for_manifest(path, os.getppid())  # in-process: "our sweep" is the test's parent
+    got = wait_for_manifest(path, os.getppid(), stale)  # in-process: "our sweep" is the test's parent
     writer.join()
     assert got is not None and got.max_retries == 3
-    assert wait_for_manifest(path, sweep=os.getppid() + 100_000) is None  # not our parent: its sweep is gone
+    assert wait_for_manifest(path, os.getppid() + 100_000, "none") is None  # not our parent: its sweep is gone
