@@ -23,7 +23,7 @@ from typing import Any
 from benchmarks._report import Check, Result, verdict
 from benchmarks._timing import Summary
 
-RATIO_TARGET = {"cpu": 1.03, "cuda": 1.03}  # sweep / bare loop wall time, engine time equalised
+RATIO_TARGET = {"cpu": 1.03, "cuda": 1.05}  # sweep / bare loop wall time, engine time equalised
 ROUNDS = 2  # sweep and bare loop each, in ABBA order
 FIXED_TARGET_S = 1.0  # seconds of harness work per trial, after a slot's first trial
 ROOT = Path(__file__).resolve().parent.parent
