@@ -53,7 +53,7 @@ bench: $(VENV)/.installed data
 # wheels (README, "A GPU host") runs everything from this checkout. FASHION=DIR if Debian's folder is absent.
 GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-check:
-	PYTHONPATH=. $(GPU_PY) -m benchmarks.gpu_check $(if $(FASHION),--data $(FASHION))
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m benchmarks.gpu_check $(if $(FASHION),--data $(FASHION))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

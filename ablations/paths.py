@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import MutableMapping
 from pathlib import Path
 
 from ablations.errors import SenetError
@@ -61,6 +62,19 @@ def user_cache() -> Path:
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "senet-ablate"
+
+
+def with_python_path(env: dict[str, str], *folders: Path) -> dict[str, str]:
+    """`env` with `folders` (a checkout) put first on `PYTHONPATH`, the entries it had kept after them: packages a
+    locked-down host installed with `pip install --target DIR` are found through `PYTHONPATH`, in every child."""
+    kept = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in map(str, folders)]
+    return {**env, "PYTHONPATH": os.pathsep.join([*map(str, folders), *kept])}
+
+
+def without_telemetry(env: MutableMapping[str, str]) -> None:
+    """MLflow's telemetry tries the network from every process that imports it (GPU hosts have none, and what a
+    researcher runs is theirs): off, unless the user's environment says otherwise."""
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def env_seconds(name: str, default: float) -> float:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ablations.paths import without_telemetry
 from ablations.urls import DATABASES, check_url, redact, with_driver
 
 
@@ -25,6 +26,7 @@ def server_launch(
     """The command and environment of `mlflow server`: the database URL goes by environment, never on the command
     line where `ps` shows it (default: $MLFLOW_BACKEND_STORE_URI, else sqlite in `results`)."""
     env = dict(environ)
+    without_telemetry(env)
     backend = backend_store_uri or env.get("MLFLOW_BACKEND_STORE_URI")
     if backend:
         check_url(backend, "--backend-store-uri", DATABASES)
@@ -60,6 +62,7 @@ def ui_launch(
     from ablations.tracking import tracking_uri
 
     env = dict(environ)
+    without_telemetry(env)
     env["MLFLOW_BACKEND_STORE_URI"] = tracking_uri(uri, results)
     if env["MLFLOW_BACKEND_STORE_URI"].startswith("sqlite:"):
         env["MLFLOW_DEFAULT_ARTIFACT_ROOT"] = (results.resolve() / "artifacts").as_uri()  # --default-artifact-root

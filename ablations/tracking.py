@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING, Any
 from ablations.config import RunConfig, build_config, unflatten
 from ablations.errors import SenetError
 from ablations.outcomes import Ending, RunStatus
-from ablations.paths import TRACKING_ENV, artifacts_dir, mlflow_db, user_cache
+from ablations.paths import TRACKING_ENV, artifacts_dir, mlflow_db, user_cache, without_telemetry
 from ablations.urls import DATABASES, check_url, redact, scrub, with_driver
 
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow.entities import Run
 
+without_telemetry(os.environ)  # before MLflow is imported (lazily, in the functions below)
 EXPERIMENT_PREFIX = "senet-ablate/"
 ANSWER_S = 10.0  # seconds a tracking server has to answer its health check when a command starts
 MAX_PARAM = 6000  # MLflow 3 param value limit in characters
@@ -397,8 +398,7 @@ class Tracker:
         while exps:
             page = self.client.search_runs(exps, query, max_results=1000, page_token=token)
             runs += list(page)
-            token = page.token
-            if not token:
+            if not (token := page.token):
                 break
         return runs
 

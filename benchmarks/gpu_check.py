@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from ablations.paths import with_python_path
+
 ROOT = Path(__file__).resolve().parent.parent
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -34,6 +36,11 @@ def step(title: str, cmd: list[str], env: dict[str, str]) -> float:
     return seconds
 
 
+def data_folder(given: Path | None) -> Path:
+    """The Fashion-MNIST folder, absolute: the harness step runs from a temporary folder."""
+    return (given or DEBIAN_FASHION).resolve()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__)
     p.add_argument("--data", type=Path, help="Fashion-MNIST folder (the idx .gz files); default Debian's")
@@ -45,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("gpu-check: no CUDA device is visible; run it on a GPU host", file=sys.stderr)
         return 2
-    data = a.data or DEBIAN_FASHION
+    data = data_folder(a.data)
     if not (data / "train-images-idx3-ubyte.gz").exists() and not (data / "train-images-idx3-ubyte").exists():
         print(f"gpu-check: Fashion-MNIST not found in {data}; give --data DIR (see README, GPU hosts)", file=sys.stderr)
         return 2
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    env = {**with_python_path(dict(os.environ), ROOT), "PYTHONUNBUFFERED": "1"}
     py = sys.executable
     root = ["--set", f"data.root={data}"]
     times = {}

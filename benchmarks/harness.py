@@ -16,10 +16,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ablations.paths import with_python_path
 from benchmarks._report import Check, Result, verdict
 from benchmarks._timing import Summary
 
@@ -80,6 +81,13 @@ def fixed_costs(results: Path, runs: list) -> list[float]:
     return costs
 
 
+def child_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of both sides: this checkout first on PYTHONPATH (a host's own entries kept after it), no
+    tracking store or ledger of the caller's."""
+    env = {k: v for k, v in environ.items() if k not in ("MLFLOW_TRACKING_URI", "SENET_ABLATE_STORAGE")}
+    return with_python_path(env, ROOT)
+
+
 def _sweep_round(study: str, sets: list[str], env: dict[str, str], log: Callable[[str], None]) -> dict[str, Any]:
     """One sweep of `study` in a fresh results folder: wall time, engine time, fixed costs per trial."""
     with tempfile.TemporaryDirectory(prefix="senet-harness-") as tmp:
@@ -107,8 +115,7 @@ def harness_overhead(
     """Wall time of `study` through the sweep and through a bare loop over the engine, `rounds` times in ABBA order
     (sweep, bare, bare, sweep, ...: a drift of the machine over the run weighs on both sides alike); the fixed
     cost per trial."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "SENET_ABLATE_STORAGE")}
-    env["PYTHONPATH"] = str(ROOT)
+    env = child_env(os.environ)
     sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}")]
     sweeps, bares = [], []
     for r in range(rounds):

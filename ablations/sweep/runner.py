@@ -1,9 +1,10 @@
 """The sweep controller: decide from the ledger what still needs training, keep warm workers busy on it, and
 survive being killed.
 
-`sweep` expands the study, checks the stores before writing anything, creates the MLflow parent run, writes the
-sweep's manifest and repairs MLflow from the ledger; then it supervises: each pass reconciles the ledger (if no
-other process is), shows progress, adopts live workers of the same sweep on this host and starts missing ones.
+`sweep` expands the study, checks the stores before writing anything, starts its first worker, creates the MLflow
+parent run, writes the sweep's manifest (which that worker waits for) and repairs MLflow from the ledger; then it
+supervises: each pass reconciles the ledger, shows progress, adopts live workers of the same sweep on this host and
+starts missing ones.
 The workers claim and train; the controller never trains and never holds a lease, so killing it (kill -9, a
 dropped SSH session) loses nothing: its workers finish the sweep, and a rerun adopts them. `worker` joins a
 running sweep from another shell or host with the same loop. Ctrl-C stops the workers cleanly (their attempts

@@ -10,11 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ablations.paths import with_python_path
+
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: tests/_support/processes.py -> tests -> root
 # Child processes see neither the developer's tracking server nor ledger, only what a test gives them, and the
 # suite's own cache folder (set by tests/conftest.py, which pytest loads before any module that imports this).
 ENV = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "SENET_ABLATE_STORAGE")}
-ENV["PYTHONPATH"] = str(ROOT)
+ENV = with_python_path(ENV, ROOT)
 
 
 def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
