@@ -111,6 +111,7 @@ def test_tracking_directly_on_a_plain_postgresql_url(pg, tmp_path):
     check_once(url, store.replace("postgresql://", "postgresql+psycopg://"), 1)
 
 
+@pytest.mark.faults  # a host's death and a database outage: end-to-end faults, in `make faults`
 def test_a_dead_host_is_noticed_by_heartbeat_and_its_trial_resumed_elsewhere(pg, mlflow_server, tmp_path, monkeypatch):
     url = pg.createdb("dead")
     spec = write_spec(tmp_path, name="dead", grid={"se.excitation": ["sigmoid"]}, seeds=1, train={"epochs": 4},
@@ -133,6 +134,7 @@ def test_a_dead_host_is_noticed_by_heartbeat_and_its_trial_resumed_elsewhere(pg,
     assert story == [("host-b", TrialState.FAIL, "lost"), ("host-a", TrialState.COMPLETE, None)]
 
 
+@pytest.mark.faults  # a host's death and a database outage: end-to-end faults, in `make faults`
 def test_postgres_restarted_during_a_sweep(pg, mlflow_server, tmp_path):
     url = pg.createdb("restart")
     spec = write_spec(tmp_path, name="restart", train={"epochs": 3}, data={"synthetic_train": 480})
