@@ -52,7 +52,7 @@ from ablations.cli import main
 from ablations.outcomes import Ending
 from ablations.study.load import load_spec
 from ablations.study.trials import expand
-from ablations.sweep.ledger import Ledger, Owner, State, Ticket, pid_alive
+from ablations.sweep.ledger import Attempt, Ledger, Owner, State, Ticket, pid_alive
 from ablations.sweep.manifest import EXIT_DONE, Manifest
 from ablations.sweep.reconcile import Reconciler
 from ablations.sweep.repair import end_runs, repair
@@ -552,6 +552,16 @@ def _ticket(n: int) -> Ticket:
                   label=f"t{n}", factors={}, studies=["disk"])  # fmt: skip
 
 
+def _leases(url: str, n: int) -> tuple[list[Ledger], list[Attempt]]:
+    """`n` connections to the ledger at `url` (as `n` processes would), each holding the lease of a trial of its own."""
+    ledgers = [Ledger.open(url) for _ in range(n)]
+    held = []
+    for i, ledger in enumerate(ledgers):
+        ledger.enqueue(_ticket(i))
+        held.append(ledger.claim({_ticket(i).key}, Owner.me()))
+    return ledgers, held
+
+
 def test_a_full_disk_mid_append_loses_no_acknowledged_write(tmp_path):
     """Item 4: a full disk tore a journal record, the next process's append was glued onto it, the ledger no longer
     opened and an acknowledged heartbeat was never applied. SQLite on a small tmpfs, filled up while three
@@ -560,11 +570,7 @@ def test_a_full_disk_mid_append_loses_no_acknowledged_write(tmp_path):
         if disk is None:
             pytest.skip(why)
         url = str(disk / "ledger.db")
-        ledgers = [Ledger.open(url) for _ in range(3)]
-        held = []
-        for i, ledger in enumerate(ledgers):
-            ledger.enqueue(_ticket(i))
-            held.append(ledger.claim({_ticket(i).key}, Owner.me()))
+        ledgers, held = _leases(url, 3)
         acked, stop = [0] * len(ledgers), threading.Event()
 
         def beat(i: int) -> None:
@@ -608,11 +614,7 @@ def test_a_paused_lock_holder_gets_no_healthy_lease_ended(tmp_path):
     the first observer in after the lock was freed, even once another's beat had landed. Observers look every 0.3 s:
     one throughout (a controller), three from moments before the lock is freed (workers going idle)."""
     url = str(tmp_path / "ledger.db")
-    holders = [Ledger.open(url) for _ in range(2)]
-    held = []
-    for i, holder in enumerate(holders):
-        holder.enqueue(_ticket(i))
-        held.append(holder.claim({_ticket(i).key}, Owner.me()))
+    holders, held = _leases(url, 2)
     period, stop, ended = holders[0].liveness.heartbeat_s, threading.Event(), []
 
     def beat(i: int) -> None:
