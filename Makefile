@@ -49,11 +49,12 @@ bench: $(VENV)/.installed data
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m benchmarks.run
 
-# On a GPU host without network: no virtual environment is built; the host's Python with the packages carried as
-# wheels (README, "A GPU host") runs everything from this checkout. FASHION=DIR if Debian's folder is absent.
+# On a GPU host without network: no virtual environment is built; the host's Python runs everything from this
+# checkout, with the kit that `make gpu-kit` wrote (KIT=results/gpu-kit, carried beside the checkout) installed
+# first. FASHION=DIR gives Fashion-MNIST when neither the kit nor Debian's folder has it.
 GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-check:
-	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m benchmarks.gpu_check $(if $(FASHION),--data $(FASHION))
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m benchmarks.gpu_check $(if $(KIT),--kit $(KIT)) $(if $(FASHION),--data $(FASHION))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

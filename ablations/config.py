@@ -158,7 +158,9 @@ def check_sizes(data: DataSection) -> None:
         check_split(data, DATASETS[data.dataset].train, DATASETS[data.dataset].test)
 
 
-Compile = Literal["off", "default", "reduce-overhead", "max-autotune"]
+# off: eager; graphs: eager network, the whole training step captured as one CUDA graph (CUDA only, no compile
+# time); the others are torch.compile modes (reduce-overhead adds CUDA graphs to the compiled network).
+Compile = Literal["off", "graphs", "default", "reduce-overhead", "max-autotune"]
 
 
 class TrainSection(_Section):
@@ -181,13 +183,22 @@ class TrainSection(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when the host has it
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on the CPU
     channels_last: bool | None = None  # None = on (faster for these convs on CUDA and on oneDNN CPUs alike)
-    compile: Compile = "off"  # torch.compile mode; reduce-overhead adds CUDA graphs
-    drop_last: bool | None = None  # skip the last short training batch; None = when compiling (one graph shape)
+    compile: Compile = "off"  # graphs (CUDA graphs of the eager step) or a torch.compile mode
+    drop_last: bool | None = None  # skip the last short training batch; None = under graphs or compile (one shape)
 
     @field_validator("compile", mode="before")
     @classmethod
     def _compile(cls, value: Any) -> Any:
         return {True: "default", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+def check_graphs(train: TrainSection) -> None:
+    """Raise SenetError when a resolved `train` captures CUDA graphs (`compile: graphs`) on a device without them."""
+    if train.compile == "graphs" and train.device != "cuda":
+        raise SenetError(
+            f"train.compile: 'graphs' captures CUDA graphs and needs a GPU, but train.device is {train.device!r} "
+            "here; allowed on the CPU: off, default, reduce-overhead, max-autotune"
+        )
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Training steps as the engine runs them, and the fused SE epilogue experiment (benchmark-local).
 
 `timed_step` calls the engine's own step (`ablations.training.steps.train_step`: forward and loss under autocast,
-`zero_grad(set_to_none=True)`, backward, optimizer step) with the engine's defaults: bf16 autocast and
-channels_last on CUDA, fp32 NCHW on the CPU, SGD with momentum 0.9 and weight decay 1e-4.
+`zero_grad(set_to_none=True)`, backward, optimizer step), eager or captured as a CUDA graph, with the engine's
+defaults: bf16 autocast and channels_last on CUDA, fp32 NCHW on the CPU, SGD with momentum 0.9 and weight decay
+1e-4 (fused on CUDA).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from types import MethodType
 import torch
 from torch import nn
 
+from ablations.training.graphs import GraphedStep, Tally, graph_autocast
 from ablations.training.steps import train_step
 from senet_core import BasicBlock, Bottleneck
 
@@ -68,23 +70,38 @@ def endless(loader: Iterable[Batch]) -> Iterator[Batch]:
 
 
 def timed_step(
-    model: nn.Module, batches: Callable[[], Batch], setup: Setup, *, compile: bool = False
+    model: nn.Module, batches: Callable[[], Batch], setup: Setup, *, compile: bool = False, graphs: bool = False
 ) -> Callable[[], None]:
-    """One optimisation step of the engine (`steps.train_step`) per call on the next batch from `batches`; moves
-    `model` to the device.
+    """One optimisation step of the engine per call on the next batch from `batches`; moves `model` to the device.
+
+    The engine's optimizer (the fused SGD on CUDA, the reference loop on the CPU) and its step: `steps.train_step`,
+    or with `graphs` the whole step captured as one CUDA graph and replayed (`graphs.GraphedStep`, what
+    `train.compile: graphs` trains with; its first calls are the eager warm-up and the capture).
 
     Args:
         model: the network, in training mode from here on.
         batches: gives the (images, labels) of each step.
         setup: device, precision and layout.
         compile: wrap the model in `torch.compile` (mode default); the first calls compile it.
+        graphs: capture the step as a CUDA graph (CUDA only).
     """
     model = model.to(setup.device).to(memory_format=setup.memory_format()).train()
     net = torch.compile(model) if compile else model
+    cuda = setup.device.type == "cuda"
     # The learning rate does not change the cost of a step; a small one keeps random-label training finite
     # for the whole run, so no NaN or denormal arithmetic skews the timing.
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4, **({"fused": True} if cuda else {})
+    )
     criterion = nn.CrossEntropyLoss()
+    if graphs:
+        autocast = graph_autocast(setup.device, setup.bf16)
+        graphed = GraphedStep(net, optimizer, criterion, autocast, Tally(setup.device))
+
+        def replay() -> None:
+            graphed(*batches())
+
+        return replay
 
     def step() -> None:
         train_step(net, optimizer, criterion, *batches(), setup.autocast)

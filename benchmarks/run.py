@@ -8,12 +8,13 @@ interleaved in one process. See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,9 +23,10 @@ import torch
 from benchmarks._report import Result, machine, render, write_section
 from benchmarks._steps import Setup
 from benchmarks._timing import Log, Plan
-from benchmarks.harness import harness_overhead
+from benchmarks.harness import ROUNDS, harness_overhead
 from benchmarks.pipeline import pipeline
 from benchmarks.se_overhead import se_overhead
+from benchmarks.throughput import throughput
 from benchmarks.timm_compare import versus_timm
 
 DEFAULT_OUT = Path(__file__).parent / "RESULTS.md"
@@ -93,31 +95,53 @@ SETTINGS = {
 }
 
 
+BENCHMARKS = ("throughput", "se_overhead", "timm", "pipeline", "harness")
+
+
 def run(
-    device: torch.device, quick: bool, log: Log, harness: str | None = None, harness_set: dict | None = None
+    device: torch.device,
+    quick: bool,
+    log: Log,
+    harness: str | None = None,
+    harness_set: dict | None = None,
+    only: Sequence[str] = BENCHMARKS,
+    harness_rounds: int = ROUNDS,
 ) -> tuple[list[tuple[str, str]], list[Result]]:
-    """All benchmarks on `device` (the harness one on study `harness`, if given); the run's facts and results."""
+    """The benchmarks named in `only` on `device` (the harness one on study `harness`, if given), in BENCHMARKS
+    order; the run's facts and results. Quick CUDA runs time CUDA graphs but compile nothing (a cold compile of
+    six networks takes minutes)."""
     s = SETTINGS[(device.type, quick)]
     setup = Setup.for_device(device)
+    compiled = device.type == "cuda" and not quick
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     load_before = os.getloadavg()
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     began = time.perf_counter()
     started = datetime.now(timezone.utc)
+    chosen = [name for name in BENCHMARKS if name in only and (name != "harness" or harness)]
     results = []
-    log(f"1/4 SE overhead, ResNet-50 at {s.imagenet_size}×{s.imagenet_size}, batch {s.imagenet_batch}")
-    results.append(se_overhead("resnet50", 1000, s.imagenet_size, s.imagenet_batch, s.imagenet_plan, setup, log))
-    log(f"2/4 SE overhead, ResNet-56 at 32×32, batch {s.cifar_batch}")
-    results.append(se_overhead("resnet56", 10, 32, s.cifar_batch, s.cifar_plan, setup, log))
-    log("3/4 ours against timm")
-    results.append(versus_timm(s.imagenet_size, s.imagenet_batch, s.imagenet_plan, setup, log))
-    log(f"4/4 CIFAR pipeline, batch {s.pipeline_batch}")
-    results.append(pipeline(s.pipeline_batch, s.pipeline_images, s.pipeline_plan, setup, log))
-    if harness:
-        log(f"5/5 harness overhead, study {harness}")
-        overrides = {"train.device": device.type, **(harness_set or {})}
-        results.append(harness_overhead(harness, overrides, device.type, log))
+    for number, name in enumerate(chosen, 1):
+        head = f"{number}/{len(chosen)}"
+        if name == "throughput":
+            log(f"{head} engine throughput, eager and CUDA graphs")
+            results.append(throughput(setup, s.cifar_plan, log, quick))
+        elif name == "se_overhead":
+            log(f"{head} SE overhead, ResNet-50 at {s.imagenet_size}×{s.imagenet_size}, batch {s.imagenet_batch}")
+            results.append(se_overhead("resnet50", 1000, s.imagenet_size, s.imagenet_batch, s.imagenet_plan, setup,
+                                       log, compiled))  # fmt: skip
+            log(f"{head} SE overhead, ResNet-56 at 32×32, batch {s.cifar_batch}")
+            results.append(se_overhead("resnet56", 10, 32, s.cifar_batch, s.cifar_plan, setup, log, compiled))
+        elif name == "timm":
+            log(f"{head} ours against timm")
+            results.append(versus_timm(s.imagenet_size, s.imagenet_batch, s.imagenet_plan, setup, log, compiled))
+        elif name == "pipeline":
+            log(f"{head} CIFAR pipeline, batch {s.pipeline_batch}")
+            results.append(pipeline(s.pipeline_batch, s.pipeline_images, s.pipeline_plan, setup, log))
+        elif harness:
+            log(f"{head} harness overhead, study {harness}")
+            overrides = {"train.device": device.type, **(harness_set or {})}
+            results.append(harness_overhead(harness, overrides, device.type, log, harness_rounds))
 
     wall = time.perf_counter() - began
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
@@ -147,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results file; this device's section is replaced")
     parser.add_argument("--harness", default="demo", help="study of the harness benchmark (default demo; none skips)")
     parser.add_argument("--harness-set", action="append", default=[], metavar="KEY=VALUE", help="its --set overrides")
+    parser.add_argument("--harness-rounds", type=int, default=ROUNDS, help=f"ABBA rounds (default {ROUNDS})")
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated, of: {', '.join(BENCHMARKS)}")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     parser.add_argument(
         "--threads",
         type=int,
@@ -156,6 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device: 'cuda' requested but no CUDA device is visible; allowed here: cpu", file=sys.stderr)
+        return 2
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in only if name not in BENCHMARKS]
+    if unknown or not only:
+        print(f"--only: {args.only!r} is not allowed; allowed: comma-separated names of {', '.join(BENCHMARKS)}",
+              file=sys.stderr)  # fmt: skip
         return 2
     if args.threads is not None and args.threads < 1:
         print(f"--threads: {args.threads} is not allowed; allowed: an integer >= 1", file=sys.stderr)
@@ -170,13 +203,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ablations.cli import parse_set
 
     harness = None if args.harness == "none" else args.harness
-    facts, results = run(device, args.quick, lambda line: print(line, flush=True), harness, parse_set(args.harness_set))
+    facts, results = run(device, args.quick, lambda line: print(line, flush=True), harness,
+                         parse_set(args.harness_set), only, args.harness_rounds)  # fmt: skip
     command = " ".join(["python -m benchmarks.run", *(sys.argv[1:] if argv is None else argv)])
     facts.insert(1, ("command", f"`{command}`"))
     heading = "CPU" if device.type == "cpu" else "GPU (CUDA)"
     remarks = [] if device.type == "cuda" else [CPU_REMARK]
     section = render(device.type, heading, facts, results, remarks)
     write_section(args.out, device.type, section)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"facts": facts, "results": [asdict(r) for r in results]}, indent=1))
     print("\n" + section + f"\nwritten to {args.out}")
     return 0
 

@@ -27,23 +27,29 @@ def check_fused(name: str, num_classes: int, size: int) -> None:
             raise RuntimeError(f"the fused SE epilogue changes the output of {name}; not timing it")
 
 
-def se_overhead(base: str, num_classes: int, size: int, batch: int, plan: Plan, setup: Setup, log: Log) -> Result:
-    """Train-step time of `se_<base>` over `<base>`: eager, and on CUDA also compiled and with the fused epilogue."""
+def se_overhead(
+    base: str, num_classes: int, size: int, batch: int, plan: Plan, setup: Setup, log: Log, compiled: bool = True
+) -> Result:
+    """Train-step time of `se_<base>` over `<base>`: eager, and on CUDA also captured as a CUDA graph and, with
+    `compiled`, compiled and with the fused epilogue."""
     cuda = setup.device.type == "cuda"
     options = {"model.num_classes": num_classes}
     data = repeat(random_batch(setup, batch, size, num_classes))
 
-    def step(name: str, *, compile: bool = False, fused: bool = False) -> Callable[[], None]:
+    def step(name: str, *, compile: bool = False, fused: bool = False, graphs: bool = False) -> Callable[[], None]:
         torch.manual_seed(0)
         model = build_model(name, options)
         if fused:
             fuse_se_epilogue(model)
-        return timed_step(model, data, setup, compile=compile)
+        return timed_step(model, data, setup, compile=compile, graphs=graphs)
 
     se = f"se_{base}"
     variants = {base: step(base), se: step(se)}
     pairs = [("eager", se, base)]
     if cuda:
+        variants |= {f"{base} graphs": step(base, graphs=True), f"{se} graphs": step(se, graphs=True)}
+        pairs.append(("CUDA graphs", f"{se} graphs", f"{base} graphs"))
+    if cuda and compiled:
         check_fused(se, num_classes, size)
         torch.compiler.reset()  # each group starts with empty compile caches, far from the recompile limit
         variants |= {
@@ -53,12 +59,14 @@ def se_overhead(base: str, num_classes: int, size: int, batch: int, plan: Plan, 
         }
         pairs += [("compiled", f"{se} compiled", f"{base} compiled"), ("fused epilogue", f"{se} fused", base)]
     samples = interleave(variants, plan, Clock(setup.device), log)
-    kinds = (
-        "`compiled` = torch.compile (mode default) of the whole model; `fused` = eager model whose SE units end "
-        "in one compiled ReLU(branch · s + shortcut) (benchmarks/_steps.py)"
-        if cuda
-        else "eager only; the torch.compile and fused-epilogue variants run on CUDA"
-    )
+    kinds = "eager only; the CUDA-graph, torch.compile and fused-epilogue variants run on CUDA"
+    if cuda:
+        kinds = "`graphs` = the whole eager step captured as one CUDA graph (`train.compile: graphs`)"
+    if cuda and compiled:
+        kinds += (
+            "; `compiled` = torch.compile (mode default) of the whole model; `fused` = eager model whose SE units "
+            "end in one compiled ReLU(branch · s + shortcut) (benchmarks/_steps.py)"
+        )
     result = Result(
         f"SE overhead: {se} / {base} train step",
         [

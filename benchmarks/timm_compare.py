@@ -18,7 +18,7 @@ TIMM_TARGET = 1.0  # our SE-ResNet-50 / timm's seresnet50 train-step time
 SERESNET50_PARAMS = 28_088_024  # timm seresnet50 = SE-ResNet-50, r=16, FC biases (REFERENCE §4)
 
 
-def versus_timm(size: int, batch: int, plan: Plan, setup: Setup, log: Log) -> Result:
+def versus_timm(size: int, batch: int, plan: Plan, setup: Setup, log: Log, compiled: bool = True) -> Result:
     """Our SE-ResNet-50 in timm's layout against timm's seresnet50: parameters and train-step time."""
     title = "Ours against timm: se_resnet50 (stride layout v1.5) / timm seresnet50 train step"
     try:
@@ -40,14 +40,17 @@ def versus_timm(size: int, batch: int, plan: Plan, setup: Setup, log: Log) -> Re
     log(f"  parameters: ours {counts[0]:,}, timm {counts[1]:,} ({'equal' if same else 'NOT EQUAL'})")
     data = repeat(random_batch(setup, batch, size, 1000))
 
-    def step(make: Callable[[], nn.Module], *, compile: bool = False) -> Callable[[], None]:
+    def step(make: Callable[[], nn.Module], *, compile: bool = False, graphs: bool = False) -> Callable[[], None]:
         torch.manual_seed(0)
-        return timed_step(make(), data, setup, compile=compile)
+        return timed_step(make(), data, setup, compile=compile, graphs=graphs)
 
     cuda = setup.device.type == "cuda"
     variants = {"ours": step(ours), "timm": step(theirs)}
     pairs = [("eager", "ours", "timm")]
     if cuda:
+        variants |= {"ours graphs": step(ours, graphs=True), "timm graphs": step(theirs, graphs=True)}
+        pairs.append(("CUDA graphs", "ours graphs", "timm graphs"))
+    if cuda and compiled:
         torch.compiler.reset()
         variants |= {"ours compiled": step(ours, compile=True), "timm compiled": step(theirs, compile=True)}
         pairs.append(("compiled", "ours compiled", "timm compiled"))
@@ -58,7 +61,8 @@ def versus_timm(size: int, batch: int, plan: Plan, setup: Setup, log: Log) -> Re
             f"{batch} random images of {size}×{size} resident on the device, 1000 classes",
             f"step: {STEP}, {setup.describe()}",
             f"timm {timm.__version__} `create_model('seresnet50')` with default arguments"
-            + ("; `compiled` = torch.compile (mode default)" if cuda else ""),
+            + ("; `graphs` = the whole step captured as one CUDA graph" if cuda else "")
+            + ("; `compiled` = torch.compile (mode default)" if cuda and compiled else ""),
             describe_plan(plan, samples),
         ],
         [("parameters, ours / timm", f"{counts[0]:,} / {counts[1]:,}"), *step_rows(samples, batch)],

@@ -63,3 +63,30 @@ RECIPES: dict[str, dict[str, Any]] = {
         "data.val_size": 50000,
     },
 }
+
+
+GPU_BATCH = 512  # images per step of the GPU variants: a CIFAR ResNet's step stops being launch-bound around here
+GPU_WARMUP_EPOCHS = 2.0  # gradual warm-up of the scaled learning rate (Goyal et al. 2017, §2.2)
+
+
+def gpu_variant(recipe: dict[str, Any], batch: int = GPU_BATCH) -> dict[str, Any]:
+    """A CIFAR recipe at a GPU-sized batch, chosen by naming it (`<recipe>_gpu`); the paper's recipes keep theirs.
+
+    Linear scaling rule (Goyal et al. 2017, "Accurate, Large Minibatch SGD", §2.1): the learning rate grows with
+    the batch, lr × batch / recipe batch, reached after a gradual warm-up of `GPU_WARMUP_EPOCHS` (or the recipe's
+    own, if longer); epochs stay, so the run sees the same images in fewer, larger steps. The training step is
+    captured as a CUDA graph (`train.compile: graphs`), which needs CUDA: such a recipe on the CPU is a
+    configuration error naming train.compile.
+    """
+    scale = batch / recipe["train.batch_size"]
+    return {
+        **recipe,
+        "train.batch_size": batch,
+        "train.lr": recipe["train.lr"] * scale,
+        "train.warmup_epochs": max(GPU_WARMUP_EPOCHS, recipe.get("train.warmup_epochs", 0.0)),
+        "train.compile": "graphs",
+    }
+
+
+RECIPES["he2016_cifar_gpu"] = gpu_variant(RECIPES["he2016_cifar"])  # lr 0.4 at 512, 2 warm-up epochs
+RECIPES["cifar_fast_gpu"] = gpu_variant(RECIPES["cifar_fast"])  # lr 0.4 at 512

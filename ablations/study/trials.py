@@ -15,6 +15,7 @@ from ablations.config import (
     Host,
     RunConfig,
     build_config,
+    check_graphs,
     check_sizes,
     cost,
     flatten,
@@ -124,6 +125,7 @@ def expand(
         configs = []
         for point in study.points():
             cfg = _resolve(study, point, overrides).resolved(host)
+            check_graphs(cfg.train)
             if study.vary_data_seed:
                 cfg = with_data_seed(cfg, SEED_LINKED)
             configs.append(cfg)

@@ -9,6 +9,7 @@ datasets and compiled models.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -21,14 +22,15 @@ import psutil
 import torch
 from torch import nn
 
-from ablations.config import RunConfig, network_cost
+from ablations.config import RunConfig, check_graphs, network_cost
 from ablations.data.build import DataBundle, DataCache, build_data
 from ablations.errors import SenetError
 from ablations.paths import CHECKPOINT
 from ablations.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_aside
+from ablations.training.graphs import GraphedStep, Step, Tally, graph_autocast, make_step
 from ablations.training.result import RunResult, write_result
 from ablations.training.schedule import Schedule
-from ablations.training.steps import Autocast, Progress, evaluate, train_step
+from ablations.training.steps import Autocast, Progress, evaluate
 from ablations.weights import load_weights
 from senet_core import Complexity, build_model
 
@@ -115,6 +117,8 @@ class _Run:
     cost: Complexity
     autocast: Autocast
     digest: str
+    tally: Tally  # the epoch's sums, on the device
+    step: Step | GraphedStep  # one training step on a batch (captured as a CUDA graph under compile: graphs)
 
 
 def _autocast(device: torch.device, bf16: bool) -> Autocast:
@@ -143,8 +147,9 @@ def _setup(cfg: RunConfig, warm: Warm | None) -> _Run:
     """Device, data, a freshly initialised (seeded) model, optimizer and schedule for `cfg`."""
     t = cfg.train
     device = pick_device(t.device)
+    check_graphs(t.model_copy(update={"device": device.type}))
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        _cuda_settings()
     torch.manual_seed(cfg.seed)
     data = build_data(
         cfg.data, batch_size=t.batch_size, eval_batch_size=t.eval_batch_size, device=device,
@@ -160,19 +165,27 @@ def _setup(cfg: RunConfig, warm: Warm | None) -> _Run:
     cost = network_cost(cfg.model.name, options, data.image_size)
     model = model.to(device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
     net = model
-    if t.compile != "off":
-        arch = json.dumps([cfg.model.name, options, str(device), bool(t.channels_last)], sort_keys=True)
+    if t.compile not in ("off", "graphs"):
+        # The mode is part of the key: a worker's reduce-overhead graph must not serve a default-mode trial.
+        arch = json.dumps([cfg.model.name, options, str(device), bool(t.channels_last), t.compile], sort_keys=True)
         model, net = _compiled(model, arch, t.compile, warm)
+    # On a GPU the fused SGD: one kernel for every parameter instead of a loop of them, and the only SGD whose
+    # learning rate a captured graph can read from a tensor. The CPU keeps the reference loop (its results stand).
+    fused = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay
+        model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay, **fused
     )
     if len(data.train) == 0:
         raise SenetError(f"train.batch_size: {t.batch_size} leaves no full batch of {data.train_size} images")
     schedule = Schedule(t, len(data.train))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
-    return _Run(cfg, device, data, model, net, optimizer, schedule, scheduler, cost, _autocast(device, bf16),
-                cfg.config_hash())  # fmt: skip
+    graphs = t.compile == "graphs"
+    autocast = graph_autocast(device, bf16) if graphs else _autocast(device, bf16)
+    tally = Tally(device)
+    step = make_step(net, optimizer, nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), autocast, tally, graphs)
+    return _Run(cfg, device, data, model, net, optimizer, schedule, scheduler, cost, autocast, cfg.config_hash(),
+                tally, step)  # fmt: skip
 
 
 def _restore(
@@ -227,22 +240,30 @@ def _state(run: _Run, epoch: int, history: list[dict[str, float]]) -> dict[str, 
     return state
 
 
+@functools.cache
+def _cuda_settings() -> None:
+    """cuDNN autotuning, set once per process: each layer's algorithm is benchmarked on each new shape and kept
+    for every later run of the warm worker; evaluation pads its short last batch (`steps.evaluate`) and CUDA graphs
+    or compile drop the short last training batch, so a trial brings no new shapes after its first steps."""
+    torch.backends.cudnn.benchmark = True
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def train_one_epoch(
-    run: _Run, epoch: int, criterion: nn.Module, first_step: bool, progress: Progress | None = None
-) -> dict[str, float]:
+def train_one_epoch(run: _Run, epoch: int, first_step: bool, progress: Progress | None = None) -> dict[str, float]:
     """Epoch `epoch` (0-based) and its validation; the metrics of the history.
 
-    With `first_step` (the first step this process trains, which compiles a compiled model) that step is timed
-    on its own as `compile_time_s` and left out of images/s.
+    The steps before the loop's steady state are timed on their own as `compile_time_s` and left out of images/s:
+    with `first_step` (the first step this process trains, which compiles a compiled model) that step, and under
+    `train.compile: graphs` every step up to and including the capture.
 
     Raises:
-        Diverged: the loss became non-finite (checked every step on the CPU, every 25 on a GPU: a host sync per
-            step would stall the GPU).
+        Diverged: the loss became non-finite. On the CPU it is checked after every step; on a GPU the sums stay on
+            the device and are read once at the end of the epoch (a host sync per step would stall the GPU), which
+            still names the first step whose loss was not finite.
     """
     data, device = run.data, run.device
     data.train.set_epoch(epoch)
@@ -250,35 +271,38 @@ def train_one_epoch(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _sync(device)
-    check_every = 1 if device.type == "cpu" else 25
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    tally = run.tally
+    tally.reset()
     seen = skipped = 0
     began = time.perf_counter()
     compile_s = 0.0
     progress = progress or Progress()
+    graphed = run.step if isinstance(run.step, GraphedStep) else None
     for step, (x, y) in enumerate(data.train):
-        out, loss = train_step(run.net, run.optimizer, criterion, x, y, run.autocast)
+        setting_up = (graphed is not None and not graphed.captured) or (
+            step == 0 and first_step and run.cfg.train.compile not in ("off", "graphs")
+        )
+        run.step(x, y)
         progress.steps += 1
         run.scheduler.step()
-        loss_sum += loss.detach() * y.numel()
-        correct += (out.detach().argmax(1) == y).sum()
         seen += y.numel()
-        if step == 0 and first_step and run.cfg.train.compile != "off":
+        if setting_up:
             _sync(device)
-            compile_s, skipped = time.perf_counter() - began, y.numel()
-        if step % check_every == 0 and not torch.isfinite(loss_sum):
+            compile_s, skipped = time.perf_counter() - began, seen
+        if device.type == "cpu" and tally.first_bad() is not None:
             raise Diverged(epoch + 1, step)
-    if not torch.isfinite(loss_sum):
-        raise Diverged(epoch + 1, len(data.train))
+    bad = tally.first_bad()
+    if bad is not None:
+        raise Diverged(epoch + 1, bad)
     _sync(device)
     elapsed = time.perf_counter() - began
+    loss_sum, correct = tally.read()
     val = evaluate(run.model, data.val, run.autocast, progress)  # eager: a compiled model would trace eval shapes
     run.schedule.end_epoch(val["loss"])
     metrics = {
         "epoch": epoch + 1,
-        "train_loss": float(loss_sum) / seen,
-        "train_top1_err": 100.0 * (1 - int(correct) / seen),
+        "train_loss": loss_sum / seen,
+        "train_top1_err": 100.0 * (1 - correct / seen),
         "val_loss": val["loss"],
         "val_top1_err": val["top1_err"],
         "val_top5_err": val["top5_err"],
@@ -348,10 +372,9 @@ def train(
             "compile": cfg.train.compile}  # fmt: skip
     for cb in callbacks:
         cb.on_start(info)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     try:
         for epoch in range(start, cfg.train.epochs):
-            metrics = train_one_epoch(run, epoch, criterion, first_step=epoch == start, progress=progress)
+            metrics = train_one_epoch(run, epoch, first_step=epoch == start, progress=progress)
             history.append(metrics)
             for cb in callbacks:
                 cb.before_save(epoch + 1)

@@ -38,6 +38,7 @@ TRIALS = {
     "fmnist_se": 2 * 3,
     "fmnist": 4 * 3,
     "gpu_check": 4 * 3,
+    "gpu_kit": 4 * 2,
 }
 
 
