@@ -220,8 +220,8 @@ def collect_bench(folder: Path) -> tuple[dict, str]:
     """A `benchmarks.run` step: its JSON, and its RESULTS.md section without the markers and the device heading."""
     data = json.loads((folder / "result.json").read_text())
     text = (folder / "RESULTS.md").read_text()
-    body = text.split("-->", 1)[1].rsplit("<!--", 1)[0] if "<!-- bench:cuda -->" in text else text
-    body = re.sub(r"^## .*\n", "", body.strip() + "\n", count=1, flags=re.MULTILINE)
+    found = re.search(r"<!-- bench:\w+ -->\n(.*?)<!-- /bench:\w+ -->", text, re.DOTALL)
+    body = re.sub(r"^## .*\n", "", (found.group(1) if found else text).strip() + "\n", count=1, flags=re.MULTILINE)
     return data, re.sub(r"^### ", "#### ", body, flags=re.MULTILINE)
 
 
