@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test faults lint bench gpu-check data postgres clean
+.PHONY: demo test faults lint bench gpu-kit gpu-check data postgres clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ demo: $(VENV)/.installed data
 bench: $(VENV)/.installed data
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m benchmarks.run
+
+# What a GPU host without network needs beside the checkout, built here (README, "A GPU host"): the wheels its
+# Python lacks (3.11-3.13) and Fashion-MNIST in results/gpu-kit, under 56 MiB; it prints the one command for the host.
+gpu-kit: $(VENV)/.installed data
+	$(PY) -m benchmarks.kit
 
 # On a GPU host without network: no virtual environment is built; the host's Python runs everything from this
 # checkout, with the kit that `make gpu-kit` wrote (KIT=results/gpu-kit, carried beside the checkout) installed
