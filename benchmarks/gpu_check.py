@@ -258,8 +258,7 @@ def steps_for(py: str, data: Path, out: Path, kit: Path | None) -> list[Step]:
              "--gpus", "0", "--no-progress", *sets]  # fmt: skip
     steps = []
     if kit is not None:
-        code = "import sys, pathlib; from benchmarks.kit_install import install; install(pathlib.Path(sys.argv[1]))"
-        steps.append(Step("install", "install the kit's wheels", 90, [py, "-c", code, str(kit)]))
+        steps.append(Step("install", "install the kit's wheels", 90, [py, "-m", "benchmarks.kit_install", str(kit)]))
     steps += [
         Step("facts", "environment facts", 30, [py, "-m", "benchmarks.gpu_check", "--facts"], collect_json()),
         Step("tests", "the tests marked gpu", 150, _in_shell([py, "-m", "pytest", "-q", "-m", "gpu", "tests", "-p",
