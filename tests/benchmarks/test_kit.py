@@ -72,6 +72,7 @@ def run(python: Path, args: list[str], env: dict[str, str], cwd: Path) -> str:
     return done.stdout
 
 
+@pytest.mark.kit
 def test_the_kit_pins_what_the_host_lacks_for_three_pythons(built, meta):
     out, printed = built
     assert meta["pythons"] == list(kit.PYTHONS) and meta["bytes"] <= kit.LIMIT
@@ -98,6 +99,7 @@ def test_the_kit_pins_what_the_host_lacks_for_three_pythons(built, meta):
 
 
 @pytest.mark.parametrize("python", kit.PYTHONS)
+@pytest.mark.kit
 def test_pip_installs_from_the_kit_the_wheels_its_manifest_names_for_each_python(built, meta, python, tmp_path):
     """requirements.txt resolved by pip for each Python against wheels/ alone picks what kit.json (and so the
     unpacking fallback) names."""
@@ -111,6 +113,7 @@ def test_pip_installs_from_the_kit_the_wheels_its_manifest_names_for_each_python
     assert picked == {p["wheels"][python] for p in meta["packages"].values()}
 
 
+@pytest.mark.kit
 def test_the_host_python_without_the_kit_lacks_the_harness_packages(host, tmp_path):
     """The simulation is real: torch and the rest of the host's list are there, the kit's packages are not."""
     probe = "import importlib.util as u, json; print(json.dumps({m: bool(u.find_spec(m)) for m in %r}))"
@@ -119,6 +122,7 @@ def test_the_host_python_without_the_kit_lacks_the_harness_packages(host, tmp_pa
     assert found == {m: m not in KIT_MODULES for m in names}
 
 
+@pytest.mark.kit
 def test_the_harness_imports_its_packages_from_the_kit(host, site, tmp_path):
     probe = (
         "import importlib, json, sys; import mlflow.version as v\n"
@@ -134,6 +138,7 @@ def test_the_harness_imports_its_packages_from_the_kit(host, site, tmp_path):
     assert Path(seen["files"]["benchmarks.harness"]).is_relative_to(ROOT)
 
 
+@pytest.mark.kit
 def test_a_sweep_on_the_host_python_trains_and_records_to_mlflow(host, site, tmp_path):
     spec = write_spec(tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1)  # one trial of the tiny study
     env, results = on_host(site), tmp_path / "results"
@@ -146,6 +151,7 @@ def test_a_sweep_on_the_host_python_trains_and_records_to_mlflow(host, site, tmp
     assert version == [(metadata.version("mlflow-skinny"),)]
 
 
+@pytest.mark.kit
 def test_pytest_on_the_host_python_collects_the_gpu_tests(host, site):
     """`python -m pytest -m gpu tests` imports every test module: none may need a package the host lacks."""
     args = [str(host), "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "tests", "-p", "no:cacheprovider"]
@@ -161,6 +167,7 @@ def files_of(folder: Path) -> set[str]:
             if p.is_file() and p.name not in mine and p.relative_to(folder).parts[0] != "bin"}  # fmt: skip
 
 
+@pytest.mark.kit
 def test_a_python_without_pip_gets_the_same_files_unpacked(built, host, site, tmp_path):
     unpacked = kit_install.install(built[0], tmp_path / "site", python=str(host))
     assert files_of(unpacked) == files_of(site)
@@ -169,6 +176,7 @@ def test_a_python_without_pip_gets_the_same_files_unpacked(built, host, site, tm
 
 
 @pytest.mark.parametrize("python", [p for p in kit.PYTHONS if p != RUNNING])
+@pytest.mark.kit
 def test_the_compiled_wheels_load_on_the_other_pythons(built, host, python, tmp_path, monkeypatch):
     """Unpacked for Python 3.12 or 3.13 (where this machine has one), pydantic-core, cffi and cryptography load and
     work there, from the kit; the host's pure typing_extensions comes from the host Python's folder."""
@@ -198,6 +206,7 @@ def copy_of(kit_dir: Path, dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.kit
 def test_installing_again_is_a_no_op_until_the_kit_changes(built, host, tmp_path):
     k = copy_of(built[0], tmp_path / "kit")
     target = kit_install.install(k, python=str(host))  # default: KIT/site
@@ -212,6 +221,7 @@ def test_installing_again_is_a_no_op_until_the_kit_changes(built, host, tmp_path
     assert not (tmp_path / "kit" / ".site.partial").exists()
 
 
+@pytest.mark.kit
 def test_install_refuses_a_foreign_folder_a_damaged_kit_and_another_python(built, host, tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
@@ -231,6 +241,7 @@ def test_install_refuses_a_foreign_folder_a_damaged_kit_and_another_python(built
         kit_install.install(tmp_path / "none")
 
 
+@pytest.mark.kit
 def test_a_host_without_what_the_kit_leaves_to_it_is_told_what_to_carry_too(built, host, tmp_path):
     """A host whose packages do not bring, say, click (an older timm) hears so before anything runs."""
     k = copy_of(built[0], tmp_path / "kit")
@@ -242,6 +253,7 @@ def test_a_host_without_what_the_kit_leaves_to_it_is_told_what_to_carry_too(buil
     assert not (k / "site").exists()
 
 
+@pytest.mark.kit
 def test_fashion_is_the_kits_checked_data_folder(built, tmp_path):
     assert kit_install.fashion(built[0]) == built[0] / "fashion-mnist"
     k = copy_of(built[0], tmp_path / "kit")
@@ -293,3 +305,26 @@ def test_kit_install_imports_only_the_standard_library():
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported - {"__future__"} <= set(sys.stdlib_module_names)
+
+
+@pytest.mark.kit
+def test_the_check_installs_the_kit_and_runs_its_steps_on_the_host_python(built, host, tmp_path):
+    """`python3 -m benchmarks.gpu_check --kit KIT` as the host runs it, its GPU steps left out: the kit installed by
+    the check's own first step, the facts step run by the host's Python from that install, both recorded."""
+    kit_dir = tmp_path / "gpu-kit"
+    shutil.copytree(built[0], kit_dir)
+    out = tmp_path / "check"
+    gpu_steps = ["tests", "throughput", "se-overhead", "sweep-packed", "report", "sweep-single", "harness"]
+    done = subprocess.run([str(host), "-m", "benchmarks.gpu_check", "--kit", str(kit_dir), "--out", str(out),
+                           "--results-md", str(tmp_path / "RESULTS.md"), "--skip", *gpu_steps], cwd=ROOT,
+                          env={**ENV, "PYTHONPATH": ""}, capture_output=True, text=True)  # fmt: skip
+    summary = json.loads((out / "gpu-check.json").read_text())
+    steps = {s["name"]: s for s in summary["steps"]}
+    assert list(steps) == ["install", "facts"], done.stdout + done.stderr
+    assert steps["install"]["status"] == "passed" and (kit_dir / "site" / MARKER).is_file()
+    facts = steps["facts"]["results"]
+    assert (
+        facts["python"].startswith(RUNNING + ".") and facts["cuda_available"] is False
+    )  # no GPU here: the step says so
+    assert steps["facts"]["status"] == "failed" and done.returncode == 1  # ... and the check does not pass
+    assert "| environment facts | failed |" in (tmp_path / "RESULTS.md").read_text()
