@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from ablations.sweep.ledger import Attempt, LeaseLost, Ledger, Owner, StoreUnava
 from ablations.sweep.manifest import EXIT_DONE, EXIT_ERROR, EXIT_FAILPOINT, EXIT_RECYCLE, EXIT_STOPPED, Manifest
 from ablations.sweep.reconcile import Reconciler
 from ablations.sweep.repair import end_runs, trial_info
-from ablations.sweep.runlog import RunLog
+from ablations.sweep.runlog import RunLog, system_metrics
 from ablations.sweep.slots import CONTEXT_MB, GpuPermit, Slot, register
 from ablations.sweep.status import by_key, classify_attempts
 from ablations.tracking import Tracker, code_tags, environment_tags
@@ -257,7 +257,7 @@ class Worker:
                     torch.cuda.empty_cache()
                 with (
                     self.permit.hold(t.exclusive) if self.permit is not None else contextlib.nullcontext(),
-                    _system_metrics(run_id, self.tracker.uri),
+                    system_metrics(run_id, self.tracker.uri),
                 ):
                     track = Track(self, attempt, cfg, run_id, beat)
                     result = train(cfg, folder, [track], log=log, warm=self.warm, progress=progress)
@@ -360,28 +360,6 @@ def _logger(logfile: Any) -> Callable[[str], None]:
         logfile.flush()
 
     return log
-
-
-@contextlib.contextmanager
-def _system_metrics(run_id: str | None, uri: str) -> Iterator[None]:
-    """MLflow's system metrics (CPU, memory, GPU utilisation) sampled into the run while it trains; a tracking
-    store that refuses them costs the trial nothing."""
-    monitor = None
-    if run_id:
-        try:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-            monitor = SystemMetricsMonitor(run_id, sampling_interval=10, tracking_uri=uri)
-            monitor.start()
-        except Exception as err:  # psutil or the store unavailable: no system metrics, same training
-            print(f"system metrics off: {type(err).__name__}", file=sys.stderr, flush=True)
-            monitor = None
-    try:
-        yield
-    finally:
-        if monitor is not None:
-            with contextlib.suppress(Exception):
-                monitor.finish()
 
 
 def wait_for_manifest(path: Path, sweep: int, after: str) -> Manifest | None:
