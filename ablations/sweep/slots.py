@@ -38,15 +38,40 @@ class Slot:
     gpu: str | None = None
 
 
-def parse_gpus(text: str) -> list[str]:
-    """`0,1` / `GPU-<uuid>,...` / `MIG-<uuid>,...` → ids; anything else a SenetError naming what is allowed."""
+def parse_gpus(text: str, visible: str | None = None) -> list[str]:
+    """`--gpus`: `0,1` / `GPU-<uuid>,...` / `MIG-<uuid>,...` → the ids each worker's CUDA_VISIBLE_DEVICES gets.
+
+    Under an inherited CUDA_VISIBLE_DEVICES (`visible`: a scheduler's allocation) the indices count its devices:
+    index i is its i-th entry, which may be a UUID or a MIG id, and an id must be one of its entries, so a worker
+    never leaves the allocation. Anything else is a SenetError naming what is allowed.
+    """
     ids = [g.strip() for g in text.split(",") if g.strip()]
     for g in ids:
         if not _GPU_ID.fullmatch(g):
             raise SenetError(f"--gpus: {g!r} is not allowed; allowed: device indices, GPU-<uuid> or MIG-<uuid> ids")
+    if visible is not None:
+        ids = [_visible_device(g, visible) for g in ids]
     if len(set(ids)) != len(ids):
         raise SenetError(f"--gpus: {text!r} names a device twice")
     return ids
+
+
+def _visible_device(gpu: str, visible: str) -> str:
+    """`gpu` within an inherited CUDA_VISIBLE_DEVICES, whose entries CUDA reads up to the first that names no
+    device (`-1` hides them all)."""
+    entries: list[str] = []
+    for entry in (e.strip() for e in visible.split(",")):
+        if not _GPU_ID.fullmatch(entry):
+            break
+        entries.append(entry)
+    if gpu.isdigit() and int(gpu) < len(entries):
+        return entries[int(gpu)]
+    if not gpu.isdigit() and gpu in entries:
+        return gpu
+    leaves = f"leaves {', '.join(entries)} visible" if entries else "hides every device"
+    allowed = f"indices 0..{len(entries) - 1} (of those) or those ids" if entries else "none"
+    raise SenetError(f"--gpus: {gpu} is not allowed; CUDA_VISIBLE_DEVICES={visible!r} from the environment {leaves}; "
+                     f"allowed: {allowed}")  # fmt: skip
 
 
 def parse_per_gpu(text: str) -> int | None:
@@ -75,8 +100,8 @@ def worker_env(base: dict[str, str], slot: Slot, threads: int, results: Path) ->
     env["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir(results) / "inductor")
     env["TRITON_CACHE_DIR"] = str(cache_dir(results) / "triton")
     if slot.gpu is not None:
-        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # indices as nvidia-smi prints them
-        env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # indices as nvidia-smi prints them, unless inherited
+        env["CUDA_VISIBLE_DEVICES"] = slot.gpu  # `parse_gpus` resolved it within an inherited list
     return env
 
 

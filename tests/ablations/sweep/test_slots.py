@@ -1,4 +1,5 @@
-"""Slots on the CPU side of the GPU path: device ids, per-slot environment, packing, and GPU permits."""
+"""Slots on the CPU side of the GPU path: device ids (within an inherited CUDA_VISIBLE_DEVICES too), per-slot
+environment, packing, and GPU permits."""
 
 import multiprocessing
 import os
@@ -27,6 +28,44 @@ def test_a_slot_gets_its_device_its_thread_share_and_the_shared_compile_caches(t
     cpu = worker_env({"OMP_NUM_THREADS": "1"}, Slot(0), threads=8, results=tmp_path)
     assert "CUDA_VISIBLE_DEVICES" not in cpu and cpu["OMP_NUM_THREADS"] == "1"  # the user's choice stands
     assert cpu_threads(os.cpu_count() or 1) == 1 and cpu_threads(1) == (os.cpu_count() or 1)
+
+
+def test_gpu_indices_count_the_devices_an_inherited_cuda_visible_devices_leaves(tmp_path):
+    uuid = "GPU-8c2f6f0e-1d2b-4b8e-9f00-123456789abc"
+    mig = "MIG-4f1c2a3b-aaaa-bbbb-cccc-0123456789ab"
+    assert parse_gpus("0,1", None) == ["0", "1"]  # nothing inherited: the host's own indices
+    assert parse_gpus("1,0", f"4,{uuid}") == [uuid, "4"]
+    assert parse_gpus(f"{mig},1", f"{mig},5") == [mig, "5"]
+    with pytest.raises(SenetError) as err:
+        parse_gpus("2", "4,5")
+    assert str(err.value) == ("--gpus: 2 is not allowed; CUDA_VISIBLE_DEVICES='4,5' from the environment leaves 4, 5 "
+                              "visible; allowed: indices 0..1 (of those) or those ids")  # fmt: skip
+    for text, visible, why in (
+        (uuid, "4,5", "--gpus: GPU-8c2f.* is not allowed; .*allowed: indices 0..1"),
+        ("0", "-1", "hides every device; allowed: none$"),
+        ("1", "3,-1,4", "leaves 3 visible"),  # CUDA reads up to the first entry that names no device
+        (f"0,{uuid}", f"{uuid},5", "names a device twice"),
+    ):
+        with pytest.raises(SenetError, match=why):
+            parse_gpus(text, visible)
+
+
+def test_an_inherited_device_order_is_kept(tmp_path):
+    env = worker_env({"CUDA_DEVICE_ORDER": "FASTEST_FIRST", "CUDA_VISIBLE_DEVICES": "4,5"}, Slot(0, "5"), 1, tmp_path)
+    assert (env["CUDA_DEVICE_ORDER"], env["CUDA_VISIBLE_DEVICES"]) == ("FASTEST_FIRST", "5")
+    assert worker_env({}, Slot(0, "5"), 1, tmp_path)["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+
+
+def test_a_gpu_outside_the_allocation_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    from ablations.cli import main
+    from tests._support.configs import write_spec
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8c2f6f0e-1d2b-4b8e-9f00-123456789abc")
+    results = tmp_path / "results"
+    assert main(["sweep", str(write_spec(tmp_path)), "--results", str(results), "--gpus", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--gpus: 1 is not allowed" in err[0] and "allowed: indices 0..0" in err[0], err
+    assert not results.exists()
 
 
 def test_packing_fits_the_largest_measured_need_with_headroom():
