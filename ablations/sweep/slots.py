@@ -141,7 +141,7 @@ class GpuPermit:
     def __init__(self, results: Path, gpu: str) -> None:
         folder = results / "locks"
         folder.mkdir(parents=True, exist_ok=True)
-        name = f"gpu-{_safe(host_id())}.{_safe(gpu)}"  # "." never occurs in either part
+        name = f"gpu-{file_part(host_id())}.{file_part(gpu)}"  # "." never occurs in either part
         self.main = folder / f"{name}.lock"
         self.gate = folder / f"{name}.gate"
 
@@ -177,29 +177,30 @@ class WorkerRecord:
         return pid_alive(self.pid, self.start)
 
 
-def _safe(text: str) -> str:
+def file_part(text: str) -> str:
     """`text` as part of a file name (a host id holds slashes, a MIG id too)."""
     return re.sub(r"[^0-9A-Za-z-]", "_", text)
 
 
-def _folder(results: Path, manifest_id: str) -> Path:
+def worker_folder(results: Path, manifest_id: str) -> Path:
+    """Where one sweep's workers keep their pid files, logs, probes and rates."""
     return workers_dir(results) / manifest_id
 
 
 def register(results: Path, manifest_id: str, slot: Slot) -> Path:
     """The calling worker's pid file: how a rerun of its sweep on this host finds and adopts it."""
-    folder = _folder(results, manifest_id)
+    folder = worker_folder(results, manifest_id)
     folder.mkdir(parents=True, exist_ok=True)
     pid = os.getpid()
-    path = folder / f"{_safe(host_id())}-{pid}.json"
+    path = folder / f"{file_part(host_id())}-{pid}.json"
     path.write_text(json.dumps({"pid": pid, "start": process_start(pid), "slot": slot.index, "gpu": slot.gpu}))
     return path
 
 
 def live_workers(results: Path, manifest_id: str) -> list[WorkerRecord]:
     """The workers of one sweep on this host that are still alive; the files of dead ones are removed."""
-    folder = _folder(results, manifest_id)
-    prefix = _safe(host_id()) + "-"
+    folder = worker_folder(results, manifest_id)
+    prefix = file_part(host_id()) + "-"
     out = []
     for path in sorted(folder.glob(f"{prefix}*.json")) if folder.is_dir() else []:
         try:
@@ -215,7 +216,7 @@ def live_workers(results: Path, manifest_id: str) -> list[WorkerRecord]:
 
 
 def log_path(results: Path, manifest_id: str, slot: Slot) -> Path:
-    return _folder(results, manifest_id) / f"slot{slot.index}.log"
+    return worker_folder(results, manifest_id) / f"slot{slot.index}.log"
 
 
 def spawn_worker(
