@@ -32,10 +32,12 @@ MAX_PER_GPU = 32
 
 @dataclass(frozen=True)
 class Slot:
-    """One worker's place: its index and its GPU (None on the CPU)."""
+    """One worker's place: its index, its GPU (None on the CPU) and whether it is packed (`--trials-per-gpu auto`:
+    it probes each configuration before training it and reports its epochs' images/s)."""
 
     index: int
     gpu: str | None = None
+    packed: bool = False
 
 
 def parse_gpus(text: str, visible: str | None = None) -> list[str]:
@@ -240,7 +242,7 @@ def spawn_worker(
     cmd = [sys.executable, "-m", "ablations.sweep.worker", "--manifest", str(manifest), "--results", str(results),
            "--slot", str(slot.index)]  # fmt: skip
     if slot.gpu is not None:
-        cmd += ["--gpu", slot.gpu]
+        cmd += ["--gpu", slot.gpu, *(["--packed"] if slot.packed else [])]
     if after is not None:
         cmd += ["--wait-for", str(os.getpid()), "--after", after]
     log = log_path(results, manifest_id, slot)

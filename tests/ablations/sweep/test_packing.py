@@ -1,6 +1,10 @@
-"""Packing under `--trials-per-gpu auto` on the CPU: the rule for workers per GPU, and the controller's ramp decided
-from recorded probes and rates."""
+"""Packing under `--trials-per-gpu auto` on the CPU: the rule for workers per GPU, the probes' and rates' files, the
+controller's ramp decided from recorded rates, and a worker asked to leave."""
 
+import math
+
+import pytest
+import torch
 from optuna.trial import TrialState
 
 from ablations.sweep.ledger import Attempt, Ticket
@@ -12,11 +16,17 @@ from ablations.sweep.packing import (
     Rate,
     earned,
     per_gpu,
+    probe_path,
+    read_probes,
+    read_rates,
     surplus,
     write_probe,
     write_rate,
 )
+from ablations.sweep.probe import Packed, probe_steps
 from ablations.sweep.slots import MAX_SLOTS, WorkerRecord
+from ablations.training.engine import train
+from tests._support.configs import tiny_config
 
 RISING = {n: 1000.0 * 1.2 ** (n - 1) for n in range(1, 7)}  # six measured, each worker added brought 20 %
 ROOMY = Fit(total_mb=80_000, need_mb=1_000, cores=64, gpus=1)  # 68 fit, 64 cores
@@ -59,6 +69,56 @@ def test_workers_leave_beyond_what_memory_and_cores_allow_or_once_measured_throu
     assert surplus(4, Fit(total_mb=80_000, need_mb=0, cores=64, gpus=1), {}) == 0  # a configuration not probed yet
     assert surplus(3, Fit(total_mb=80_000, need_mb=30_000, cores=64, gpus=1), RISING) == 1  # only two fit
     assert surplus(1, Fit(total_mb=10_000, need_mb=20_000, cores=64, gpus=1), {}) == 0  # never the last one
+
+
+# -- what the workers write ---------------------------------------------------------------------------------------
+def test_probes_are_kept_per_host_gpu_and_configuration_and_the_context_is_the_first_probes(tmp_path, monkeypatch):
+    monkeypatch.setenv("SENET_ABLATE_HOST_ID", "host-a")
+    first = Packed(tmp_path, "m1", "GPU-8c2f6f0e").record("a" * 12, peak_mb=700.0, held_mb=520.0, total_mb=80_000.0)
+    # a later configuration on the same GPU, probed while other workers share it: their memory is not its context
+    later = Packed(tmp_path, "m1", "GPU-8c2f6f0e").record("b" * 12, peak_mb=900.0, held_mb=2_400.0, total_mb=80_000.0)
+    other = Packed(tmp_path, "m1", "1").record("a" * 12, peak_mb=710.0, held_mb=480.0, total_mb=40_000.0)
+    assert (first.context_mb, later.context_mb, other.context_mb) == (520.0, 520.0, 480.0)
+    assert probe_path(tmp_path, "m1", "GPU-8c2f6f0e", "b" * 12).exists()
+    assert not probe_path(tmp_path, "m1", "0", "b" * 12).exists()
+    assert sorted(read_probes(tmp_path, "m1"), key=lambda p: (p.gpu, p.config_hash)) == [other, first, later]
+    assert not list(tmp_path.rglob("*.tmp"))  # written atomically
+    assert read_probes(tmp_path, "m2") == []  # another sweep's
+    monkeypatch.setenv("SENET_ABLATE_HOST_ID", "host-b")
+    assert read_probes(tmp_path, "m1") == []  # GPU 1 of another host is another device
+    fresh = Packed(tmp_path, "m1", "1").record("a" * 12, peak_mb=710.0, held_mb=300.0, total_mb=40_000.0)
+    assert fresh.context_mb == 300.0
+
+
+def test_a_probed_configuration_is_not_probed_again_and_one_that_trains_on_the_cpu_never(tmp_path):
+    packed = Packed(tmp_path, "m1", "0")
+    cuda = tiny_config(train={"device": "cuda"})
+    packed.record(cuda.config_hash(), peak_mb=700.0, held_mb=520.0, total_mb=80_000.0)
+    packed.probe(cuda, cuda.config_hash())  # on this CPU host a probe would be refused: none was taken
+    packed.probe(tiny_config(train={"device": "cpu"}), "c" * 12)
+    assert [p.config_hash for p in read_probes(tmp_path, "m1")] == [cuda.config_hash()]
+
+
+@pytest.mark.parametrize("data", [{}, {"synthetic_channels": 1, "synthetic_size": 12, "synthetic_classes": 10}])
+def test_a_probe_steps_the_trials_own_network_at_its_batch_size_on_its_input_shape(data):
+    cfg = tiny_config(data=data, train={"batch_size": 16, "eval_batch_size": 40}).resolved()
+    assert math.isfinite(probe_steps(cfg, torch.device("cpu")))
+
+
+def test_a_packed_worker_reports_each_epochs_images_per_second_and_when_it_ran(tmp_path):
+    import os
+
+    packed = Packed(tmp_path, "m1", "0")
+    cfg = tiny_config(train={"epochs": 2, "device": "cpu"})
+    result = train(cfg, None, [packed], log=lambda _: None)
+    [rate] = read_rates(tmp_path, "m1").values()
+    last = result.history[-1]
+    assert (rate.pid, rate.gpu, rate.images_per_s) == (os.getpid(), "0", last["epoch_images_per_s"])
+    assert rate.since < rate.began <= rate.ended  # the second epoch, begun after the first
+    assert rate.ended - rate.began >= last["epoch_time_s"]  # its training and its validation
+    train(cfg.model_copy(update={"seed": 1}), None, [packed], log=lambda _: None)
+    [again] = read_rates(tmp_path, "m1").values()
+    assert again.since == rate.since and again.began > rate.ended  # one worker: it trains since its first epoch
 
 
 # -- what the controller decides ----------------------------------------------------------------------------------
@@ -126,3 +186,45 @@ def test_memory_is_planned_for_the_largest_configuration_still_to_train_on_each_
     crowd = [_worker(tmp_path, 20 + n, n, "0") for n in range(3)]
     plan = packer.plan(crowd, [], {"c" * 12}, 40)  # a configuration no probe measured yet
     assert (plan.workers["0"], plan.retire) == (1, {})  # none added before its probe, none sent away for it
+
+
+@pytest.mark.slow
+def test_a_worker_asked_to_leave_finishes_its_trial_and_claims_no_other(tmp_path):
+    """The controller's `RETIRE` reaches a worker mid-trial: the trial ends as it would, then the worker exits
+    `EXIT_RETIRED` (a clean end, no death of its slot) and leaves the next trial to the others."""
+    import signal
+    import subprocess
+    import sys
+
+    from ablations.paths import STORAGE_ENV, TRACKING_ENV
+    from ablations.study.load import load_spec
+    from ablations.study.trials import expand
+    from ablations.sweep.ledger import Ledger
+    from ablations.sweep.manifest import EXIT_RETIRED, Manifest
+    from ablations.sweep.packing import RETIRE
+    from ablations.sweep.status import ticket_of
+    from tests._support.configs import write_spec
+    from tests._support.processes import ENV, wait_for
+    from tests._support.stores import local_ledger
+
+    spec = load_spec(write_spec(tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=2, train={"epochs": 12}))
+    trials = expand(spec)
+    results = tmp_path / "results"
+    ledger = Ledger.open(local_ledger(results))
+    for t in trials:
+        ledger.enqueue(ticket_of(t))
+    path = Manifest(spec.name, None, {t.key: ticket_of(t) for t in trials}, max_retries=0).write(results)
+    env = {**ENV, STORAGE_ENV: local_ledger(results), TRACKING_ENV: f"sqlite:///{results / 'mlflow.db'}"}
+    cmd = [sys.executable, "-m", "ablations.sweep.worker", "--manifest", str(path), "--results", str(results),
+           "--slot", "0"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: [a for a in ledger.attempts() if a.state == TrialState.RUNNING], timeout=180)
+        proc.send_signal(RETIRE)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+    assert proc.returncode == EXIT_RETIRED, out
+    assert sorted(a.state.name for a in ledger.attempts()) == ["COMPLETE", "WAITING"], out
+    assert "left its GPU after 1 trials, as its sweep asked" in out
