@@ -1,9 +1,9 @@
-"""Slots: where warm workers run (a CPU share or a GPU), how they share a GPU, and how many fit on one.
+"""Slots: where warm workers run (a CPU share or a GPU), how they share a GPU, and where their files lie.
 
 Each slot is one long-lived worker process. On a GPU host every slot is pinned to one device; several slots
 may share a device (`--trials-per-gpu`), holding it shared, while a trial retried after running out of memory
-holds it exclusively. `--trials-per-gpu auto` starts one slot per GPU and adds slots once the pending trials'
-memory is measured.
+holds it exclusively. Under `--trials-per-gpu auto` the slots are packed: how many share a GPU is
+`ablations.sweep.packing`'s decision, from what their workers measure.
 """
 
 from __future__ import annotations
@@ -15,19 +15,16 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ablations.errors import SenetError
 from ablations.paths import STORAGE_ENV, TRACKING_ENV, cache_dir, workers_dir
-from ablations.sweep.ledger import Attempt, host_id, pid_alive, process_start
+from ablations.sweep.ledger import host_id, pid_alive, process_start
 
 # A CUDA device as CUDA_VISIBLE_DEVICES takes it: an index, a GPU UUID or a MIG instance.
 _GPU_ID = re.compile(r"\d+|GPU-[0-9A-Fa-f-]{8,}|MIG-[0-9A-Za-z/-]{8,}")
-HEADROOM = 0.15  # share of a GPU's memory kept free when packing trials onto it
-CONTEXT_MB = 512.0  # a CUDA context's memory when it cannot be measured
-MAX_PER_GPU = 32
 
 
 @dataclass(frozen=True)
@@ -88,9 +85,14 @@ def parse_per_gpu(text: str) -> int | None:
     return int(text)
 
 
+def host_cores() -> int:
+    """The cores this process may run on (a scheduler's or taskset's allocation, not the whole machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cpu_threads(slots: int) -> int:
     """Threads per slot: the cores shared out, at least one (oversubscribed OpenMP threads stall each other)."""
-    return max(1, (os.cpu_count() or 1) // max(1, slots))
+    return max(1, host_cores() // max(1, slots))
 
 
 def worker_env(base: dict[str, str], slot: Slot, threads: int, results: Path) -> dict[str, str]:
@@ -105,30 +107,6 @@ def worker_env(base: dict[str, str], slot: Slot, threads: int, results: Path) ->
         env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # indices as nvidia-smi prints them, unless inherited
         env["CUDA_VISIBLE_DEVICES"] = slot.gpu  # `parse_gpus` resolved it within an inherited list
     return env
-
-
-def pack(total_mb: float, needs_mb: Iterable[float], headroom: float = HEADROOM, cap: int = MAX_PER_GPU) -> int:
-    """How many trials fit on a GPU of `total_mb`: the largest measured need (reserved memory plus the CUDA
-    context) into the memory left after `headroom`; at least one, at most `cap`."""
-    need = max(needs_mb, default=0.0)
-    if need <= 0:
-        return 1
-    return max(1, min(cap, int(total_mb * (1 - headroom) // need)))
-
-
-def auto_per_gpu(attempts: Iterable[Attempt], pending: set[str]) -> int:
-    """`--trials-per-gpu auto`: trials that fit beside each other on one GPU, from the measured footprint (reserved
-    memory plus the CUDA context) of the configurations (config hashes) still to train; one until one of them was
-    measured."""
-    measured: dict[str, float] = {}
-    total = 0.0
-    for a in attempts:
-        if a.memory:
-            need = a.memory["reserved_mb"] + a.memory["context_mb"]
-            measured[a.ticket.config_hash] = max(measured.get(a.ticket.config_hash, 0.0), need)
-            total = a.memory["total_mb"]
-    needs = [measured[h] for h in pending if h in measured]
-    return pack(total, needs) if needs and total else 1
 
 
 class GpuPermit:

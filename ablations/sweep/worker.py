@@ -54,7 +54,7 @@ from ablations.sweep.probe import RETIRING, Packed, listen_for_retire
 from ablations.sweep.reconcile import Reconciler
 from ablations.sweep.repair import end_runs, trial_info
 from ablations.sweep.runlog import RunLog, system_metrics
-from ablations.sweep.slots import CONTEXT_MB, GpuPermit, Slot, register
+from ablations.sweep.slots import GpuPermit, Slot, register
 from ablations.sweep.status import by_key, classify_attempts
 from ablations.tracking import Tracker, code_tags, environment_tags
 from ablations.training.engine import Callback, Warm, is_out_of_memory, train
@@ -345,9 +345,9 @@ class Worker:
             self.runlog.call(lambda: self.tracker.end(run_id, kind.run_status, f"{kind}: {reason}"))
 
     def _memory(self) -> dict[str, float]:
-        """Peak reserved memory of the last trial, this process's CUDA context and the device's total (MB)."""
+        """Peak reserved memory of the last trial and the device's total (MB); the CUDA context is in the probe."""
         total = torch.cuda.get_device_properties(0).total_memory / 2**20
-        return {"reserved_mb": torch.cuda.max_memory_reserved() / 2**20, "context_mb": CONTEXT_MB, "total_mb": total}
+        return {"reserved_mb": torch.cuda.max_memory_reserved() / 2**20, "total_mb": total}
 
 
 def check_data(ticket: Ticket, cfg: RunConfig) -> None:

@@ -24,7 +24,8 @@ from ablations.sweep.packing import (
     write_rate,
 )
 from ablations.sweep.probe import Packed, probe_steps
-from ablations.sweep.slots import MAX_SLOTS, WorkerRecord
+from ablations.sweep.slots import MAX_SLOTS, Slot, WorkerRecord
+from ablations.sweep.start import SweepOptions
 from ablations.training.engine import train
 from tests._support.configs import tiny_config
 
@@ -188,6 +189,11 @@ def test_memory_is_planned_for_the_largest_configuration_still_to_train_on_each_
     assert (plan.workers["0"], plan.retire) == (1, {})  # none added before its probe, none sent away for it
 
 
+def test_auto_starts_one_packed_slot_per_gpu_numbered_as_the_sweep_adds_them(tmp_path):
+    opts = SweepOptions(results=tmp_path, gpus=["0", "GPU-8c2f6f0e"], trials_per_gpu=None)
+    assert opts.slots() == [Slot(0, "0", packed=True), Slot(MAX_SLOTS, "GPU-8c2f6f0e", packed=True)]
+
+
 @pytest.mark.slow
 def test_a_worker_asked_to_leave_finishes_its_trial_and_claims_no_other(tmp_path):
     """The controller's `RETIRE` reaches a worker mid-trial: the trial ends as it would, then the worker exits
@@ -228,3 +234,20 @@ def test_a_worker_asked_to_leave_finishes_its_trial_and_claims_no_other(tmp_path
     assert proc.returncode == EXIT_RETIRED, out
     assert sorted(a.state.name for a in ledger.attempts()) == ["COMPLETE", "WAITING"], out
     assert "left its GPU after 1 trials, as its sweep asked" in out
+
+
+@pytest.mark.slow
+def test_a_packed_sweep_that_measures_nothing_adds_no_worker(tmp_path):
+    """The controller's packing on a host without CUDA: its trials train on the CPU, so no worker probes or reports
+    and the GPU keeps its first worker for the whole sweep (never one added before a measurement)."""
+    from ablations.cli import main
+    from tests._support.configs import write_spec
+    from tests._support.stores import assert_each_trial_complete_once, local_ledger
+
+    results = tmp_path / "results"
+    spec = write_spec(tmp_path)  # four trials
+    assert main(["sweep", str(spec), "--results", str(results), "--gpus", "0", "--trials-per-gpu", "auto",
+                 "--no-progress"]) == 0  # fmt: skip
+    assert_each_trial_complete_once(local_ledger(results), results, 4)
+    assert [p.name for p in results.glob("workers/*/slot*.log")] == ["slot0.log"]
+    assert not list(results.glob("workers/*/probes")) and not list(results.glob("workers/*/rates"))
