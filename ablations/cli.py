@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def slots(q: argparse.ArgumentParser) -> None:
         q.add_argument("--workers", type=int, default=1, help="warm worker processes on the CPU (default 1)")
-        q.add_argument("--gpus", default="", help="CUDA devices: indices, GPU-<uuid> or MIG-<uuid>, comma-separated")
+        q.add_argument("--gpus", default="", help="visible CUDA devices: indices, GPU-/MIG-<uuid>, comma-separated")
         q.add_argument("--trials-per-gpu", default="1", help="workers sharing each GPU, or auto (measure, then pack)")
         q.add_argument("--recycle-after", type=int, default=50, help="trials per worker process before a fresh one")
         q.add_argument("--fresh-process", action="store_true", help="one fresh process per trial (--recycle-after 1)")
@@ -211,7 +211,7 @@ def _sweep_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         storage=args.storage or os.environ.get(STORAGE_ENV),
         tracking_uri=args.tracking_uri,
         workers=workers,
-        gpus=parse_gpus(args.gpus),
+        gpus=parse_gpus(args.gpus, os.environ.get("CUDA_VISIBLE_DEVICES")),  # a scheduler's allocation, if any
         trials_per_gpu=parse_per_gpu(str(args.trials_per_gpu)),
         max_retries=args.max_retries,
         fail_fast=getattr(args, "fail_fast", False),  # `worker` has no --fail-fast

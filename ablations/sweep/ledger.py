@@ -187,7 +187,7 @@ class Attempt:
         outcome: finished / diverged for a COMPLETE attempt.
         kind: how a FAIL attempt ended (see `ablations.outcomes`).
         reason: one line on why it failed.
-        memory: peak device memory measured on a GPU ({"reserved_mb", "context_mb", "total_mb"}).
+        memory: peak device memory measured on a GPU ({"reserved_mb", "total_mb"}).
         token: the lease's fencing token, new at every claim; the holder's writes carry it.
         steps: training steps done.
         result: the summary metrics of a COMPLETE attempt.

@@ -19,11 +19,12 @@ from ablations.errors import SenetError
 from ablations.paths import sweeps_dir
 from ablations.sweep.ticket import Ticket
 
-# How a worker process ends. DONE, RECYCLE and STOPPED are clean; any other code (ERROR, FAILPOINT, a signal, an
-# uncaught error) is a death of its slot, and a slot that dies `RESPAWNS` times in a row is given up.
+# How a worker process ends. DONE, RECYCLE, RETIRED and STOPPED are clean; any other code (ERROR, FAILPOINT, a signal,
+# an uncaught error) is a death of its slot, and a slot that dies `RESPAWNS` times in a row is given up.
 EXIT_DONE = 0  # nothing left for it in the sweep
 EXIT_ERROR = 2  # bad input (an unreadable manifest, a store it cannot open): one line on stderr
 EXIT_RECYCLE = 3  # replace me with a fresh process (after a failure, `recycle_after` trials or too much memory)
+EXIT_RETIRED = 4  # left its GPU when its controller asked (`--trials-per-gpu auto`: the GPU is faster without it)
 EXIT_STOPPED = 5  # stopped by SIGTERM or SIGINT
 EXIT_FAILPOINT = 86  # died at the point `SENET_ABLATE_FAILPOINT` names (fault tests)
 

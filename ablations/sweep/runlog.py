@@ -1,14 +1,16 @@
 """A worker's MLflow writes, buffered on a background thread and retried, so a locked SQLite file or a slow server
-delays a trial's logging but never fails the trial (the sweep repairs MLflow from the ledger later).
+delays a trial's logging but never fails the trial (the sweep repairs MLflow from the ledger later); and MLflow's
+system metrics sampled into a training run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ablations.paths import TRACKING_RETRY_ENV, env_seconds
 
@@ -65,3 +67,25 @@ def retry(write: Callable[[], object], retry_s: float, log: Callable[[str], None
                 return False
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+
+@contextlib.contextmanager
+def system_metrics(run_id: str | None, uri: str) -> Iterator[None]:
+    """MLflow's system metrics (CPU, memory, GPU utilisation) sampled into the run while it trains; a tracking
+    store that refuses them costs the trial nothing."""
+    monitor = None
+    if run_id:
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(run_id, sampling_interval=10, tracking_uri=uri)
+            monitor.start()
+        except Exception as err:  # psutil or the store unavailable: no system metrics, same training
+            print(f"system metrics off: {type(err).__name__}", file=sys.stderr, flush=True)
+            monitor = None
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            with contextlib.suppress(Exception):
+                monitor.finish()

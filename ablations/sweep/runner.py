@@ -4,7 +4,8 @@ survive being killed.
 `sweep` expands the study, checks the stores before writing anything, starts its first worker, creates the MLflow
 parent run, writes the sweep's manifest (which that worker waits for) and repairs MLflow from the ledger; then it
 supervises: each pass reconciles the ledger, shows progress, adopts live workers of the same sweep on this host and
-starts missing ones.
+starts missing ones, never more than the trials waiting for one (under `--trials-per-gpu auto`, as many per GPU as
+`ablations.sweep.packing` plans, asking the workers beyond that to leave after their trial).
 The workers claim and train; the controller never trains and never holds a lease, so killing it (kill -9, a
 dropped SSH session) loses nothing: its workers finish the sweep, and a rerun adopts them. `worker` joins a
 running sweep from another shell or host with the same loop. Ctrl-C stops the workers cleanly (their attempts
@@ -28,15 +29,17 @@ from ablations.outcomes import Standing
 from ablations.study.spec import StudySpec
 from ablations.study.trials import Trial
 from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, State, pid_alive
-from ablations.sweep.manifest import EXIT_DONE, EXIT_RECYCLE, EXIT_STOPPED, Manifest
+from ablations.sweep.manifest import EXIT_DONE, EXIT_RECYCLE, EXIT_RETIRED, EXIT_STOPPED, Manifest
+from ablations.sweep.packing import RETIRE, Packer
 from ablations.sweep.progress import Progress
 from ablations.sweep.reconcile import Reconciler
 from ablations.sweep.repair import end_runs, parent_run, repair
 from ablations.sweep.slots import (
     MAX_SLOTS,
     Slot,
-    auto_per_gpu,
+    WorkerRecord,
     cpu_threads,
+    host_cores,
     live_workers,
     log_path,
     spawn_worker,
@@ -82,7 +85,9 @@ class Sweep:
         self.children: dict[int, subprocess.Popen[bytes]] = first.children() if first else {}
         self.deaths: dict[int, int] = {}  # slot → worker deaths in a row without a finished trial
         self.given_up: set[int] = set()
-        self.per_gpu = opts.trials_per_gpu or 1
+        auto = bool(opts.gpus) and opts.trials_per_gpu is None
+        self.packer = Packer(self.results, manifest.id, opts.gpus, host_cores()) if auto else None
+        self.leaving: set[int] = set()  # pids of the workers asked to leave their GPU after their trial
         self.failed_fast = False
         self.statuses: list[TrialStatus] = []
 
@@ -159,15 +164,27 @@ class Sweep:
         )
 
     # -- workers ------------------------------------------------------------------------------------------------
-    def _slots(self, attempts: list[Attempt]) -> list[Slot]:
-        if self.opts.gpus and self.opts.trials_per_gpu is None:
-            self.per_gpu = max(self.per_gpu, self._packed(attempts))
-            return [Slot(i * MAX_SLOTS + j, g) for i, g in enumerate(self.opts.gpus) for j in range(self.per_gpu)]
-        return self.opts.slots()
-
-    def _packed(self, attempts: list[Attempt]) -> int:
+    def _slots(self, attempts: list[Attempt], live: list[WorkerRecord], pids: set[int]) -> list[Slot]:
+        """The slots to staff: fixed ones, or under `auto` each GPU's first slots, as many as the packer plans."""
+        if self.packer is None:
+            return self.opts.slots()
         pending = {s.trial.config_hash for s in self.statuses if s.state in (Standing.PENDING, Standing.RUNNING)}
-        return auto_per_gpu(attempts, pending)
+        plan = self.packer.plan(live, attempts, pending, self._work(attempts, pids))
+        self._retire(self.packer, plan.retire)
+        return [Slot(i * MAX_SLOTS + j, g, packed=True) for i, g in enumerate(self.opts.gpus)
+                for j in range(plan.workers[g])]  # fmt: skip
+
+    def _retire(self, packer: Packer, leaving: dict[str, list[WorkerRecord]]) -> None:
+        """Ask the workers `leaving` each GPU to leave it after their trial (once each), saying why."""
+        for gpu, workers in leaving.items():
+            for w in workers:
+                if w.pid in self.leaving:
+                    continue
+                self.leaving.add(w.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.pid, RETIRE)
+                self.say(f"sweep: the worker of slot {w.slot} leaves GPU {gpu} after its trial (--trials-per-gpu "
+                         f"auto: {packer.story(gpu)})")  # fmt: skip
 
     def _staff(self, manifest_path: Path, attempts: list[Attempt]) -> bool:
         """Adopt live workers, start the missing ones where there is work; False when every slot was given up."""
@@ -178,25 +195,36 @@ class Sweep:
             del self.children[index]
             finished = any(a.owner is not None and a.owner.pid == proc.pid and a.state == State.COMPLETE
                            for a in attempts)  # fmt: skip
-            if code in (EXIT_DONE, EXIT_RECYCLE, EXIT_STOPPED) or finished:
+            if code in (EXIT_DONE, EXIT_RECYCLE, EXIT_RETIRED, EXIT_STOPPED) or finished:
                 self.deaths[index] = 0
             else:
                 self.deaths[index] = self.deaths.get(index, 0) + 1
                 if self.deaths[index] >= RESPAWNS:
                     self.given_up.add(index)
-        waiting = any(a.state == State.WAITING for a in attempts)
         live = live_workers(self.results, self.manifest.id)
+        pids = {p.pid for p in self.children.values()} | {w.pid for w in live}
         staffed = set(self.children) | {w.slot for w in live}
-        slots = self._slots(attempts)
-        wanted = min(len(slots), self._work(attempts, {p.pid for p in self.children.values()} | {w.pid for w in live}))
+        slots = self._slots(attempts, live, pids)
+        wanted = min(len(slots), self._work(attempts, pids))
+        staying = len(staffed - {w.slot for w in live if w.pid in self.leaving})
+        free = self._free(attempts, pids)
         for slot in spread(slots):
-            if len(staffed) >= wanted or not waiting:  # never more workers than trials for them
+            if staying >= wanted or free <= 0:  # never more workers than trials for them
                 break
             if slot.index in staffed or slot.index in self.given_up:
                 continue
             self.children[slot.index] = self._spawn(slot, manifest_path, wanted)
             staffed.add(slot.index)
+            staying, free = staying + 1, free - 1
         return len(self.given_up) < len(slots)
+
+    def _free(self, attempts: list[Attempt], pids: set[int]) -> int:
+        """Trials waiting that none of our workers is about to claim: those waiting, less our workers (`pids`) that
+        train nothing (starting, or between two trials)."""
+        waiting = sum(a.state == State.WAITING for a in attempts)
+        training = {a.owner.pid for a in attempts if a.state == State.RUNNING and a.owner is not None
+                    and a.owner.is_local()}  # fmt: skip
+        return waiting - len(pids - training)
 
     def _work(self, attempts: list[Attempt], pids: set[int]) -> int:
         """Trials that need one of our workers: those still to train, and those our own workers are training

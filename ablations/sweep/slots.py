@@ -1,9 +1,9 @@
-"""Slots: where warm workers run (a CPU share or a GPU), how they share a GPU, and how many fit on one.
+"""Slots: where warm workers run (a CPU share or a GPU), how they share a GPU, and where their files lie.
 
 Each slot is one long-lived worker process. On a GPU host every slot is pinned to one device; several slots
 may share a device (`--trials-per-gpu`), holding it shared, while a trial retried after running out of memory
-holds it exclusively. `--trials-per-gpu auto` starts one slot per GPU and adds slots once the pending trials'
-memory is measured.
+holds it exclusively. Under `--trials-per-gpu auto` the slots are packed: how many share a GPU is
+`ablations.sweep.packing`'s decision, from what their workers measure.
 """
 
 from __future__ import annotations
@@ -15,38 +15,62 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ablations.errors import SenetError
 from ablations.paths import STORAGE_ENV, TRACKING_ENV, cache_dir, workers_dir
-from ablations.sweep.ledger import Attempt, host_id, pid_alive, process_start
+from ablations.sweep.ledger import host_id, pid_alive, process_start
 
 # A CUDA device as CUDA_VISIBLE_DEVICES takes it: an index, a GPU UUID or a MIG instance.
 _GPU_ID = re.compile(r"\d+|GPU-[0-9A-Fa-f-]{8,}|MIG-[0-9A-Za-z/-]{8,}")
-HEADROOM = 0.15  # share of a GPU's memory kept free when packing trials onto it
-CONTEXT_MB = 512.0  # a CUDA context's memory when it cannot be measured
-MAX_PER_GPU = 32
 
 
 @dataclass(frozen=True)
 class Slot:
-    """One worker's place: its index and its GPU (None on the CPU)."""
+    """One worker's place: its index, its GPU (None on the CPU) and whether it is packed (`--trials-per-gpu auto`:
+    it probes each configuration before training it and reports its epochs' images/s)."""
 
     index: int
     gpu: str | None = None
+    packed: bool = False
 
 
-def parse_gpus(text: str) -> list[str]:
-    """`0,1` / `GPU-<uuid>,...` / `MIG-<uuid>,...` → ids; anything else a SenetError naming what is allowed."""
+def parse_gpus(text: str, visible: str | None = None) -> list[str]:
+    """`--gpus`: `0,1` / `GPU-<uuid>,...` / `MIG-<uuid>,...` → the ids each worker's CUDA_VISIBLE_DEVICES gets.
+
+    Under an inherited CUDA_VISIBLE_DEVICES (`visible`: a scheduler's allocation) the indices count its devices:
+    index i is its i-th entry, which may be a UUID or a MIG id, and an id must be one of its entries, so a worker
+    never leaves the allocation. Anything else is a SenetError naming what is allowed.
+    """
     ids = [g.strip() for g in text.split(",") if g.strip()]
     for g in ids:
         if not _GPU_ID.fullmatch(g):
             raise SenetError(f"--gpus: {g!r} is not allowed; allowed: device indices, GPU-<uuid> or MIG-<uuid> ids")
+    if visible is not None:
+        ids = [_visible_device(g, visible) for g in ids]
     if len(set(ids)) != len(ids):
         raise SenetError(f"--gpus: {text!r} names a device twice")
     return ids
+
+
+def _visible_device(gpu: str, visible: str) -> str:
+    """`gpu` within an inherited CUDA_VISIBLE_DEVICES, whose entries CUDA reads up to the first that names no
+    device (`-1` hides them all)."""
+    entries: list[str] = []
+    for entry in (e.strip() for e in visible.split(",")):
+        if not _GPU_ID.fullmatch(entry):
+            break
+        entries.append(entry)
+    if gpu.isdigit() and int(gpu) < len(entries):
+        return entries[int(gpu)]
+    if not gpu.isdigit() and gpu in entries:
+        return gpu
+    leaves = f"leaves {', '.join(entries)} visible" if entries else "hides every device"
+    allowed = f"indices 0..{len(entries) - 1} (of those) or those ids" if entries else "none"
+    raise SenetError(f"--gpus: {gpu} is not allowed; CUDA_VISIBLE_DEVICES={visible!r} from the environment {leaves}; "
+                     f"allowed: {allowed}")  # fmt: skip
 
 
 def parse_per_gpu(text: str) -> int | None:
@@ -61,9 +85,14 @@ def parse_per_gpu(text: str) -> int | None:
     return int(text)
 
 
+def host_cores() -> int:
+    """The cores this process may run on (a scheduler's or taskset's allocation, not the whole machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cpu_threads(slots: int) -> int:
     """Threads per slot: the cores shared out, at least one (oversubscribed OpenMP threads stall each other)."""
-    return max(1, (os.cpu_count() or 1) // max(1, slots))
+    return max(1, host_cores() // max(1, slots))
 
 
 def worker_env(base: dict[str, str], slot: Slot, threads: int, results: Path) -> dict[str, str]:
@@ -75,33 +104,9 @@ def worker_env(base: dict[str, str], slot: Slot, threads: int, results: Path) ->
     env["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir(results) / "inductor")
     env["TRITON_CACHE_DIR"] = str(cache_dir(results) / "triton")
     if slot.gpu is not None:
-        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # indices as nvidia-smi prints them
-        env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # indices as nvidia-smi prints them, unless inherited
+        env["CUDA_VISIBLE_DEVICES"] = slot.gpu  # `parse_gpus` resolved it within an inherited list
     return env
-
-
-def pack(total_mb: float, needs_mb: Iterable[float], headroom: float = HEADROOM, cap: int = MAX_PER_GPU) -> int:
-    """How many trials fit on a GPU of `total_mb`: the largest measured need (reserved memory plus the CUDA
-    context) into the memory left after `headroom`; at least one, at most `cap`."""
-    need = max(needs_mb, default=0.0)
-    if need <= 0:
-        return 1
-    return max(1, min(cap, int(total_mb * (1 - headroom) // need)))
-
-
-def auto_per_gpu(attempts: Iterable[Attempt], pending: set[str]) -> int:
-    """`--trials-per-gpu auto`: trials that fit beside each other on one GPU, from the measured footprint (reserved
-    memory plus the CUDA context) of the configurations (config hashes) still to train; one until one of them was
-    measured."""
-    measured: dict[str, float] = {}
-    total = 0.0
-    for a in attempts:
-        if a.memory:
-            need = a.memory["reserved_mb"] + a.memory["context_mb"]
-            measured[a.ticket.config_hash] = max(measured.get(a.ticket.config_hash, 0.0), need)
-            total = a.memory["total_mb"]
-    needs = [measured[h] for h in pending if h in measured]
-    return pack(total, needs) if needs and total else 1
 
 
 class GpuPermit:
@@ -116,7 +121,7 @@ class GpuPermit:
     def __init__(self, results: Path, gpu: str) -> None:
         folder = results / "locks"
         folder.mkdir(parents=True, exist_ok=True)
-        name = f"gpu-{_safe(host_id())}.{_safe(gpu)}"  # "." never occurs in either part
+        name = f"gpu-{file_part(host_id())}.{file_part(gpu)}"  # "." never occurs in either part
         self.main = folder / f"{name}.lock"
         self.gate = folder / f"{name}.gate"
 
@@ -152,29 +157,30 @@ class WorkerRecord:
         return pid_alive(self.pid, self.start)
 
 
-def _safe(text: str) -> str:
+def file_part(text: str) -> str:
     """`text` as part of a file name (a host id holds slashes, a MIG id too)."""
     return re.sub(r"[^0-9A-Za-z-]", "_", text)
 
 
-def _folder(results: Path, manifest_id: str) -> Path:
+def worker_folder(results: Path, manifest_id: str) -> Path:
+    """Where one sweep's workers keep their pid files, logs, probes and rates."""
     return workers_dir(results) / manifest_id
 
 
 def register(results: Path, manifest_id: str, slot: Slot) -> Path:
     """The calling worker's pid file: how a rerun of its sweep on this host finds and adopts it."""
-    folder = _folder(results, manifest_id)
+    folder = worker_folder(results, manifest_id)
     folder.mkdir(parents=True, exist_ok=True)
     pid = os.getpid()
-    path = folder / f"{_safe(host_id())}-{pid}.json"
+    path = folder / f"{file_part(host_id())}-{pid}.json"
     path.write_text(json.dumps({"pid": pid, "start": process_start(pid), "slot": slot.index, "gpu": slot.gpu}))
     return path
 
 
 def live_workers(results: Path, manifest_id: str) -> list[WorkerRecord]:
     """The workers of one sweep on this host that are still alive; the files of dead ones are removed."""
-    folder = _folder(results, manifest_id)
-    prefix = _safe(host_id()) + "-"
+    folder = worker_folder(results, manifest_id)
+    prefix = file_part(host_id()) + "-"
     out = []
     for path in sorted(folder.glob(f"{prefix}*.json")) if folder.is_dir() else []:
         try:
@@ -190,7 +196,7 @@ def live_workers(results: Path, manifest_id: str) -> list[WorkerRecord]:
 
 
 def log_path(results: Path, manifest_id: str, slot: Slot) -> Path:
-    return _folder(results, manifest_id) / f"slot{slot.index}.log"
+    return worker_folder(results, manifest_id) / f"slot{slot.index}.log"
 
 
 def spawn_worker(
@@ -214,7 +220,7 @@ def spawn_worker(
     cmd = [sys.executable, "-m", "ablations.sweep.worker", "--manifest", str(manifest), "--results", str(results),
            "--slot", str(slot.index)]  # fmt: skip
     if slot.gpu is not None:
-        cmd += ["--gpu", slot.gpu]
+        cmd += ["--gpu", slot.gpu, *(["--packed"] if slot.packed else [])]
     if after is not None:
         cmd += ["--wait-for", str(os.getpid()), "--after", after]
     log = log_path(results, manifest_id, slot)

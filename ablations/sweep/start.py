@@ -29,7 +29,7 @@ from ablations.study.trials import Trial, plan_trials
 from ablations.sweep.ledger import CONNECT_S, Ledger, TrialRecord, check_storage, is_local
 from ablations.sweep.manifest import Manifest
 from ablations.sweep.reconcile import queue_again
-from ablations.sweep.slots import Slot, cpu_threads, live_workers, log_path, spawn_worker, spread
+from ablations.sweep.slots import MAX_SLOTS, Slot, cpu_threads, live_workers, log_path, spawn_worker, spread
 from ablations.sweep.status import by_key, earlier_result, ledger_url, statuses
 from ablations.tracking import Tracker, tracking_uri
 
@@ -46,8 +46,8 @@ class SweepOptions:
     storage: str | None = None  # ledger URL; default: ledger.db under results
     tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite in results
     workers: int = 1  # CPU slots (one warm worker each)
-    gpus: list[str] = field(default_factory=list)  # CUDA devices; slots pinned with CUDA_VISIBLE_DEVICES
-    trials_per_gpu: int | None = 1  # slots per GPU; None = auto (measure, then pack)
+    gpus: list[str] = field(default_factory=list)  # CUDA devices as `parse_gpus` resolved them; slots pinned to them
+    trials_per_gpu: int | None = 1  # slots per GPU; None = auto (`ablations.sweep.packing` decides, from measurements)
     max_retries: int = 1  # failed attempts (crash, oom) a trial may have before it counts as failed
     fail_fast: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -60,6 +60,9 @@ class SweepOptions:
         return ledger_url(self.storage, self.results)
 
     def slots(self) -> list[Slot]:
+        """The slots of fixed packing; under `auto` the first packed slot of each GPU (the sweep adds the others)."""
+        if self.gpus and self.trials_per_gpu is None:
+            return [Slot(i * MAX_SLOTS, g, packed=True) for i, g in enumerate(self.gpus)]
         if self.gpus:
             per = self.trials_per_gpu or 1
             return [Slot(i * per + j, g) for i, g in enumerate(self.gpus) for j in range(per)]

@@ -4,7 +4,8 @@
 sweep (never by hand). It keeps its imports, CUDA context, MLflow client, decoded datasets and compiled models
 between trials, and is replaced by a fresh process after a failure, after `recycle_after` trials or when its
 memory grows past the limit. It writes to its own log file, never to its controller, and owns its leases: when
-the controller dies it finishes its trial, records it, and goes on until the sweep is done.
+the controller dies it finishes its trial, records it, and goes on until the sweep is done. A packed worker
+(`--trials-per-gpu auto`) also probes, reports its images/s and leaves when asked (`ablations.sweep.probe`).
 
 Per attempt: claim (the ledger's compare-and-set), heartbeat, MLflow run, train (checkpoint every epoch, the
 lease checked before each write), then result → ledger → MLflow: the run is FINISHED only after the ledger
@@ -23,7 +24,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,20 @@ from ablations.outcomes import Ending, RunStatus, Standing
 from ablations.paths import STORAGE_ENV, TRACEBACK, TRACKING_ENV, TRAIN_LOG, run_dir
 from ablations.sweep.heartbeat import Heartbeat
 from ablations.sweep.ledger import Attempt, LeaseLost, Ledger, Owner, StoreUnavailable, Ticket
-from ablations.sweep.manifest import EXIT_DONE, EXIT_ERROR, EXIT_FAILPOINT, EXIT_RECYCLE, EXIT_STOPPED, Manifest
+from ablations.sweep.manifest import (
+    EXIT_DONE,
+    EXIT_ERROR,
+    EXIT_FAILPOINT,
+    EXIT_RECYCLE,
+    EXIT_RETIRED,
+    EXIT_STOPPED,
+    Manifest,
+)
+from ablations.sweep.probe import RETIRING, Packed, listen_for_retire
 from ablations.sweep.reconcile import Reconciler
 from ablations.sweep.repair import end_runs, trial_info
-from ablations.sweep.runlog import RunLog
-from ablations.sweep.slots import CONTEXT_MB, GpuPermit, Slot, register
+from ablations.sweep.runlog import RunLog, system_metrics
+from ablations.sweep.slots import GpuPermit, Slot, register
 from ablations.sweep.status import by_key, classify_attempts
 from ablations.tracking import Tracker, code_tags, environment_tags
 from ablations.training.engine import Callback, Warm, is_out_of_memory, train
@@ -155,6 +165,7 @@ class Worker:
         self.warm = Warm()
         self.permit = GpuPermit(results, slot.gpu) if slot.gpu is not None else None
         self.cuda = torch.cuda.is_available()
+        self.packed = Packed(results, manifest.id, slot.gpu) if slot.packed and slot.gpu and self.cuda else None
         self.trained = 0
         self._typed: tuple[dict[str, Any], RunConfig] | None = None  # the last ticket config validated, typed
 
@@ -189,6 +200,9 @@ class Worker:
             if self.trained >= self.manifest.recycle_after or self._too_big():
                 self.note(f"recycled after {self.trained} trials")
                 return EXIT_RECYCLE
+            if RETIRING.is_set():
+                self.note(f"left its GPU after {self.trained} trials, as its sweep asked (--trials-per-gpu auto)")
+                return EXIT_RETIRED
             STOPS.hold()  # released inside `run_attempt`'s handler: a stop from here on ends the attempt `stopped`
             attempt = self.ledger.claim(self.manifest.keys, self.owner, self.serves)
             if attempt is None:
@@ -257,10 +271,13 @@ class Worker:
                     torch.cuda.empty_cache()
                 with (
                     self.permit.hold(t.exclusive) if self.permit is not None else contextlib.nullcontext(),
-                    _system_metrics(run_id, self.tracker.uri),
+                    system_metrics(run_id, self.tracker.uri),
                 ):
-                    track = Track(self, attempt, cfg, run_id, beat)
-                    result = train(cfg, folder, [track], log=log, warm=self.warm, progress=progress)
+                    listeners: list[Callback] = [Track(self, attempt, cfg, run_id, beat)]
+                    if self.packed is not None:  # measured before it trains here; its epochs' images/s reported
+                        self.packed.probe(cfg, t.config_hash)
+                        listeners.append(self.packed)
+                    result = train(cfg, folder, listeners, log=log, warm=self.warm, progress=progress)
                 return self._record(attempt, run_id, result)
             except Stop as sig:
                 self._end(attempt, run_id, Ending.STOPPED, f"stopped by {sig}")
@@ -328,9 +345,9 @@ class Worker:
             self.runlog.call(lambda: self.tracker.end(run_id, kind.run_status, f"{kind}: {reason}"))
 
     def _memory(self) -> dict[str, float]:
-        """Peak reserved memory of the last trial, this process's CUDA context and the device's total (MB)."""
+        """Peak reserved memory of the last trial and the device's total (MB); the CUDA context is in the probe."""
         total = torch.cuda.get_device_properties(0).total_memory / 2**20
-        return {"reserved_mb": torch.cuda.max_memory_reserved() / 2**20, "context_mb": CONTEXT_MB, "total_mb": total}
+        return {"reserved_mb": torch.cuda.max_memory_reserved() / 2**20, "total_mb": total}
 
 
 def check_data(ticket: Ticket, cfg: RunConfig) -> None:
@@ -362,28 +379,6 @@ def _logger(logfile: Any) -> Callable[[str], None]:
     return log
 
 
-@contextlib.contextmanager
-def _system_metrics(run_id: str | None, uri: str) -> Iterator[None]:
-    """MLflow's system metrics (CPU, memory, GPU utilisation) sampled into the run while it trains; a tracking
-    store that refuses them costs the trial nothing."""
-    monitor = None
-    if run_id:
-        try:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-            monitor = SystemMetricsMonitor(run_id, sampling_interval=10, tracking_uri=uri)
-            monitor.start()
-        except Exception as err:  # psutil or the store unavailable: no system metrics, same training
-            print(f"system metrics off: {type(err).__name__}", file=sys.stderr, flush=True)
-            monitor = None
-    try:
-        yield
-    finally:
-        if monitor is not None:
-            with contextlib.suppress(Exception):
-                monitor.finish()
-
-
 def wait_for_manifest(path: Path, sweep: int, after: str) -> Manifest | None:
     """A sweep's first worker starts before its manifest is written: it imports the MLflow client meanwhile, then
     waits for a manifest other than the one that was there when it started (`after`: an earlier sweep of the same
@@ -402,12 +397,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, required=True)
     p.add_argument("--slot", type=int, required=True)
     p.add_argument("--gpu", help="the CUDA device this slot is pinned to (CUDA_VISIBLE_DEVICES is set for it)")
+    p.add_argument("--packed", action="store_true", help="--trials-per-gpu auto: probe, report images/s, retire")
     p.add_argument("--wait-for", type=int, metavar="PID", help="the sweep (our parent) writes the manifest later")
     p.add_argument("--after", default="none", help="with --wait-for: the manifest there when we started (stale)")
     a = p.parse_args(argv)
     signal.signal(signal.SIGTERM, STOPS.handler)
     signal.signal(signal.SIGINT, STOPS.handler)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a dropped SSH session must not take the worker with it
+    listen_for_retire()
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     threads = os.environ.get("SENET_ABLATE_THREADS")
     if threads:
@@ -421,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if manifest is None:
             return EXIT_STOPPED
-        worker = Worker(manifest, a.results, Slot(a.slot, a.gpu), storage, uri)
+        worker = Worker(manifest, a.results, Slot(a.slot, a.gpu, a.packed), storage, uri)
         try:
             return worker.run()
         finally:

@@ -1,4 +1,5 @@
-"""Slots on the CPU side of the GPU path: device ids, per-slot environment, packing, and GPU permits."""
+"""Slots on the CPU side of the GPU path: device ids (within an inherited CUDA_VISIBLE_DEVICES too), per-slot
+environment and GPU permits (packing has its own tests, in test_packing)."""
 
 import multiprocessing
 import os
@@ -8,7 +9,7 @@ import time
 import pytest
 
 from ablations.errors import SenetError
-from ablations.sweep.slots import GpuPermit, Slot, auto_per_gpu, cpu_threads, pack, parse_gpus, worker_env
+from ablations.sweep.slots import GpuPermit, Slot, cpu_threads, host_cores, parse_gpus, worker_env
 
 
 def test_gpu_ids_are_indices_uuids_or_mig_instances():
@@ -26,31 +27,45 @@ def test_a_slot_gets_its_device_its_thread_share_and_the_shared_compile_caches(t
     assert env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path.resolve() / "cache" / "inductor")
     cpu = worker_env({"OMP_NUM_THREADS": "1"}, Slot(0), threads=8, results=tmp_path)
     assert "CUDA_VISIBLE_DEVICES" not in cpu and cpu["OMP_NUM_THREADS"] == "1"  # the user's choice stands
-    assert cpu_threads(os.cpu_count() or 1) == 1 and cpu_threads(1) == (os.cpu_count() or 1)
+    assert cpu_threads(host_cores()) == 1 and cpu_threads(1) == host_cores() == len(os.sched_getaffinity(0))
 
 
-def test_packing_fits_the_largest_measured_need_with_headroom():
-    assert pack(80_000, [9_000, 15_000], headroom=0.15) == 4  # 68 GB usable / 15 GB
-    assert pack(80_000, []) == 1  # nothing measured yet: one trial per GPU
-    assert pack(80_000, [100], cap=8) == 8
-    assert pack(10_000, [20_000]) == 1  # never zero: a trial too big runs alone (and may run out of memory)
+def test_gpu_indices_count_the_devices_an_inherited_cuda_visible_devices_leaves(tmp_path):
+    uuid = "GPU-8c2f6f0e-1d2b-4b8e-9f00-123456789abc"
+    mig = "MIG-4f1c2a3b-aaaa-bbbb-cccc-0123456789ab"
+    assert parse_gpus("0,1", None) == ["0", "1"]  # nothing inherited: the host's own indices
+    assert parse_gpus("1,0", f"4,{uuid}") == [uuid, "4"]
+    assert parse_gpus(f"{mig},1", f"{mig},5") == [mig, "5"]
+    with pytest.raises(SenetError) as err:
+        parse_gpus("2", "4,5")
+    assert str(err.value) == ("--gpus: 2 is not allowed; CUDA_VISIBLE_DEVICES='4,5' from the environment leaves 4, 5 "
+                              "visible; allowed: indices 0..1 (of those) or those ids")  # fmt: skip
+    for text, visible, why in (
+        (uuid, "4,5", "--gpus: GPU-8c2f.* is not allowed; .*allowed: indices 0..1"),
+        ("0", "-1", "hides every device; allowed: none$"),
+        ("1", "3,-1,4", "leaves 3 visible"),  # CUDA reads up to the first entry that names no device
+        (f"0,{uuid}", f"{uuid},5", "names a device twice"),
+    ):
+        with pytest.raises(SenetError, match=why):
+            parse_gpus(text, visible)
 
 
-def test_auto_packing_waits_for_a_measurement_and_packs_by_the_largest_pending_configuration():
-    from optuna.trial import TrialState
+def test_an_inherited_device_order_is_kept(tmp_path):
+    env = worker_env({"CUDA_DEVICE_ORDER": "FASTEST_FIRST", "CUDA_VISIBLE_DEVICES": "4,5"}, Slot(0, "5"), 1, tmp_path)
+    assert (env["CUDA_DEVICE_ORDER"], env["CUDA_VISIBLE_DEVICES"]) == ("FASTEST_FIRST", "5")
+    assert worker_env({}, Slot(0, "5"), 1, tmp_path)["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
 
-    from ablations.sweep.ledger import Attempt, Ticket
 
-    def done(config_hash, reserved):
-        ticket = Ticket(f"{config_hash}-s0", {}, config_hash, 0, "x", {}, ["s"])
-        memory = {"reserved_mb": reserved, "context_mb": 500.0, "total_mb": 80_000.0}
-        return Attempt(0, TrialState.COMPLETE, ticket, memory=memory)
+def test_a_gpu_outside_the_allocation_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    from ablations.cli import main
+    from tests._support.configs import write_spec
 
-    small, large = "a" * 12, "b" * 12
-    assert auto_per_gpu([], {small}) == 1  # nothing measured: one trial per GPU
-    assert auto_per_gpu([done(small, 7_500)], {small}) == 8  # 68,000 MB usable / 8,000 MB
-    assert auto_per_gpu([done(small, 7_500), done(large, 33_500)], {small, large}) == 2
-    assert auto_per_gpu([done(small, 7_500), done(large, 33_500)], {small}) == 8  # the large ones are done
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8c2f6f0e-1d2b-4b8e-9f00-123456789abc")
+    results = tmp_path / "results"
+    assert main(["sweep", str(write_spec(tmp_path)), "--results", str(results), "--gpus", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--gpus: 1 is not allowed" in err[0] and "allowed: indices 0..0" in err[0], err
+    assert not results.exists()
 
 
 def _hold(results, exclusive, log, name, seconds):
