@@ -17,7 +17,7 @@ from types import MethodType
 import torch
 from torch import nn
 
-from ablations.training.graphs import GraphedStep, Tally, graph_autocast
+from ablations.training.graphs import GraphedStep, Tally
 from ablations.training.steps import train_step
 from senet_core import BasicBlock, Bottleneck
 
@@ -45,6 +45,12 @@ class Setup:
 
     def autocast(self) -> AbstractContextManager[object]:
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+
+    def autocast_for_graphs(self) -> AbstractContextManager[object]:
+        """bf16 autocast without its weight-cast cache, as the engine captures a step (`engine.make_autocast`)."""
+        return (
+            torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False) if self.bf16 else nullcontext()
+        )
 
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
@@ -95,8 +101,7 @@ def timed_step(
     )
     criterion = nn.CrossEntropyLoss()
     if graphs:
-        autocast = graph_autocast(setup.device, setup.bf16)
-        graphed = GraphedStep(net, optimizer, criterion, autocast, Tally(setup.device))
+        graphed = GraphedStep(net, optimizer, criterion, setup.autocast_for_graphs, Tally(setup.device))
 
         def replay() -> None:
             graphed(*batches())

@@ -14,7 +14,6 @@ import os
 import signal
 import threading
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,8 @@ from torch import nn
 from ablations.config import RunConfig, input_shape
 from ablations.sweep.ledger import process_start
 from ablations.sweep.packing import RETIRE, Probe, Rate, probe_path, read_probes, write_probe, write_rate
-from ablations.training.engine import Callback, pick_device
-from ablations.training.steps import Autocast, evaluate, train_step
+from ablations.training.engine import Callback, make_autocast, make_optimizer, pick_device
+from ablations.training.steps import evaluate, train_step
 from senet_core import build_model
 
 STEPS = 3  # training steps of a probe: the first allocates the gradients, the second the momentum buffers
@@ -42,19 +41,17 @@ def probe_steps(cfg: RunConfig, device: torch.device, steps: int = STEPS) -> flo
     the last training loss.
 
     Note:
-        The network trains eager even where `train.compile` compiles it: fused kernels hold less, so the eager peak
-        errs on the safe side. The engine seeds afresh before it builds a trial, so these draws change nothing of it.
+        The network trains eager even where `train.compile` compiles it or captures it: fused kernels hold less, so
+        the eager peak errs on the safe side (a captured step's memory pool holds about what an eager step does).
+        The engine seeds afresh before it builds a trial, so these draws change nothing of it.
     """
     t = cfg.train
     channels, size, classes = input_shape(cfg)
     layout = torch.channels_last if t.channels_last else torch.contiguous_format
     model = build_model(cfg.model.name, cfg.model_options(channels, classes)).to(device, memory_format=layout)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay
-    )
+    optimizer = make_optimizer(model, t, device)  # the engine's: fused on a GPU
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-    bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")  # as the engine's `_setup`
-    autocast: Autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+    autocast = make_autocast(t, device)
 
     def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.randn(n, channels, size, size, device=device).contiguous(memory_format=layout)

@@ -22,12 +22,12 @@ import psutil
 import torch
 from torch import nn
 
-from ablations.config import RunConfig, check_graphs, network_cost
+from ablations.config import RunConfig, TrainSection, check_graphs, network_cost
 from ablations.data.build import DataBundle, DataCache, build_data
 from ablations.errors import SenetError
 from ablations.paths import CHECKPOINT
 from ablations.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_aside
-from ablations.training.graphs import GraphedStep, Step, Tally, graph_autocast, make_step
+from ablations.training.graphs import GraphedStep, Step, Tally, make_step
 from ablations.training.result import RunResult, write_result
 from ablations.training.schedule import Schedule
 from ablations.training.steps import Autocast, Progress, evaluate
@@ -121,10 +121,24 @@ class _Run:
     step: Step | GraphedStep  # one training step on a batch (captured as a CUDA graph under compile: graphs)
 
 
-def _autocast(device: torch.device, bf16: bool) -> Autocast:
+def make_autocast(t: TrainSection, device: torch.device) -> Autocast:
+    """The precision a run of `t` trains in on `device`: bf16 autocast (without its weight-cast cache under CUDA
+    graphs, which must not keep it across replays), or none."""
+    bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
     if not bf16:
         return nullcontext
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    cache = t.compile != "graphs"
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
+
+
+def make_optimizer(model: nn.Module, t: TrainSection, device: torch.device) -> torch.optim.SGD:
+    """SGD as `t` sets it. On a GPU the fused SGD: one kernel for every parameter instead of a loop of them, and the
+    only SGD whose learning rate a captured graph can read from a tensor. The CPU keeps the reference loop (its
+    results stand)."""
+    fused = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.SGD(
+        model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay, **fused
+    )
 
 
 def _compiled(model: nn.Module, arch: str, mode: str, warm: Warm | None) -> tuple[nn.Module, nn.Module]:
@@ -169,21 +183,15 @@ def _setup(cfg: RunConfig, warm: Warm | None) -> _Run:
         # The mode is part of the key: a worker's reduce-overhead graph must not serve a default-mode trial.
         arch = json.dumps([cfg.model.name, options, str(device), bool(t.channels_last), t.compile], sort_keys=True)
         model, net = _compiled(model, arch, t.compile, warm)
-    # On a GPU the fused SGD: one kernel for every parameter instead of a loop of them, and the only SGD whose
-    # learning rate a captured graph can read from a tensor. The CPU keeps the reference loop (its results stand).
-    fused = {"fused": True} if device.type == "cuda" else {}
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay, **fused
-    )
+    optimizer = make_optimizer(model, t, device)
     if len(data.train) == 0:
         raise SenetError(f"train.batch_size: {t.batch_size} leaves no full batch of {data.train_size} images")
     schedule = Schedule(t, len(data.train))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
-    graphs = t.compile == "graphs"
-    autocast = graph_autocast(device, bf16) if graphs else _autocast(device, bf16)
+    autocast = make_autocast(t, device)
     tally = Tally(device)
-    step = make_step(net, optimizer, nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), autocast, tally, graphs)
+    criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+    step = make_step(net, optimizer, criterion, autocast, tally, graphs=t.compile == "graphs")
     return _Run(cfg, device, data, model, net, optimizer, schedule, scheduler, cost, autocast, cfg.config_hash(),
                 tally, step)  # fmt: skip
 

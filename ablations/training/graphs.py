@@ -14,7 +14,6 @@ while the graph stays the same.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -156,10 +155,3 @@ def make_step(
         return out, loss
 
     return step
-
-
-def graph_autocast(device: torch.device, bf16: bool) -> Autocast:
-    """bf16 autocast without its weight-cast cache, which a captured graph must not keep across replays."""
-    if not bf16:
-        return nullcontext
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
