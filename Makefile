@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test kit-test faults lint bench gpu-kit gpu-check data postgres clean
+.PHONY: demo test e2e faults lint bench gpu-kit gpu-check data postgres clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,12 +35,13 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy senet_core
 
 test: $(VENV)/.installed data postgres lint
-	$(PY) -m pytest -q -m "not faults and not gpu and not kit"
+	$(PY) -m pytest -q -m "not faults and not gpu and not kit and not e2e"
 
-# The GPU kit end to end (about 2 minutes; it downloads the kit's wheels from PyPI): built for three Pythons,
-# installed with pip and without, and the harness sweeping from it on a Python with only the GPU host's packages.
-kit-test: $(VENV)/.installed data
-	$(PY) -m pytest -q -m kit
+# End-to-end cases kept out of `make test` (about 4 minutes): the GPU kit (it downloads the kit's wheels from PyPI)
+# built for three Pythons, installed with pip and without, and the harness sweeping from it on a Python with only
+# the GPU host's packages; and long sweeps in subprocesses (a stalled read, the UI, read-only folders, packing).
+e2e: $(VENV)/.installed data postgres
+	$(PY) -m pytest -q -m "kit or e2e"
 
 # Seeded rounds of kills, pauses, races and store faults per ledger backend, and the dedicated fault cases (about
 # 12 minutes on 2 cores; as root the SQLite rounds fill a small tmpfs); CI runs it after `make test`.

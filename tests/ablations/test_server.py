@@ -42,7 +42,7 @@ def test_server_passes_the_database_by_environment(tmp_path):
     assert env["MLFLOW_BACKEND_STORE_URI"] == f"sqlite:///{Path(tmp_path / 'r').resolve() / 'mlflow.db'}"
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_ui_child_serves_the_store_it_was_given_by_environment(tmp_path):
     """The real `mlflow ui` reads the store from MLFLOW_BACKEND_STORE_URI: it lists the results folder's study."""
     results = tmp_path / "results"

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from benchmarks import gpu_check
 from benchmarks.gpu_check import Outcome, Step, collect_json, packing_check, run_steps, write_results_md
@@ -103,6 +104,7 @@ def test_the_packed_sweep_is_judged_against_the_single_worker_only_when_both_fin
     assert judged == {"ratio": 0.5, "target": 0.8, "met": True}
 
 
+@pytest.mark.e2e
 def test_a_timed_sweep_starts_afresh_and_records_its_wall_time_and_trials(tmp_path, monkeypatch):
     from tests._support.configs import write_spec
 

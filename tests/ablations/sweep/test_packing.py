@@ -194,7 +194,7 @@ def test_auto_starts_one_packed_slot_per_gpu_numbered_as_the_sweep_adds_them(tmp
     assert opts.slots() == [Slot(0, "0", packed=True), Slot(MAX_SLOTS, "GPU-8c2f6f0e", packed=True)]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_worker_asked_to_leave_finishes_its_trial_and_claims_no_other(tmp_path):
     """The controller's `RETIRE` reaches a worker mid-trial: the trial ends as it would, then the worker exits
     `EXIT_RETIRED` (a clean end, no death of its slot) and leaves the next trial to the others."""
@@ -236,7 +236,7 @@ def test_a_worker_asked_to_leave_finishes_its_trial_and_claims_no_other(tmp_path
     assert "left its GPU after 1 trials, as its sweep asked" in out
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_packed_sweep_that_measures_nothing_adds_no_worker(tmp_path):
     """The controller's packing on a host without CUDA: its trials train on the CPU, so no worker probes or reports
     and the GPU keeps its first worker for the whole sweep (never one added before a measurement)."""

@@ -323,6 +323,7 @@ def test_real_fashion_mnist_subsets_end_to_end(tmp_path, capsys):
     assert "no SE" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_ui_binds_to_loopback_links_the_runs_tables_and_dies_with_sigterm(tmp_path):
     """Item 6: `ui` stopped with SIGTERM used to leave the MLflow server running and the port taken."""
     results = tmp_path / "results"

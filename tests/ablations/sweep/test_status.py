@@ -98,7 +98,7 @@ def _finished_sweep(tmp_path: Path, *args: str) -> tuple[Path, Path]:
     return spec, results
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_status_and_report_read_a_read_only_results_folder(tmp_path, capsys):
     """Item 16: `report` crashed on a read-only results folder (it logs the report to the study's parent run, whose
     artifacts live there). It reads, writes the report where --out says and notes what it could not attach. The
@@ -117,7 +117,7 @@ def test_status_and_report_read_a_read_only_results_folder(tmp_path, capsys):
     assert "not attached to the study's parent run" in err and "Traceback" not in err
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_status_and_report_read_a_wholly_read_only_results_folder(tmp_path, capsys):
     spec, results = _finished_sweep(tmp_path)
     with read_only(results):

@@ -94,6 +94,7 @@ def test_a_dead_heartbeat_stops_training_and_ends_the_attempt_as_a_crash(tmp_pat
     assert not (folder / CHECKPOINT).exists() and not (folder / RESULT).exists()  # ... and wrote nothing unleased
 
 
+@pytest.mark.e2e
 def test_a_trial_blocked_in_a_read_ends_stalled_and_its_worker_is_replaced(tmp_path, monkeypatch):
     """Item 10: a trial blocked in a read kept beating and held its lease forever: the sweep never ended. Now the
     heartbeat sees no training step for the stall time and ends the attempt `stalled`; the worker exits to be
