@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test e2e faults lint bench gpu-kit gpu-check data postgres clean
+.PHONY: demo test e2e faults slurm slurm-test lint bench gpu-kit gpu-check data postgres clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,24 +29,38 @@ postgres:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql >/dev/null; \
 	else echo "note: no apt-get; the PostgreSQL tests will skip and say why"; fi
 
+# The Slurm tests start a throwaway one-node cluster (munged, slurmctld, slurmd) in a temporary folder from Debian's
+# binaries; nothing is installed as a service and nothing runs once the tests end.
+slurm:
+	@if command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq slurm-wlm munge >/dev/null; \
+	else echo "note: no apt-get; the Slurm tests will skip and say why"; fi
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check senet_core ablations tests benchmarks
 	$(VENV)/bin/ruff check senet_core ablations tests benchmarks
 	$(VENV)/bin/mypy senet_core
 
 test: $(VENV)/.installed data postgres lint
-	$(PY) -m pytest -q -m "not faults and not gpu and not kit and not e2e"
+	$(PY) -m pytest -q -m "not faults and not gpu and not kit and not e2e and not slurm"
 
 # End-to-end cases kept out of `make test` (about 4 minutes): the GPU kit (it downloads the kit's wheels from PyPI)
 # built for three Pythons, installed with pip and without, and the harness sweeping from it on a Python with only
 # the GPU host's packages; and long sweeps in subprocesses (a stalled read, the UI, read-only folders, packing).
 e2e: $(VENV)/.installed data postgres
-	$(PY) -m pytest -q -m "kit or e2e"
+	$(PY) -m pytest -q -m "(kit or e2e) and not slurm"
 
 # Seeded rounds of kills, pauses, races and store faults per ledger backend, and the dedicated fault cases (about
 # 12 minutes on 2 cores; as root the SQLite rounds fill a small tmpfs); CI runs it after `make test`.
 faults: $(VENV)/.installed data postgres
-	$(PY) -m pytest -q -s -m faults
+	$(PY) -m pytest -q -s -m "faults and not slurm"
+
+# The real one-node Slurm cluster and submitit driving it: GPU jobs on stand-in devices, job arrays, preemption and
+# requeue between partitions, cancelling an array task (about 40 s; as root, since the daemons run as SlurmUser=root).
+slurm-test: $(VENV)/.installed slurm
+	$(PY) -m pytest -q -m slurm
 
 demo: $(VENV)/.installed data
 	$(VENV)/bin/senet-ablate sweep demo --workers 2

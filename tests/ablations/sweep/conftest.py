@@ -1,8 +1,11 @@
 """Fixtures of the sweep tests."""
 
+import os
 import signal
 
 import pytest
+
+from tests._support.slurm import start_slurm
 
 
 @pytest.fixture(autouse=True)
@@ -12,3 +15,19 @@ def _restore_signals():
     yield
     for s, h in saved.items():
         signal.signal(s, h)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """One throwaway one-node Slurm cluster for the session (skips, saying why, where it cannot start). While it runs,
+    this process's own environment points at it too, since submitit runs sbatch and sacct with `os.environ`."""
+    cluster, why = start_slurm()
+    if cluster is None:
+        pytest.skip(f"Slurm unavailable: {why}")
+    with pytest.MonkeyPatch.context() as mp:
+        for key in set(os.environ) - set(cluster.env):
+            mp.delenv(key)
+        for key, value in cluster.env.items():
+            mp.setenv(key, value)
+        yield cluster
+    cluster.stop()
