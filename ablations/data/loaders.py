@@ -91,15 +91,17 @@ class DeviceLoader:
         self.images, self.labels = images, labels.to(images.device, torch.int64)
         self.batch_size, self.train, self.augment, self.drop_last = batch_size, train, augment, drop_last
         self.seed, self.epoch, self.channels_last, self.dtype = seed, 0, channels_last, dtype
+        self.start = 0  # the next pass's first batch (`set_epoch`)
         self.mean = torch.as_tensor(mean, dtype=torch.float32)
         self.std = torch.as_tensor(std, dtype=torch.float32)
         # (x / 255 - mean) / std folded into one multiply-add per pixel.
         self._scale = (1 / (255 * self.std)).view(1, -1, 1, 1).to(images.device)
         self._shift = (-self.mean / self.std).view(1, -1, 1, 1).to(images.device)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next pass use the order and augmentation of `epoch`."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Make the next pass use the order and augmentation of `epoch`, beginning at its batch `start` (a run
+        resumed mid-epoch: the batches after the checkpoint's, exactly as the uninterrupted pass would give them)."""
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
         n = len(self.images)
@@ -108,12 +110,13 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
         self.epoch += 1
+        first, self.start = self.start, 0
         n, device = len(self.images), self.images.device
         # Drawn on the CPU, so a run gives the same batches on any device.
         order = (torch.randperm(n, generator=gen) if self.train else torch.arange(n)).to(device)
         shifts = torch.randint(0, 2 * PAD + 1, (n, 2), generator=gen).to(device) if self.augment else None
         flips = (torch.rand(n, generator=gen) < 0.5).to(device) if self.augment else None
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        for start in range(first * self.batch_size, len(self) * self.batch_size, self.batch_size):
             part = slice(start, start + self.batch_size)
             x = self.images[order[part]]
             if shifts is not None and flips is not None:
@@ -129,15 +132,17 @@ class _EpochOrder(Sampler[tuple[int, int]]):
 
     def __init__(self, n: int, shuffle: bool, seed: int) -> None:
         self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+        self.skip = 0  # indices of the next pass left out at its start (a run resumed mid-epoch)
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, self.epoch = self.epoch, self.epoch + 1
+        skip, self.skip = self.skip, 0
         gen = torch.Generator().manual_seed(_mix(self.seed, epoch))
         order = torch.randperm(self.n, generator=gen) if self.shuffle else torch.arange(self.n)
-        return ((epoch, i) for i in order.tolist())
+        return ((epoch, i) for i in order[skip:].tolist())
 
 
 class _Seeded(Dataset):
@@ -201,9 +206,10 @@ class FolderLoader:
     def epoch(self) -> int:
         return self._order.epoch
 
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next pass use the order and augmentation of `epoch`."""
-        self._order.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Make the next pass use the order and augmentation of `epoch`, beginning at its batch `start` (the images
+        before it are never loaded)."""
+        self._order.epoch, self._order.skip = epoch, start * self.batch_size
 
     def __len__(self) -> int:
         return len(self._loader)

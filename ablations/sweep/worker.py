@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -44,7 +43,6 @@ from ablations.sweep.ledger import Attempt, LeaseLost, Ledger, Owner, StoreUnava
 from ablations.sweep.manifest import (
     EXIT_DONE,
     EXIT_ERROR,
-    EXIT_FAILPOINT,
     EXIT_RECYCLE,
     EXIT_RETIRED,
     EXIT_STOPPED,
@@ -56,64 +54,15 @@ from ablations.sweep.repair import end_runs, trial_info
 from ablations.sweep.runlog import RunLog, system_metrics
 from ablations.sweep.slots import GpuPermit, Slot, register
 from ablations.sweep.status import by_key, classify_attempts
+from ablations.sweep.stops import STOPS, Stop, failpoint
 from ablations.tracking import Tracker, code_tags, environment_tags
-from ablations.training.engine import Callback, Warm, is_out_of_memory, train
+from ablations.training.engine import Callback, Paused, Warm, is_out_of_memory, train
 from ablations.training.result import RunResult
 from ablations.training.steps import Progress
 from senet_core import build_model, se_blocks
 
 IDLE_S = 0.5  # pause between looks at the ledger while other workers' trials run
 MANIFEST_POLL_S = 0.02  # how often a first worker looks for the manifest its sweep is about to write
-
-
-class Stop(BaseException):
-    """SIGTERM or SIGINT from the sweep: the attempt ends as `stopped` (no retry used), its run KILLED."""
-
-
-class Stops:
-    """SIGTERM and SIGINT raise `Stop`, except while held: from the claim until the attempt's own handler is in
-    place a stop waits, so an attempt this worker holds ends `stopped`, never left RUNNING by a worker that exited
-    (which the reconciler would end as a crash, using a retry)."""
-
-    def __init__(self) -> None:
-        self.held = False
-        self.pending: str | None = None
-
-    def handler(self, signum: int, _frame: object) -> None:
-        name = signal.Signals(signum).name
-        if self.held:
-            self.pending = name
-            return
-        raise Stop(name)
-
-    def hold(self) -> None:
-        self.held = True
-
-    def release(self) -> None:
-        """Stop waiting; raise the stop that came meanwhile."""
-        self.held = False
-        if self.pending is not None:
-            name, self.pending = self.pending, None
-            raise Stop(name)
-
-
-STOPS = Stops()  # the process's handler (installed by `main`; in-process workers of tests never hold a stop)
-
-
-def failpoint(name: str) -> None:
-    """Die here when `SENET_ABLATE_FAILPOINT` names this point: fault tests place a crash exactly (e.g. between
-    the ledger's COMPLETE and MLflow's FINISHED). `NAME:sigterm` instead sends this process a SIGTERM here, a stop
-    arriving at exactly that point, and `NAME:hang` blocks here for good (a read that never returns). A no-op
-    otherwise."""
-    where, _, action = os.environ.get("SENET_ABLATE_FAILPOINT", "").partition(":")
-    if where != name:
-        return
-    if action == "sigterm":
-        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs before the next line of the caller
-        return
-    if action == "hang":
-        threading.Event().wait()
-    os._exit(EXIT_FAILPOINT)
 
 
 class Track(Callback):
@@ -129,6 +78,9 @@ class Track(Callback):
             self.worker.runlog.submit(lambda: tracker.log_text(run_id, text, "start.json"))
             # built on the logging thread, off the training path
             self.worker.runlog.submit(lambda: tracker.log_text(run_id, model_summary(cfg, info), "model_summary.txt"))
+
+    def pause_requested(self) -> bool:
+        return STOPS.pausing is not None
 
     def before_save(self, epoch: int) -> None:
         self.beat.check()
@@ -277,11 +229,15 @@ class Worker:
                     if self.packed is not None:  # measured before it trains here; its epochs' images/s reported
                         self.packed.probe(cfg, t.config_hash)
                         listeners.append(self.packed)
-                    result = train(cfg, folder, listeners, log=log, warm=self.warm, progress=progress)
+                    with STOPS.train():
+                        result = train(cfg, folder, listeners, log=log, warm=self.warm, progress=progress)
                 return self._record(attempt, run_id, result)
             except Stop as sig:
                 self._end(attempt, run_id, Ending.STOPPED, f"stopped by {sig}")
                 raise
+            except Paused as paused:  # a stop while it trained: checkpointed at the step it had reached
+                self._end(attempt, run_id, Ending.STOPPED, f"stopped by {STOPS.pausing}, {paused}")
+                raise Stop(STOPS.pausing) from None
             except LeaseLost:
                 now = self.ledger.attempt(attempt.trial_id)
                 why = f"superseded: the ledger ended this attempt ({now.kind or now.state.name}: {now.reason})"

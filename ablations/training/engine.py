@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from ablations.data.build import DataBundle, DataCache, build_data
 from ablations.errors import SenetError
 from ablations.paths import CHECKPOINT
 from ablations.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_aside
+from ablations.training.ends import Diverged, Partial, Paused, _Pause
 from ablations.training.graphs import GraphedStep, Step, Tally, make_step
 from ablations.training.result import RunResult, write_result
 from ablations.training.schedule import Schedule
@@ -39,14 +40,6 @@ from senet_core import Complexity, build_model
 _OOM_TEXT = ("out of memory", "cublas_status_alloc_failed", "cudnn_status_alloc_failed", "cudaerrormemoryallocation")
 
 
-class Diverged(Exception):
-    """The training loss became NaN or infinite at `epoch` (1-based), `step` (0-based within it)."""
-
-    def __init__(self, epoch: int, step: int) -> None:
-        super().__init__(f"loss is not finite at epoch {epoch}, step {step}")
-        self.epoch, self.step = epoch, step
-
-
 class Callback:
     """Hooks the sweep worker uses to track a run; every method is optional."""
 
@@ -56,6 +49,11 @@ class Callback:
     def before_save(self, epoch: int) -> None:
         """Before the checkpoint of epoch `epoch` or the result (epoch 0) is written; raise to stop the run
         without writing it (e.g. the sweep's lease on it was lost)."""
+
+    def pause_requested(self) -> bool:
+        """Asked after every training step: True checkpoints the run where it stands, mid-epoch, and ends it with
+        `Paused` (a preemption or a time limit whose grace is shorter than an epoch); resuming is exact."""
+        return False
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         """After epoch `epoch` (1-based) is checkpointed."""
@@ -198,15 +196,17 @@ def _setup(cfg: RunConfig, warm: Warm | None) -> _Run:
 
 def _restore(
     run: _Run, ckpt: Path | None, log: Callable[[str], None], warm: Warm | None
-) -> tuple[_Run, list[dict[str, float]], list[str]]:
-    """Resume from the run's checkpoint when it holds an earlier epoch of this configuration and seed.
+) -> tuple[_Run, list[dict[str, float]], list[str], Partial | None]:
+    """Resume from the run's checkpoint when it holds an earlier epoch, or part of one, of this configuration and
+    seed.
 
     A checkpoint this code cannot resume from (torn, refused by the safe unpickler, another network's state dict,
     another configuration or seed) is set aside beside it and the run starts over in this attempt, from a freshly
     built run: a refused state dict may already have overwritten part of the network before it was refused.
     """
+    partial = None
     if ckpt is None or not ckpt.exists():
-        return run, [], []
+        return run, [], [], None
     try:
         state = load_checkpoint(ckpt)
         if state.get("config_hash") != run.digest or state.get("seed") != run.cfg.seed:
@@ -219,16 +219,19 @@ def _restore(
             if run.device.type == "cuda" and "rng_cuda" in state:
                 torch.cuda.set_rng_state(state["rng_cuda"])
             history = list(state["history"])
+            partial = Partial(**state["partial"]) if state.get("partial") else None
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
             cause = " ".join(str(err).split())[:200]  # one line: load_state_dict lists each mismatch on its own
             raise CheckpointError(f"{ckpt}: does not fit this code's network ({type(err).__name__}: {cause})") from None
         note = f"resumed after epoch {state['epoch']} from {ckpt}"
+        if partial is not None:
+            note = f"resumed in epoch {partial.epoch + 1} at step {partial.step} from {ckpt}"
     except CheckpointError as err:
         aside = set_aside(ckpt)
         note = f"{err}; set aside as {aside.name}, restarting from scratch"
-        run, history = _setup(run.cfg, warm), []
+        run, history, partial = _setup(run.cfg, warm), [], None
     log(note)
-    return run, history, [note]
+    return run, history, [note], partial
 
 
 def _state(run: _Run, epoch: int, history: list[dict[str, float]]) -> dict[str, Any]:
@@ -261,8 +264,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_one_epoch(run: _Run, epoch: int, first_step: bool, progress: Progress | None = None) -> dict[str, float]:
-    """Epoch `epoch` (0-based) and its validation; the metrics of the history.
+def train_one_epoch(
+    run: _Run,
+    epoch: int,
+    first_step: bool,
+    progress: Progress | None = None,
+    partial: Partial | None = None,
+    pause: Callable[[], bool] | None = None,
+) -> dict[str, float]:
+    """Epoch `epoch` (0-based) and its validation; the metrics of the history. With `partial` the epoch goes on
+    from a mid-epoch checkpoint; `pause()`, asked after every step, stops it there (`_Pause` carries where).
 
     The steps before the loop's steady state are timed on their own as `compile_time_s` and left out of images/s:
     with `first_step` (the first step this process trains, which compiles a compiled model) that step, and under
@@ -274,7 +285,8 @@ def train_one_epoch(run: _Run, epoch: int, first_step: bool, progress: Progress 
             still names the first step whose loss was not finite.
     """
     data, device = run.data, run.device
-    data.train.set_epoch(epoch)
+    first = partial.step if partial else 0
+    data.train.set_epoch(epoch, first)
     run.net.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -284,11 +296,15 @@ def train_one_epoch(run: _Run, epoch: int, first_step: bool, progress: Progress 
     seen = skipped = 0
     began = time.perf_counter()
     compile_s = 0.0
+    if partial is not None:
+        tally.restore(partial.loss_sum, partial.correct, partial.step)
+        seen, skipped, compile_s = partial.seen, partial.skipped, partial.compile_s
+        began -= partial.elapsed_s
     progress = progress or Progress()
     graphed = run.step if isinstance(run.step, GraphedStep) else None
-    for step, (x, y) in enumerate(data.train):
+    for step, (x, y) in enumerate(data.train, first):
         setting_up = (graphed is not None and not graphed.captured) or (
-            step == 0 and first_step and run.cfg.train.compile not in ("off", "graphs")
+            step == first and first_step and run.cfg.train.compile not in ("off", "graphs")
         )
         run.step(x, y)
         progress.steps += 1
@@ -299,6 +315,13 @@ def train_one_epoch(run: _Run, epoch: int, first_step: bool, progress: Progress 
             compile_s, skipped = time.perf_counter() - began, seen
         if device.type == "cpu" and tally.first_bad() is not None:
             raise Diverged(epoch + 1, step)
+        if pause is not None and step + 1 < len(data.train) and pause():
+            bad = tally.first_bad()
+            if bad is not None:
+                raise Diverged(epoch + 1, bad)
+            loss_sum, correct = tally.read()
+            elapsed = time.perf_counter() - began
+            raise _Pause(Partial(epoch, step + 1, loss_sum, correct, seen, skipped, elapsed, compile_s))
     bad = tally.first_bad()
     if bad is not None:
         raise Diverged(epoch + 1, bad)
@@ -373,16 +396,29 @@ def train(
     began = time.perf_counter()
     run = _setup(cfg, warm)
     ckpt = run_dir / CHECKPOINT if run_dir is not None else None
-    run, history, notes = _restore(run, ckpt, log, warm)
+    run, history, notes, partial = _restore(run, ckpt, log, warm)
     start = len(history)
     info = {"params": run.cost.params, "gflops": run.cost.gflops, "device": str(run.device), "resumed_from": start,
             "config_hash": run.digest, "precision": cfg.train.precision, "channels_last": cfg.train.channels_last,
             "compile": cfg.train.compile}  # fmt: skip
     for cb in callbacks:
         cb.on_start(info)
+    asks = [cb for cb in callbacks if type(cb).pause_requested is not Callback.pause_requested]
+
+    def pause() -> bool:
+        return any(cb.pause_requested() for cb in asks)
+
     try:
         for epoch in range(start, cfg.train.epochs):
-            metrics = train_one_epoch(run, epoch, first_step=epoch == start, progress=progress)
+            resumed = partial if epoch == start else None
+            try:
+                metrics = train_one_epoch(run, epoch, epoch == start, progress, resumed, pause if asks else None)
+            except _Pause as stop:
+                for cb in callbacks:
+                    cb.before_save(epoch)
+                if ckpt is not None:
+                    save_checkpoint(_state(run, epoch, history) | {"partial": asdict(stop.partial)}, ckpt)
+                raise Paused(epoch + 1, stop.partial.step) from None
             history.append(metrics)
             for cb in callbacks:
                 cb.before_save(epoch + 1)

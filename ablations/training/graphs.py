@@ -41,6 +41,12 @@ class Tally:
         self.bad_step.fill_(-1)
         self.step.zero_()
 
+    def restore(self, loss_sum: float, correct: int, step: int) -> None:
+        """The sums of a paused epoch's first `step` steps (its loss was finite: a paused run had not diverged)."""
+        self.loss_sum.fill_(loss_sum)
+        self.correct.fill_(correct)
+        self.step.fill_(step)
+
     def add(self, out: torch.Tensor, loss: torch.Tensor, y: torch.Tensor) -> None:
         loss = loss.detach().float()
         self.loss_sum += loss * y.numel()

@@ -144,7 +144,9 @@ def test_sigint_stops_the_workers_cleanly_and_the_rerun_resumes(tmp_path):
     assert not _workers(results)
     assert sweep(spec, results, "--max-retries", "0") == 0  # the rerun, in this process
     assert_each_trial_complete_once(local_ledger(results), results, 1)
-    assert "resumed after epoch" in next(results.glob("runs/*/train.log")).read_text()
+    # the stop came mid-epoch: the worker checkpointed at its next step, and the rerun went on from that step
+    assert "resumed in epoch" in next(results.glob("runs/*/train.log")).read_text()
+    assert "paused at epoch" in ledger[0].reason
 
 
 def test_a_diverged_trial_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
