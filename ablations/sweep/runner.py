@@ -85,6 +85,7 @@ class Sweep:
         self.children: dict[int, subprocess.Popen[bytes]] = first.children() if first else {}
         self.deaths: dict[int, int] = {}  # slot → worker deaths in a row without a finished trial
         self.given_up: set[int] = set()
+        self.told: set[int] = set()  # workers sent their SIGTERM (`terminate`)
         auto = bool(opts.gpus) and opts.trials_per_gpu is None
         self.packer = Packer(self.results, manifest.id, opts.gpus, host_cores()) if auto else None
         self.leaving: set[int] = set()  # pids of the workers asked to leave their GPU after their trial
@@ -238,13 +239,16 @@ class Sweep:
         stores = (self.opts.storage_url, self.tracker.uri)
         return spawn_worker(self.results, manifest_path, self.manifest.id, slot, cpu_threads(slots), stores, None)
 
-    def terminate(self) -> None:
+    def terminate(self, again: bool = False) -> None:
         """SIGTERM to every worker of this sweep on this host (ours and adopted; a joiner's manifest has its own id,
-        so a joiner's are never the sweep's): they end their attempts as `stopped` and their runs KILLED."""
+        so a joiner's are never the sweep's): they end their attempts as `stopped` and their runs KILLED. Each worker
+        is told once (a training worker takes a second stop as "now", skipping its checkpoint at the next step),
+        unless `again`: the wind-down's last word to workers that outlived it."""
         pids = {p.pid for p in self.children.values()} | {w.pid for w in live_workers(self.results, self.manifest.id)}
-        for pid in pids:
+        for pid in pids if again else pids - self.told:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+        self.told |= pids
 
     def _wind_down(self, stopping: bool, timeout: float = 60.0) -> None:
         """Stopping: terminate the workers and wait for them. Done: let ours see that nothing is left and exit."""
@@ -259,7 +263,7 @@ class Sweep:
             if not self.children and (not stopping or not alive):
                 return
             time.sleep(NAP_S)
-        self.terminate()
+        self.terminate(again=True)
 
 
 def _install_signals(sweep: Sweep) -> None:
