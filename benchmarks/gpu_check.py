@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from benchmarks.kit_install import FASHION  # the kit's data folder (standard library only)
+
 ROOT = Path(__file__).resolve().parent.parent
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 BUDGET_S = 480.0  # the whole check, the install included (a host call is about ten minutes, its start included)
@@ -297,8 +299,8 @@ def data_folder(given: Path | None, kit: Path | None = None) -> Path:
     else Debian's."""
     if given is not None:
         return given.resolve()
-    if kit is not None and (kit / "fashion-mnist").is_dir():
-        return (kit / "fashion-mnist").resolve()
+    if kit is not None and (kit / FASHION).is_dir():
+        return (kit / FASHION).resolve()
     return DEBIAN_FASHION
 
 

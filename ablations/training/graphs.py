@@ -13,6 +13,7 @@ while the graph stays the same.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -95,9 +96,7 @@ class GraphedStep:
         return self.graph is not None
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out, loss = train_step(self.net, self.optimizer, self.criterion, x, y, self.autocast)
-        self.tally.add(out, loss, y)
-        return out, loss
+        return tallied_step(self.net, self.optimizer, self.criterion, self.autocast, self.tally, x, y)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.graph is not None and x.shape == self._x.shape:
@@ -154,10 +153,19 @@ def make_step(
     """The loop's step: captured as a CUDA graph with `graphs`, else `train_step` and `tally.add` eagerly."""
     if graphs:
         return GraphedStep(net, optimizer, criterion, autocast, tally)
+    return functools.partial(tallied_step, net, optimizer, criterion, autocast, tally)
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out, loss = train_step(net, optimizer, criterion, x, y, autocast)
-        tally.add(out, loss, y)
-        return out, loss
 
-    return step
+def tallied_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    autocast: Autocast,
+    tally: Tally,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`train_step` on (x, y), its loss and hits added to `tally`: what the loop runs eagerly and what a graph holds."""
+    out, loss = train_step(net, optimizer, criterion, x, y, autocast)
+    tally.add(out, loss, y)
+    return out, loss
