@@ -127,6 +127,8 @@ class StudySpec(BaseModel):
         vary_data_seed: each trial's `data.data_seed` is its seed, so the spread over seeds includes the validation
             split, the training and validation subsets and a drawn test subset (default: one fixed data seed, so
             intervals cover initialisation and data order only).
+        launcher: the cluster's defaults for `--launcher slurm` (`ablations.sweep.slurm.SlurmOptions`); where the
+            trials run, never what they are.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -142,6 +144,7 @@ class StudySpec(BaseModel):
     include: list[str] = []
     reference: dict[str, Any] = dict(STANDARD_SE)
     vary_data_seed: bool = False
+    launcher: dict[str, Any] = {}  # defaults of a launcher (`slurm: {partition: ..., time: ...}`); never in keys
     _file: Path | None = PrivateAttr(None)  # the YAML file the spec came from; relative includes resolve next to it
     _included: list[StudySpec] | None = PrivateAttr(None)  # the `include` studies, once `load` has read them
     _where: str = PrivateAttr("")  # how messages name the spec: its file, or its name

@@ -103,6 +103,15 @@ def host_id() -> str:
     return f"{platform.node()}/{boot}/{namespace}"
 
 
+def slurm_job() -> tuple[str | None, int]:
+    """The Slurm job this process runs in (`123_4` for an array task, else the job id; None outside Slurm) and
+    which run of it this is (a requeued job runs again under the same id: SLURM_RESTART_COUNT)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID") or None
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return job, int(restarts) if restarts.isdigit() else 0
+
+
 def process_start(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), None without /proc."""
     try:
@@ -136,11 +145,14 @@ class Owner:
     pid: int
     start: int | None  # process start time, against pid reuse
     token: str  # random per process (the lease's fencing token is the attempt's, new at every claim)
+    job: str | None = None  # the Slurm job it runs in (`123_4` for an array task), whose end Slurm can tell
+    restarts: int = 0  # which run of that job (a requeued job runs again under the same id)
 
     @classmethod
     def me(cls) -> Owner:
         pid = os.getpid()
-        return cls(platform.node(), host_id(), pid, process_start(pid), secrets.token_hex(4))
+        job, restarts = slurm_job()
+        return cls(platform.node(), host_id(), pid, process_start(pid), secrets.token_hex(4), job, restarts)
 
     def is_local(self) -> bool:
         return self.host_id == host_id()

@@ -7,11 +7,16 @@ Deaths are judged like this:
 - an attempt owned by a process this host can see is dead when that process is gone (at once);
 - any RUNNING attempt whose last heartbeat is older than the ledger's grace by the database's clock is dead: its
   host died or its worker is paused (`Ledger.expire`, which compares in the statement that ends it, so a slow or
-  paused observer never ends a lease that is being renewed).
+  paused observer never ends a lease that is being renewed);
+- with `slurm` (a supervisor on a Slurm cluster), an attempt whose worker ran in a Slurm job that Slurm says is over
+  is dead at once, ended as the scheduler's stop when the scheduler ended the job (`slurm.scheduler_end`); a worker
+  found dead on this host while Slurm still runs its job waits for Slurm's word, unless the observer is that job.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,8 +24,11 @@ from ablations.errors import SenetError
 from ablations.outcomes import Ending, Standing
 from ablations.study.spec import StudySpec
 from ablations.study.trials import Trial
-from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, State, Ticket, pid_alive
+from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, State, Ticket, pid_alive, slurm_job
+from ablations.sweep.slurm import JobState, have_slurm, job_states, scheduler_end
 from ablations.sweep.status import ReadOptions, by_key, classify_attempts, study_status, ticket_of
+
+JOBS_S = 5.0  # seconds between a supervisor's questions to Slurm about its trials' jobs
 
 
 @dataclass(frozen=True)
@@ -35,9 +43,34 @@ class Ended:
 class Reconciler:
     """Ends dead attempts and queues the next ones; holds nothing between passes but its ledger."""
 
-    def __init__(self, ledger: Ledger, log: Callable[[str], None]) -> None:
+    def __init__(self, ledger: Ledger, log: Callable[[str], None], slurm: bool = False) -> None:
         self.ledger = ledger
         self.log = log
+        self.slurm = slurm and have_slurm()
+        self._jobs: tuple[float, set[str], dict[str, JobState]] = (-math.inf, set(), {})
+
+    def _job_states(self, jobs: set[str]) -> dict[str, JobState]:
+        """What Slurm says of `jobs`, asked at most every JOBS_S seconds (squeue is the cluster's, not ours)."""
+        if not self.slurm or not jobs:
+            return {}
+        when, asked, states = self._jobs
+        if time.monotonic() - when >= JOBS_S or not jobs <= asked:
+            states = job_states(jobs)
+            self._jobs = (time.monotonic(), jobs, states)
+        return states
+
+    def _verdict(self, a: Attempt, jobs: dict[str, JobState]) -> tuple[Ending, str] | None:
+        """How a RUNNING attempt ended, if its worker is known to be gone (None: alive, or not known here)."""
+        owner = a.owner
+        if owner is None:
+            return None
+        if owner.job is not None and (said := scheduler_end(owner.job, owner.restarts, jobs)) is not None:
+            return said
+        if not owner.is_local() or pid_alive(owner.pid, owner.start):
+            return None
+        if owner.job is not None and owner.job in jobs and owner.job != slurm_job()[0]:
+            return None  # its job runs on: the scheduler may be ending it, and says so next pass
+        return Ending.CRASH, f"worker {owner.pid} on {owner.host} died mid-trial"
 
     def reconcile(
         self, tickets: dict[str, Ticket], max_retries: int, queue_new: bool = True
@@ -50,12 +83,12 @@ class Reconciler:
         """
         ended = [Ended(a, Ending.LOST, a.reason) for a in self.ledger.expire()]
         attempts = self.ledger.attempts()
-        for a in attempts:
-            owner = a.owner
-            if a.state == State.RUNNING and owner is not None and owner.is_local():
-                reason = f"worker {owner.pid} on {owner.host} died mid-trial"
-                if not pid_alive(owner.pid, owner.start) and self.ledger.fail(a, Ending.CRASH, reason):
-                    ended.append(Ended(a, Ending.CRASH, reason))
+        running = [a for a in attempts if a.state == State.RUNNING and a.owner is not None]
+        jobs = self._job_states({a.owner.job for a in running if a.owner is not None and a.owner.job is not None})
+        for a in running:
+            verdict = self._verdict(a, jobs)
+            if verdict is not None and self.ledger.fail(a, *verdict):
+                ended.append(Ended(a, *verdict))
         for e in ended:
             t = e.attempt.ticket
             self.log(f"{t.label} seed {t.seed}: attempt {t.number} ended ({e.reason})")

@@ -8,8 +8,9 @@ starts missing ones, never more than the trials waiting for one (under `--trials
 `ablations.sweep.packing` plans, asking the workers beyond that to leave after their trial).
 The workers claim and train; the controller never trains and never holds a lease, so killing it (kill -9, a
 dropped SSH session) loses nothing: its workers finish the sweep, and a rerun adopts them. `worker` joins a
-running sweep from another shell or host with the same loop. Ctrl-C stops the workers cleanly (their attempts
-end `stopped`, which uses no retry); a second Ctrl-C exits at once.
+running sweep from another shell or host with the same loop, and so does each task of a Slurm job array (`task`:
+`ablations.sweep.slurm_task`), which also leaves as soon as no trial waits for it. Ctrl-C stops the workers cleanly
+(their attempts end `stopped`, which uses no retry); a second Ctrl-C exits at once.
 """
 
 from __future__ import annotations
@@ -75,12 +76,17 @@ class Sweep:
         stores: Stores,
         manifest: Manifest,
         first: FirstWorker | None = None,
+        task: bool = False,
     ) -> None:
         self.spec, self.trials, self.opts = spec, trials, opts
+        # A Slurm task's workers get the scheduler's signals themselves; its word to them is SIGUSR2, which they take
+        # as "checkpoint at the next step" however often it comes (a second SIGTERM would mean "now").
+        self.task = task
+        self.stop_signal = signal.SIGUSR2 if task else signal.SIGTERM
         self.tracker, self.ledger = stores.tracker, stores.ledger
         self.results = opts.results
         self.manifest = manifest
-        self.reconciler = Reconciler(self.ledger, self.say)
+        self.reconciler = Reconciler(self.ledger, self.say, slurm=True)  # workers in Slurm jobs: ask Slurm too
         self.stop = threading.Event()
         self.children: dict[int, subprocess.Popen[bytes]] = first.children() if first else {}
         self.deaths: dict[int, int] = {}  # slot → worker deaths in a row without a finished trial
@@ -108,6 +114,8 @@ class Sweep:
                 if self._settled():  # every trial done or failed (or one failed, under --fail-fast)
                     break
                 if not self._staff(manifest_path, ours) and self._stranded(ours):  # every slot given up, none runs
+                    break
+                if self.task and self._idle(ours):  # a Slurm task leaves when no trial waits for it
                     break
                 self._nap()
         self._wind_down(stopping=self.stop.is_set() or self.failed_fast)
@@ -149,6 +157,10 @@ class Sweep:
             self.failed_fast = True
             return True
         return False
+
+    def _idle(self, attempts: list[Attempt]) -> bool:
+        """No trial waits and none of our workers lives: the allocation has nothing left to do here."""
+        return not self.children and not any(a.state == State.WAITING for a in attempts)
 
     def _stranded(self, attempts: list[Attempt]) -> bool:
         """With every slot given up: nothing runs any more either, so the sweep cannot go on (and says why)."""
@@ -247,7 +259,7 @@ class Sweep:
         pids = {p.pid for p in self.children.values()} | {w.pid for w in live_workers(self.results, self.manifest.id)}
         for pid in pids if again else pids - self.told:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, self.stop_signal)
         self.told |= pids
 
     def _wind_down(self, stopping: bool, timeout: float = 60.0) -> None:
@@ -266,11 +278,17 @@ class Sweep:
         self.terminate(again=True)
 
 
+CURRENT: list[Sweep] = []  # the sweep this process supervises (a Slurm task's checkpoint stops it)
+
+
 def _install_signals(sweep: Sweep) -> None:
-    """First Ctrl-C/SIGTERM: stop the workers cleanly; a second one exits at once."""
+    """First Ctrl-C/SIGTERM: stop the workers cleanly; a second one exits at once (in a Slurm task, the scheduler's
+    kill follows its signals anyway: the task waits for its workers' checkpoints until then)."""
 
     def handler(signum: int, _frame: object) -> None:
         if sweep.stop.is_set():
+            if sweep.task:
+                return
             os._exit(130)
         sweep.stop.set()
         sweep.say("\nstopping: running trials end as stopped and resume next time (Ctrl-C again to exit now)")
@@ -280,17 +298,20 @@ def _install_signals(sweep: Sweep) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def run(spec: StudySpec, opts: SweepOptions, create: bool = True) -> tuple[int, list[TrialStatus]]:
-    """`sweep` (create=True) and `worker` (create=False: join a sweep whose parent run exists) of a loaded study.
+def run(spec: StudySpec, opts: SweepOptions, create: bool = True, task: bool = False) -> tuple[int, list[TrialStatus]]:
+    """`sweep` (create=True) and `worker` (create=False: join a sweep whose parent run exists) of a loaded study;
+    `task`: a Slurm array task's join, which leaves when no trial waits for it.
 
     Raises:
         SenetError: bad input, an unreachable store, no sweep to join; before anything is written.
     """
-    host = Host.here()
-    if not create and not opts.overrides and Ledger.exists(opts.storage_url):  # join the sweep as it was run
-        recorded = Ledger.open(opts.storage_url, patience=CONNECT_S).note(spec.name).get("overrides")
-        opts = dataclasses.replace(opts, overrides=recorded or {})
-    trials = plan_fetching(spec, opts.overrides, host)
+    host = planning = Host.here()
+    if not create and Ledger.exists(opts.storage_url):  # join the sweep as it was run: its overrides, its device
+        note = Ledger.open(opts.storage_url, patience=CONNECT_S).note(spec.name)
+        if not opts.overrides:
+            opts = dataclasses.replace(opts, overrides=note.get("overrides") or {})
+        planning = Host(note["device"]) if note.get("device") in ("cpu", "cuda") else host
+    trials = plan_fetching(spec, opts.overrides, planning)
     check_host(trials, host)
     manifest = Manifest(spec.name, None, {t.key: ticket_of(t) for t in trials}, opts.max_retries, code_version(),
                         opts.recycle_after, opts.max_rss_mb, opts.fail_fast, joiner=not create)  # fmt: skip
@@ -312,13 +333,17 @@ def run(spec: StudySpec, opts: SweepOptions, create: bool = True) -> tuple[int, 
                     "none queued or run); start one with `sweep`, or give `worker` the sweep's own --set"
                 )
         manifest = dataclasses.replace(manifest, parent_run=parent)
-        sweep = Sweep(spec, trials, opts, stores, manifest, first)
+        sweep = Sweep(spec, trials, opts, stores, manifest, first, task)
     except BaseException:
         if first is not None:
             first.cancel()
         raise
     _install_signals(sweep)
-    code = sweep.run()
+    CURRENT[:] = [sweep]
+    try:
+        code = sweep.run()
+    finally:
+        CURRENT.clear()
     if create:
         stores.tracker.finish_parent(parent, code == 0)
     return code, sweep.statuses

@@ -1,5 +1,6 @@
-"""How a sweep worker stops: SIGTERM and SIGINT end its attempt as `stopped` (a checkpoint at the next step boundary
-while it trains), and the fault tests' failpoints that place a crash, a stop or a hang exactly."""
+"""How a sweep worker stops: SIGTERM, SIGINT and SIGUSR2 end its attempt as `stopped` (a checkpoint at the next step
+boundary while it trains; SIGUSR2, a Slurm job's notice, never escalates when it comes again), and the fault tests'
+failpoints that place a crash, a stop or a hang exactly."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ PAUSE_GRACE_S = 10  # seconds a stop waits for the training's next step boundary
 
 
 class Stop(BaseException):
-    """SIGTERM or SIGINT from the sweep: the attempt ends as `stopped` (no retry used), its run KILLED."""
+    """SIGTERM, SIGINT or SIGUSR2 from the sweep or the scheduler: the attempt ends as `stopped` (no retry used), its
+    run KILLED."""
 
 
 class Stops:
@@ -34,9 +36,12 @@ class Stops:
         self.pending: str | None = None
         self.training = False
         self.pausing: str | None = None  # the stop that asked for a pause
+        self.stopped = False  # a stop was raised: the process is ending
 
     def handler(self, signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
+        if signum == signal.SIGUSR2 and (self.pending or self.pausing or self.stopped):
+            return  # the scheduler's notice (or its supervisor's) said again: never "now"
         if self.held:
             self.pending = name
             return
@@ -45,6 +50,7 @@ class Stops:
             signal.signal(signal.SIGALRM, self.handler)
             signal.alarm(PAUSE_GRACE_S)
             return
+        self.stopped = True
         raise Stop(self.pausing or name)
 
     @contextlib.contextmanager
@@ -65,6 +71,7 @@ class Stops:
         self.held = False
         if self.pending is not None:
             name, self.pending = self.pending, None
+            self.stopped = True
             raise Stop(name)
 
 

@@ -359,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     signal.signal(signal.SIGTERM, STOPS.handler)
     signal.signal(signal.SIGINT, STOPS.handler)
+    signal.signal(signal.SIGUSR2, STOPS.handler)  # a Slurm job's notice before its time limit (or its task's)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a dropped SSH session must not take the worker with it
     listen_for_retire()
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")

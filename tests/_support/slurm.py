@@ -3,7 +3,9 @@
 Everything is private to the folder: munged with its own key and socket, slurmctld and slurmd on free ports above
 16000, their state, spool, pid and log files, and two stand-in GPU device files so `--gpus-per-node` schedules and
 Slurm sets CUDA_VISIBLE_DEVICES on a host without GPUs. Two partitions, `low` (the default) and `high` (a higher
-PriorityTier), with `preempt/partition_prio` and `PreemptMode=REQUEUE`, so preemption is Slurm's own.
+PriorityTier), with `preempt/partition_prio` and `PreemptMode=REQUEUE`, so preemption is Slurm's own; a job preempted
+on `low` gets SIGTERM and 20 s (GraceTime) before the kill, and a requeued job may start again after 10 s
+(`cred_expire`, Slurm's default 120 s).
 
 There is no accounting (slurmdbd would need MariaDB), so `sacct` cannot answer; the cluster puts a stand-in `sacct`
 first on PATH that prints the same `--parsable2` columns from `squeue --states=all`, which knows every job while the
@@ -197,7 +199,9 @@ def _write_config(root: Path, gpus: int) -> None:
     ctld_port, slurmd_port = _free_port_above(), 0
     while slurmd_port in (0, ctld_port):
         slurmd_port = _free_port_above(ctld_port)
-    auth = f"socket={root / 'munge' / 'munge.socket'}"
+    # cred_expire: a requeued job waits this long before it may start again (Slurm's default, 120 s, would dominate
+    # every requeue case)
+    auth = f"socket={root / 'munge' / 'munge.socket'},cred_expire=10"
     conf = f"""\
 ClusterName=senet-test
 SlurmctldHost=localhost(127.0.0.1)
@@ -235,7 +239,7 @@ PreemptMode=REQUEUE
 JobRequeue=1
 GresTypes=gpu
 NodeName=localhost NodeAddr=127.0.0.1 {_node_line()} Gres=gpu:{gpus} State=UNKNOWN
-PartitionName=low Nodes=localhost Default=YES PriorityTier=1 MaxTime=INFINITE State=UP
+PartitionName=low Nodes=localhost Default=YES PriorityTier=1 MaxTime=INFINITE State=UP GraceTime=20
 PartitionName=high Nodes=localhost PriorityTier=2 MaxTime=INFINITE State=UP
 """
     (root / "slurm.conf").write_text(conf)

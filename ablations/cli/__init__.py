@@ -9,29 +9,11 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import yaml
-
+from ablations.cli.sweep import MAX_WORKERS, cmd_cancel, cmd_sweep, cmd_worker, count, launcher_options, parse_set
 from ablations.errors import SenetError, StoreUnavailable
 from ablations.exits import exit_now
 from ablations.paths import RESULTS, STORAGE_ENV, check_environment
-
-MAX_WORKERS = 256
-
-
-def parse_set(items: Sequence[str]) -> dict[str, Any]:
-    """`KEY=VALUE` pairs to a dict; values are YAML scalars or lists (`8`, `true`, `[2, 3]`, `max`)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise SenetError(f"--set: {item!r} is not KEY=VALUE, e.g. --set se.reduction=8")
-        try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError as err:
-            raise SenetError(f"--set {key}: {raw!r} is not a valid value ({err.__class__.__name__})") from None
-    return out
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
@@ -93,12 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     slots(sw)
     sw.add_argument("--fail-fast", action="store_true", help="stop at the first failed trial")
     sw.add_argument("--dry-run", action="store_true", help="print the expanded trials and their cost, run nothing")
-    sw.set_defaults(func=_cmd_sweep)
+    launcher_options(sw)
+    sw.set_defaults(func=cmd_sweep)
 
-    wk = sub.add_parser("worker", help="join a running sweep from another shell or host")
+    wk = sub.add_parser("worker", help="join a running sweep from another shell or host (or submit more Slurm tasks)")
     place(wk)
     slots(wk)
-    wk.set_defaults(func=_cmd_worker)
+    launcher_options(wk)
+    wk.set_defaults(func=cmd_worker)
+
+    cn = sub.add_parser("cancel", help="cancel the Slurm jobs a study's sweeps submitted (by id, nothing else)")
+    place(cn)
+    cn.set_defaults(func=cmd_cancel)
 
     def reading(q: argparse.ArgumentParser) -> None:
         q.add_argument("--device", choices=["cpu", "cuda"], help="what `auto` resolved to in the sweep (default: "
@@ -188,45 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _count(value: int, option: str, low: int, high: int) -> int:
-    if not low <= value <= high:
-        raise SenetError(f"{option}: {value} is not allowed; allowed: an integer in {low}..{high}")
-    return value
-
-
-def _sweep_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """`sweep` and `worker`: where and how the sweep runs."""
-    from ablations.sweep.slots import parse_gpus, parse_per_gpu
-    from ablations.sweep.start import SweepOptions
-
-    workers = _count(args.workers, "--workers", 1, MAX_WORKERS)
-    _count(args.max_retries, "--max-retries", 0, 1000)
-    recycle = 1 if args.fresh_process else args.recycle_after
-    _count(recycle, "--recycle-after", 1, 1_000_000)
-    max_mb = args.max_worker_mb
-    if max_mb is not None and not max_mb > 0:
-        raise SenetError(f"--max-worker-mb: {max_mb} is not allowed; allowed: megabytes > 0")
-    return SweepOptions(
-        results=args.results,
-        storage=args.storage or os.environ.get(STORAGE_ENV),
-        tracking_uri=args.tracking_uri,
-        workers=workers,
-        gpus=parse_gpus(args.gpus, os.environ.get("CUDA_VISIBLE_DEVICES")),  # a scheduler's allocation, if any
-        trials_per_gpu=parse_per_gpu(str(args.trials_per_gpu)),
-        max_retries=args.max_retries,
-        fail_fast=getattr(args, "fail_fast", False),  # `worker` has no --fail-fast
-        overrides=parse_set(args.set),
-        progress=not args.no_progress and sys.stderr.isatty(),
-        recycle_after=recycle,
-        max_rss_mb=max_mb,
-    )
-
-
 def _read_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """`status` and `report`: where the sweep is read back from."""
     from ablations.sweep.status import ReadOptions
 
-    _count(args.max_retries, "--max-retries", 0, 1000)
+    count(args.max_retries, "--max-retries", 0, 1000)
     return ReadOptions(
         results=args.results,
         storage=args.storage or os.environ.get(STORAGE_ENV),
@@ -248,42 +202,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    from ablations.study.load import load_spec
-    from ablations.study.trials import expand, plan
-    from ablations.sweep.runner import run
-
-    opts = _sweep_options(args)
-    spec = load_spec(args.study)
-    if args.dry_run:
-        trials = expand(spec, opts.overrides)
-        table = plan(trials)
-        print(table.to_string(index=False))
-        print(f"{len(trials)} trials, {int(table['epochs'].sum())} epochs in all")
-        return 0
-    code, statuses = run(spec, opts)
-    from ablations.reporting.summary import print_summary  # after the sweep: its imports would delay the workers
-
-    print_summary(statuses, opts.tracking_uri, opts.results)
-    return code
-
-
-def _cmd_worker(args: argparse.Namespace) -> int:
-    from ablations.reporting.summary import print_summary
-    from ablations.sweep.runner import run
-    from ablations.sweep.status import find_spec
-
-    opts = _sweep_options(args)
-    code, statuses = run(find_spec(args.study, opts.storage_url), opts, create=False)
-    print_summary(statuses, opts.tracking_uri, opts.results)
-    return code
-
-
 def _cmd_status(args: argparse.Namespace) -> int:
+    from ablations.sweep.launch import jobs_lines
     from ablations.sweep.status import describe, find_spec, study_status
 
     opts = _read_options(args)
-    print(describe(study_status(find_spec(args.study, opts.storage_url), opts)[1]))
+    spec = find_spec(args.study, opts.storage_url)
+    print(describe(study_status(spec, opts)[1]))
+    for line in jobs_lines(opts.storage_url, spec.name):  # the Slurm jobs its sweeps submitted, with their states
+        print(line)
     return 0
 
 
@@ -339,9 +266,9 @@ def _imported(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def _folder(args: argparse.Namespace, num_classes: int):  # type: ignore[no-untyped-def]
     from ablations.data.imagenet import open_folder
 
-    _count(args.image_size, "--image-size", 8, 4096)
-    _count(args.batch_size, "--batch-size", 1, 1_000_000)
-    _count(args.workers, "--workers", 0, MAX_WORKERS)
+    count(args.image_size, "--image-size", 8, 4096)
+    count(args.batch_size, "--batch-size", 1, 1_000_000)
+    count(args.workers, "--workers", 0, MAX_WORKERS)
     return open_folder(args.data, num_classes, args.image_size)
 
 
@@ -402,7 +329,7 @@ def _excitation_imported(args: argparse.Namespace) -> int:
 def _cmd_server(args: argparse.Namespace) -> int:
     from ablations.server import tracking_server
 
-    workers = _count(args.http_workers, "--http-workers", 1, 64)
+    workers = count(args.http_workers, "--http-workers", 1, 64)
     return tracking_server(args.backend_store_uri, args.artifacts_destination, args.results, args.host, args.port,
                            workers)  # fmt: skip
 
@@ -410,7 +337,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
 def _cmd_ui(args: argparse.Namespace) -> int:
     from ablations.server import ui
 
-    workers = _count(args.http_workers, "--http-workers", 1, 64)
+    workers = count(args.http_workers, "--http-workers", 1, 64)
     return ui(args.tracking_uri, args.results, args.host, args.port, workers)
 
 
@@ -440,7 +367,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 def console() -> None:
     """The `senet-ablate` command: `main`, then an immediate exit (`ablations.exits`)."""
     exit_now(main())
-
-
-if __name__ == "__main__":
-    console()

@@ -1,0 +1,5 @@
+"""`python -m ablations.cli`: the `senet-ablate` command."""
+
+from ablations.cli import console
+
+console()

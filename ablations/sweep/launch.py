@@ -1,0 +1,298 @@
+"""`sweep --launcher slurm` (and `worker --launcher slurm`): plan and record the study here, on the login node,
+submit its workers as Slurm job arrays (`ablations.sweep.slurm`), then follow them from the ledger, or leave
+(`--detach`: `status` follows them, `cancel` ends them, a rerun attaches again).
+
+The controller trains nothing and holds no lease: it reconciles (ending attempts whose Slurm job is over, as
+the scheduler's stops where the scheduler ended them), shows progress and the jobs' states, and submits another
+array when trials wait and none of the study's jobs runs or queues any more (a task leaves when no trial waits for
+it; a site that preempts by cancelling leaves trials without a job). Ctrl-C cancels the jobs it submitted, by id, and
+waits for their workers' checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from ablations.config import Host
+from ablations.errors import SenetError
+from ablations.outcomes import Standing
+from ablations.paths import STORAGE_ENV, TRACKING_ENV
+from ablations.study.load import STUDIES
+from ablations.study.spec import StudySpec
+from ablations.study.trials import Trial
+from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, State, is_local
+from ablations.sweep.manifest import Manifest
+from ablations.sweep.runner import Sweep, _install_signals
+from ablations.sweep.slurm import (
+    LIVE,
+    NOTE_SUFFIX,
+    JobState,
+    SlurmOptions,
+    cancel_jobs,
+    chunks,
+    describe_jobs,
+    job_states,
+    max_array_size,
+)
+from ablations.sweep.slurm_task import ArrayTask, TaskSpec
+from ablations.sweep.start import (
+    Stores,
+    SweepOptions,
+    plan_fetching,
+    record,
+    requeue_config_failures,
+    say,
+    say_earlier,
+)
+from ablations.sweep.status import TrialStatus, ticket_of
+from ablations.tracking import Tag, code_version
+
+RESUBMITS = 3  # arrays in a row that end without a trial settling before the controller gives up, saying where to look
+JOBS_POLL_S = 10.0  # seconds between the controller's questions to Slurm (squeue is the cluster's, not ours)
+
+
+class JobBook:
+    """The jobs a study submitted, in the ledger (note `<study>#slurm`), so that `status`, `cancel` and a rerun
+    find them from any host; each controller adds its own."""
+
+    def __init__(self, ledger: Ledger, study: str) -> None:
+        self.ledger, self.key = ledger, study + NOTE_SUFFIX
+
+    def ids(self) -> list[str]:
+        return [str(j) for j in self.ledger.note(self.key).get("jobs", [])]
+
+    def add(self, ids: list[str]) -> None:
+        note = self.ledger.note(self.key)
+        note["jobs"] = [*note.get("jobs", []), *[i for i in ids if i not in note.get("jobs", [])]]
+        self.ledger.set_note(self.key, note)
+
+
+def study_jobs(storage_url: str, study: str) -> list[str]:
+    """The Slurm jobs `study` submitted (none without a ledger)."""
+    if not Ledger.exists(storage_url):
+        return []
+    return JobBook(Ledger.open(storage_url, patience=CONNECT_S), study).ids()
+
+
+def live(ids: list[str], states: dict[str, JobState]) -> list[str]:
+    """The tasks of the array jobs `ids` that Slurm still runs or queues."""
+    return [k for k, s in states.items() if k.split("_")[0] in ids and s.state in LIVE]
+
+
+class SlurmSweep(Sweep):
+    """A sweep whose workers run in Slurm job arrays: the loop of `Sweep`, with submission instead of staffing."""
+
+    def __init__(self, spec: StudySpec, trials: list[Trial], opts: SweepOptions, stores: Stores, manifest: Manifest,
+                 slurm: SlurmOptions, task: TaskSpec) -> None:  # fmt: skip
+        super().__init__(spec, trials, opts, stores, manifest)
+        self.slurm, self.task_spec = slurm, task
+        self.book = JobBook(self.ledger, spec.name)
+        self.folder = opts.results / "slurm" / spec.name
+        self.in_a_row = 0  # arrays submitted since a trial last settled
+        self.settled_then = -1
+        self._states: dict[str, JobState] = {}
+        self._asked = -math.inf
+        self._said = ""
+        self.cancelled: list[str] = []
+
+    def job_states(self, fresh: bool = False) -> dict[str, JobState]:
+        if fresh or time.monotonic() - self._asked >= JOBS_POLL_S:
+            self._states, self._asked = job_states(self.book.ids()), time.monotonic()
+        return self._states
+
+    def _staff(self, manifest_path: Path, attempts: list[Attempt]) -> bool:
+        """Submit an array when trials wait and no job of the study runs or queues; False after RESUBMITS arrays
+        in a row ended without a trial settling."""
+        states = self.job_states()
+        self._say_jobs(states)
+        waiting = sum(s.state == Standing.PENDING for s in self.statuses)
+        if not waiting or live(self.book.ids(), states) or live(self.book.ids(), self.job_states(fresh=True)):
+            return True
+        settled = sum(s.state.settled for s in self.statuses)
+        if settled > self.settled_then:
+            self.in_a_row = 0
+        if self.in_a_row >= RESUBMITS:
+            return False
+        self.submit(waiting)
+        self.in_a_row, self.settled_then = self.in_a_row + 1, settled
+        return True
+
+    def _stranded(self, attempts: list[Attempt]) -> bool:
+        if any(a.state == State.RUNNING for a in attempts):
+            return False
+        self.say(f"sweep: {RESUBMITS} Slurm arrays in a row ended without a trial settling; their logs are in "
+                 f"{self.folder}")  # fmt: skip
+        return True
+
+    def _say_jobs(self, states: dict[str, JobState]) -> None:
+        lines = "\n".join(describe_jobs([j for j in self.book.ids() if j not in self.cancelled], states))
+        if lines and lines != self._said:
+            self._said = lines
+            self.say(f"slurm:\n{lines}")
+
+    def submit(self, waiting: int) -> list[str]:
+        """One array (chunked under the cluster's MaxArraySize) of as many tasks as the options and the `waiting`
+        trials call for; returns the array job ids."""
+        import submitit
+
+        s, t = self.slurm, self.task_spec
+        per_task = s.gpus_per_node * (self.opts.trials_per_gpu or 1) if s.gpus_per_node else self.opts.workers
+        count = s.tasks(waiting, per_task)
+        cpus = s.cpus_per_gpu * (s.gpus_per_node or self.opts.workers)
+        executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster="slurm",
+                                         slurm_max_num_timeout=s.max_requeues)  # fmt: skip
+        executor.update_parameters(**s.parameters(self.spec.name, cpus))
+        ids: list[str] = []
+        try:
+            for n in chunks(count, max_array_size()):
+                jobs = executor.map_array(ArrayTask(t), list(range(n)))
+                ids.append(str(jobs[0].job_id).split("_")[0])
+        except (subprocess.CalledProcessError, OSError, RuntimeError, ValueError) as err:
+            detail = getattr(err, "stderr", None) or getattr(err, "output", None) or err
+            if isinstance(detail, bytes):
+                detail = detail.decode(errors="replace")
+            raise SenetError(f"--launcher slurm: sbatch refused the array: {str(detail).strip()[:300]}") from None
+        finally:
+            if ids:
+                self.book.add(ids)
+        each = f"{s.gpus_per_node} GPUs" if s.gpus_per_node else f"{self.opts.workers} CPU workers"
+        self.say(f"sweep: submitted {count} Slurm array tasks ({each} each, {s.time_min} min) as job "
+                 f"{', '.join(ids)}; their logs are in {self.folder}")  # fmt: skip
+        self._asked = -math.inf
+        return ids
+
+    def terminate(self, again: bool = False) -> None:
+        """Cancel the jobs of the study that this controller's book holds, by id (Slurm's SIGTERM reaches their
+        workers, which checkpoint and end their attempts `stopped`)."""
+        if self.cancelled and not again:
+            return
+        cancelled = cancel_jobs(self.book.ids())
+        self.cancelled = [*self.cancelled, *cancelled]
+        if cancelled:
+            self.say(f"sweep: cancelled Slurm job {', '.join(cancelled)}")
+
+    def _wind_down(self, stopping: bool, timeout: float = 60.0) -> None:
+        """Stopping: cancel the jobs and wait until their workers have ended their attempts (by themselves, or by
+        Slurm's word in a reconcile pass). Done: the tasks leave on their own."""
+        if not stopping:
+            return
+        self.terminate()
+        deadline = time.monotonic() + self.slurm.grace_s + timeout
+        while time.monotonic() < deadline:
+            ours = self._reconcile()
+            if not any(a.state == State.RUNNING for a in ours):
+                return
+            time.sleep(1.0)
+
+    def detach(self) -> int:
+        """Submit what waits and leave: the jobs run on without the controller."""
+        attempts = self._reconcile()
+        self.manifest.write(self.results)
+        self._repair(attempts)
+        self._staff(self.manifest.path(self.results), self._reconcile())
+        self.say(f"sweep: detached; follow with `senet-ablate status {self.spec.where}`, stop with "
+                 f"`senet-ablate cancel {self.spec.where}`, attach again by rerunning this command")  # fmt: skip
+        return 0
+
+
+def study_ref(spec: StudySpec) -> str:
+    """How a task finds the spec again: a shipped study's name, or its file's absolute path."""
+    shipped = spec._file is None or spec._file.parent == Path(str(STUDIES))
+    return spec.name if shipped else str(spec._file.resolve())  # type: ignore[union-attr]
+
+
+def check_partition(partition: str | None) -> None:
+    """Refuse, before anything is written, a partition the cluster does not have."""
+    if partition is None:
+        return
+    try:
+        out = subprocess.run(["scontrol", "-o", "show", "partition", partition], capture_output=True, text=True,
+                             timeout=30, check=False)  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as err:
+        raise SenetError(
+            f"--launcher slurm: Slurm's scontrol cannot be run here ({err}); run on a login node"
+        ) from None
+    if out.returncode != 0:
+        names = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=30, check=False)
+        allowed = ", ".join(sorted(set(names.stdout.split()))) or "see sinfo"
+        raise SenetError(f"--partition: {partition!r} is not a partition of this cluster; allowed: {allowed}")
+
+
+def launch(spec: StudySpec, opts: SweepOptions, slurm: SlurmOptions, detach: bool = False,
+           create: bool = True) -> tuple[int, list[TrialStatus]]:  # fmt: skip
+    """`sweep --launcher slurm` (create) or `worker --launcher slurm` (more tasks for a sweep that exists).
+
+    Raises:
+        SenetError: bad input, an unreachable store, a partition the cluster lacks, no sweep to join, an array
+            sbatch refused.
+    """
+    from ablations.sweep.repair import parent_run
+
+    check_partition(slurm.partition)
+    opts = dataclasses.replace(opts, results=opts.results.resolve(), progress=opts.progress)
+    host = Host("cuda" if slurm.gpus_per_node else "cpu")  # the nodes' device, not the login node's
+    if not create and Ledger.exists(opts.storage_url):
+        note = Ledger.open(opts.storage_url, patience=CONNECT_S).note(spec.name)
+        opts = dataclasses.replace(opts, overrides=opts.overrides or note.get("overrides") or {})
+        host = Host(note["device"]) if note.get("device") in ("cpu", "cuda") else host
+    trials = plan_fetching(spec, opts.overrides, host)
+    manifest = Manifest(spec.name, None, {t.key: ticket_of(t) for t in trials}, opts.max_retries, code_version(),
+                        opts.recycle_after, opts.max_rss_mb, opts.fail_fast, joiner=not create)  # fmt: skip
+    stores = Stores.open(opts)
+    if is_local(opts.storage_url):
+        say(f"sweep: the ledger is SQLite ({opts.storage_url}): only tasks on this host can share it; a cluster's "
+            "nodes need PostgreSQL (--storage; README: On a Slurm cluster)")  # fmt: skip
+    if create:
+        parent = parent_run(stores.tracker, stores.ledger, spec.name, spec.description, {Tag.HOST_DEVICE: host.device})
+        record(stores.ledger, spec, trials, host, opts.overrides)
+        say_earlier(stores.ledger, trials)
+        requeue_config_failures(stores.ledger, trials, opts.max_retries, say)
+    else:
+        parent = stores.ledger.parent(spec.name)
+        if parent is None or not {a.key for a in stores.ledger.attempts()} & {t.key for t in trials}:
+            raise SenetError(f"worker: no sweep of {spec.name!r} with these settings in the ledger; start one with "
+                             "`sweep`")  # fmt: skip
+    os.environ[STORAGE_ENV] = opts.storage_url  # sbatch exports them to the tasks: never pickled, never in the script
+    os.environ[TRACKING_ENV] = stores.tracker.uri
+    task = TaskSpec(study_ref(spec), str(opts.results), dict(opts.overrides), slurm.gpus_per_node,
+                    "auto" if opts.trials_per_gpu is None else str(opts.trials_per_gpu), opts.workers,
+                    opts.max_retries, opts.recycle_after, opts.max_rss_mb, slurm.grace_s, slurm.requeue)  # fmt: skip
+    sweep = SlurmSweep(spec, trials, opts, stores, dataclasses.replace(manifest, parent_run=parent), slurm, task)
+    if not create:  # `worker --launcher slurm`: more tasks for the trials that wait, whatever else runs
+        sweep._reconcile()
+        waiting = sum(s.state == Standing.PENDING for s in sweep.statuses)
+        if waiting:
+            sweep.submit(waiting)
+    if detach:
+        return sweep.detach(), sweep.statuses
+    _install_signals(sweep)
+    code = sweep.run()
+    if create:
+        stores.tracker.finish_parent(parent, code == 0)
+    return code, sweep.statuses
+
+
+def cancel(storage_url: str, study: str) -> str:
+    """`senet-ablate cancel STUDY`: scancel the study's submitted jobs still running or queued (by id, nothing
+    else); returns what to print."""
+    ids = study_jobs(storage_url, study)
+    if not ids:
+        return f"cancel: {study!r} submitted no Slurm jobs (nothing to cancel)"
+    done = cancel_jobs(ids)
+    if not done:
+        return f"cancel: none of {study!r}'s Slurm jobs ({', '.join(ids)}) runs or waits any more"
+    return (f"cancel: cancelled Slurm job {', '.join(done)}; their workers checkpoint and end their trials as "
+            "stopped (a rerun of the sweep resumes them)")  # fmt: skip
+
+
+def jobs_lines(storage_url: str, study: str) -> list[str]:
+    """`status`: the study's Slurm jobs and their tasks' states (none when it submitted none)."""
+    ids = study_jobs(storage_url, study)
+    if not ids:
+        return []
+    return ["Slurm jobs:", *describe_jobs(ids, job_states(ids))]
