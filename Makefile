@@ -58,8 +58,10 @@ faults: $(VENV)/.installed data postgres
 	$(PY) -m pytest -q -s -m "faults and not slurm"
 
 # The real one-node Slurm cluster and submitit driving it: GPU jobs on stand-in devices, job arrays, preemption and
-# requeue between partitions, cancelling an array task (about 40 s; as root, since the daemons run as SlurmUser=root).
-slurm-test: $(VENV)/.installed slurm
+# requeue between partitions; then `--launcher slurm` end to end: a study through arrays, a task cancelled, preempted
+# and at its time limit, the controller killed, shared trials, cancel, Ctrl-C, chunks, a PostgreSQL ledger (about
+# 8 minutes; as root, since the daemons run as SlurmUser=root).
+slurm-test: $(VENV)/.installed slurm postgres
 	$(PY) -m pytest -q -m slurm
 
 demo: $(VENV)/.installed data

@@ -8,11 +8,13 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
 from ablations.sweep.manifest import EXIT_FAILPOINT
 
 PAUSE_GRACE_S = 10  # seconds a stop waits for the training's next step boundary before it is raised where it is
+ECHO_S = 1.0  # the same signal again within this is one stop said twice, not a second stop
 
 
 class Stop(BaseException):
@@ -37,16 +39,19 @@ class Stops:
         self.training = False
         self.pausing: str | None = None  # the stop that asked for a pause
         self.stopped = False  # a stop was raised: the process is ending
+        self.paused_at = 0.0  # when the pause was asked (monotonic)
 
     def handler(self, signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
         if signum == signal.SIGUSR2 and (self.pending or self.pausing or self.stopped):
             return  # the scheduler's notice (or its supervisor's) said again: never "now"
+        if name == self.pausing and time.monotonic() - self.paused_at < ECHO_S:
+            return  # the same stop twice at once: Slurm's preemption without a grace time sends SIGTERM twice
         if self.held:
             self.pending = name
             return
         if self.training and self.pausing is None and signum != signal.SIGALRM:
-            self.pausing = name
+            self.pausing, self.paused_at = name, time.monotonic()
             signal.signal(signal.SIGALRM, self.handler)
             signal.alarm(PAUSE_GRACE_S)
             return

@@ -232,6 +232,8 @@ ReturnToService=2
 # quick to stop a job (SIGTERM, then SIGKILL after KillWait), and finished jobs stay visible to squeue for an hour
 KillWait=2
 MinJobAge=3600
+# arrays of at most 3 tasks (indices 0-2), so a larger sweep is submitted in chunks as on a site's 1001
+MaxArraySize=3
 InactiveLimit=0
 SlurmdTimeout=30
 PreemptType=preempt/partition_prio

@@ -67,11 +67,12 @@ def test_a_high_partition_job_preempts_and_requeues_a_low_one(slurm_cluster, tmp
     slurm_cluster.wait_idle()
     whole = [f"--cpus-per-task={slurm_cluster.cpus}", f"--gpus-per-node={slurm_cluster.gpus}"]
     low = _sbatch(slurm_cluster, "--partition=low", "--requeue", *whole, f"--output={tmp_path / 'low.out'}",
-                  "--open-mode=append", "--wrap", "echo started; sleep 300")  # fmt: skip
+                  "--open-mode=append", "--wrap", "trap '' TERM; echo started; while :; do sleep 1; done")  # fmt: skip
     wait_for(lambda: slurm_cluster.job(low)["JobState"] == "RUNNING", timeout=30)
     high = _sbatch(slurm_cluster, "--partition=high", *whole, "--wrap", "sleep 300")
     try:
-        wait_for(lambda: slurm_cluster.job(high)["JobState"] == "RUNNING", timeout=30)
+        # the low job ignores the SIGTERM of its 20 s grace time (a job that exits within it ends COMPLETED)
+        wait_for(lambda: slurm_cluster.job(high)["JobState"] == "RUNNING", timeout=60)
         after = slurm_cluster.job(low)
         assert after["Restarts"] == "1"
         assert after["JobState"] in ("PENDING", "REQUEUED")  # back in the queue, not failed or cancelled

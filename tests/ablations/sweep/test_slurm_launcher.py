@@ -158,6 +158,14 @@ def test_the_schedulers_notice_again_never_makes_a_pausing_worker_stop_at_once()
         stops.handler(signal.SIGUSR2, None)  # the task's word, or Slurm's again: still the next step
         with pytest.raises(Stop):
             stops.handler(signal.SIGTERM, None)  # a second, different stop is "now", as before
+    twice = Stops()
+    with twice.train():
+        twice.handler(signal.SIGTERM, None)
+        twice.handler(signal.SIGTERM, None)  # at once again: Slurm's preemption without a grace time
+        assert twice.pausing == "SIGTERM" and not twice.stopped
+        twice.paused_at -= 2.0
+        with pytest.raises(Stop):
+            twice.handler(signal.SIGTERM, None)  # a second stop a while later is "now"
     idle = Stops()
     with pytest.raises(Stop):
         idle.handler(signal.SIGUSR2, None)  # between trials it stops at once

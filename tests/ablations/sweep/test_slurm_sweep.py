@@ -219,3 +219,13 @@ def test_ctrl_c_cancels_the_jobs_and_worker_submits_more_tasks_that_finish_the_s
     _finish(subprocess.Popen(cmd, env=slurm_cluster.env, cwd=ROOT, text=True, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT))  # fmt: skip
     _assert_promise(results, 2)
+
+
+def test_cpu_only_tasks_past_the_array_size_cap_go_in_chunks(slurm_cluster, tmp_path):
+    spec, results = _spec(tmp_path), tmp_path / "results"  # 4 trials, 4 tasks of 1 worker: arrays of 3 and 1
+    out = _finish(_sweep(slurm_cluster, spec, results, "--nodes", "4", "--gpus-per-node", "0", "--workers", "1"))
+    submitted = next(line for line in out.splitlines() if "submitted" in line)
+    assert "submitted 4 Slurm array tasks (1 CPU workers each" in submitted and "," in submitted, submitted
+    _assert_promise(results, 4)
+    jobs = {a.owner.job for a in attempts(local_ledger(results)) if a.state == State.COMPLETE}
+    assert all(j is not None for j in jobs)
