@@ -122,12 +122,10 @@ class SlurmSweep(Sweep):
         self.in_a_row, self.settled_then = self.in_a_row + 1, settled
         return True
 
-    def _stranded(self, attempts: list[Attempt]) -> bool:
-        if any(a.state == State.RUNNING for a in attempts):
-            return False
-        self.say(f"sweep: {RESUBMITS} Slurm arrays in a row ended without a trial settling; their logs are in "
-                 f"{self.folder}")  # fmt: skip
-        return True
+    def _why_stranded(self) -> str:
+        return (
+            f"sweep: {RESUBMITS} Slurm arrays in a row ended without a trial settling; their logs are in {self.folder}"
+        )
 
     def _say_jobs(self, states: dict[str, JobState]) -> None:
         lines = "\n".join(describe_jobs([j for j in self.book.ids() if j not in self.cancelled], states))

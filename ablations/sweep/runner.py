@@ -166,9 +166,12 @@ class Sweep:
         """With every slot given up: nothing runs any more either, so the sweep cannot go on (and says why)."""
         if any(a.state == State.RUNNING for a in attempts):
             return False
-        self.say(f"sweep: every worker slot died {RESPAWNS} times in a row before finishing a trial; "
-                 f"see {log_path(self.results, self.manifest.id, Slot(0))}")  # fmt: skip
+        self.say(self._why_stranded())
         return True
+
+    def _why_stranded(self) -> str:
+        return (f"sweep: every worker slot died {RESPAWNS} times in a row before finishing a trial; "
+                f"see {log_path(self.results, self.manifest.id, Slot(0))}")  # fmt: skip
 
     def _repair(self, attempts: list[Attempt]) -> None:
         m = self.manifest
