@@ -10,7 +10,6 @@ from the ledger.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import socket
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ablations.config import RunConfig, build_config, unflatten
 from ablations.errors import SenetError
 from ablations.outcomes import Ending, RunStatus
+from ablations.params import logged_params, param_text, read_param
 from ablations.paths import TRACKING_ENV, artifacts_dir, mlflow_db, user_cache, without_telemetry
 from ablations.urls import DATABASES, check_url, redact, scrub, with_driver
 
@@ -57,7 +57,7 @@ class Tag:
     OUTCOME = "senet.outcome"  # finished | diverged
     ENDED_BY = "senet.ended_by"  # why a run ended KILLED or FAILED
     HOST_DEVICE = "senet.host_device"  # parent: the device `auto` resolved to in the last sweep
-    FACTOR = "factor."  # + grid key, the level as JSON
+    FACTOR = "factor."  # + grid key, the level as a plain value (`param_text`)
     PARENT = "mlflow.parentRunId"
     NOTE = "mlflow.note.content"
 
@@ -330,14 +330,14 @@ class Tracker:
             Tag.LABEL: trial["label"],
             Tag.ATTEMPT: str(trial.get("attempt", 1)),
             Tag.ATTEMPT_ID: str(trial.get("attempt_id", "")),
-            **{f"{Tag.FACTOR}{k}": json.dumps(v) for k, v in trial["factors"].items()},
+            **{f"{Tag.FACTOR}{k}": param_text(v) for k, v in trial["factors"].items()},
             **tags,
         }
         if parent_id:
             all_tags[Tag.PARENT] = parent_id
         run = self.client.create_run(self.experiment(study), run_name=f"{trial['label']} s{trial['seed']}",
                                      tags=all_tags)  # fmt: skip
-        params = [Param(k, json.dumps(v)[:MAX_PARAM]) for k, v in sorted(trial["flat"].items())]
+        params = [Param(k, param_text(v)[:MAX_PARAM]) for k, v in sorted(logged_params(trial["flat"]).items())]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run.info.run_id, params=params[i : i + 100])
         return run.info.run_id
@@ -384,7 +384,7 @@ class Tracker:
             raise SenetError(f"{option}: {run_id!r} is not a run in {redact(self.uri)}") from None
         if run.data.tags.get(Tag.ROLE) != "trial" or not run.data.tags.get(Tag.KEY):
             raise SenetError(f"{option}: run {run_id} is not a senet-ablate trial run (no {Tag.KEY} tag)")
-        config = build_config(unflatten({k: json.loads(v) for k, v in run.data.params.items()}))
+        config = build_config(unflatten({k: read_param(v) for k, v in run.data.params.items()}))
         return _trial_run(run), config
 
     def history(self, run_id: str, metric: str) -> dict[int, float]:

@@ -37,6 +37,7 @@ class TrialStatus:
         known: the ledger has an attempt for it.
         earlier: the key of its result under an earlier identity version, when it has no attempt of its own (that
             result is shown as such, never counted as this trial's).
+        where: a running trial's host and epoch, and its Slurm job when it runs in one.
     """
 
     trial: Trial
@@ -47,6 +48,7 @@ class TrialStatus:
     reason: str = ""
     known: bool = False
     earlier: str = ""
+    where: str = ""  # a running trial's host, and its Slurm job when it runs in one
 
 
 def by_key(attempts: Iterable[Attempt]) -> dict[str, list[Attempt]]:
@@ -78,6 +80,11 @@ def classify(trial: Trial, attempts: list[Attempt], max_retries: int) -> TrialSt
     failed = [a for a in attempts if a.state == State.FAIL]
     last = failed[-1] if failed else None
     done = next((a for a in attempts if a.state == State.COMPLETE), None)
+    running = next((a for a in attempts if a.state == State.RUNNING and a.owner is not None), None)
+    where = ""
+    if running is not None and running.owner is not None:
+        job = f", Slurm job {running.owner.job}" if running.owner.job else ""
+        where = f"on {running.owner.host}{job}, epoch {running.epoch}"
     return TrialStatus(
         trial,
         classify_attempts(attempts, max_retries),
@@ -86,6 +93,7 @@ def classify(trial: Trial, attempts: list[Attempt], max_retries: int) -> TrialSt
         failures=sum(a.kind is not None and a.kind.uses_retry for a in failed),
         reason=f"{last.kind}: {last.reason}" if last else "",
         known=bool(attempts),
+        where=where,
     )
 
 
@@ -141,7 +149,7 @@ def describe(found: list[TrialStatus]) -> str:
     """What `status` prints: the counts, then a line per trial with its outcome or its last failure."""
     lines = [summary_line(found)]
     for s in found:
-        extra = s.outcome if s.state == Standing.DONE else s.reason
+        extra = s.outcome if s.state == Standing.DONE else s.where if s.state == Standing.RUNNING else s.reason
         lines.append(f"  {s.state:8s} {s.trial.label} seed {s.trial.seed} [{s.trial.key}] {extra}".rstrip())
     return "\n".join(lines)
 

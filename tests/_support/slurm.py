@@ -96,9 +96,10 @@ class SlurmCluster:
         return self.root / "munge" / "munge.socket"
 
     def run(self, cmd: list[str] | str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        """A client command (`["sbatch", ...]`, or one string run by the shell) against this cluster."""
+        """A client command (`["sbatch", ...]`, or one string run by the shell) against this cluster, from its folder
+        (a job's default `slurm-<id>.out` lands there, not in the checkout)."""
         out = subprocess.run(cmd, shell=isinstance(cmd, str), capture_output=True, text=True, env=self.env,
-                             timeout=timeout, check=False)  # fmt: skip
+                             timeout=timeout, check=False, cwd=self.root)  # fmt: skip
         if check and out.returncode != 0:
             raise RuntimeError(f"{cmd} failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
         return out

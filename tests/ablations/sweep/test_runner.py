@@ -4,7 +4,6 @@ Workers are real processes training tiny models on synthetic data; the controlle
 kill tests, as its own process.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from ablations.cli import main
+from ablations.params import read_param
 from ablations.sweep.ledger import Ledger, pid_alive
 from ablations.sweep.slots import live_workers
 from tests._support.configs import write_spec
@@ -48,11 +48,11 @@ def test_sweep_tracks_everything_and_a_rerun_trains_nothing(tmp_path, capsys):
     assert set(trials["tags.mlflow.parentRunId"]) == {parent["run_id"].iloc[0]}
     for tag in ("study", "config_hash", "seed", "git_sha", "git_dirty", "torch", "device", "trial_key", "attempt_id"):
         assert trials[f"tags.senet.{tag}"].notna().all(), tag
-    assert set(trials["tags.factor.se.excitation"].dropna()) == {'"sigmoid"', '"tanh"'}
+    assert set(trials["tags.factor.se.excitation"].dropna()) == {"sigmoid", "tanh"}  # plain: they filter as typed
     for metric in ("final_val_top1_err", "final_val_top5_err", "test_top1_err", "test_top5_err", "best_val_top1_err",
                    "best_val_epoch", "params", "gflops", "train_time_s", "images_per_s", "peak_mem_mb"):  # fmt: skip
         assert trials[f"metrics.{metric}"].notna().all(), metric
-    assert trials["params.train.device"].eq('"cpu"').all() and trials["params.train.precision"].eq('"fp32"').all()
+    assert trials["params.train.device"].eq("cpu").all() and trials["params.train.precision"].eq("fp32").all()
     c = tracker(results).client
     run_id = trials["run_id"].iloc[0]
     assert [m.step for m in c.get_metric_history(run_id, "val_top1_err")] == [1, 2]
@@ -155,7 +155,7 @@ def test_a_diverged_trial_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     assert sweep(spec, results) == 0
     assert_each_trial_complete_once(local_ledger(results), results, 2)
     runs = tracker(results).trial_runs()
-    by_lr = {json.loads(r.tags["factor.train.lr"]): r.outcome for r in runs}
+    by_lr = {read_param(r.tags["factor.train.lr"]): r.outcome for r in runs}
     assert by_lr == {0.05: "finished", 1e30: "diverged"}
     assert next(r for r in runs if r.outcome == "diverged").metrics["diverged_epoch"] == 1
     capsys.readouterr()

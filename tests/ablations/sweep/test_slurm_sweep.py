@@ -145,6 +145,7 @@ def test_the_controller_killed_after_submitting_then_status_and_a_rerun(slurm_cl
     status = subprocess.run([sys.executable, "-m", "ablations.cli", "status", str(spec), "--results", str(results)],
                             env=slurm_cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert "Slurm jobs:" in status.stdout and "RUNNING" in status.stdout, status.stdout
+    assert ", Slurm job " in status.stdout, status.stdout  # a running trial names the job it runs in
     out = _finish(_sweep(slurm_cluster, spec, results, "--total-gpus", "2"))  # attaches: its jobs still run
     assert "submitted" not in out, out
     _assert_promise(results, 4)
@@ -210,7 +211,7 @@ def test_ctrl_c_cancels_the_jobs_and_worker_submits_more_tasks_that_finish_the_s
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-2000:]
     assert f"cancelled Slurm job {job.split('_')[0]}" in out, out[-2000:]
-    assert slurm_cluster.job(job)["JobState"] == "CANCELLED"
+    wait_for(lambda: slurm_cluster.job(job)["JobState"] == "CANCELLED", timeout=30)  # after COMPLETING
     left = attempts(local_ledger(results))
     assert not [a for a in left if a.state == State.RUNNING]  # the controller waited for the checkpoints
     assert {Ending(a.kind) for a in left if a.state == State.FAIL} == {Ending.STOPPED}
