@@ -44,12 +44,17 @@ def _log(tracker: Tracker, trial) -> str:
     return tracker.start_trial("tiny", None, info, {})
 
 
-def test_mlflow_filters_and_groups_runs_by_plain_values(tmp_path):
+def test_mlflow_filters_and_groups_runs_by_plain_values(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, tmp_path)
     trials = _trials(tmp_path)
     ids = {t.label: _log(tracker, t) for t in trials}
-    mlflow.set_tracking_uri(uri)
+    # MLflow's fluent API as a notebook uses it, on this store only for this test (set_tracking_uri would leave the
+    # URI in the process's environment for every later test)
+    from mlflow.tracking._tracking_service import utils
+
+    monkeypatch.setattr(utils, "_tracking_uri", None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     exp = [tracker.experiment("tiny")]
     tanh = mlflow.search_runs(experiment_ids=exp, filter_string="params.`se.excitation` = 'tanh'")
     assert list(tanh["run_id"]) == [ids[next(t.label for t in trials if t.factors.get("se.excitation") == "tanh")]]
