@@ -22,7 +22,6 @@ from ablations.config import Host
 from ablations.errors import SenetError
 from ablations.outcomes import Standing
 from ablations.paths import STORAGE_ENV, TRACKING_ENV
-from ablations.study.load import STUDIES
 from ablations.study.spec import StudySpec
 from ablations.study.trials import Trial
 from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, State, is_local
@@ -43,11 +42,13 @@ from ablations.sweep.slurm_task import ArrayTask, TaskSpec
 from ablations.sweep.start import (
     Stores,
     SweepOptions,
+    as_joined,
     plan_fetching,
     record,
     requeue_config_failures,
     say,
     say_earlier,
+    spec_file,
 )
 from ablations.sweep.status import TrialStatus, ticket_of
 from ablations.tracking import Tag, code_version
@@ -200,8 +201,7 @@ class SlurmSweep(Sweep):
 
 def study_ref(spec: StudySpec) -> str:
     """How a task finds the spec again: a shipped study's name, or its file's absolute path."""
-    shipped = spec._file is None or spec._file.parent == Path(str(STUDIES))
-    return spec.name if shipped else str(spec._file.resolve())  # type: ignore[union-attr]
+    return spec_file(spec) or spec.name
 
 
 def check_partition(partition: str | None) -> None:
@@ -232,12 +232,10 @@ def launch(spec: StudySpec, opts: SweepOptions, slurm: SlurmOptions, detach: boo
     from ablations.sweep.repair import parent_run
 
     check_partition(slurm.partition)
-    opts = dataclasses.replace(opts, results=opts.results.resolve(), progress=opts.progress)
+    opts = dataclasses.replace(opts, results=opts.results.resolve())
     host = Host("cuda" if slurm.gpus_per_node else "cpu")  # the nodes' device, not the login node's
-    if not create and Ledger.exists(opts.storage_url):
-        note = Ledger.open(opts.storage_url, patience=CONNECT_S).note(spec.name)
-        opts = dataclasses.replace(opts, overrides=opts.overrides or note.get("overrides") or {})
-        host = Host(note["device"]) if note.get("device") in ("cpu", "cuda") else host
+    if not create:
+        opts, host = as_joined(spec, opts, host)
     trials = plan_fetching(spec, opts.overrides, host)
     manifest = Manifest(spec.name, None, {t.key: ticket_of(t) for t in trials}, opts.max_retries, code_version(),
                         opts.recycle_after, opts.max_rss_mb, opts.fail_fast, joiner=not create)  # fmt: skip

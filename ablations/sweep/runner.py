@@ -29,7 +29,7 @@ from ablations.errors import SenetError
 from ablations.outcomes import Standing
 from ablations.study.spec import StudySpec
 from ablations.study.trials import Trial
-from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, State, pid_alive
+from ablations.sweep.ledger import Attempt, State, pid_alive
 from ablations.sweep.manifest import EXIT_DONE, EXIT_RECYCLE, EXIT_RETIRED, EXIT_STOPPED, Manifest
 from ablations.sweep.packing import RETIRE, Packer
 from ablations.sweep.progress import Progress
@@ -50,6 +50,7 @@ from ablations.sweep.start import (
     FirstWorker,
     Stores,
     SweepOptions,
+    as_joined,
     check_host,
     plan_fetching,
     record,
@@ -309,11 +310,8 @@ def run(spec: StudySpec, opts: SweepOptions, create: bool = True, task: bool = F
         SenetError: bad input, an unreachable store, no sweep to join; before anything is written.
     """
     host = planning = Host.here()
-    if not create and Ledger.exists(opts.storage_url):  # join the sweep as it was run: its overrides, its device
-        note = Ledger.open(opts.storage_url, patience=CONNECT_S).note(spec.name)
-        if not opts.overrides:
-            opts = dataclasses.replace(opts, overrides=note.get("overrides") or {})
-        planning = Host(note["device"]) if note.get("device") in ("cpu", "cuda") else host
+    if not create:
+        opts, planning = as_joined(spec, opts, host)
     trials = plan_fetching(spec, opts.overrides, planning)
     check_host(trials, host)
     manifest = Manifest(spec.name, None, {t.key: ticket_of(t) for t in trials}, opts.max_retries, code_version(),

@@ -43,8 +43,9 @@ NOTE_SUFFIX = "#slurm"  # the ledger note holding a study's submitted jobs
 _TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
 _MEM = re.compile(r"\d+[KMGT]?B?", re.IGNORECASE)
 # Job states in which a job's processes are gone or going, by who ended them (squeue/sacct words).
+# (SUSPENDED is none of them: its processes are stopped, not gone, and resume with their leases.)
 SCHEDULER_ENDS = {"PREEMPTED", "TIMEOUT", "CANCELLED", "DEADLINE", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
-                  "PENDING", "SUSPENDED", "RESV_DEL_HOLD", "REVOKED"}  # fmt: skip
+                  "PENDING", "RESV_DEL_HOLD", "REVOKED"}  # fmt: skip
 HOST_ENDS = {"NODE_FAIL", "BOOT_FAIL"}
 JOB_ENDS = {"FAILED", "OUT_OF_MEMORY", "COMPLETED", "SPECIAL_EXIT"}
 LIVE = {"RUNNING", "PENDING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED", "SIGNALING",

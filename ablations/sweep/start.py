@@ -9,6 +9,7 @@ controller's own MLflow set-up instead of following it; a sweep that stops befor
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
@@ -197,14 +198,29 @@ def say_earlier(ledger: Ledger, trials: list[Trial]) -> None:
             f"{versions}); they are trained under identity version {IDENTITY_VERSION}")  # fmt: skip
 
 
+def as_joined(spec: StudySpec, opts: SweepOptions, host: Host) -> tuple[SweepOptions, Host]:
+    """A joiner (`worker`, a Slurm task, `worker --launcher slurm`) plans as the sweep it joins was run: with its
+    recorded overrides unless some are given, and for the device it recorded (else `host`)."""
+    if not Ledger.exists(opts.storage_url):
+        return opts, host
+    note = Ledger.open(opts.storage_url, patience=CONNECT_S).note(spec.name)
+    if not opts.overrides:
+        opts = dataclasses.replace(opts, overrides=note.get("overrides") or {})
+    return opts, Host(note["device"]) if note.get("device") in ("cpu", "cuda") else host
+
+
+def spec_file(spec: StudySpec) -> str | None:
+    """The spec's file, absolute, for a study run from a file; None for a shipped study (found by its name)."""
+    shipped = spec._file is None or spec._file.parent == Path(str(STUDIES))
+    return None if shipped else str(spec._file.resolve())  # type: ignore[union-attr]
+
+
 def record(ledger: Ledger, spec: StudySpec, trials: list[Trial], host: Host, overrides: dict[str, Any]) -> None:
     """What `status`, `report`, `worker` and `retry` read back: how the sweep resolved `auto` and which `--set` it
     ran with, where its file is (a study run from a file is found again by its name), its trials' keys in order (read
     back where the data files are missing), and its trials with the identity version their keys were made by, under
     every study they belong to."""
-    shipped = spec._file is None or spec._file.parent == Path(str(STUDIES))
-    where = None if shipped else str(spec._file.resolve())  # type: ignore[union-attr]
-    ledger.set_note(spec.name, {"device": host.device, "overrides": overrides, "spec": where,
+    ledger.set_note(spec.name, {"device": host.device, "overrides": overrides, "spec": spec_file(spec),
                                 "identity_version": IDENTITY_VERSION, "keys": [t.key for t in trials]})  # fmt: skip
     by_study: dict[str, list[TrialRecord]] = {}
     for t in trials:
