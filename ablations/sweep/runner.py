@@ -58,8 +58,9 @@ from ablations.sweep.start import (
     say,
     say_earlier,
 )
-from ablations.sweep.status import TrialStatus, statuses, ticket_of
+from ablations.sweep.status import TrialStatus, counts, statuses, ticket_of
 from ablations.tracking import Tag, code_version
+from ablations.urls import redact
 
 POLL_S = 1.0  # seconds between the controller's passes
 NAP_S = 0.05  # how often the controller looks at its workers' processes between passes
@@ -108,7 +109,8 @@ class Sweep:
         attempts = self._reconcile()  # the trials queued before the first worker reads the manifest
         manifest_path = self.manifest.write(self.results)
         self._repair(attempts)
-        with Progress(self.opts.progress, self.trials) as progress:
+        self.say(self._banner())
+        with Progress(self.opts.progress, self.trials, self.results) as progress:
             while not self.stop.is_set():
                 ours = self._reconcile()  # end dead attempts, queue what is missing; where our trials stand
                 self._show_progress(progress, ours)
@@ -119,8 +121,11 @@ class Sweep:
                 if self.task and self._idle(ours):  # a Slurm task leaves when no trial waits for it
                     break
                 self._nap()
-        self._wind_down(stopping=self.stop.is_set() or self.failed_fast)
-        self._repair(self._take_stock(self.ledger.attempts()))
+            self._wind_down(stopping=self.stop.is_set() or self.failed_fast)
+            ours = self._take_stock(self.ledger.attempts())
+            self._show_progress(progress, ours)  # the lines of the trials that ended while winding down
+            progress.closing(self.spec.name, counts(self.statuses))
+        self._repair(ours)
         if self.stop.is_set():
             return 130
         return 0 if all(s.state == Standing.DONE for s in self.statuses) else 1
@@ -139,7 +144,22 @@ class Sweep:
         return ours
 
     def _show_progress(self, progress: Progress, attempts: list[Attempt]) -> None:
-        progress.show(sum(s.state.settled for s in self.statuses), attempts)
+        again = {s.trial.key: s.state != Standing.FAILED for s in self.statuses}
+        progress.show(sum(s.state.settled for s in self.statuses), attempts, again)
+
+    def _banner(self) -> str:
+        """The sweep's first line: its trials, where they stand, who trains them, and where everything goes."""
+        c = counts(self.statuses)
+        who = "Slurm task" if self.task else "worker" if self.manifest.joiner else "sweep"
+        if self.opts.gpus:
+            per = "auto" if self.opts.trials_per_gpu is None else self.opts.trials_per_gpu
+            slots = f"GPUs {','.join(self.opts.gpus)} ({per} per GPU)"
+        else:
+            slots = f"{self.opts.workers} CPU worker{'s' * (self.opts.workers > 1)}"
+        return (f"{who} {self.spec.name}: {len(self.trials)} trials ({c.get(Standing.DONE, 0)} done, "
+                f"{c.get(Standing.FAILED, 0)} failed, {c.get(Standing.PENDING, 0) + c.get(Standing.RUNNING, 0)} to "
+                f"train) on {slots}\n  results {self.results} · MLflow {redact(self.tracker.uri)} · ledger "
+                f"{redact(self.opts.storage_url)}")  # fmt: skip
 
     def _nap(self) -> None:
         """Wait `POLL_S` for the next pass, or less: a worker that exits (the last trial's, at the sweep's end) wakes

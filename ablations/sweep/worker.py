@@ -40,6 +40,7 @@ from ablations.outcomes import Ending, RunStatus, Standing
 from ablations.paths import STORAGE_ENV, TRACEBACK, TRACKING_ENV, TRAIN_LOG, run_dir
 from ablations.sweep.heartbeat import Heartbeat
 from ablations.sweep.ledger import Attempt, LeaseLost, Ledger, Owner, StoreUnavailable, Ticket
+from ablations.sweep.live import LiveFile
 from ablations.sweep.manifest import (
     EXIT_DONE,
     EXIT_ERROR,
@@ -66,13 +67,22 @@ MANIFEST_POLL_S = 0.02  # how often a first worker looks for the manifest its sw
 
 
 class Track(Callback):
-    """Per-epoch metrics to MLflow (buffered), progress and the lease to the ledger."""
+    """Per-epoch metrics to MLflow (buffered), progress and the lease to the ledger, a line per epoch to the trial's
+    train.log and where the epoch stands to its progress file."""
 
-    def __init__(self, worker: Worker, attempt: Attempt, cfg: RunConfig, run_id: str | None, beat: Heartbeat) -> None:
+    def __init__(
+        self, worker: Worker, attempt: Attempt, cfg: RunConfig, run_id: str | None, beat: Heartbeat, live: LiveFile,
+        log: Callable[[str], None],
+    ) -> None:  # fmt: skip
         self.worker, self.attempt, self.cfg, self.run_id, self.beat = worker, attempt, cfg, run_id, beat
+        self.live, self.log = live, log
 
     def on_start(self, info: dict[str, Any]) -> None:
         run_id, tracker, cfg = self.run_id, self.worker.tracker, self.cfg
+        self.live.epoch = info["resumed_from"]
+        resumed = f", resumed after epoch {info['resumed_from']}" if info["resumed_from"] else ""
+        self.log(f"start: {cfg.model.name} on {cfg.data.dataset}, {cfg.train.epochs} epochs on {info['device']}, "
+                 f"{info['params']:,} params, {info['gflops']:.4f} GFLOPs{resumed}")  # fmt: skip
         if run_id:
             text = json.dumps(info, indent=1, default=str)
             self.worker.runlog.submit(lambda: tracker.log_text(run_id, text, "start.json"))
@@ -88,10 +98,27 @@ class Track(Callback):
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         failpoint("after_epoch")
+        self.log(epoch_line(epoch, self.cfg.train.epochs, metrics))
+        self.live.epoch_done(epoch, metrics["val_top1_err"])
         if self.run_id:
             run_id = self.run_id
             self.worker.runlog.submit(lambda: self.worker.tracker.log_epoch(run_id, epoch, metrics))
         self.worker.ledger.update(self.attempt, epoch=epoch)
+
+    def on_end(self, result: RunResult) -> None:
+        s = result.summary
+        if result.status == "finished":
+            self.log(f"end: test top-1 err {s['test_top1_err']:.2f}%, top-5 {s['test_top5_err']:.2f}%; final val "
+                     f"top-1 err {s['final_val_top1_err']:.2f}%")  # fmt: skip
+        else:
+            self.log(f"end: {result.status} at epoch {s.get('diverged_epoch')}")
+
+
+def epoch_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
+    """One epoch of a trial's train.log: losses and errors (%), learning rate, time and throughput."""
+    return (f"epoch {epoch}/{epochs}: train loss {m['train_loss']:.4f} top-1 err {m['train_top1_err']:.2f}%, val loss "
+            f"{m['val_loss']:.4f} top-1 err {m['val_top1_err']:.2f}% top-5 err {m['val_top5_err']:.2f}%, lr "
+            f"{m['lr']:.4g}, {m['epoch_time_s']:.1f} s, {m['epoch_images_per_s']:.0f} images/s")  # fmt: skip
 
 
 def model_summary(cfg: RunConfig, info: dict[str, Any]) -> str:
@@ -212,6 +239,7 @@ class Worker:
         with (
             open(folder / TRAIN_LOG, "a") as logfile,
             Heartbeat(self.ledger, attempt, self.ledger.liveness.heartbeat_s, progress, stalled) as beat,
+            LiveFile(folder, int(t.config["train"]["epochs"]), progress) as live,
         ):
             log = _logger(logfile)
             try:
@@ -225,7 +253,7 @@ class Worker:
                     self.permit.hold(t.exclusive) if self.permit is not None else contextlib.nullcontext(),
                     system_metrics(run_id, self.tracker.uri),
                 ):
-                    listeners: list[Callback] = [Track(self, attempt, cfg, run_id, beat)]
+                    listeners: list[Callback] = [Track(self, attempt, cfg, run_id, beat, live, log)]
                     if self.packed is not None:  # measured before it trains here; its epochs' images/s reported
                         self.packed.probe(cfg, t.config_hash)
                         listeners.append(self.packed)

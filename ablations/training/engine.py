@@ -302,12 +302,13 @@ def train_one_epoch(
         began -= partial.elapsed_s
     progress = progress or Progress()
     graphed = run.step if isinstance(run.step, GraphedStep) else None
+    progress.batches = len(data.train)
     for step, (x, y) in enumerate(data.train, first):
         setting_up = (graphed is not None and not graphed.captured) or (
             step == first and first_step and run.cfg.train.compile not in ("off", "graphs")
         )
         run.step(x, y)
-        progress.steps += 1
+        progress.steps, progress.batch = progress.steps + 1, step + 1
         run.scheduler.step()
         seen += y.numel()
         if setting_up:

@@ -19,10 +19,13 @@ Autocast = Callable[[], AbstractContextManager[Any]]
 
 @dataclass
 class Progress:
-    """Batches a run has processed (training steps and evaluation batches), counted as they happen: a plain
-    integer another thread may read (the sweep worker's heartbeat reports it and judges a stall by it)."""
+    """Batches a run has processed (training steps and evaluation batches), counted as they happen: plain
+    integers another thread may read (the sweep worker's heartbeat reports them and judges a stall by them; its
+    progress file shows where the current epoch stands)."""
 
     steps: int = 0
+    batch: int = 0  # training batches of the current epoch done
+    batches: int = 0  # training batches in an epoch
 
 
 def train_step(

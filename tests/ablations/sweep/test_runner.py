@@ -35,8 +35,24 @@ def test_sweep_tracks_everything_and_a_rerun_trains_nothing(tmp_path, capsys):
     spec = write_spec(tmp_path, extra=[{"label": "no SE", "set": {"se.enabled": False}}])
     results = tmp_path / "results"
     assert sweep(spec, results, "--workers", "2") == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out, err = captured.out, captured.err.splitlines()
     assert "6 done, 0 running, 0 failed, 0 pending" in out and "no SE" in out
+    # Piped (no terminal): a banner, a line per finished trial with its errors and time, the counts, what comes next.
+    assert err[0] == "sweep tiny: 6 trials (0 done, 0 failed, 6 to train) on 2 CPU workers"
+    assert err[1].startswith(f"  results {results} · MLflow sqlite:///") and err[1].endswith(
+        f"ledger {results / 'ledger.db'}"
+    )
+    ended = [line for line in err if "] done     " in line]
+    assert len(ended) == 6 and ended[-1].startswith("[6/6] done ") and "test top-1 err" in ended[-1]
+    assert err[-2].startswith("sweep tiny: 6 done after ")
+    assert err[-1].startswith("next: senet-ablate status tiny --results ")
+    for log in results.glob("runs/*/train.log"):  # every trial's log: its start, its epochs, its test errors
+        lines = [line.split(" ", 2)[2] for line in log.read_text().splitlines()]
+        assert lines[0].startswith("start: resnet20 on synthetic, 2 epochs on cpu, ")
+        assert lines[1].startswith("epoch 1/2: train loss ") and lines[2].startswith("epoch 2/2: ")
+        assert lines[3].startswith("end: test top-1 err ")
+        assert not (log.parent / "progress.json").exists()
     assert_each_trial_complete_once(local_ledger(results), results, 6)
 
     df = tracker(results).runs_frame()
