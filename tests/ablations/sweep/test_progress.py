@@ -7,12 +7,12 @@ import time
 from optuna.trial import TrialState
 
 from ablations.outcomes import Ending
-from ablations.sweep.live import LIVE, Live, LiveFile, read_live
-from ablations.sweep.ledger import Attempt, Owner, Ticket
-from ablations.sweep.progress import Progress, ended_line, took
-from ablations.training.steps import Progress as Steps
 from ablations.study.load import load_spec
 from ablations.study.trials import expand
+from ablations.sweep.ledger import Attempt, Owner, Ticket
+from ablations.sweep.live import LIVE, Live, LiveFile, read_live
+from ablations.sweep.progress import Progress, ended_line, took
+from ablations.training.steps import Progress as Steps
 from tests._support.configs import write_spec
 
 T = Ticket("0123456789ab-s1", {"train": {"epochs": 3}}, "0123456789ab", 1, "r=8", {}, ["s"])
