@@ -9,13 +9,17 @@ key holds their absolute path. Synthetic data has no files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import sys
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
 from ablations.errors import SenetError
-from ablations.paths import DEFAULT_DATA
+from ablations.paths import DATA_ENV, DEFAULT_DATA
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")  # `apt-get install dataset-fashion-mnist`
 FASHION_FILES = tuple(f"{split}-{kind}-ubyte" for split in ("train", "t10k") for kind in ("images-idx3", "labels-idx1"))
@@ -46,9 +50,45 @@ class MissingData(SenetError):
         self.data = data
 
 
+def data_home() -> Path:
+    """The data folder of the results folder a command runs on (`$SENET_ABLATE_DATA`), else ./results/data."""
+    return Path(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else DEFAULT_DATA
+
+
+@contextlib.contextmanager
+def data_under(results: Path) -> Iterator[None]:
+    """Downloads and lookups under `results`/data while a command runs (its worker processes inherit it), as an
+    absolute path so workers started elsewhere (a Slurm task's node) agree; the previous value comes back after."""
+    before = os.environ.get(DATA_ENV)
+    os.environ[DATA_ENV] = str((results / "data").absolute())
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(DATA_ENV, None)
+        else:
+            os.environ[DATA_ENV] = before
+
+
 def download_root(data: DataPlace) -> Path:
-    """Where torchvision downloads `data` to, and looks for CIFAR: `data.root`, else results/data."""
-    return Path(data.root) if data.root else DEFAULT_DATA
+    """Where torchvision downloads `data` to, and looks for CIFAR: `data.root`, else the results folder's data/."""
+    return Path(data.root) if data.root else data_home()
+
+
+def _earlier(data: DataPlace, folder: Path, complete: Callable[[Path], bool]) -> Path | None:
+    """A download from before the data folder followed --results (./results/data/`folder`, `complete`), when `data`
+    has no root of its own and the results folder's data/ lacks it; said once per process."""
+    old, home = DEFAULT_DATA / folder, data_home() / folder
+    if data.root or old.absolute() == home.absolute() or not complete(old):
+        return None
+    if old not in _NOTED:
+        _NOTED.add(old)
+        print(f"note: {data.dataset} read from {old}, a download from before the data folder followed --results; "
+              f"move it to {home} to keep it with these results", file=sys.stderr, flush=True)  # fmt: skip
+    return old
+
+
+_NOTED: set[Path] = set()
 
 
 def _idx_path(folder: Path, stem: str) -> Path:
@@ -64,11 +104,15 @@ def _fashion(data: DataPlace) -> list[Path]:
     """The four idx files (gzipped or not) from `root` (or its torchvision layout), else Debian's package, else an
     earlier torchvision download."""
     root = Path(data.root) if data.root else None
-    tried = [root, root / "FashionMNIST" / "raw"] if root else [DEBIAN_FASHION, DEFAULT_DATA / "FashionMNIST" / "raw"]
-    for folder in tried:
-        files = [_idx_path(folder, stem) for stem in FASHION_FILES]
-        if all(f.is_file() for f in files):
-            return files
+    raw = Path("FashionMNIST") / "raw"
+    tried = [root, root / raw] if root else [DEBIAN_FASHION, data_home() / raw]
+
+    def complete(folder: Path) -> bool:
+        return all(_idx_path(folder, stem).is_file() for stem in FASHION_FILES)
+
+    found = next((folder for folder in tried if complete(folder)), None) or _earlier(data, raw, complete)
+    if found is not None:
+        return [_idx_path(found, stem) for stem in FASHION_FILES]
     hint = _fetch_hint(data, "data.download=true")
     raise MissingData(
         f"data.root: Fashion-MNIST not found in {', '.join(map(str, tried))}; run `apt-get install "
@@ -80,6 +124,8 @@ def _fashion(data: DataPlace) -> list[Path]:
 def _cifar(data: DataPlace) -> list[Path]:
     base, names = CIFAR_FILES[data.dataset]
     folder = download_root(data) / base
+    if not folder.is_dir():
+        folder = _earlier(data, Path(base), Path.is_dir) or folder
     if not folder.is_dir():
         hint = _fetch_hint(data, "set data.download=true to fetch it there")
         raise MissingData(

@@ -9,7 +9,7 @@ results/
   workers/                  warm slot workers: one log and one pid record each
   sweeps/<id>.json          what a sweep asked for (its trial keys), read by its workers
   cache/                    torch.compile (inductor, triton) caches shared by the slots
-  data/                     torchvision downloads (./results/data, whatever --results says)
+  data/                     torchvision downloads (<results>/data: it follows --results)
 ```
 """
 
@@ -24,7 +24,8 @@ from pathlib import Path
 from ablations.errors import SenetError
 
 RESULTS = Path("results")  # the default results folder, relative to the working directory
-DEFAULT_DATA = RESULTS / "data"  # where torchvision downloads land (relative to the working directory, not --results)
+DEFAULT_DATA = RESULTS / "data"  # downloads outside a command (a notebook) and before 0.5, whatever --results said
+DATA_ENV = "SENET_ABLATE_DATA"  # where a command's downloads land: <--results>/data, set by the CLI for its workers
 STORAGE_ENV = "SENET_ABLATE_STORAGE"  # the ledger URL; from the environment so a password never shows in `ps`
 TRACKING_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable for the tracking store
 CACHE_ENV = "SENET_ABLATE_CACHE"  # the per-user cache folder (the empty MLflow database new stores copy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ablations.cli.sweep import MAX_WORKERS, cmd_cancel, cmd_sweep, cmd_worker, count, launcher_options, parse_set
+from ablations.datafiles import data_under
 from ablations.errors import SenetError, StoreUnavailable
 from ablations.exits import exit_now
 from ablations.paths import RESULTS, STORAGE_ENV, check_environment
@@ -358,7 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])
     try:
         check_environment()  # numeric variables the sweep, its workers and the ledger read: a line, not a traceback
-        return int(args.func(args))
+        results = getattr(args, "results", None)
+        with data_under(results) if results is not None else contextlib.nullcontext():  # downloads follow --results
+            return int(args.func(args))
     except (SenetError, StoreUnavailable) as err:
         print(f"senet-ablate: error: {err}", file=sys.stderr)
         return StoreUnavailable.exit_code if isinstance(err, StoreUnavailable) else 2

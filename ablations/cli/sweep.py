@@ -115,16 +115,14 @@ def sweep_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ablations.study.load import load_spec
-    from ablations.study.trials import expand, plan
 
     opts = sweep_options(args)
     spec = load_spec(args.study)
     slurm = slurm_options(args, spec)
     if args.dry_run:
-        trials = expand(spec, opts.overrides)
-        table = plan(trials)
-        print(table.to_string(index=False))
-        print(f"{len(trials)} trials, {int(table['epochs'].sum())} epochs in all")
+        from ablations.sweep.preflight import dry_run
+
+        print(dry_run(spec, opts, slurm))
         return 0
     if slurm is not None:
         from ablations.sweep.launch import launch

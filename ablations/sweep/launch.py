@@ -26,6 +26,7 @@ from ablations.study.spec import StudySpec
 from ablations.study.trials import Trial
 from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, State, is_local
 from ablations.sweep.manifest import Manifest
+from ablations.sweep.preflight import check_folders
 from ablations.sweep.runner import Sweep, _install_signals
 from ablations.sweep.slurm import (
     LIVE,
@@ -43,6 +44,7 @@ from ablations.sweep.start import (
     Stores,
     SweepOptions,
     as_joined,
+    check_host,
     plan_fetching,
     record,
     requeue_config_failures,
@@ -237,6 +239,8 @@ def launch(spec: StudySpec, opts: SweepOptions, slurm: SlurmOptions, detach: boo
     if not create:
         opts, host = as_joined(spec, opts, host)
     trials = plan_fetching(spec, opts.overrides, host)
+    check_host(trials, host)
+    check_folders(trials)
     manifest = Manifest(spec.name, None, {t.key: ticket_of(t) for t in trials}, opts.max_retries, code_version(),
                         opts.recycle_after, opts.max_rss_mb, opts.fail_fast, joiner=not create)  # fmt: skip
     stores = Stores.open(opts)

@@ -32,6 +32,7 @@ from ablations.study.trials import Trial
 from ablations.sweep.ledger import Attempt, State, pid_alive
 from ablations.sweep.manifest import EXIT_DONE, EXIT_RECYCLE, EXIT_RETIRED, EXIT_STOPPED, Manifest
 from ablations.sweep.packing import RETIRE, Packer
+from ablations.sweep.preflight import check_folders
 from ablations.sweep.progress import Progress
 from ablations.sweep.reconcile import Reconciler
 from ablations.sweep.repair import end_runs, parent_run, repair
@@ -334,6 +335,7 @@ def run(spec: StudySpec, opts: SweepOptions, create: bool = True, task: bool = F
         opts, planning = as_joined(spec, opts, host)
     trials = plan_fetching(spec, opts.overrides, planning)
     check_host(trials, host)
+    check_folders(trials)
     manifest = Manifest(spec.name, None, {t.key: ticket_of(t) for t in trials}, opts.max_retries, code_version(),
                         opts.recycle_after, opts.max_rss_mb, opts.fail_fast, joiner=not create)  # fmt: skip
     first = FirstWorker(opts, trials, manifest) if create else None
