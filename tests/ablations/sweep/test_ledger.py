@@ -689,3 +689,20 @@ def test_retries_copy_the_last_ticket_and_an_oom_retry_runs_alone(opened):
 def test_owner_identity_tells_namespaces_apart():
     assert host_id().startswith(platform.node())
     assert Owner.me().is_local() and os.getpid() == Owner.me().pid
+
+
+def test_optunas_tools_pointed_at_the_ledger_find_no_study_and_the_ledger_keeps_working(tmp_path):
+    """README: the ledger is not an Optuna study. Optuna's storage (what optuna-dashboard opens) adds its empty tables
+    to the file and lists nothing; the ledger ignores them and keeps its attempts."""
+    import optuna
+
+    url = str(tmp_path / "ledger.db")
+    ledger = Ledger.open(url)
+    ledger.enqueue(ticket(1))
+    ledger.close()
+    storage = optuna.storages.RDBStorage(f"sqlite:///{url}")
+    assert storage.get_all_studies() == []
+    storage.engine.dispose()
+    again = Ledger.open(url)
+    assert [a.key for a in again.attempts()] == [ticket(1).key]
+    again.close()
