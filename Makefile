@@ -46,7 +46,7 @@ lint: $(VENV)/.installed
 test: $(VENV)/.installed data postgres lint
 	$(PY) -m pytest -q -m "not faults and not gpu and not kit and not e2e and not slurm"
 
-# End-to-end cases kept out of `make test` (about 4 minutes): the GPU kit (it downloads the kit's wheels from PyPI)
+# End-to-end cases kept out of `make test` (about 6 minutes): the GPU kit (it downloads the kit's wheels from PyPI)
 # built for three Pythons, installed with pip and without, and the harness sweeping from it on a Python with only
 # the GPU host's packages; and long sweeps in subprocesses (a stalled read, the UI, read-only folders, packing).
 e2e: $(VENV)/.installed data postgres

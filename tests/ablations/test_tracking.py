@@ -165,8 +165,10 @@ def test_the_ledger_takes_a_result_before_the_mlflow_backlog_drains_and_another_
     seen = []
     slow_epoch = worker.tracker.log_epoch
 
-    def slow(*args, **kwargs):  # a slow store: every epoch's metrics take a while to reach it
-        time.sleep(0.5)
+    def slow(*args, **kwargs):  # a store so slow that the epochs' metrics reach it only once the trial is done
+        deadline = time.monotonic() + 30  # a ledger that waited for this backlog would wait all of it
+        while ledger.attempts()[0].state.name != "COMPLETE" and time.monotonic() < deadline:
+            time.sleep(0.05)
         seen.append(("epoch", ledger.attempts()[0].state.name))
         return slow_epoch(*args, **kwargs)
 

@@ -86,6 +86,7 @@ def test_sweep_tracks_everything_and_a_rerun_trains_nothing(tmp_path, capsys):
     assert "6 done, 0 running, 0 failed, 0 pending" in capsys.readouterr().out
 
 
+@pytest.mark.e2e  # a long sweep in subprocesses: `make e2e` (make test's 10 minutes)
 def test_fresh_process_per_trial_is_an_option(tmp_path):
     spec = write_spec(tmp_path, seeds=1)
     results = tmp_path / "results"
@@ -116,6 +117,7 @@ def test_kill_9_of_a_worker_mid_trial_then_the_trial_resumes_from_its_checkpoint
     assert len(crashed) == 1 and crashed[0].kind == "crash"
 
 
+@pytest.mark.e2e  # a long sweep in subprocesses: `make e2e` (make test's 10 minutes)
 def test_workers_outlive_a_killed_controller_and_a_rerun_adopts_them(tmp_path, capsys):
     """Item 2: kill -9 (or a dropped SSH session) of the controller leaves its workers running; they finish and
     record their trials (no broken pipe), and a rerun adopts the live ones instead of starting duplicates."""
@@ -144,6 +146,7 @@ def _workers(results: Path):
     return live_workers(results, folders[0].name) if folders else []
 
 
+@pytest.mark.e2e  # a long sweep in subprocesses: `make e2e` (make test's 10 minutes)
 def test_sigint_stops_the_workers_cleanly_and_the_rerun_resumes(tmp_path):
     spec = write_spec(tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1, train={"epochs": 4},
                       data={"synthetic_train": 640})  # fmt: skip
@@ -179,6 +182,7 @@ def test_a_diverged_trial_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     assert "diverged" in capsys.readouterr().out
 
 
+@pytest.mark.e2e  # a long sweep in subprocesses: `make e2e` (make test's 10 minutes)
 def test_two_sweeps_and_a_joining_worker_never_run_a_trial_twice(tmp_path):
     spec = write_spec(tmp_path, seeds=3)
     results = tmp_path / "results"
@@ -402,6 +406,7 @@ def test_a_trial_left_queued_by_another_study_does_not_block_this_one(tmp_path):
     assert [a.state for a in ledger if a.key == tanh] == [TrialState.WAITING]  # not ours: left for `first`
 
 
+@pytest.mark.e2e  # a long sweep in subprocesses: `make e2e` (make test's 10 minutes)
 def test_workers_train_only_their_own_sweep_and_a_joiner_needs_the_sweeps_settings(tmp_path, capsys):
     """Item 11: a joining worker without the controller's --set, or a second spec file of the same name, trained
     configurations that were not in the spec the user ran. A joiner without --set now joins the sweep as it was
@@ -445,6 +450,7 @@ def test_workers_never_outnumber_the_trials_still_to_train(tmp_path):
     assert_each_trial_complete_once(local_ledger(results), results, 2)
 
 
+@pytest.mark.e2e  # a long sweep in subprocesses: `make e2e` (make test's 10 minutes)
 def test_a_joiner_keeps_to_its_own_manifest_and_its_ctrl_c_to_its_own_workers(tmp_path):
     """Item 16: a `worker` joining on the same host rewrote the sweep's manifest (the same id) with its own settings,
     and its Ctrl-C stopped the sweep's workers too (they were registered under that id)."""
