@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test e2e faults slurm slurm-test lint bench gpu-kit gpu-check data postgres clean
+.PHONY: demo test e2e faults slurm slurm-test lint bench gpu-kit gpu-check data postgres browser clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,14 @@ slurm:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq slurm-wlm munge >/dev/null; \
 	else echo "note: no apt-get; the Slurm tests will skip and say why"; fi
 
+# The UI and report.html cases load pages in headless Chromium (Debian's package).
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	else echo "note: no apt-get; the browser cases will skip and say why"; fi
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check senet_core ablations tests benchmarks
 	$(VENV)/bin/ruff check senet_core ablations tests benchmarks
@@ -49,7 +57,7 @@ test: $(VENV)/.installed data postgres lint
 # End-to-end cases kept out of `make test` (about 6 minutes): the GPU kit (it downloads the kit's wheels from PyPI)
 # built for three Pythons, installed with pip and without, and the harness sweeping from it on a Python with only
 # the GPU host's packages; and long sweeps in subprocesses (a stalled read, the UI, read-only folders, packing).
-e2e: $(VENV)/.installed data postgres
+e2e: $(VENV)/.installed data postgres browser
 	$(PY) -m pytest -q -m "(kit or e2e) and not slurm"
 
 # Seeded rounds of kills, pauses, races and store faults per ledger backend, and the dedicated fault cases (about

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ablations.mlflow_names import experiments_link, runs_link
 from ablations.paths import without_telemetry
 from ablations.urls import DATABASES, check_url, redact, with_driver
 
@@ -50,7 +51,8 @@ def tracking_server(
         results.mkdir(parents=True, exist_ok=True)
     artifacts = cmd[cmd.index("--artifacts-destination") + 1]
     print(f"MLflow tracking server on http://{host}:{port} ({redact(env['MLFLOW_BACKEND_STORE_URI'])}), artifacts "
-          f"in {artifacts} (Ctrl-C to stop)", flush=True)  # fmt: skip
+          f"in {artifacts} (Ctrl-C to stop); browse it on {experiments_link(f'http://{host}:{port}')}",
+          flush=True)  # fmt: skip
     return serve(cmd, env)
 
 
@@ -72,7 +74,7 @@ def ui_launch(
 
 def ui(uri: str | None, results: Path, host: str, port: int, workers: int) -> int:
     """The MLflow UI (`ui_launch`), with a link to each study's runs table."""
-    from ablations.tracking import Tracker, sqlite_path  # torch and MLflow: not for `server`
+    from ablations.tracking import Tracker, sqlite_path  # MLflow: not for `server`
 
     cmd, env = ui_launch(uri, results, host, port, workers, dict(os.environ))
     store_uri = env["MLFLOW_BACKEND_STORE_URI"]
@@ -80,10 +82,14 @@ def ui(uri: str | None, results: Path, host: str, port: int, workers: int) -> in
     print(f"MLflow UI on {base} (Ctrl-C to stop)")
     store = sqlite_path(store_uri)
     if store is None or store.is_file():
-        # MLflow 3 opens an experiment on its GenAI overview, empty for training runs: link the runs tables.
+        # MLflow 3 opens an experiment on its GenAI overview, empty for training runs: link the runs tables, each
+        # in its study's view (refreshed from the runs, those of earlier releases too).
         with contextlib.suppress(Exception):
-            for study, exp in sorted(Tracker(store_uri, results).studies().items()):
-                print(f"  {study}: {base}/#/experiments/{exp}/runs")
+            tracker = Tracker(store_uri, results)
+            with contextlib.suppress(Exception):  # a read-only store still gets its links
+                tracker.refresh_views()
+            for study, exp in sorted(tracker.studies().items()):
+                print(f"  {study}: {runs_link(base, exp)}")
     sys.stdout.flush()
     return serve(cmd, env)
 

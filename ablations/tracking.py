@@ -9,11 +9,9 @@ from the ledger.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -27,9 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from ablations.config import RunConfig, build_config, unflatten
 from ablations.errors import SenetError
+from ablations.mlflow_names import VIEW_TAG, internal, logged, spellings, view_state
 from ablations.outcomes import Ending, RunStatus
 from ablations.params import logged_params, param_text, read_param
-from ablations.paths import TRACKING_ENV, artifacts_dir, mlflow_db, user_cache, without_telemetry
+from ablations.paths import TRACKING_ENV, artifacts_dir, mlflow_db, without_telemetry
+from ablations.sqlite_store import seed_sqlite, sqlite_path
 from ablations.urls import DATABASES, check_url, redact, scrub, with_driver
 
 if TYPE_CHECKING:
@@ -144,52 +144,6 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(err).__name__
 
 
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a `sqlite:///` tracking URI; None for any other store."""
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-
-
-def seed_sqlite(uri: str, results: Path) -> None:
-    """Give a new SQLite tracking database a copy of an empty one made earlier by the same MLflow version.
-
-    MLflow creates a database by replaying every schema migration since its first release: 2-4 s of CPU for
-    each new results folder (and for every sweep of the test suite). The first creation on a machine keeps an
-    untouched copy in the cache folder (`user_cache`); later ones copy it. Any failure leaves MLflow to create the
-    database itself, as it always could. Both files appear whole or not at all (written aside, then linked).
-    """
-    import shutil
-
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    db = sqlite_path(uri)
-    if db is None:
-        return
-    template = user_cache() / f"mlflow-{mlflow.__version__}-empty.db"
-    try:
-        if db.exists() or not db.parent.is_dir():
-            return
-        if not template.is_file():
-            template.parent.mkdir(parents=True, exist_ok=True)
-            fresh = template.with_name(f"{template.name}.{os.getpid()}.tmp")
-            fresh.unlink(missing_ok=True)
-            MlflowClient(tracking_uri=f"sqlite:///{fresh}").search_experiments(max_results=1)
-            os.replace(fresh, template)
-        aside = db.with_name(f".{db.name}.{os.getpid()}.tmp")
-        shutil.copyfile(template, aside)
-        with contextlib.closing(sqlite3.connect(aside)) as con, con:  # MLflow's own Default experiment, made in
-            location = artifacts_dir(results, "0").as_uri()  # the template's folder: point it at ours
-            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (location,))
-        try:
-            os.link(aside, db)  # never over a database another process created meanwhile
-        except FileExistsError:
-            pass
-        finally:
-            aside.unlink(missing_ok=True)
-    except (OSError, ImportError, sqlite3.Error):
-        return
-
-
 class Tracker:
     """Experiments, parent runs and child runs of senet-ablate in one MLflow tracking store."""
 
@@ -204,6 +158,7 @@ class Tracker:
         except Exception as err:
             raise self._unreachable(err) from None
         self._experiments: dict[str, str] = {}
+        self._viewed: dict[str, set[str]] = {}  # study → the factors its view has, as this tracker set it
 
     @staticmethod
     def preload() -> None:
@@ -335,6 +290,10 @@ class Tracker:
         }
         if parent_id:
             all_tags[Tag.PARENT] = parent_id
+        viewed = self._viewed.setdefault(study, set())
+        if not set(trial["factors"]) <= viewed:  # once per study and worker, again when a trial brings a new factor
+            viewed |= set(trial["factors"])
+            self.set_view(study, viewed)
         run = self.client.create_run(self.experiment(study), run_name=f"{trial['label']} s{trial['seed']}",
                                      tags=all_tags)  # fmt: skip
         params = [Param(k, param_text(v)[:MAX_PARAM]) for k, v in sorted(logged_params(trial["flat"]).items())]
@@ -346,14 +305,14 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = _now_ms()
-        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
+        batch = [Metric(k, float(v), now, epoch) for k, v in logged(metrics).items() if k != "epoch"]
         self.client.log_batch(run_id, metrics=batch)
 
     def log_summary(self, run_id: str, summary: dict[str, float], outcome: Ending) -> None:
         from mlflow.entities import Metric, RunTag
 
         now = _now_ms()
-        metrics = [Metric(k, float(v), now, 0) for k, v in summary.items()]
+        metrics = [Metric(k, float(v), now, 0) for k, v in logged(summary).items()]
         self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(Tag.OUTCOME, Ending(outcome).value)])
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
@@ -388,8 +347,27 @@ class Tracker:
         return _trial_run(run), config
 
     def history(self, run_id: str, metric: str) -> dict[int, float]:
-        """Step (epoch) → value of one metric of one run."""
-        return {int(m.step): float(m.value) for m in self.client.get_metric_history(run_id, metric)}
+        """Step (epoch) → value of one metric (by the engine's name) of one run, whichever naming logged it."""
+        steps: dict[int, float] = {}
+        for name in reversed(spellings(metric)):  # the grouped name last: it wins
+            steps |= {int(m.step): float(m.value) for m in self.client.get_metric_history(run_id, name)}
+        return steps
+
+    def set_view(self, study: str, factors: Iterable[str], flat_names: bool = False) -> None:
+        """The runs table the study's link opens (`mlflow_names.view_state`), with these factors' columns."""
+        self.client.set_experiment_tag(self.experiment(study), VIEW_TAG, view_state(factors, flat_names))
+
+    def refresh_views(self) -> None:
+        """Each study's view from the runs in the store: its factors, and the metric names its runs carry."""
+        runs = self._search(f"tags.`{Tag.ROLE}` = 'trial'")
+        by_study: dict[str, list[Run]] = {}
+        for run in runs:
+            by_study.setdefault(run.data.tags.get(Tag.STUDY, ""), []).append(run)
+        for study in self.studies():
+            mine = by_study.get(study, [])
+            factors = {k.removeprefix(Tag.FACTOR) for r in mine for k in r.data.tags if k.startswith(Tag.FACTOR)}
+            flat = bool(mine) and not any(k.startswith("test/") for r in mine for k in r.data.metrics)
+            self.set_view(study, factors, flat)
 
     def _search(self, query: str) -> list[Run]:
         exps = list(self.studies().values())
@@ -430,7 +408,7 @@ def _trial_run(run: Run) -> TrialRun:
         outcome=tags.get(Tag.OUTCOME, ""),
         start_ms=run.info.start_time or 0,
         end_ms=run.info.end_time,
-        metrics=dict(run.data.metrics),
+        metrics=internal(run.data.metrics),
         tags=dict(tags),
     )
 

@@ -2,9 +2,10 @@
 
 This module only orchestrates: `results` gathers the tables from the trials `study_status` gives and their runs,
 `analysis` computes every number once (`stats`), and `markdown`, `latex`, `frames` and `figures` render them.
-The files go to `reports/<study>/` and to the study's parent run: README.md, summary.csv (per level), tables.csv
-(per table), tables.tex, the overview forest plot, three figures per table and the role of excitation. Equal runs
-give byte-identical markdown, CSV and LaTeX.
+The files go to `reports/<study>/` and to the study's parent run: README.md, report.html (the same with its
+figures embedded, for MLflow's viewer), summary.csv (per level), tables.csv (per table), tables.tex, the
+overview forest plot, three figures per table and the role of excitation. Equal runs give byte-identical markdown,
+HTML, CSV and LaTeX.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ablations.reporting.frames import forest_frame, levels_frame, tables_frame
 from ablations.reporting.latex import latex
 from ablations.reporting.markdown import render
 from ablations.reporting.paper_match import TOP1
+from ablations.reporting.report_html import to_html
 from ablations.reporting.results import gather
 from ablations.study.spec import StudySpec
 from ablations.study.trials import Trial
@@ -119,7 +121,10 @@ def write_report(spec: StudySpec, opts: ReadOptions, out: Path | None = None, na
     top = overview(spec, analysis, out)
     excite, excite_paths = _excitation(spec, trials, opts.results, out)
     readme = out / "README.md"
-    readme.write_text(render(spec, analysis, figs, top, excite))
+    text = render(spec, analysis, figs, top, excite)
+    readme.write_text(text)
+    page = out / "report.html"  # MLflow's artifact viewer shows markdown as raw text: this, whole, with its figures
+    page.write_text(to_html(text, out, f"{spec.name}: senet-ablate report"))
     csvs = [out / "summary.csv", out / "tables.csv"]
     for frame, path in zip((levels_frame(analysis), tables_frame(analysis)), csvs, strict=True):
         frame.to_csv(path, index=False, float_format="%.6g", lineterminator="\n")
@@ -129,7 +134,7 @@ def write_report(spec: StudySpec, opts: ReadOptions, out: Path | None = None, na
     if parent is not None:
         pngs = [out / name for f in (*figs.values(), top) for name in f]
         try:
-            tracker.log_files(parent, [readme, *csvs, tex, *pngs, *excite_paths], "report")
+            tracker.log_files(parent, [readme, page, *csvs, tex, *pngs, *excite_paths], "report")
         except OSError as err:  # a read-only results folder holds the parent's artifacts: the report still stands
             print(f"report: not attached to the study's parent run ({err.strerror or err}); its files are in {out}",
                   file=sys.stderr)  # fmt: skip

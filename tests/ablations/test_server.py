@@ -1,6 +1,7 @@
 """`ui` and `server`: what the MLflow child is started with; no secret on its command line (visible in `ps`)."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -69,3 +70,47 @@ def _cmdline(proc: Path) -> str:
         return (proc / "cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return ""
+
+
+@pytest.mark.e2e
+def test_the_printed_link_opens_the_training_view_with_every_trial_and_its_columns(tmp_path):
+    """`ui`'s link in a real browser: MLflow's model-training view (not GenAI), the trials in one flat list sorted
+    by test top-1 error, with the errors, the factor and the seed as columns (screenshot kept)."""
+    from tests._support.browser import dom, screenshot
+
+    results = tmp_path / "results"
+    store = Tracker(f"sqlite:///{results / 'mlflow.db'}", results)
+    parent = store.make_parent("tiny", "a small study", {})
+    for seed, (excitation, err) in enumerate([("sigmoid", 30.5), ("tanh", 33.0), ("sigmoid", 29.0)]):
+        trial = {"key": f"k{seed}", "config_hash": excitation, "seed": seed, "label": f"se.excitation={excitation}",
+                 "factors": {"se.excitation": excitation}, "flat": {"se.excitation": excitation}}  # fmt: skip
+        run = store.start_trial("tiny", parent, trial, {})
+        for epoch in (1, 2):
+            store.log_epoch(run, epoch, {"val_top1_err": err + 10 / epoch, "train_loss": 1 / epoch, "lr": 0.1})
+        store.log_summary(run, {"test_top1_err": err, "final_val_top1_err": err + 5, "best_val_top1_err": err + 4,
+                                "test_top5_err": 3.0}, "finished")  # fmt: skip
+        store.end(run, "FINISHED")
+    store.finish_parent(parent, True)
+    port = free_port()
+    cmd = [sys.executable, "-m", "ablations.cli", "ui", "--results", str(results), "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        line = next(line for line in proc.stdout if "tiny: " in line or "Traceback" in line)
+        link = line.split("tiny: ", 1)[1].strip()
+        assert link == f"http://127.0.0.1:{port}/#/experiments/{store.experiment('tiny')}/runs?" + (
+            "workflowType=machine_learning&viewStateShareKey=senet-ablate"
+        )
+        wait_for(lambda: port_open(port), timeout=90, every=0.5)
+        page = dom(link)
+        screens = Path(os.environ.get("SENET_SCREENS", tmp_path))
+        screenshot(link, screens / "ui_runs.png")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert "Model training" in page and "Judges" not in page and "Evaluation runs" not in page  # the GenAI side nav
+    assert ">Training runs<" not in page  # the GenAI view's title of this page
+    names = [page.index(f"{e} s{s}") for e, s in (("sigmoid", 2), ("sigmoid", 0), ("tanh", 1))]
+    assert names == sorted(names)  # every trial, flat, best test top-1 error first
+    for column in ("test/top1_err", "val/final_top1_err", "se.excitation", "senet.seed"):
+        assert f">{column}<" in page, column

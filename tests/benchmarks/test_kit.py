@@ -145,7 +145,7 @@ def test_a_sweep_on_the_host_python_trains_and_records_to_mlflow(host, site, tmp
     run(host, ["-m", "ablations.cli", "sweep", str(spec), "--results", str(results), "--no-progress"], env, tmp_path)
     with sqlite3.connect(results / "mlflow.db") as db:
         runs = db.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall()
-        finals = db.execute("SELECT COUNT(*) FROM metrics WHERE key = 'test_top1_err'").fetchone()[0]
+        finals = db.execute("SELECT COUNT(*) FROM metrics WHERE key = 'test/top1_err'").fetchone()[0]
         version = db.execute("SELECT DISTINCT value FROM tags WHERE key = 'senet.mlflow'").fetchall()
     assert runs == [("FINISHED", 2)] and finals == 1  # the study's parent run and its trial
     assert version == [(metadata.version("mlflow-skinny"),)]

@@ -3,6 +3,9 @@ and their families, the cells that did not finish, the ordering against the pape
 LaTeX and CSV exports, byte-identical reruns, and logging to the parent run."""
 
 import math
+import os
+import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -371,3 +374,38 @@ def test_results_under_an_earlier_identity_are_named_and_never_mixed_in(tmp_path
            "version 3" in md  # fmt: skip
     assert (f"- `sigmoid` seed 1 (`{before.key}`): pending: a result under identity version 2 (before the data "
             f"digest), key {old.key}; `sweep` trains it under version 3") in md  # fmt: skip
+
+
+def test_the_html_report_embeds_its_figures_and_whole_tables_and_is_logged(store, report):
+    """MLflow's artifact viewer shows markdown as raw text: report.html beside it has the figures inside."""
+    _, _, tracker, parent = store
+    readme, text, _ = report
+    page = (readme.parent / "report.html").read_text()
+    tables = len(re.findall(r"^\|[\s:|-]+\|$", text, re.MULTILINE))  # a markdown table's rule under its header
+    assert tables >= 2 and page.count("<table>") == tables
+    assert '<div class="table-box"><table>' in page and "overflow-x: auto" in page
+    figures_in_md = text.count("![")
+    assert figures_in_md >= 4 and page.count('<img alt="') == figures_in_md
+    assert page.count('src="data:image/png;base64,iVBORw0KGgo') == figures_in_md  # every one a PNG, inline
+    assert "](" not in page and "![" not in page
+    assert "report/report.html" in {f.path for f in tracker.client.list_artifacts(parent, "report")}
+
+
+@pytest.mark.e2e
+def test_the_html_report_renders_in_a_browser(report, tmp_path):
+    """Chromium loads report.html: every image decodes, the widest table scrolls in its box (screenshot kept)."""
+    from tests._support.browser import dom, screenshot
+
+    readme, _, _ = report
+    probe = tmp_path / "probe.html"  # the page, with a line of script that reports what the browser made of it
+    script = ("<script>addEventListener('load', () => { const imgs = [...document.images]; document.body.dataset.ok ="
+              " imgs.length + ':' + imgs.every(i => i.naturalWidth > 100) + ':' + document.querySelectorAll("
+              "'.table-box table').length; });</script></body>")  # fmt: skip
+    probe.write_text((readme.parent / "report.html").read_text().replace("</body>", script))
+    shown = dom(probe.as_uri(), budget_ms=3000)
+    n = readme.read_text().count("![")
+    assert f'data-ok="{n}:true:' in shown
+    screens = Path(os.environ.get("SENET_SCREENS", tmp_path))
+    screenshot(
+        (readme.parent / "report.html").as_uri(), screens / "report_html.png", budget_ms=3000, window="1400,5000"
+    )

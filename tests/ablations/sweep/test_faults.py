@@ -539,7 +539,7 @@ def test_concurrent_end_of_sweep_repairs_make_one_finished_run(backend, tmp_path
     assert [(r.info.status, r.data.tags.get(Tag.OUTCOME)) for r in live] == [("FINISHED", "finished")]
     assert len(runs) == 2 and sorted(changed) == [0, 1]  # both made one; the one not recorded was deleted
     assert ledger.attempt(attempt.trial_id).run_id == live[0].info.run_id
-    assert sorted(client.get_metric_history(live[0].info.run_id, "val_top1_err"), key=lambda m: m.step)[-1].value == 0.5
+    assert sorted(client.get_metric_history(live[0].info.run_id, "val/top1_err"), key=lambda m: m.step)[-1].value == 0.5
     ledger.close()
     _note(backend, "concurrent_repairs", {"repairs": 2, **invariants(spec_path, storage, uri, results)})
 

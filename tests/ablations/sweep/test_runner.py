@@ -16,6 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from ablations.cli import main
+from ablations.mlflow_names import LOGGED, runs_link
 from ablations.params import read_param
 from ablations.sweep.ledger import Ledger, pid_alive
 from ablations.sweep.slots import live_workers
@@ -67,11 +68,11 @@ def test_sweep_tracks_everything_and_a_rerun_trains_nothing(tmp_path, capsys):
     assert set(trials["tags.factor.se.excitation"].dropna()) == {"sigmoid", "tanh"}  # plain: they filter as typed
     for metric in ("final_val_top1_err", "final_val_top5_err", "test_top1_err", "test_top5_err", "best_val_top1_err",
                    "best_val_epoch", "params", "gflops", "train_time_s", "images_per_s", "peak_mem_mb"):  # fmt: skip
-        assert trials[f"metrics.{metric}"].notna().all(), metric
+        assert trials[f"metrics.{LOGGED[metric]}"].notna().all(), metric  # grouped: val/..., test/..., cost/...
     assert trials["params.train.device"].eq("cpu").all() and trials["params.train.precision"].eq("fp32").all()
     c = tracker(results).client
     run_id = trials["run_id"].iloc[0]
-    assert [m.step for m in c.get_metric_history(run_id, "val_top1_err")] == [1, 2]
+    assert [m.step for m in c.get_metric_history(run_id, "val/top1_err")] == [1, 2]
     assert {"config.yaml", "model_summary.txt", "start.json"} <= {a.path for a in c.list_artifacts(run_id)}
     assert not (tmp_path / "mlruns").exists() and not Path("mlruns").exists()
     # Warm workers: two processes trained six trials (each claims until nothing is left).
@@ -363,7 +364,7 @@ def test_ui_binds_to_loopback_links_the_runs_tables_and_dies_with_sigterm(tmp_pa
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
-    assert f"tiny: http://127.0.0.1:{port}/#/experiments/{exp}/runs" in out
+    assert f"tiny: {runs_link(f'http://127.0.0.1:{port}', exp)}" in out
     wait_for(lambda: not port_open(port), timeout=30)
     assert not [p for p in Path("/proc").glob("[0-9]*") if _cmd(p).count(f"--port\0{port}")]
 
