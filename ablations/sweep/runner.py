@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ablations.config import Host
 from ablations.errors import SenetError
+from ablations.mlflow_names import runs_link
 from ablations.outcomes import Standing
 from ablations.study.spec import StudySpec
 from ablations.study.trials import Trial
@@ -126,6 +127,10 @@ class Sweep:
             ours = self._take_stock(self.ledger.attempts())
             self._show_progress(progress, ours)  # the lines of the trials that ended while winding down
             progress.closing(self.spec.name, counts(self.statuses))
+            if self.tracker.remote:  # a tracking server: the study's runs are one click away
+                experiment = self.tracker.experiment(self.spec.name, create=False)
+                if experiment is not None:
+                    progress.say(f"runs: {runs_link(redact(self.tracker.uri), experiment)}")
         self._repair(ours)
         if self.stop.is_set():
             return 130

@@ -101,6 +101,8 @@ def test_three_workers_on_plain_postgresql_urls_run_every_trial_once(pg, mlflow_
     out, err = controller.communicate(timeout=400)
     assert controller.returncode == 0, err
     check_once(url, mlflow_server, 6)
+    [link] = [line for line in err.splitlines() if line.startswith("runs: ")]  # the study's runs, one click away
+    assert link.startswith(f"runs: {mlflow_server}/#/experiments/") and "?workflowType=machine_learning" in link
 
 
 def test_tracking_directly_on_a_plain_postgresql_url(pg, tmp_path):
