@@ -34,6 +34,7 @@ from ablations.sweep.slurm import (
     JobState,
     SlurmOptions,
     cancel_jobs,
+    check_partition,
     chunks,
     describe_jobs,
     job_states,
@@ -204,23 +205,6 @@ class SlurmSweep(Sweep):
 def study_ref(spec: StudySpec) -> str:
     """How a task finds the spec again: a shipped study's name, or its file's absolute path."""
     return spec_file(spec) or spec.name
-
-
-def check_partition(partition: str | None) -> None:
-    """Refuse, before anything is written, a partition the cluster does not have."""
-    if partition is None:
-        return
-    try:
-        out = subprocess.run(["scontrol", "-o", "show", "partition", partition], capture_output=True, text=True,
-                             timeout=30, check=False)  # fmt: skip
-    except (OSError, subprocess.SubprocessError) as err:
-        raise SenetError(
-            f"--launcher slurm: Slurm's scontrol cannot be run here ({err}); run on a login node"
-        ) from None
-    if out.returncode != 0:
-        names = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=30, check=False)
-        allowed = ", ".join(sorted(set(names.stdout.split()))) or "see sinfo"
-        raise SenetError(f"--partition: {partition!r} is not a partition of this cluster; allowed: {allowed}")
 
 
 def launch(spec: StudySpec, opts: SweepOptions, slurm: SlurmOptions, detach: bool = False,

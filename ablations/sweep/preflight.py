@@ -15,6 +15,7 @@ from ablations.outcomes import Standing
 from ablations.study.spec import StudySpec
 from ablations.study.trials import Trial, expand, plan, plan_trials
 from ablations.sweep.ledger import CONNECT_S, Ledger, check_storage, is_local
+from ablations.sweep.slurm import check_partition
 from ablations.sweep.start import SweepOptions, check_host
 from ablations.sweep.status import counts, statuses
 from ablations.tracking import Tracker, tracking_uri
@@ -58,8 +59,6 @@ def dry_run(spec: StudySpec, opts: SweepOptions, slurm: Any = None) -> str:
     """
     notes: list[str] = []
     if slurm is not None:
-        from ablations.sweep.launch import check_partition
-
         check_partition(slurm.partition)
         host = Host("cuda" if slurm.gpus_per_node else "cpu")  # the nodes' device, not the login node's
     else:

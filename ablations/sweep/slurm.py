@@ -301,3 +301,20 @@ def describe_jobs(ids: list[str], states: dict[str, JobState]) -> list[str]:
         said = ", ".join(f"{n} {state}" for state, n in sorted(counted.items()))
         lines.append(f"  job {job}: {said}" + (f" ({restarts} requeues)" if restarts else ""))
     return lines
+
+
+def check_partition(partition: str | None) -> None:
+    """Refuse, before anything is written, a partition the cluster does not have."""
+    if partition is None:
+        return
+    try:
+        out = subprocess.run(["scontrol", "-o", "show", "partition", partition], capture_output=True, text=True,
+                             timeout=30, check=False)  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as err:
+        raise SenetError(
+            f"--launcher slurm: Slurm's scontrol cannot be run here ({err}); run on a login node"
+        ) from None
+    if out.returncode != 0:
+        names = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=30, check=False)
+        allowed = ", ".join(sorted(set(names.stdout.split()))) or "see sinfo"
+        raise SenetError(f"--partition: {partition!r} is not a partition of this cluster; allowed: {allowed}")
