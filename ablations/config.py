@@ -8,9 +8,11 @@ different studies train once and a field added later at its default leaves every
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple
@@ -342,16 +344,35 @@ def shorten(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[: limit - 5]} ...{text[-1]}"
 
 
-def validation_message(err: ValidationError, prefix: str = "") -> str:
-    """pydantic's first error as one line naming the dotted field path and what is allowed."""
+def did_you_mean(word: str, allowed: Iterable[str]) -> str:
+    """`; did you mean X?` naming the closest of `allowed` to a mistyped `word` (difflib), or nothing."""
+    close = difflib.get_close_matches(word, list(allowed), n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def validation_message(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """pydantic's first error as one line naming the dotted field path and what is allowed; an unknown key of
+    `model` (the model validated, e.g. RunConfig) with the closest field of its section."""
     e = err.errors()[0]
     path = prefix + ".".join(str(p) for p in e["loc"])
     if e["type"] == "extra_forbidden":
-        return f"{path}: unknown key"
+        return f"{path}: unknown key{_closest_field(e['loc'], model, prefix)}"
     if e["type"] == "literal_error":
         expected = e.get("ctx", {}).get("expected", "")
         return f"{path}: {shorten(e['input'])} is not allowed; allowed: {expected.replace(' or ', ', ')}"
     return f"{path}: {e['msg']} (got {shorten(e['input'])})"
+
+
+def _closest_field(loc: tuple[int | str, ...], model: type[BaseModel] | None, prefix: str) -> str:
+    """`did_you_mean` for the unknown field at `loc`, among the fields of the section of `model` it sits in."""
+    for part in loc[:-1]:
+        info = model.model_fields.get(str(part)) if model is not None else None
+        kind = info.annotation if info is not None else None
+        model = kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+    if model is None:
+        return ""
+    parent = prefix + "".join(f"{p}." for p in loc[:-1])
+    return did_you_mean(f"{parent}{loc[-1]}", [parent + name for name in model.model_fields])
 
 
 def build_config(tree: dict[str, Any]) -> RunConfig:
@@ -359,7 +380,7 @@ def build_config(tree: dict[str, Any]) -> RunConfig:
     try:
         cfg = RunConfig.model_validate(tree)
     except ValidationError as err:
-        raise SenetError(validation_message(err)) from None
+        raise SenetError(validation_message(err, model=RunConfig)) from None
     if cfg.model.name not in list_models():
         allowed = ", ".join(list_models())
         raise SenetError(f"model.name: {cfg.model.name!r} is not a backbone (SE lives in se.*); allowed: {allowed}")

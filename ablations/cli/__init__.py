@@ -10,12 +10,37 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ablations.cli.sweep import MAX_WORKERS, cmd_cancel, cmd_sweep, cmd_worker, count, launcher_options, parse_set
+from ablations.cli.parser import (
+    command,
+    place,
+    reading,
+    server_options,
+    slots,
+    study_words,
+    top_parser,
+    tracking,
+    trained,
+)
+from ablations.cli.sweep import (
+    MAX_WORKERS,
+    cmd_cancel,
+    cmd_sweep,
+    cmd_worker,
+    count,
+    launcher_options,
+    parse_set,
+    study_overrides,
+)
 from ablations.datafiles import data_under
 from ablations.errors import SenetError, StoreUnavailable
 from ablations.exits import exit_now
 from ablations.paths import RESULTS, STORAGE_ENV, check_environment
+
+if TYPE_CHECKING:
+    from ablations.study.spec import StudySpec
+    from ablations.sweep.status import ReadOptions
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
@@ -35,146 +60,115 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="senet-ablate", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = top_parser()
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do, one of:")
 
-    p = sub.add_parser("profile", help="params and GFLOPs of a model configuration, beside the paper's")
+    p = command(sub, "profile", _cmd_profile, "params and GFLOPs of a model configuration, beside the paper's",
+                ["senet-ablate profile --model se_resnet50 --set se.reduction=8",
+                 "senet-ablate profile --paper"])  # fmt: skip
     p.add_argument("--model", help="registry name, e.g. resnet50 or se_resnet50 (see `senet-ablate models`)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="option, e.g. se.reduction=8")
     p.add_argument("--input-size", type=int, default=224, help="square input side in pixels (default 224)")
     p.add_argument("--paper", action="store_true", help="reproduce the paper's complexity columns")
     p.add_argument("--json", action="store_true", help="one JSON object per configuration")
-    p.set_defaults(func=_cmd_profile)
 
-    m = sub.add_parser("models", help="list the registered backbones and their options")
-    m.set_defaults(func=_cmd_models)
+    command(sub, "models", _cmd_models, "list the registered backbones and their options", ["senet-ablate models"])
+    command(
+        sub, "list", _cmd_list, "the shipped studies, what they mirror, and their trial counts", ["senet-ablate list"]
+    )
 
-    ls = sub.add_parser("list", help="the shipped studies, what they mirror, and their trial counts")
-    ls.set_defaults(func=_cmd_list)
-
-    def place(q: argparse.ArgumentParser) -> None:
-        q.add_argument("study", help="a shipped study name (see `senet-ablate list`) or a path to a YAML spec")
-        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-        q.add_argument("--results", type=Path, default=RESULTS, help="output folder (default ./results)")
-        q.add_argument("--storage", help="ledger URL; default $SENET_ABLATE_STORAGE (keeps a password out of the "
-                       "process list), else ledger.db in the results folder")  # fmt: skip
-        q.add_argument("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI, else sqlite in results)")
-        q.add_argument(
-            "--max-retries", type=int, default=1, help="retries of a crashed or out-of-memory trial (default 1)"
-        )
-
-    def slots(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--workers", type=int, default=1, help="warm worker processes on the CPU (default 1)")
-        q.add_argument("--gpus", default="", help="visible CUDA devices: indices, GPU-/MIG-<uuid>, comma-separated")
-        q.add_argument("--trials-per-gpu", default="1", help="workers sharing each GPU, or auto (measure, then pack)")
-        q.add_argument("--recycle-after", type=int, default=50, help="trials per worker process before a fresh one")
-        q.add_argument("--fresh-process", action="store_true", help="one fresh process per trial (--recycle-after 1)")
-        q.add_argument("--max-worker-mb", type=float, help="replace a worker whose resident memory grows past this")
-        q.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
-
-    sw = sub.add_parser("sweep", help="train every trial of a study that has no finished result yet")
+    sw = command(sub, "sweep", cmd_sweep, "train every trial of a study that has no finished result yet",
+                 ["senet-ablate sweep demo --workers 2",
+                  "senet-ablate sweep demo se.reduction=4,8,16 seeds=3 --dry-run",
+                  "senet-ablate sweep paper --gpus 0,1 --trials-per-gpu auto"])  # fmt: skip
     place(sw)
+    study_words(sw)
     slots(sw)
     sw.add_argument("--fail-fast", action="store_true", help="stop at the first failed trial")
     sw.add_argument("--dry-run", action="store_true", help="print the expanded trials and their cost, run nothing")
+    sw.add_argument("-m", "--multirun", action="store_true", help="Hydra's habit, accepted: a sweep runs every trial")
     launcher_options(sw)
-    sw.set_defaults(func=cmd_sweep)
 
-    wk = sub.add_parser("worker", help="join a running sweep from another shell or host (or submit more Slurm tasks)")
+    wk = command(sub, "worker", cmd_worker, "join a running sweep from another shell or host (or submit more Slurm "
+                 "tasks)", ["senet-ablate worker demo --workers 2", "senet-ablate worker paper --launcher slurm "
+                 "--total-gpus 4"])  # fmt: skip
     place(wk)
+    study_words(wk)
     slots(wk)
     launcher_options(wk)
-    wk.set_defaults(func=cmd_worker)
 
-    cn = sub.add_parser("cancel", help="cancel the Slurm jobs a study's sweeps submitted (by id, nothing else)")
+    cn = command(sub, "cancel", cmd_cancel, "cancel the Slurm jobs a study's sweeps submitted (by id, nothing else)",
+                 ["senet-ablate cancel paper --results /shared/senet/results"])  # fmt: skip
     place(cn)
-    cn.set_defaults(func=cmd_cancel)
 
-    def reading(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--device", choices=["cpu", "cuda"], help="what `auto` resolved to in the sweep (default: "
-                       "as the ledger recorded it)")  # fmt: skip
-
-    st = sub.add_parser("status", help="done / running / failed / pending trials of a study")
+    st = command(sub, "status", _cmd_status, "done / running / failed / pending trials of a study",
+                 ["senet-ablate status demo",
+                  "senet-ablate status mystudy --results /shared/senet/results"])  # fmt: skip
     place(st)
+    study_words(st)
     reading(st)
-    st.set_defaults(func=_cmd_status)
 
-    rt = sub.add_parser("retry", help="queue chosen trials again (failed ones by default); `sweep` trains them")
+    rt = command(sub, "retry", _cmd_retry, "queue chosen trials again (failed ones by default); `sweep` trains them",
+                 ["senet-ablate retry demo", "senet-ablate retry demo --trial KEY"])  # fmt: skip
     place(rt)
+    study_words(rt)
     rt.add_argument("--failed", action="store_true", help="every failed trial (the default without --trial)")
     rt.add_argument("--trial", action="append", default=[], metavar="KEY", help="a trial key (`status`), repeatable")
-    rt.set_defaults(func=_cmd_retry)
 
-    rp = sub.add_parser("report", help="paper-style tables, figures and CSV of a study, from MLflow")
+    rp = command(sub, "report", _cmd_report, "paper-style tables, figures and CSV of a study, from MLflow",
+                 ["senet-ablate report demo", "senet-ablate report demo --out reports/demo-cpu"])  # fmt: skip
     place(rp)
+    study_words(rp)
     reading(rp)
     rp.add_argument("--out", type=Path, help="report folder (default reports/<study>/)")
-    rp.set_defaults(func=_cmd_report)
 
-    def trained(q: argparse.ArgumentParser, device: bool = True) -> None:
-        """Options naming an imported network and the image folder it is read back on."""
-        q.add_argument("--model", help="registry name, e.g. se_resnet50 (with timm:NAME: its configuration)")
-        q.add_argument("--weights", help="a .pth / .safetensors file or timm:NAME (see README, imported weights)")
-        q.add_argument("--data", help="imagefolder:DIR, one sub-folder per class (DIR/val when it exists)")
-        q.add_argument("--image-size", type=int, default=224, help="centre crop after resizing to 256/224 of it")
-        q.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-        q.add_argument("--workers", type=int, default=4, help="image decoding processes (default 4)")
-        if device:
-            q.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-            q.add_argument("--json", action="store_true", help="print the result as one JSON object")
-            q.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-    ev = sub.add_parser("evaluate", help="single-crop top-1/top-5 error of imported weights on an image folder")
+    ev = command(sub, "evaluate", _cmd_evaluate, "single-crop top-1/top-5 error of imported weights on an image "
+                 "folder", ["senet-ablate evaluate --weights timm:legacy_seresnet50 --data "
+                 "imagefolder:/data/imagenet"])  # fmt: skip
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model option, e.g. "
                     "model.stem_pool=caffe")  # fmt: skip
     trained(ev)
-    ev.set_defaults(func=_cmd_evaluate)
 
-    ko = sub.add_parser("knockout", help="a trained network with the SE gates of each stage / block fixed at 1")
+    ko = command(sub, "knockout", _cmd_knockout, "a trained network with the SE gates of each stage / block fixed at "
+                 "1", ["senet-ablate knockout --run RUN_ID --results results", "senet-ablate knockout --weights "
+                 "timm:legacy_seresnet50 --data imagefolder:/data/imagenet-subset --rows stages"])  # fmt: skip
     ko.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model option (with --weights)")
     trained(ko)
     ko.add_argument("--run", help="an MLflow run id of a finished trial instead of --model/--weights")
-    ko.add_argument("--results", type=Path, default=RESULTS, help="where the run trained (default ./results)")
-    ko.add_argument("--tracking-uri")
+    tracking(ko, "where the run trained")
     ko.add_argument("--split", choices=["test", "val"], default="test", help="the run's split, without --data")
     ko.add_argument("--rows", choices=["stages", "blocks", "both"], default="both", help="knock out per stage, "
                     "per block or both (a row for all SE blocks always)")  # fmt: skip
     ko.add_argument("--no-control", action="store_true", help="skip the control (gates fixed at their mean)")
-    ko.set_defaults(func=_cmd_knockout)
 
-    ex = sub.add_parser("excitation", help="role of excitation (paper Figs. 6-7) for a run id or a study's reference")
+    ex = command(sub, "excitation", _cmd_excitation, "role of excitation (paper Figs. 6-7) for a run id or a study's "
+                 "reference", ["senet-ablate excitation demo --classes 0 1 2 3", "senet-ablate excitation --weights "
+                 "timm:legacy_seresnet50 --data imagefolder:/data/imagenet"])  # fmt: skip
     ex.add_argument("target", nargs="?", help="an MLflow run id of a trial, or a study (its reference model, first "
                     "seed); or none, with --weights and --data")  # fmt: skip
     ex.add_argument("--classes", nargs="+", help="classes to draw: indices (default: the first 4); with --weights "
                     "also WordNet ids or names (default: the paper's goldfish, pug, plane, cliff)")  # fmt: skip
     ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the study's overrides (with "
                     "--weights: model options)")  # fmt: skip
-    ex.add_argument("--results", type=Path, default=RESULTS)
-    ex.add_argument("--tracking-uri")
+    tracking(ex, "where the study's or run's sweep ran")
     ex.add_argument("--out", type=Path, help="figure folder (default reports/<target or model>/excitation)")
     trained(ex, device=False)
     ex.add_argument("--per-class", type=int, default=50, help="with --weights: images per class (the paper: 50)")
-    ex.set_defaults(func=_cmd_excitation)
 
-    sv = sub.add_parser("server", help="an MLflow tracking server for many hosts (e.g. on PostgreSQL)")
+    sv = command(sub, "server", _cmd_server, "an MLflow tracking server for many hosts (e.g. on PostgreSQL)",
+                 ["senet-ablate server --host 127.0.0.1 --port 5000 --artifacts-destination "
+                  "/shared/senet/artifacts"])  # fmt: skip
     sv.add_argument("--backend-store-uri", help="database URL; default $MLFLOW_BACKEND_STORE_URI (keeps passwords "
                     "out of the process list), else sqlite in the results folder")  # fmt: skip
     sv.add_argument("--artifacts-destination", help="where run artifacts go (default <results>/artifacts)")
-    sv.add_argument("--results", type=Path, default=RESULTS)
-    sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; see README before exposing)")
-    sv.add_argument("--port", type=int, default=5000)
-    sv.add_argument("--http-workers", type=int, default=4, help="server processes answering requests (default 4, "
-                    "MLflow's; each costs seconds of CPU to start and a few hundred MB)")  # fmt: skip
-    sv.set_defaults(func=_cmd_server)
+    sv.add_argument("--results", type=Path, default=RESULTS, help="folder of the default database and artifacts "
+                    "(default ./results)")  # fmt: skip
+    server_options(sv, 4, ", MLflow's; each costs seconds of CPU to start and a few hundred MB")
 
-    ui = sub.add_parser("ui", help="the MLflow UI on the results folder, bound to 127.0.0.1")
-    ui.add_argument("--results", type=Path, default=RESULTS)
-    ui.add_argument("--tracking-uri")
-    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; see README before exposing)")
-    ui.add_argument("--port", type=int, default=5000)
-    ui.add_argument("--http-workers", type=int, default=1, help="server processes answering requests (default 1: "
-                    "one person browsing; MLflow's default of 4 takes 4× the start-up time and memory)")  # fmt: skip
-    ui.set_defaults(func=_cmd_ui)
+    ui = command(sub, "ui", _cmd_ui, "the MLflow UI on the results folder, bound to 127.0.0.1",
+                 ["senet-ablate ui", "senet-ablate ui --results /shared/senet/results --port 5001"])  # fmt: skip
+    tracking(ui, "the results folder whose runs it shows")
+    server_options(ui, 1, ": one person browsing; MLflow's default of 4 takes 4× the start-up time and memory")
     return parser
 
 
@@ -187,10 +181,26 @@ def _read_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         results=args.results,
         storage=args.storage or os.environ.get(STORAGE_ENV),
         tracking_uri=args.tracking_uri,
-        overrides=parse_set(args.set) if args.set else None,  # none given: as the sweep recorded them
+        overrides=study_overrides(args.set, args.overrides),  # none given: as the sweep recorded them
         device=getattr(args, "device", None),
         max_retries=args.max_retries,
     )
+
+
+def _as_swept(spec: StudySpec, opts: ReadOptions) -> StudySpec:
+    """The study as the sweep read back ran it, for the readers that walk its grid (`report`, `excitation`): its
+    levels, reference and seeds from the overrides given, else from those its last sweep recorded."""
+    from ablations.study.overrides import reshape
+    from ablations.sweep.ledger import CONNECT_S, Ledger, check_storage
+
+    url, overrides = opts.storage_url, opts.overrides
+    check_storage(url)
+    if overrides is None and Ledger.exists(url):
+        try:
+            overrides = Ledger.open(url, patience=CONNECT_S).note(spec.name).get("overrides")
+        except OSError as err:  # as `study_status` says it
+            raise SenetError(f"--storage: cannot open the ledger {url} for reading ({err.strerror or err})") from None
+    return reshape(spec, overrides or {})
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -230,7 +240,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from ablations.sweep.status import find_spec
 
     opts = _read_options(args)
-    path = write_report(find_spec(args.study, opts.storage_url), opts, out=args.out, named=args.study)
+    path = write_report(_as_swept(find_spec(args.study, opts.storage_url), opts), opts, out=args.out, named=args.study)
     print(f"report written to {path}")
     return 0
 
@@ -247,8 +257,8 @@ def _cmd_excitation(args: argparse.Namespace) -> int:
         raise SenetError(f"--classes: {args.classes} is not allowed; allowed: class indices, e.g. --classes 0 3")
     classes = None if args.classes is None else [int(c) for c in args.classes]
     opts = ReadOptions(results=args.results, storage=os.environ.get(STORAGE_ENV), tracking_uri=args.tracking_uri,
-                       overrides=parse_set(args.set) if args.set else None)  # fmt: skip
-    target = load_spec(args.target) if names_a_study(args.target) else args.target  # else a run id
+                       overrides=study_overrides(args.set, ()))  # fmt: skip
+    target = _as_swept(load_spec(args.target), opts) if names_a_study(args.target) else args.target  # else a run id
     paths = excitation_report(target, opts, out, classes)
     for p in paths:
         print(p)
@@ -353,7 +363,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # argparse's own exit: --help, --version (0) or a usage error (2, said on stderr)
+        return done.code if isinstance(done.code, int) else 2
     # MLflow's INFO lines (database migrations, monitors) drown the progress bars; it reads this variable when
     # it configures its loggers on import, so a level set on the logger before that import would be undone.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")

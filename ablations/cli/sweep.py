@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -32,17 +33,78 @@ _SLURM = (
 
 
 def parse_set(items: Sequence[str]) -> dict[str, Any]:
-    """`KEY=VALUE` pairs to a dict; values are YAML scalars or lists (`8`, `true`, `[2, 3]`, `max`)."""
+    """`KEY=VALUE` pairs to a dict; values are YAML scalars or lists (`8`, `true`, `[2, 3]`, `max`), one each."""
     out: dict[str, Any] = {}
     for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise SenetError(f"--set: {item!r} is not KEY=VALUE, e.g. --set se.reduction=8")
-        try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError as err:
-            raise SenetError(f"--set {key}: {raw!r} is not a valid value ({err.__class__.__name__})") from None
+        key, raw = _pair(item, "--set")
+        if len(split_levels(raw)) > 1:
+            raise SenetError(f"--set {key}: {raw!r} is not one value; a list is written [{raw}], and a "
+                             f"factor's levels for one sweep come after the study: senet-ablate sweep STUDY "
+                             f"{key}={raw}")  # fmt: skip
+        out[key] = _value(key, raw, "--set")
     return out
+
+
+def study_overrides(sets: Sequence[str], words: Sequence[str]) -> dict[str, Any] | None:
+    """A study run's overrides (`ablations.study.overrides`) from `--set` and the words after the study, which take
+    the same `KEY=VALUE` and also a comma list: that factor's levels. `reference.KEY=VALUE` names a reference level,
+    `seeds=N` (or a list) the seeds; later words win. None when neither gives any (read: as the sweep recorded them).
+    """
+    from ablations.study.overrides import LEVELS, REFERENCE  # the study's vocabulary, imported once a command runs
+
+    if not sets and not words:
+        return None
+    out: dict[str, Any] = {}
+    for key, value in [*parse_set(sets).items(), *(_word(w) for w in words)]:
+        if key.startswith("reference."):
+            key = REFERENCE + key.removeprefix("reference.")
+        elif key.startswith(LEVELS) and key.removeprefix(LEVELS).startswith("reference."):
+            raise SenetError(f"{key.removeprefix(LEVELS)}: a reference is one level, e.g. reference.se.reduction=8")
+        out[key] = value
+    return out
+
+
+def _word(word: str) -> tuple[str, Any]:
+    from ablations.study.overrides import LEVELS, SEEDS
+
+    key, raw = _pair(word, "override")
+    parts = split_levels(raw)
+    if len(parts) == 1:
+        return key, _value(key, raw, "override")
+    values = [_value(key, p, "override") for p in parts]
+    return (SEEDS, values) if key == SEEDS else (LEVELS + key, values)
+
+
+def _pair(item: str, option: str) -> tuple[str, str]:
+    key, sep, raw = item.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][\w.]*", key.strip()):
+        raise SenetError(f"{option}: {item!r} is not KEY=VALUE, e.g. {'--set ' * (option == '--set')}se.reduction=8")
+    return key.strip(), raw
+
+
+def _value(key: str, raw: str, option: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError as err:
+        raise SenetError(f"{option} {key}: {raw!r} is not a valid value ({err.__class__.__name__})") from None
+
+
+def split_levels(raw: str) -> list[str]:
+    """`raw` cut at its commas outside brackets, braces and quotes: `4,8` → two values, `[2,3]` and `'a,b'` one."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(raw):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(raw[start:i])
+            start = i + 1
+    return [*parts, raw[start:]]
 
 
 def count(value: int, option: str, low: int, high: int) -> int:
@@ -106,7 +168,7 @@ def sweep_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         trials_per_gpu=parse_per_gpu(str(args.trials_per_gpu)),
         max_retries=args.max_retries,
         fail_fast=getattr(args, "fail_fast", False),  # `worker` has no --fail-fast
-        overrides=parse_set(args.set),
+        overrides=study_overrides(args.set, args.overrides) or {},
         progress=not args.no_progress and sys.stderr.isatty(),
         recycle_after=recycle,
         max_rss_mb=max_mb,

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from ablations.config import did_you_mean
 from ablations.errors import SenetError
 from ablations.study.spec import NAME, StudySpec, parse_spec
 
@@ -83,9 +84,8 @@ def _load_one(ref: str, near: Path | None, path: str = "study") -> StudySpec:
     """A shipped study name, or a .yaml path (relative paths against `near`, the including file's folder)."""
     if NAME.fullmatch(ref):
         if ref not in shipped_names():
-            raise SenetError(
-                f"{path}: {ref!r} is not a study; allowed: {', '.join(shipped_names())}, or a path to a .yaml file"
-            )
+            raise SenetError(f"{path}: {ref!r} is not a study; allowed: {', '.join(shipped_names())}, or a path to a "
+                             f".yaml file{did_you_mean(ref, shipped_names())}")  # fmt: skip
         resource = STUDIES.joinpath(f"{ref}.yaml")
         return _read(Path(str(resource)), f"{ref}.yaml")
     file = Path(ref).expanduser()

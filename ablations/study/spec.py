@@ -12,7 +12,16 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from ablations.config import IDENTITY_VERSION, RunConfig, build_config, flatten, shorten, unflatten, validation_message
+from ablations.config import (
+    IDENTITY_VERSION,
+    RunConfig,
+    build_config,
+    did_you_mean,
+    flatten,
+    shorten,
+    unflatten,
+    validation_message,
+)
 from ablations.errors import SenetError
 from ablations.paper import tables
 from ablations.study.recipes import RECIPES
@@ -31,22 +40,25 @@ DATA_SEED = "data.data_seed"
 SEED_LINKED = -1
 
 
-def _check_key(key: str, path: str) -> None:
+def check_key(key: str, path: str) -> None:
     """Raise SenetError unless `key` is a dotted RunConfig field (the seed comes from `seeds`, never a key)."""
     section, _, field = key.partition(".")
     if key == "seed":
-        raise SenetError(f"{path}: trial seeds come from the study's `seeds`, not from a config key")
+        raise SenetError(f"{path}: trial seeds come from the study's `seeds`, not from a config key (for one run: "
+                         "seeds=N after the study, e.g. senet-ablate sweep demo seeds=3)")  # fmt: skip
+    known = [f"{s}.{f}" for s, fields in _SECTIONS.items() for f in fields]
     if section not in _SECTIONS:
-        raise SenetError(f"{path}: unknown key; allowed sections: {', '.join(_SECTIONS)}")
+        raise SenetError(f"{path}: unknown key; allowed sections: {', '.join(_SECTIONS)}{did_you_mean(key, known)}")
     if not field:
         raise SenetError(f"{path}: is a section; give its fields, e.g. {section}.{_SECTIONS[section][0]}")
     if field not in _SECTIONS[section]:
-        raise SenetError(f"{path}: unknown key; allowed in {section}: {', '.join(_SECTIONS[section])}")
+        fields = ", ".join(_SECTIONS[section])
+        raise SenetError(f"{path}: unknown key; allowed in {section}: {fields}{did_you_mean(key, known)}")
 
 
 def check_value(key: str, value: Any, path: str) -> None:
     """Raise SenetError unless `value` is a valid value of the field `key`, naming it as `path`."""
-    _check_key(key, path)
+    check_key(key, path)
     try:
         RunConfig.model_validate(unflatten({key: value}))
     except ValidationError as err:
@@ -189,7 +201,7 @@ class StudySpec(BaseModel):
         grid = flatten(grid)  # `se: {reduction: [...]}` and `se.reduction: [...]` are the same factor
         for key, levels in grid.items():
             path = f"grid.{key}"
-            _check_key(key, path)
+            check_key(key, path)
             if not isinstance(levels, list) or not levels:
                 raise SenetError(f"{path}: must be a non-empty list of levels, e.g. [4, 8, 16]; got {shorten(levels)}")
             for i, level in enumerate(levels):

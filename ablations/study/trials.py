@@ -23,6 +23,7 @@ from ablations.config import (
 )
 from ablations.errors import SenetError
 from ablations.study.load import closure
+from ablations.study.overrides import reshape, split
 from ablations.study.recipes import RECIPES
 from ablations.study.spec import DATA_SEED, SEED_LINKED, Point, StudySpec, check_value, parse_seeds, show_level
 
@@ -98,7 +99,8 @@ def expand(
 
     Args:
         spec: the study.
-        overrides: `--set` values, dotted key → value, applied last to every trial (included studies too).
+        overrides: the run's overrides (`ablations.study.overrides`): `--set` values, dotted key → value, applied last
+            to every trial (included studies too), and the levels, reference levels and seeds that reshape the study.
         seeds: replaces the seeds of every study (a count or a list, as in a spec); None keeps them.
         host: what `auto` settings resolve to (device, precision, channels_last); None = this host. The
             trials carry resolved configurations, so a CPU and a GPU run of one spec are different trials.
@@ -110,14 +112,16 @@ def expand(
             of a key the study varies, a configuration `build_config` refuses, a reference that matches no trial,
             or a packaged dataset whose files are missing (`ablations.datafiles.MissingData`: its key needs them).
     """
-    overrides = dict(overrides or {})
+    spec = reshape(spec, overrides or {})
+    overrides = split(overrides or {}).settings
     studies = closure(spec)
     _check_count(spec, studies, seeds)
     for key, value in overrides.items():
         check_value(key, value, f"--set {key}")
         owner = next((s for s in studies if key in s.varied_keys() or (key == DATA_SEED and s.vary_data_seed)), None)
         if owner is not None:
-            raise SenetError(f"--set {key}: study {owner.name!r} varies this key; drop the override or edit the study")
+            raise SenetError(f"--set {key}: study {owner.name!r} varies this key; drop the override, give its levels "
+                             f"for this run ({key}=a,b after the study) or edit the study")  # fmt: skip
     trials: dict[str, Trial] = {}
     host = host or Host.here()
     for study in studies:

@@ -216,10 +216,11 @@ def spec_file(spec: StudySpec) -> str | None:
 
 
 def record(ledger: Ledger, spec: StudySpec, trials: list[Trial], host: Host, overrides: dict[str, Any]) -> None:
-    """What `status`, `report`, `worker` and `retry` read back: how the sweep resolved `auto` and which `--set` it
-    ran with, where its file is (a study run from a file is found again by its name), its trials' keys in order (read
-    back where the data files are missing), and its trials with the identity version their keys were made by, under
-    every study they belong to."""
+    """What `status`, `report`, `worker` and `retry` read back: how the sweep resolved `auto` and which overrides it
+    ran with (`--set` values, and the levels, reference levels and seeds of `ablations.study.overrides`, applied by
+    `trials.expand` wherever the trials are planned again), where its file is (a study run from a file is found
+    again by its name), its trials' keys in order (read back where the data files are missing), and its trials
+    with the identity version their keys were made by, under every study they belong to."""
     ledger.set_note(spec.name, {"device": host.device, "overrides": overrides, "spec": spec_file(spec),
                                 "identity_version": IDENTITY_VERSION, "keys": [t.key for t in trials]})  # fmt: skip
     by_study: dict[str, list[TrialRecord]] = {}
