@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ablations.cli.results import add_commands as add_results_commands
 from ablations.cli.sweep import MAX_WORKERS, cmd_cancel, cmd_sweep, cmd_worker, count, launcher_options, parse_set
 from ablations.errors import SenetError, StoreUnavailable
 from ablations.exits import exit_now
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     place(st)
     reading(st)
     st.set_defaults(func=_cmd_status)
+    add_results_commands(sub, place, reading, status=st, read=_read_options)
 
     rt = sub.add_parser("retry", help="queue chosen trials again (failed ones by default); `sweep` trains them")
     place(rt)
@@ -203,14 +205,22 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from ablations.cli.results import print_studies
+    from ablations.sweep.clean import disk_line
     from ablations.sweep.launch import jobs_lines
     from ablations.sweep.status import describe, find_spec, study_status
 
     opts = _read_options(args)
+    if args.study is None:
+        return print_studies(opts)
     spec = find_spec(args.study, opts.storage_url)
-    print(describe(study_status(spec, opts)[1]))
+    found = study_status(spec, opts)[1]
+    print(describe(found, opts.results))
     for line in jobs_lines(opts.storage_url, spec.name):  # the Slurm jobs its sweeps submitted, with their states
         print(line)
+    disk = disk_line(spec.name, opts.results, found)
+    if disk is not None:
+        print(disk)
     return 0
 
 
