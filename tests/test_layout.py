@@ -11,6 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 ORDER = [("ablations.cli",), ("ablations.reporting",), ("ablations.sweep",), ("ablations.training",),
          ("ablations.study", "ablations.data")]  # fmt: skip
 ROOMS = [r for rank in ORDER for r in rank]
+# The package itself is the notebooks' entry (`from ablations import results`): it sits on top with the CLI, and
+# imports the rooms only inside its functions, so that `import ablations` stays cheap.
+FACADE = "ablations"
 
 
 def imports(path: Path) -> set[str]:
@@ -39,7 +42,7 @@ def test_senet_core_never_imports_the_harness(path):
 @pytest.mark.parametrize("path", sorted((ROOT / "ablations").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
 def test_rooms_import_only_the_rooms_below_them(path):
     module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-    mine = room(module)
+    mine = room(module) if module != FACADE else ORDER[0][0]
     for imported in imports(path):
         theirs = room(imported)
         if theirs is not None and theirs != mine:

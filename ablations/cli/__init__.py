@@ -23,6 +23,7 @@ from ablations.cli.parser import (
     tracking,
     trained,
 )
+from ablations.cli.results import add_commands as add_results_commands
 from ablations.cli.sweep import (
     MAX_WORKERS,
     cmd_cancel,
@@ -101,12 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
                  ["senet-ablate cancel paper --results /shared/senet/results"])  # fmt: skip
     place(cn)
 
-    st = command(sub, "status", _cmd_status, "done / running / failed / pending trials of a study",
-                 ["senet-ablate status demo",
-                  "senet-ablate status mystudy --results /shared/senet/results"])  # fmt: skip
-    place(st)
+    st = command(sub, "status", _cmd_status, "done / running / failed / pending trials of a study, or the studies of "
+                 "a results folder", ["senet-ablate status demo", "senet-ablate status --results /shared/senet/results",
+                 "senet-ablate status mystudy --results /shared/senet/results"])  # fmt: skip
+    place(st, optional=True)
     study_words(st)
     reading(st)
+    add_results_commands(sub, read=_read_options)
 
     rt = command(sub, "retry", _cmd_retry, "queue chosen trials again (failed ones by default); `sweep` trains them",
                  ["senet-ablate retry demo", "senet-ablate retry demo --trial KEY"])  # fmt: skip
@@ -215,14 +217,22 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from ablations.cli.results import print_studies
+    from ablations.sweep.clean import disk_line
     from ablations.sweep.launch import jobs_lines
     from ablations.sweep.status import describe, find_spec, study_status
 
     opts = _read_options(args)
+    if args.study is None:
+        return print_studies(opts)
     spec = find_spec(args.study, opts.storage_url)
-    print(describe(study_status(spec, opts)[1]))
+    found = study_status(spec, opts)[1]
+    print(describe(found, opts.results))
     for line in jobs_lines(opts.storage_url, spec.name):  # the Slurm jobs its sweeps submitted, with their states
         print(line)
+    disk = disk_line(spec.name, opts.results, found)
+    if disk is not None:
+        print(disk)
     return 0
 
 

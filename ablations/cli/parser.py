@@ -130,9 +130,14 @@ def study_words(q: argparse.ArgumentParser) -> None:
                    "seeds=[0,4]")  # fmt: skip
 
 
-def place(q: argparse.ArgumentParser) -> None:
-    """The study and where its sweep keeps its ledger and runs."""
-    q.add_argument("study", help="a shipped study name (see `senet-ablate list`) or a path to a YAML spec")
+def place(q: argparse.ArgumentParser, optional: bool = False) -> None:
+    """The study (`optional`: or none, for every study of the results folder) and where its sweep keeps its ledger
+    and runs."""
+    text = "a shipped study name (see `senet-ablate list`) or a path to a YAML spec"
+    if optional:
+        q.add_argument("study", nargs="?", help=f"{text}; without it: the studies of the results folder, counted")
+    else:
+        q.add_argument("study", help=text)
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config value on every trial, "
                    "e.g. se.reduction=8 or se.stages=[2,3] (repeatable; levels go after the study)")  # fmt: skip
     q.add_argument("--results", type=Path, default=RESULTS, help="output folder (default ./results)")

@@ -4,10 +4,11 @@ which reads a study back without changing anything."""
 
 from __future__ import annotations
 
+import math
 import sys
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,13 @@ from ablations.config import EARLIER_IDENTITIES, IDENTITY_VERSION, Host, build_c
 from ablations.datafiles import PACKAGED, MissingData, digest
 from ablations.errors import SenetError
 from ablations.outcomes import Ending, Standing
-from ablations.paths import RESULTS, ledger_file
+from ablations.paths import RESULTS, ledger_file, run_dir
 from ablations.study.load import load_spec
 from ablations.study.spec import NAME, StudySpec
 from ablations.study.trials import Trial, plan_trials
-from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, State, Ticket, check_storage
+from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, State, Ticket, check_storage, retrying
+from ablations.training.result import read_result
+from ablations.urls import redact
 
 LOSS_LIMIT = 3  # attempts of one trial lost or stalled before it is failed (it kills or hangs its hosts)
 
@@ -38,6 +41,10 @@ class TrialStatus:
         earlier: the key of its result under an earlier identity version, when it has no attempt of its own (that
             result is shown as such, never counted as this trial's).
         where: a running trial's host and epoch, and its Slurm job when it runs in one.
+        run_id: the MLflow run of its result (done), else of its latest attempt that made one.
+        summary: a done trial's summary metrics as its worker recorded them in the ledger (test / final
+            validation errors, cost, speed); empty when the ledger holds none (a ledger imported from 0.2).
+        duration_s: the wall time of its attempts, claim to end (queue waits left out); None before one ended.
     """
 
     trial: Trial
@@ -49,6 +56,9 @@ class TrialStatus:
     known: bool = False
     earlier: str = ""
     where: str = ""  # a running trial's host, and its Slurm job when it runs in one
+    run_id: str | None = None
+    summary: dict[str, float] = field(default_factory=dict)
+    duration_s: float | None = None
 
 
 def by_key(attempts: Iterable[Attempt]) -> dict[str, list[Attempt]]:
@@ -85,6 +95,8 @@ def classify(trial: Trial, attempts: list[Attempt], max_retries: int) -> TrialSt
     if running is not None and running.owner is not None:
         job = f", Slurm job {running.owner.job}" if running.owner.job else ""
         where = f"on {running.owner.host}{job}, epoch {running.epoch}"
+    ran = [a.ended_at - a.claimed_at for a in attempts if a.claimed_at is not None and a.ended_at is not None]
+    made = [a.run_id for a in attempts if a.run_id]
     return TrialStatus(
         trial,
         classify_attempts(attempts, max_retries),
@@ -94,6 +106,9 @@ def classify(trial: Trial, attempts: list[Attempt], max_retries: int) -> TrialSt
         reason=f"{last.kind}: {last.reason}" if last else "",
         known=bool(attempts),
         where=where,
+        run_id=done.run_id if done is not None and done.run_id else made[-1] if made else None,
+        summary=dict((done.result or {}).get("summary") or {}) if done is not None else {},
+        duration_s=math.fsum(ran) if ran else None,
     )
 
 
@@ -141,17 +156,54 @@ def counts(found: Iterable[TrialStatus]) -> Counter[Standing]:
 
 
 def summary_line(found: Iterable[TrialStatus]) -> str:
-    c = counts(found)
+    return counts_line(counts(found))
+
+
+def counts_line(c: Counter[Standing]) -> str:
     return ", ".join(f"{c.get(k, 0)} {k}" for k in Standing)
 
 
-def describe(found: list[TrialStatus]) -> str:
-    """What `status` prints: the counts, then a line per trial with its outcome or its last failure."""
+SHOWN = (("test_top1_err", "test top-1"), ("final_val_top1_err", "val top-1"))  # the summary metrics `status` shows
+
+
+def describe(found: list[TrialStatus], results: Path | None = None) -> str:
+    """What `status` prints: the counts, then a line per trial with its outcome or its last failure; a done trial
+    with its test and final validation top-1 error, its wall time and its MLflow run (the id `knockout --run` and
+    `excitation` take). With `results`, a summary the ledger lacks is read from the trial's `result.json`."""
     lines = [summary_line(found)]
     for s in found:
         extra = s.outcome if s.state == Standing.DONE else s.where if s.state == Standing.RUNNING else s.reason
-        lines.append(f"  {s.state:8s} {s.trial.label} seed {s.trial.seed} [{s.trial.key}] {extra}".rstrip())
+        parts = [str(extra or "")] if extra else []
+        summary = summary_of(s, results) if s.state == Standing.DONE else {}
+        parts += [f"{name} {summary[k]:.2f} %" for k, name in SHOWN if _finite(summary.get(k))]
+        if s.duration_s is not None and s.state != Standing.PENDING:
+            parts.append(seconds_text(s.duration_s))
+        if s.run_id:
+            parts.append(f"run {s.run_id}")
+        lines.append(f"  {s.state:8s} {s.trial.label} seed {s.trial.seed} [{s.trial.key}] {' · '.join(parts)}".rstrip())
     return "\n".join(lines)
+
+
+def summary_of(status: TrialStatus, results: Path | None) -> dict[str, float]:
+    """A done trial's summary metrics: the ledger's, else its `result.json` under `results` (an attempt the ledger
+    holds no result of: a ledger imported from senet-ablate 0.2); empty when neither has them."""
+    if status.summary or results is None or status.state != Standing.DONE:
+        return status.summary
+    found = read_result(run_dir(results, status.trial.key))
+    return dict(found.summary) if found is not None else {}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def seconds_text(s: float) -> str:
+    """A duration as people read it: 42 s, 12 min 05 s, 3 h 02 min."""
+    if s < 60:
+        return f"{s:.1f} s" if s < 10 else f"{s:.0f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
 
 
 def ledger_url(storage: str | None, results: Path) -> str:
@@ -236,3 +288,76 @@ def find_spec(ref: str, storage_url: str) -> StudySpec:
         if not path:
             raise
         return load_spec(path)
+
+
+# -- the studies of a results folder ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """A study as a ledger records it: the trials of its last sweep and where each stands.
+
+    Attributes:
+        name: the study's name (a study run from a file is found again by it).
+        standing: trial key → done / running / failed / pending, for its last sweep's trials in the sweep's order
+            (a ledger of 0.2: the trials its attempts were for).
+        updated: when its last sweep started (database clock, seconds since 1970; None for an imported study).
+    """
+
+    name: str
+    standing: dict[str, Standing]
+    updated: float | None = None
+
+    @property
+    def counts(self) -> Counter[Standing]:
+        return Counter(self.standing.values())
+
+    def line(self) -> str:
+        return f"{len(self.standing)} trials: {counts_line(self.counts)}"
+
+
+def _named(ledger: Ledger) -> dict[str, float | None]:
+    """Every study the ledger names (its notes and its trial records), with the time of its note."""
+    import sqlalchemy as sa
+
+    from ablations.sweep import _ledger_db as db
+
+    def read() -> dict[str, float | None]:
+        with ledger.engine.connect() as conn:
+            found: dict[str, float | None] = {s: None for (s,) in conn.execute(sa.select(db.study_trials.c.study))}
+            return found | dict(conn.execute(sa.select(db.notes.c.study, db.notes.c.updated)).all())  # type: ignore[arg-type]
+
+    return retrying(read, ledger.where, CONNECT_S)
+
+
+def recorded_studies(storage_url: str, max_retries: int = 1) -> list[StudyRecord]:
+    """The studies a ledger holds, by name, with their trials' standing: `senet-ablate status` without a study.
+
+    Raises:
+        SenetError: no ledger at `storage_url` (a local file that does not exist), or one that cannot be opened.
+    """
+    check_storage(storage_url)
+    if not Ledger.exists(storage_url):
+        raise SenetError(f"--results: no sweep ledger at {redact(storage_url)}; give the --results folder (or "
+                         "--storage) a sweep ran with")  # fmt: skip
+    ledger = Ledger.open(storage_url, patience=CONNECT_S)
+    attempts = ledger.attempts()
+    grouped = by_key(attempts)
+    named = _named(ledger)
+    for a in attempts:  # a ledger imported from 0.2 names its studies in the tickets only
+        for study in a.ticket.studies:
+            named.setdefault(study, None)
+    out = []
+    for name in sorted(n for n in named if "#" not in n):  # `<study>#slurm` notes are a study's Slurm jobs
+        keys = list(ledger.note(name).get("keys") or [r.key for r in ledger.trials(name)])
+        keys = keys or list(dict.fromkeys(a.key for a in attempts if name in a.ticket.studies))
+        standing = {k: classify_attempts(grouped.get(k, []), max_retries) for k in keys}
+        out.append(StudyRecord(name, standing, named[name]))
+    return out
+
+
+def unknown_study(name: str, storage_url: str, records: list[StudyRecord]) -> SenetError:
+    """The one line for a study a results folder holds no trial of, naming the ones it does hold."""
+    there = ", ".join(r.name for r in records) or "none"
+    return SenetError(f"study: {name!r} has no trials in {redact(storage_url)}; the studies there: {there} (see "
+                      "`senet-ablate status --results DIR`)")  # fmt: skip

@@ -35,3 +35,12 @@ def default_cifar(_tiny_cifar: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     their files, which this machine need not have (their contents matter to no test that plans)."""
     monkeypatch.setattr("ablations.datafiles.DEFAULT_DATA", _tiny_cifar)
     return _tiny_cifar
+
+
+@pytest.fixture(scope="session")
+def made_results(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A results folder with a study in every state (`tests._support.results`): read it, never change it (copy it
+    with `copy_results` first)."""
+    from tests._support.results import make_results
+
+    return make_results(tmp_path_factory.mktemp("made"))

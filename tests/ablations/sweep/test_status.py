@@ -15,10 +15,12 @@ from ablations.config import Host
 from ablations.paths import ledger_file
 from ablations.study.load import load_spec
 from ablations.study.trials import expand
-from ablations.sweep.ledger import Attempt, Ticket
-from ablations.sweep.status import ReadOptions, classify_attempts, study_status
+from ablations.sweep.clean import megabytes
+from ablations.sweep.ledger import Attempt, Ledger, Ticket
+from ablations.sweep.status import ReadOptions, classify_attempts, seconds_text, study_status
 from tests._support.configs import write_spec
 from tests._support.processes import ENV
+from tests._support.results import STUDY
 from tests._support.stores import complete_as_of, local_ledger
 
 T = Ticket("0123456789ab-s0", {}, "0123456789ab", 0, "x", {}, ["s"])
@@ -167,3 +169,67 @@ def test_status_and_report_on_a_host_without_the_data_read_the_trials_the_ledger
     assert "se.excitation=sigmoid" in (tmp_path / "report" / "README.md").read_text()
     assert main(["status", str(spec), "--results", str(results), "--set", "train.epochs=3"]) == 2  # other trials
     assert "data.root: Fashion-MNIST not found" in capsys.readouterr().err
+
+
+def test_status_shows_each_trial_s_metrics_wall_time_and_run_id_from_the_ledger(made_results, capsys):
+    """Issue 22 item 6: `status` showed states only; `knockout --run` and `excitation` need the run id."""
+    m = made_results
+    done = {a.key: a for a in Ledger.open(local_ledger(m.results)).attempts() if a.state == TrialState.COMPLETE}
+    capsys.readouterr()
+    assert main(["status", str(m.spec), "--results", str(m.results)]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split("[")[1].split("]")[0]: line for line in out.splitlines() if "[" in line}
+    for t in m.trials[:2]:
+        a = done[t.key]
+        test, val = (a.result["summary"][k] for k in ("test_top1_err", "final_val_top1_err"))
+        assert lines[t.key].endswith(
+            f"] finished · test top-1 {test:.2f} % · val top-1 {val:.2f} % · {seconds_text(a.ended_at - a.claimed_at)}"
+            f" · run {m.run_ids[t.key]}"
+        ), lines[t.key]
+    assert lines[m.trials[2].key].endswith(f"epoch 0 · run {m.run_ids[m.trials[2].key]}")  # running: where, its run
+    assert lines[m.trials[5].key].endswith(f"[{m.trials[5].key}]")  # never queued: nothing to say
+    disk = out.splitlines()[-1]
+    assert disk.startswith(f"disk: {megabytes(_bytes(m.results / 'runs'))} in 5 trial folders under {m.results}/runs")
+    assert f"`senet-ablate clean {STUDY} --dry-run`" in disk
+
+
+def _bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_seconds_read_as_people_read_them():
+    assert [seconds_text(s) for s in (4.25, 42.4, 725, 10_920)] == ["4.2 s", "42 s", "12 min 05 s", "3 h 02 min"]
+
+
+def test_status_without_a_study_lists_the_studies_of_the_results_folder(made_results, capsys):
+    m = made_results
+    capsys.readouterr()
+    assert main(["status", "--results", str(m.results)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{m.results / 'ledger.db'}: 1 study"
+    assert out[1].startswith(f"  {STUDY}  6 trials: 2 done, 1 running, 1 failed, 2 pending  · last sweep 20")
+    assert out[1].endswith(f" · {megabytes(_bytes(m.results / 'runs'))} under {m.results}/runs")
+    assert out[2] == f"`senet-ablate status STUDY --results {m.results}` shows a study's trials"
+
+
+def test_the_listing_covers_every_study_of_a_storage_ledger(tmp_path, capsys):
+    """A `--storage` ledger holds the studies of several results folders; a study's Slurm note is not a study."""
+    spec = write_spec(tmp_path, seeds=1)
+    ledger = tmp_path / "shared" / "ledger.db"
+    trials = expand(load_spec(spec))
+    complete_as_of(str(ledger), "tiny", trials[:1], version=2)
+    Ledger.open(str(ledger)).set_note("other", {"keys": [trials[1].key]})
+    Ledger.open(str(ledger)).set_note("other#slurm", {"jobs": ["12"]})
+    capsys.readouterr()
+    assert main(["status", "--results", str(tmp_path / "nowhere"), "--storage", str(ledger)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{ledger}: 2 studies"
+    assert out[1].startswith("  other  1 trials: 0 done, 0 running, 0 failed, 1 pending  · last sweep 20")
+    assert out[2].startswith("  tiny   1 trials: 1 done, 0 running, 0 failed, 0 pending  · last sweep —")
+
+
+def test_the_listing_of_a_folder_without_a_ledger_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["status", "--results", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"senet-ablate: error: --results: no sweep ledger at {tmp_path}/ledger.db; "
+                                       "give the --results folder (or --storage) a sweep ran with\n")  # fmt: skip
+    assert not list(tmp_path.iterdir())
