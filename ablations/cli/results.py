@@ -44,7 +44,7 @@ def add_commands(sub: argparse._SubParsersAction, read: Read) -> None:  # type: 
                  "(their weights are kept)", ["senet-ablate clean demo --dry-run", "senet-ablate clean demo"],
                  description="Remove what a study's finished trials no longer need under "
                  "results/runs/<key>/.")  # fmt: skip
-    cl.epilog = f"{CLEAN_KEPT}\n\n{cl.epilog}"
+    cl.epilog = f"{cl.epilog}\n\n{CLEAN_KEPT}"
     place(cl)
     study_words(cl)
     reading(cl)
