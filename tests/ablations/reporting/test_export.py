@@ -36,7 +36,7 @@ def _export(m, capsys, *args):
 def exported(made_results, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "trials.csv"
     assert main(["export", str(made_results.spec), "--results", str(made_results.results), "--out", str(out)]) == 0
-    return pd.read_csv(out, float_precision="round_trip").set_index("key")
+    return pd.read_csv(out).set_index("key")
 
 
 def test_export_holds_a_row_per_trial_with_the_ledger_s_values(made_results, exported):
