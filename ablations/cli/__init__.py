@@ -392,5 +392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def console() -> None:
-    """The `senet-ablate` command: `main`, then an immediate exit (`ablations.exits`)."""
-    exit_now(main())
+    """The `senet-ablate` command: `main`, then an immediate exit (`ablations.exits`). Output piped into a reader
+    that stops early (`| head`) ends the command quietly, as other command-line tools do."""
+    try:
+        code = main()
+    except BrokenPipeError:
+        code = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
+    exit_now(code)

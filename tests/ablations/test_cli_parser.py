@@ -145,3 +145,17 @@ def test_every_command_has_a_description_an_example_and_help_on_every_option():
     missing += [f"{c.dest}: help in the list of commands" for c in sub._choices_actions if not c.help]
     assert not missing, missing
     assert len(_commands(parser)) >= 14
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly(monkeypatch):
+    """`senet-ablate status demo | head -3`: the reader going away ends the command with 141, no traceback."""
+    import ablations.cli as cli
+
+    def closed(argv=None):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    codes = []
+    monkeypatch.setattr(cli, "main", closed)
+    monkeypatch.setattr(cli, "exit_now", codes.append)
+    cli.console()
+    assert codes == [141]
