@@ -1,10 +1,11 @@
 """The figures of a report, drawn from plain numbers: the overview forest plot of every table's paired Δ beside the
-paper's, and per table error against cost with the Pareto frontier, validation curves with 95% bands, and every
-seed's value joined by seed.
+paper's, and per table error against cost with the Pareto frontier on intervals, validation curves with 95% bands,
+and every seed's value joined by seed.
 
 Each function returns a matplotlib `Figure` built without pyplot (no global state, no display backend); `save`
-writes it as a PNG whose bytes depend only on the numbers drawn. Error axes never leave 0-100 %: an interval
-that reaches past them (a t-interval over two seeds can) is cut at the frame and marked with a triangle.
+writes it as a PNG whose bytes depend only on the numbers drawn. A level of two seeds shows its two values, not a
+t-interval over one degree of freedom. Error axes never leave 0-100 %: a mark that reaches past them is cut at the
+frame and marked with a triangle.
 """
 
 from __future__ import annotations
@@ -34,21 +35,55 @@ def save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def spread(s: Summary) -> tuple[float, float] | None:
+    """What a level's mark spans: its t-interval from three values on, the two values themselves at n = 2 (a
+    t-interval over one degree of freedom is about 18 SDs wide), nothing for one value or for equal values."""
+    if s.n >= 3 and s.std > 0:
+        return s.lo, s.hi
+    if s.n == 2 and s.std > 0:
+        half = s.std / math.sqrt(2)  # the two values are mean ± |a - b| / 2
+        return s.mean - half, s.mean + half
+    return None
+
+
 def truncated(summaries: Sequence[Summary], low: float = LOW, high: float = HIGH) -> int:
-    """How many intervals reach past an error axis (0-100 %) and are drawn cut."""
-    return sum(s.n > 1 and (s.lo < low or s.hi > high) for s in summaries)
+    """How many marks (`spread`) reach past an error axis (0-100 %) and are drawn cut."""
+    return sum(b is not None and (b[0] < low or b[1] > high) for b in map(spread, summaries))
 
 
-def pareto_front(costs: Sequence[float], errors: Sequence[float]) -> list[int]:
-    """Indices of the levels no other level beats on both cost and error (lower is better), by cost."""
-    pairs = enumerate(zip(costs, errors, strict=True))
-    points = sorted((c, e, i) for i, (c, e) in pairs if not (math.isnan(c) or math.isnan(e)))
-    front, best = [], math.inf
-    for _, e, i in points:
-        if e < best:
-            front.append(i)
-            best = e
-    return front
+def frontier(costs: Sequence[float], ours: Sequence[Summary]) -> list[int]:
+    """The Pareto frontier judged on intervals, by cost: the levels no cheaper-or-equal level beats with an interval
+    lying entirely below theirs. Empty when no level is beaten so (every interval overlaps a cheaper one's): a
+    frontier drawn on point means would call levels dominated on differences the data cannot tell apart."""
+    intervals = [(s.lo, s.hi) if s.n >= 2 and s.std > 0 else None for s in ours]
+
+    def beaten(j: int) -> bool:
+        b = intervals[j]
+        return b is not None and any(i != j and (a := intervals[i]) is not None and costs[i] <= costs[j]
+                                     and a[1] < b[0] for i in range(len(costs)))  # fmt: skip
+
+    known = [i for i, c in enumerate(costs) if not math.isnan(c) and ours[i].n > 0]
+    front = [i for i in known if not beaten(i)]
+    return sorted(front, key=lambda i: (costs[i], ours[i].mean)) if len(front) < len(known) else []
+
+
+def dodge(xs: Sequence[float], span: float, share: float = 0.025) -> list[float]:
+    """`xs` with the points of equal cost (within 1% of the axis `span`) spread apart by `share` of it, centred
+    on their cost, so equal-cost levels' marks do not stack."""
+    out = [float(x) for x in xs]
+    order = sorted((x, i) for i, x in enumerate(out) if not math.isnan(x))
+    groups: list[list[int]] = []
+    for x, i in order:
+        if groups and x - out[groups[-1][0]] <= 0.01 * span:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    step = share * span
+    for group in groups:
+        centre = math.fsum(xs[i] for i in group) / len(group)
+        for k, i in enumerate(sorted(group)):
+            out[i] = centre + (k - (len(group) - 1) / 2) * step
+    return out
 
 
 def _error_limits(ax: Any, lows: Sequence[float], highs: Sequence[float]) -> tuple[float, float]:
@@ -64,18 +99,28 @@ def _error_limits(ax: Any, lows: Sequence[float], highs: Sequence[float]) -> tup
 
 
 def _intervals(ax: Any, x: Sequence[float], ours: Sequence[Summary], color: str, **kw: Any) -> None:
-    """Means with their intervals, cut at the axis limits (set before) and marked ▲/▼ where cut."""
+    """Means with their `spread` (solid: a t-interval; dotted: the two values of n = 2), cut at the axis limits
+    (set before) and marked ▲/▼ where cut."""
     bottom, top = ax.get_ylim()
     for xi, s in zip(x, ours, strict=True):
         if s.n == 0 or math.isnan(xi):
             continue
         ax.plot([xi], [s.mean], "o", color=color, **kw)
-        if s.n > 1:
-            ax.plot([xi, xi], [max(s.lo, bottom), min(s.hi, top)], "-", color=color, linewidth=1.5)
-            if s.lo < bottom:
+        if (b := spread(s)) is not None:
+            style = "-" if s.n >= 3 else ":"
+            ax.plot([xi, xi], [max(b[0], bottom), min(b[1], top)], style, color=color, linewidth=1.5)
+            if s.n == 2:
+                ax.plot([xi, xi], list(b), "_", color=color, markersize=8)
+            if b[0] < bottom:
                 ax.plot([xi], [bottom], "v", color=color, markersize=8, clip_on=False)
-            if s.hi > top:
+            if b[1] > top:
                 ax.plot([xi], [top], "^", color=color, markersize=8, clip_on=False)
+
+
+def _marks(ours: Sequence[Summary]) -> tuple[list[float], list[float]]:
+    """Lows and highs of the levels' marks (their mean where there is no spread), for the y limits."""
+    spans = [spread(s) or (s.mean, s.mean) for s in ours]
+    return [b[0] for b in spans], [b[1] for b in spans]
 
 
 def forest(rows: pd.DataFrame, *, title: str) -> Figure:
@@ -119,28 +164,38 @@ def forest(rows: pd.DataFrame, *, title: str) -> Figure:
     return fig
 
 
-def cost(labels: Sequence[str], ours: Sequence[Summary], gflops: Sequence[float], params_m: Sequence[float], *,
-         ylabel: str, title: str) -> Figure:  # fmt: skip
-    """Error against GFLOPs (left) and params (right), one point per level with its 95% interval; the Pareto
-    frontier (no level both cheaper and better) as a dashed step line."""
-    fig = Figure(figsize=(10, 4.2), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
+def cost(labels: Sequence[str], ours: Sequence[Summary], costs: Mapping[str, Sequence[float]], *, ylabel: str,
+         title: str) -> Figure:  # fmt: skip
+    """Error against each cost, one panel per entry of `costs` (axis label → one value per level, NaN unknown),
+    x as % of the level that costs least, on an axis at least 10 points wide so that SE's fraction of a percent
+    of FLOPs is not stretched over the whole axis; levels of equal cost are spread apart (`dodge`); the Pareto
+    frontier on intervals (`frontier`) dashed, where there is one."""
+    panels = [(name, [float(v) for v in values]) for name, values in costs.items()
+              if any(not math.isnan(float(v)) for v in values)]  # fmt: skip
+    fig = Figure(figsize=(4.6 * max(1, len(panels)) + 0.8, 4.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(panels)), sharey=True))
     means = [s.mean for s in ours]
-    _error_limits(axes[0], [s.lo if s.n > 1 else s.mean for s in ours], [s.hi if s.n > 1 else s.mean for s in ours])
-    for ax, values, xlabel in zip(axes, (gflops, params_m), ("GFLOPs (multiply-adds)", "params (M)"), strict=True):
-        xs = [float(v) for v in values]
+    _error_limits(axes[0], *_marks(ours))
+    for ax, (name, values) in zip(axes, panels, strict=False):
+        cheapest = min(v for v in values if not math.isnan(v))
+        rel = [100.0 * v / cheapest for v in values]
+        finite = [v for v in rel if not math.isnan(v)]
+        margin = max(5.0, 0.15 * (max(finite) - min(finite)))
+        ax.set_xlim(min(finite) - margin, max(finite) + margin)
+        xs = dodge(rel, max(finite) - min(finite) + 2 * margin)
         _intervals(ax, xs, ours, OURS)
-        front = pareto_front(xs, means)
+        front = frontier(values, ours)
         if front:
             ax.step([xs[i] for i in front], [means[i] for i in front], "--", where="post", color="gray", linewidth=1,
-                    marker="o", markersize=11, markerfacecolor="none", label="Pareto frontier")  # fmt: skip
+                    marker="o", markersize=11, markerfacecolor="none", label="Pareto frontier (intervals)")  # fmt: skip
             ax.legend(fontsize="small", loc="best")
-        for label, xv, yv in zip(labels, xs, means, strict=True):
-            if not (math.isnan(xv) or math.isnan(yv)):
-                ax.annotate(label, (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize="small")
-        ax.set_xlabel(xlabel)
-        ax.margins(x=0.25)  # room for the labels; SE adds well under 1% of the cost, so the points sit close
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+        stacked: dict[float, int] = {}
+        for label, x, xd, yv in zip(labels, rel, xs, means, strict=True):
+            if not (math.isnan(xd) or math.isnan(yv)):
+                k = stacked[round(x, 6)] = stacked.get(round(x, 6), -1) + 1  # stagger the labels of equal costs
+                ax.annotate(label, (xd, yv), textcoords="offset points", xytext=(4, 4 + 10 * k), fontsize="small")
+        ax.set_xlabel(f"{name}\n% of the cheapest level ({cheapest:.4g} = 100 %)")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
         ax.xaxis.set_major_formatter(FormatStrFormatter("%.4g"))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(ylabel)
@@ -150,8 +205,8 @@ def cost(labels: Sequence[str], ours: Sequence[Summary], gflops: Sequence[float]
 
 def curves(labels: Sequence[str], histories: Sequence[Sequence[Mapping[int, float]]], *, ylabel: str,
            title: str) -> Figure:  # fmt: skip
-    """Per level, the mean validation error per epoch over its seeds with a 95% t-band where n ≥ 2 (cut at 0 and
-    100 %).
+    """Per level, the mean validation error per epoch over its seeds with a 95% t-band from three seeds on, the band
+    between the two values at two (cut at 0 and 100 %).
 
     Args:
         histories: per level, one {epoch: value} per finished run.
@@ -165,9 +220,9 @@ def curves(labels: Sequence[str], histories: Sequence[Sequence[Mapping[int, floa
         color = f"C{i % 10}"
         at = [summarize([run[e] for run in runs if e in run]) for e in epochs]
         ax.plot(epochs, [s.mean for s in at], "-", color=color, label=f"{label} (n = {len(runs)})")
-        band = [(e, s) for e, s in zip(epochs, at, strict=True) if s.n > 1]
+        band = [(e, b) for e, s in zip(epochs, at, strict=True) if (b := spread(s)) is not None]
         if band:
-            ax.fill_between([e for e, _ in band], [max(s.lo, LOW) for _, s in band], [min(s.hi, HIGH) for _, s in band],
+            ax.fill_between([e for e, _ in band], [max(b[0], LOW) for _, b in band], [min(b[1], HIGH) for _, b in band],
                             color=color, alpha=0.2, linewidth=0)  # fmt: skip
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -189,8 +244,9 @@ def seeds(labels: Sequence[str], values: Sequence[Mapping[int, float]], diverged
     ax.set_xticks(x, labels, rotation=20 if max(map(len, labels), default=0) > 8 else 0, ha="right")
     ax.set_xlim(-0.6, len(labels) - 0.4)
     summaries = [summarize([v for _, v in sorted(per.items())]) for per in values]
-    lows = [*(s.lo if s.n > 1 else s.mean for s in summaries), *(chance for d in diverged if d)]
-    highs = [*(s.hi if s.n > 1 else s.mean for s in summaries), *(chance for d in diverged if d)]
+    marks = _marks(summaries)
+    lows = [*marks[0], *(chance for d in diverged if d)]
+    highs = [*marks[1], *(chance for d in diverged if d)]
     _error_limits(ax, lows, highs)
     all_seeds = sorted({s for per in values for s in per} | {s for d in diverged for s in d})
     for j, seed in enumerate(all_seeds):

@@ -30,13 +30,20 @@ def pvalue(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def mean_sd_ci(s: Summary) -> str:
-    """`mean ± std [lo, hi]`, the mean alone for one seed, a dash for none."""
+def mean_sd_ci(s: Summary, digits: int = DIGITS) -> str:
+    """`mean ± std [lo, hi]` from three values on; at two, the mean and the two values (a t-interval over one
+    degree of freedom is about 18 SDs wide); the mean alone for one; equal values said as such (never a
+    zero-width interval); a dash for none."""
     if s.n == 0:
         return DASH
     if s.n == 1:
-        return f"{num(s.mean)} (n = 1)"
-    return f"{num(s.mean)} ± {num(s.std)} [{num(s.lo)}, {num(s.hi)}]"
+        return f"{num(s.mean, digits)} (n = 1)"
+    if s.std == 0:
+        return f"{num(s.mean, digits)} (all {s.n} equal)"
+    if s.n == 2:
+        half = s.std / math.sqrt(2)  # the two values are mean ± |a - b| / 2
+        return f"{num(s.mean, digits)} ({num(s.mean - half, digits)}, {num(s.mean + half, digits)}; n = 2)"
+    return f"{num(s.mean, digits)} ± {num(s.std, digits)} [{num(s.lo, digits)}, {num(s.hi, digits)}]"
 
 
 def mean_std(values: pd.Series) -> str:

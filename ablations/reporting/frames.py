@@ -10,7 +10,9 @@ import pandas as pd
 
 from ablations.reporting.analysis import VAL1, Analysis, Row
 from ablations.reporting.paper_match import TOP1, TOP5
+from ablations.reporting.paper_section import rows_csv
 from ablations.reporting.results import STATES
+from ablations.reporting.seeds_table import NLL
 from ablations.reporting.stats import EFFECTS, Summary
 
 
@@ -40,7 +42,7 @@ def levels_frame(analysis: Analysis) -> pd.DataFrame:
                                    "baseline": lv.is_baseline, "seeds": len(lv.cells)}  # fmt: skip
             row |= {s: lv.count(s) for s in STATES}
             row |= _summary(TOP1, r.top1) | _summary(TOP5, r.top5) | _summary(VAL1, r.val1)
-            row |= _summary(f"{TOP1}_at_chance", r.at_chance)
+            row |= _summary(f"{TOP1}_at_chance", r.at_chance) | _summary(NLL, lv.summary(NLL))
             row |= {"diverged_rate": r.divergence.rate, "diverged_ci_lo": r.divergence.lo,
                     "diverged_ci_hi": r.divergence.hi}  # fmt: skip
             row |= _comparison(r)
@@ -50,7 +52,7 @@ def levels_frame(analysis: Analysis) -> pd.DataFrame:
             row |= {"paper_table": p.table if p else "", "paper_row": p.label if p else "",
                     "paper_top1_err": p.top1 if p else None, "paper_top5_err": p.top5 if p else None,
                     "paper_params_m": p.params_m if p else None, "paper_gflops": p.gflops if p else None,
-                    "paper_delta_top1": r.paper_delta, "sign_as_paper": r.sign}  # fmt: skip
+                    "paper_delta_top1": r.paper_delta} | rows_csv(r)  # fmt: skip
             rows.append(row)
     return pd.DataFrame(rows)
 

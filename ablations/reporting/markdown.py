@@ -1,41 +1,22 @@
-"""The report as markdown: the setting, how to read it, the SE-vs-no-SE contrast, one section per table."""
+"""The report as markdown: the setting, the SE-vs-no-SE contrast, one section per table, and how to read it."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from ablations.config import IDENTITY_VERSION
 from ablations.outcomes import CellState
-from ablations.reporting import fmt
+from ablations.reporting import fmt, paper_section, seeds_table, timing
 from ablations.reporting.analysis import CONTRAST, Analysis, Comparison, Table
 from ablations.reporting.fmt import DASH, num
-from ablations.reporting.paper_match import TOP1, TOP5, paper_value
+from ablations.reporting.md import paragraph, table
+from ablations.reporting.paper_section import AGREEMENT_LEGEND
 from ablations.reporting.results import STATES, Cell, Factor, Level, studies
-from ablations.reporting.stats import (
-    ALPHA,
-    BETTER,
-    CONFIDENCE,
-    EFFECTS,
-    EXACT_UP_TO,
-    MIN_RANKED,
-    POWER,
-    SAME,
-    TIE,
-    WORSE,
-    ordering,
-    printed,
-)
+from ablations.reporting.seeds_table import NLL
+from ablations.reporting.setting import table_classes, top5_comparable
+from ablations.reporting.stats import ALPHA, BETTER, CONFIDENCE, EFFECTS, POWER, WORSE
 from ablations.study.spec import StudySpec
-
-SIGN = {SAME: "✓", "opposite": "✗", TIE: "tie", "": DASH}
-
-
-def paragraph(text: str) -> str:
-    """`text` as one markdown line (a wrapped line starting with `|` or `-` would read as a table or a list)."""
-    return " ".join(text.split())
-
 
 HOW_TO_READ = paragraph(
     f"""\
@@ -52,24 +33,13 @@ pooled spread of its paired differences, before Holm) and the seeds it would tak
 {" and ".join(f"{e:g}" for e in EFFECTS)} point. There is no test below two pairs, nor when every pair gives the same
 difference (a zero-width interval is an accident of few seeds, not a measured spread). Diverged runs are never
 dropped silently: each level gives its divergence rate (diverged of the runs that produced a result,
-{CONFIDENCE:.0%} Wilson interval) and a mean that counts each diverged run at the chance error 100·(1 − 1/K) %. The
-paper's numbers are ImageNet ResNet-50 errors (Hu et al., Tables 10-16; CIFAR-10 for Table 4), another dataset and
-network: compare directions and orderings, not values. *paper Δ* is the paper's error minus that of its reference
-row; *sign* says whether our Δ points the same way (✓), the other way (✗), or one of them prints as 0 (tie). The
-ordering against the paper is Spearman's ρ over the levels of the design (the no-SE row answers another question)
-on the printed means, equal ones tied, with an exact one-sided permutation p-value from {MIN_RANKED} levels on
-(below that no ordering could reach p < {ALPHA:.2f})."""
+{CONFIDENCE:.0%} Wilson interval) and a mean that counts each diverged run at the chance error 100·(1 − 1/K) %. Errors
+are test top-1 unless named; *test NLL* is the test split's mean cross-entropy (nats), a steadier measure than the
+error at few seeds. A level of two seeds prints its two values, not a t-interval over one degree of freedom, and
+equal values print as such, never as a zero-width interval. The paper's numbers come from another dataset, network
+and recipe (each table lists how its setting differs): compare directions, not values. *paper Δ* is the paper's
+error minus that of its reference row; {AGREEMENT_LEGEND} Top-5 error is shown only with more than 10 classes."""
 )  # one paragraph line
-
-
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    """A markdown table, the first column left-aligned, the others right-aligned."""
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
-    align = ["---" if i == 0 else "---:" for i in range(len(header))]
-    return [line(header), "| " + " | ".join(align) + " |", *map(line, rows)]
 
 
 def verdict(c: Comparison) -> str:
@@ -80,14 +50,6 @@ def _seeds(level: Level) -> str:
     text = f"{level.count(CellState.FINISHED)}/{len(level.cells)}"
     extra = [f"{level.count(s)} {s}" for s in STATES[1:] if level.count(s)]
     return " · ".join([text, *extra])
-
-
-def _paper_cell(level: Level) -> str:
-    row = level.paper
-    if row is None:
-        return DASH
-    note = f", {level.paper_note}" if level.paper_note else ""
-    return f"{num(row.top1)} / {num(row.top5)} ({row.label}{note})"
 
 
 def _reference_text(factor: Factor) -> str:
@@ -112,26 +74,6 @@ def _power_text(t: Table) -> str:
     )
 
 
-def _agreement_text(t: Table) -> list[str]:
-    out = []
-    for metric, name in ((TOP1, "top-1"), (TOP5, "top-5")):
-        levels, agree = t.agreement[metric]
-        if agree.n < 2:
-            out.append(f"- {name}: {agree.statement} ({agree.n} design level(s) have our result and a published row).")
-            continue
-        labels = [lv.label for lv in levels]
-        ours = ordering(labels, [printed(lv.summary(metric).mean) for lv in levels])
-        theirs = ordering(labels, [paper_value(lv.paper, metric) or 0.0 for lv in levels])
-        rho = "ρ undefined" if math.isnan(agree.rho) else f"Spearman ρ = {num(agree.rho, sign=True)}"
-        if not math.isnan(agree.p):
-            orderings = f"all {agree.n}! orderings" if agree.n <= EXACT_UP_TO else "100 000 random orderings"
-            test = f"exact one-sided permutation p = {fmt.pvalue(agree.p)} ({orderings}): {agree.statement}"
-        else:
-            test = agree.statement
-        out.append(f"- {name}: ours {ours}; paper {theirs}. {rho} over {agree.n} levels; {test}.")
-    return out
-
-
 def _main_rows(t: Table) -> list[list[str]]:
     rows = []
     for r in t.rows:
@@ -143,9 +85,7 @@ def _main_rows(t: Table) -> list[list[str]]:
         else:
             mark = " †" if c.family == CONTRAST else ""
             cells = [fmt.delta(c.pair.diff), fmt.pvalue(c.p_adjusted) + mark, verdict(c)]
-        paper_delta = "*reference*" if lv.is_reference and lv.paper else num(r.paper_delta, sign=True)
-        rows.append([lv.label, _seeds(lv), fmt.mean_sd_ci(r.top1), *cells, _paper_cell(lv), paper_delta,
-                     SIGN[r.sign]])  # fmt: skip
+        rows.append([lv.label, _seeds(lv), fmt.mean_sd_ci(r.top1), *cells])
     return rows
 
 
@@ -155,26 +95,26 @@ def _section(t: Table, figs: dict[str, str]) -> list[str]:
     if factor.tables:
         title += f" (paper {', '.join(factor.tables)})"
     lines = [title, "", _reference_text(factor), ""]
-    header = ["level", "seeds", "test top-1 err %", "Δ test top-1 vs reference", "p (Holm)", "verdict",
-              "paper top-1 / top-5 % (ImageNet)", "paper Δ", "sign"]  # fmt: skip
+    header = ["level", "seeds", "test top-1 err %", "Δ test top-1 vs reference", "p (Holm)", "verdict"]
     lines += table(header, _main_rows(t))
     lines += ["", _power_text(t), ""]
-    header = ["level", "diverged / runs [95% Wilson]", "test top-1 err %, diverged at chance", "test top-5 err %",
-              "final val top-1 err %"]  # fmt: skip
+    top5 = top5_comparable(table_classes(factor))
+    header = ["level", "diverged / runs [95% Wilson]", "test top-1 err %, diverged at chance", "test NLL (nats)",
+              *(["test top-5 err %"] if top5 else []), "final val top-1 err %"]  # fmt: skip
     lines += table(header, [[r.level.label, fmt.rate(r.divergence), fmt.mean_sd_ci(r.at_chance),
-                             fmt.mean_sd_ci(r.top5), fmt.mean_sd_ci(r.val1)] for r in t.rows])  # fmt: skip
-    lines += ["", "**Ordering against the paper** (design levels, mean test error vs the published error):", ""]
-    lines += _agreement_text(t)
-    lines += [""]
-    header = ["level", "params (M)", "GFLOPs", "images/s (train)", "train time/run (s)", "wall time/run (s)",
-              "paper params (M)", "paper GFLOPs"]  # fmt: skip
+                             fmt.mean_sd_ci(r.level.summary(NLL), 3), *([fmt.mean_sd_ci(r.top5)] if top5 else []),
+                             fmt.mean_sd_ci(r.val1)] for r in t.rows])  # fmt: skip
+    lines += ["", *paper_section.section(t), *seeds_table.section(t)]
+    header = ["level", "params (M)", "GFLOPs", "images/s (train)", "train ms/image", "train time/run (s)",
+              "wall time/run (s)", "paper params (M)", "paper GFLOPs"]  # fmt: skip
     rows = []
     for lv in factor.levels:
         p = lv.paper
         rows.append([lv.label, num(lv.params_m(), 3), num(lv.gflops(), 4), num(lv.mean_metric("images_per_s"), 0),
-                     num(lv.mean_metric("train_time_s"), 1), num(lv.wall_s(), 1),
+                     num(timing.ms_per_image(lv), 2), num(lv.mean_metric("train_time_s"), 1), num(lv.wall_s(), 1),
                      num(p.params_m if p else None, 1), num(p.gflops if p else None, 2)])  # fmt: skip
     lines += table(header, rows)
+    lines += ["", f"Training times: {timing.load_note(factor.levels)}."]
     left_out = [(lv, c) for lv in factor.levels for c in lv.cells if c.state != CellState.FINISHED]
     if left_out:
         lines += ["", "Cells not in the means:", ""]
@@ -230,6 +170,7 @@ def _header(spec: StudySpec, factors: list[Factor]) -> list[str]:
     rows = [
         ["dataset", ", ".join(sorted({c.data.dataset for c in configs}))
          + f" (subsets train/val/test: {', '.join(map(_subset, subsets))})"],
+        ["classes", ", ".join(sorted({str(lv.classes()) for f in factors for lv in f.levels}))],
         ["backbone", ", ".join(sorted({c.model.name for c in configs}))],
         ["recipe", ", ".join(recipes)],
         ["epochs", ", ".join(map(str, sorted({c.train.epochs for c in configs})))],
@@ -237,6 +178,7 @@ def _header(spec: StudySpec, factors: list[Factor]) -> list[str]:
         ["data seeds", ", ".join(map(str, sorted({c.data.data_seed for c in configs})))],
         ["intervals cover", _covered(spec)],
         ["device", _values(factors, tags("device", "gpu"))],
+        ["training times", timing.load_note([lv for f in factors for lv in f.levels])],
         ["torch", _values(factors, tags("torch"))],
         ["code version", _values(factors, version)],
         ["trials", ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" of {len(cells)}"],
@@ -265,8 +207,8 @@ def _subset(triple: tuple[int | None, int | None, int | None]) -> str:
 
 def render(spec: StudySpec, analysis: Analysis, figs: dict[str, dict[str, str]], overview: dict[str, str],
            excite: list[str]) -> str:  # fmt: skip
-    """The report: header, legend, the overview figure, the SE-vs-no-SE contrast, one section per table, the role
-    of excitation.
+    """The report: header, the overview figure, the SE-vs-no-SE contrast, one section per table, the role of
+    excitation, and the legend last (collapsed), so the findings come before the rules.
 
     Args:
         figs: study name → {file: caption} of its table's figures; overview: {file: caption} of the report's.
@@ -275,12 +217,14 @@ def render(spec: StudySpec, analysis: Analysis, figs: dict[str, dict[str, str]],
     factors = [t.factor for t in analysis.tables]
     lines = [f"# SE ablation report: {spec.name}", "", spec.description.strip(), ""]
     lines += _header(spec, factors)
-    lines += ["", HOW_TO_READ, "",
-              "Every number below, unrounded: [summary.csv](summary.csv) (per level), [tables.csv](tables.csv) "
-              "(per table); LaTeX (booktabs): [tables.tex](tables.tex).", ""]  # fmt: skip
+    lines += ["", "Every number below, unrounded: [summary.csv](summary.csv) (per level), [tables.csv](tables.csv) "
+              "(per table), [seeds.csv](seeds.csv) (per seed); LaTeX (booktabs): [tables.tex](tables.tex). How to "
+              "read the tables: at the end.", ""]  # fmt: skip
     lines += [f"![{caption}]({name})" for name, caption in overview.items()] + [""]
     lines += _contrast_section(analysis)
     for t in analysis.tables:
         lines += _section(t, figs.get(t.factor.study.name, {}))
     lines += excite
+    lines += ["## How to read", "", "<details><summary>The rules behind every table (click to open)</summary>", "",
+              HOW_TO_READ, "", "</details>", ""]  # fmt: skip
     return "\n".join(lines).rstrip() + "\n"

@@ -22,7 +22,7 @@ from ablations.reporting.frames import forest_frame
 from ablations.reporting.paper_match import paper_match
 from ablations.reporting.report import write_report
 from ablations.reporting.results import gather
-from ablations.reporting.stats import summarize
+from ablations.reporting.stats import summarize, wilson
 from ablations.study.load import load_spec
 from ablations.study.trials import expand
 from ablations.sweep.ledger import Ledger, Owner
@@ -124,7 +124,7 @@ def test_rows_hold_hand_computed_statistics_and_verdicts(report):
     # no SE − sigmoid over seeds 0, 1: 3.5, 3 → 3.25 ± 0.354, t(1) = 12.706 → [+0.07, +6.43], t = 13: p = 0.0489,
     # the SE-vs-no-SE contrast, tested once (†)
     no_se = row_of(md, "no SE")
-    assert no_se[1:6] == ["2/3 · 1 pending", "14.25 ± 1.06 [4.72, 23.78]", "+3.25 [+0.07, +6.43] (n = 2)",
+    assert no_se[1:6] == ["2/3 · 1 pending", "14.25 (13.50, 15.00; n = 2)", "+3.25 [+0.07, +6.43] (n = 2)",
                           "0.049 †", "**worse**"]  # fmt: skip
 
 
@@ -136,13 +136,78 @@ def test_the_contrast_is_stated_once(report):
     assert "Holm's correction over the comparisons of the table" in md
 
 
-def test_paper_values_and_signs_sit_beside_our_rows(report):
+PAPER_TABLE = 2  # the level tables of a section: main, details, paper, every seed, cost
+
+
+def test_paper_values_and_agreement_sit_in_their_own_table(report):
+    _, md, csv = report
+    # K = 3 classes: no top-5; agreement only where our verdict is resolved (tanh, no SE worse; the paper's Δ > 0)
+    assert row_of(md, "tanh", PAPER_TABLE)[1:] == ["23.00 (Tanh)", "+0.72", "worse", "agrees"]
+    assert row_of(md, "relu", PAPER_TABLE)[1:] == ["23.47 (ReLU)", "+1.19", "no test (n < 2)", "unresolved"]
+    assert row_of(md, "no SE", PAPER_TABLE)[1:] == ["23.30 (ResNet-50, Table 10)", "+1.02", "worse", "agrees"]
+    assert row_of(md, "sigmoid", PAPER_TABLE)[1:] == ["22.28 (Sigmoid)", "*reference*", "*reference*", ""]
+    assert "✓" not in md and "✗" not in md
+    assert csv["paper_agreement"].fillna("").tolist() == ["", "agrees", "unresolved", "agrees"]
+
+
+def test_setting_differences_are_listed_beside_the_paper(report):
     _, md, _ = report
-    assert row_of(md, "tanh")[6:] == ["23.00 / 6.38 (Tanh)", "+0.72", "✓"]
-    assert row_of(md, "relu")[6:] == ["23.47 / 6.98 (ReLU)", "+1.19", "✓"]
-    assert row_of(md, "no SE")[6:] == ["23.30 / 6.55 (ResNet-50, Table 10)", "+1.02", "✓"]  # borrowed
-    assert row_of(md, "sigmoid")[6:] == ["22.28 / 6.03 (Sigmoid)", "*reference*", "—"]
-    assert "ImageNet ResNet-50 errors" in md
+    assert row_of(md, "dataset", 1) == ["dataset", "synthetic (K = 3 classes)", "ImageNet (K = 1000)"]
+    assert row_of(md, "backbone", 1) == ["backbone", "ResNet-20", "ResNet-50"]
+    # validation error 10 / epoch above the final: 2 epochs, the last one gains 5 points
+    epochs = row_of(md, "epochs", 1)
+    assert (
+        epochs[1]
+        == "2; curves still falling: the last epoch gained 5.00 points of validation top-1 error (mean over runs)"
+    )
+    assert epochs[2].startswith("~300; lr schedule: train until validation loss plateaus")
+    # r = 4 (the tiny spec) on ResNet-20's 16/32/64 channels; the paper's Table 12 rows are r = 16 on SE-ResNet-50
+    assert row_of(md, "SE hidden units per stage")[1:] == ["r = 4: 4 / 8 / 16 hidden units on 16 / 32 / 64 channels",
+        "r = 16: 16 / 32 / 64 / 128 hidden units on 256 / 512 / 1024 / 2048 channels"]  # fmt: skip
+    assert row_of(md, "FC biases")[1:] == ["on", "off (§6)"]
+    assert row_of(md, "errors compared")[1].startswith("top-1 only (top-5 of K = 3 classes")
+
+
+def test_no_top5_with_few_classes(report):
+    _, md, _ = report
+    body = md[md.index("## tiny_gate") : md.index("## How to read")]
+    lines = [line for line in body.splitlines() if not line.startswith("| errors compared |")]  # says why not
+    assert not any("top-5" in line for line in lines)
+    assert "test NLL (nats)" in body and row_of(md, "tanh", 1)[3] == "1.000 (all 3 equal)"
+
+
+def test_every_seed_and_its_paired_difference(report):
+    readme, md, _ = report
+    seeds = pd.read_csv(readme.parent / "seeds.csv", float_precision="round_trip")
+    for label, per_seed in RESULTS.items():
+        rows = seeds[seeds["level"] == label].set_index("seed")
+        for seed, value in per_seed.items():
+            if value is not None:
+                assert rows.loc[seed, "test_top1_err"] == value[0] and rows.loc[seed, "test_loss"] == 1.0
+            else:
+                assert math.isnan(rows.loc[seed, "test_top1_err"])
+    tanh = seeds[seeds["level"] == "tanh"].set_index("seed")
+    assert tanh["d_ref_test_top1_err"].tolist() == [12.0 - 10.0, 15.0 - 12.0, 16.5 - 14.0]
+    assert seeds.loc[(seeds["level"] == "relu") & (seeds["seed"] == 1), "state"].item() == "diverged"
+    assert row_of(md, "tanh", 3) == ["tanh", "12.00", "15.00", "16.50"]
+    assert row_of(md, "relu", 3) == ["relu", "20.00", "diverged", "failed"]
+    assert row_of(md, "Δ tanh − sigmoid") == ["Δ tanh − sigmoid", "+2.00", "+3.00", "+2.50"]
+    assert row_of(md, "Δ no SE − sigmoid") == ["Δ no SE − sigmoid", "+3.50", "+3.00", "—"]
+
+
+def test_csv_floats_round_trip_exactly(report):
+    readme, _, _ = report
+    csv = pd.read_csv(readme.parent / "summary.csv", float_precision="round_trip").set_index("level")
+    s = summarize([12.0, 15.0, 16.5])
+    assert csv.loc["tanh", "test_top1_err_ci_lo"] == s.lo and csv.loc["tanh", "test_top1_err_std"] == s.std
+    assert csv.loc["relu", "diverged_ci_lo"] == wilson(1, 2).lo
+
+
+def test_the_legend_comes_after_the_tables(report):
+    _, md, _ = report
+    assert md.index("## tiny_gate") < md.index("## How to read") < md.index("**How to read.**")
+    assert "<details>" in md and md.rstrip().endswith("</details>")
+    assert md.index("| setting | value |") < md.index("## SE against no SE") < md.index("**How to read.**")
 
 
 def test_divergence_rate_and_the_mean_that_counts_it(report):
@@ -150,8 +215,7 @@ def test_divergence_rate_and_the_mean_that_counts_it(report):
     # relu: 1 diverged of 2 results, Wilson [9.5, 90.5] %; at chance (3 classes: 66.67 %) the mean is 43.33
     relu = row_of(md, "relu", table=1)
     assert relu[1] == "1/2 [9, 91] %"
-    chance = summarize([20.0, 100 * (1 - 1 / 3)])
-    assert relu[2] == f"{chance.mean:.2f} ± {chance.std:.2f} [{chance.lo:.2f}, {chance.hi:.2f}]"
+    assert relu[2] == "43.33 (20.00, 66.67; n = 2)"  # n = 2: the two values, not a t-interval 18 SDs wide
     assert row_of(md, "sigmoid", table=1)[1:3] == ["0/3 [0, 56] %", "12.00 ± 2.00 [7.03, 16.97]"]
     assert csv.loc["relu", "diverged_rate"] == 0.5
     assert csv.loc["relu", "diverged_ci_lo"] == pytest.approx(0.0945, abs=1e-4)
@@ -170,8 +234,11 @@ def test_diverged_failed_killed_and_missing_cells_are_listed(report):
 def test_ordering_uses_the_design_levels_only(report):
     _, md, _ = report
     # sigmoid 12 < tanh 14.5 < relu 20 against 22.28 < 23.00 < 23.47; no SE left out; 3 levels: not testable
-    assert ("- top-1: ours sigmoid < tanh < relu; paper sigmoid < tanh < relu. Spearman ρ = +1.00 over 3 levels; "
-            "not testable with 3 levels (an exact test needs 4).") in md  # fmt: skip
+    assert (
+        "- top-1: ours sigmoid < tanh < relu; paper sigmoid < tanh < relu (3 levels: no ordering test below 4)." in md
+    )
+    section = md[md.index("## tiny_gate") : md.index("## Role of excitation")]
+    assert "Spearman ρ =" not in section and "- top-5:" not in section  # ρ only where testable; no top-5 at K = 3
     assert "**same order**" not in md and "mostly agrees" not in md
 
 
@@ -248,39 +315,11 @@ def test_forest_plot_shows_every_level_and_the_paper_on_its_own_axis(store, repo
     assert png.read_bytes().startswith(PNG) and imread(png).ndim == 3
 
 
-def test_per_table_figures_plot_their_numbers():
-    s = [summarize([10.0, 12.0, 14.0]), summarize([20.0]), summarize([1.0, 2.0])]  # the last interval reaches < 0
-    assert figures.truncated(s) == 1
-    assert figures.pareto_front([0.03, 0.031, 0.031, 0.02], [12.0, 11.0, 13.0, 14.0]) == [3, 0, 1]
-    fig = figures.cost(["a", "b", "c"], s, [0.03, 0.02, 0.04], [0.27, 0.26, 0.28], ylabel="err", title="t")
-    gflops, params = fig.axes
-    assert [ax.get_xlabel() for ax in fig.axes] == ["GFLOPs (multiply-adds)", "params (M)"]
-    assert gflops.get_ylim()[0] == 0.0  # the third interval is cut at 0 …
-    assert any(line.get_marker() == "v" for line in gflops.lines)  # … and marked
-    (front,) = [line for line in gflops.lines if line.get_linestyle() == "--"]
-    assert list(front.get_xdata()) == [0.02, 0.03, 0.04] and list(front.get_ydata()) == [20.0, 12.0, 1.5]
-    fig = figures.curves(["a", "b"], [[{1: 5.0, 2: 4.0}, {1: 6.0, 2: 3.0}], [{1: 7.0}]], ylabel="val", title="t")
-    (ax,) = fig.axes
-    assert len(ax.lines) == 2 and len(ax.collections) == 1  # one band (n ≥ 2)
-    assert list(ax.lines[0].get_ydata()) == [5.5, 3.5]
-    band = ax.collections[0].get_paths()[0].vertices[:, 1]  # mean ± t(1)·sd/√2, cut at 0 %
-    assert max(band) == pytest.approx(5.5 + 12.7062 * math.sqrt(0.5) / math.sqrt(2), abs=1e-3)
-    assert min(band) == 0.0
-    fig = figures.seeds(["a", "b"], [{0: 10.0, 1: 12.0}, {0: 11.0}], [[], [1]], 90.0, ylabel="err", title="t")
-    (ax,) = fig.axes
-    (seed0,) = [line for line in ax.lines if line.get_label() == "seed 0"]
-    (seed1,) = [line for line in ax.lines if line.get_label() == "seed 1"]
-    assert list(seed0.get_ydata()) == [10.0, 11.0]  # seed 0 joined across levels
-    assert seed1.get_ydata()[0] == 12.0 and math.isnan(seed1.get_ydata()[1])  # a gap where it diverged
-    (cross,) = [line for line in ax.lines if line.get_marker() == "x"]
-    assert list(cross.get_ydata()) == [90.0]  # the diverged seed 1 of b, at chance
-
-
 def test_report_is_deterministic_and_logged_to_the_parent(store, report):
     path, results, tracker, parent = store
     readme, first, _ = report
     out = readme.parent
-    names = ("summary.csv", "tables.csv", "tables.tex")
+    names = ("summary.csv", "tables.csv", "seeds.csv", "tables.tex")
     files = {n: (out / n).read_bytes() for n in names}
     pngs = {p.name: p.read_bytes() for p in out.glob("*.png")}
     assert set(pngs) == {"overview_forest.png", *(f"tiny_gate_{k}.png" for k in ("cost", "curves", "seeds"))}
