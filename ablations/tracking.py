@@ -131,6 +131,8 @@ def environment_tags(device: str) -> dict[str, str]:
         "senet.device": device,
         "senet.host": platform.node(),
         "senet.python": platform.python_version(),
+        "senet.threads": str(torch.get_num_threads()),  # the training's CPU threads (a slot's share of the cores)
+        "senet.host_cores": str(os.cpu_count() or 0),  # what the report's timing note weighs them against
     }
     if "torchvision" in sys.modules:
         tags["senet.torchvision"] = sys.modules["torchvision"].__version__

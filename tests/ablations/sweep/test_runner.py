@@ -63,7 +63,19 @@ def test_sweep_tracks_everything_and_a_rerun_trains_nothing(tmp_path, capsys):
     assert Ledger.open(local_ledger(results)).note("tiny")["device"] == "cpu"  # the device `auto` resolved to
     trials = df[df["tags.senet.role"] == "trial"]
     assert set(trials["tags.mlflow.parentRunId"]) == {parent["run_id"].iloc[0]}
-    for tag in ("study", "config_hash", "seed", "git_sha", "git_dirty", "torch", "device", "trial_key", "attempt_id"):
+    for tag in (
+        "study",
+        "config_hash",
+        "seed",
+        "git_sha",
+        "git_dirty",
+        "torch",
+        "device",
+        "trial_key",
+        "attempt_id",
+        "threads",
+        "host_cores",
+    ):
         assert trials[f"tags.senet.{tag}"].notna().all(), tag
     assert set(trials["tags.factor.se.excitation"].dropna()) == {"sigmoid", "tanh"}  # plain: they filter as typed
     for metric in ("final_val_top1_err", "final_val_top5_err", "test_top1_err", "test_top5_err", "best_val_top1_err",
