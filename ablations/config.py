@@ -44,11 +44,12 @@ from senet_core import (
 _SE = SEConfig()  # the library's standard SE block: the defaults of `se.*`
 # Bumped on purpose when the meaning of a configuration changes (a default, a field's semantics), which makes
 # every trial key new. Version 1 hashed the raw dump; version 2 resolves `auto` settings and drops defaults;
-# version 3 adds the digest of a packaged dataset's files (`data.files`).
-IDENTITY_VERSION = 3
+# version 3 adds the digest of a packaged dataset's files (`data.files`); version 4 draws each module's initial
+# weights keyed by the seed and its name (`senet_core.init_by_name`: common random numbers), the same fields.
+IDENTITY_VERSION = 4
 # The earlier versions `identity()` still computes, newest first, with what the next one changed: a trial knows its
 # keys under them, so results made before a bump stay findable and are shown as such, never as the current trial's.
-EARLIER_IDENTITIES = {2: "before the data digest"}
+EARLIER_IDENTITIES = {3: "before common random numbers", 2: "before the data digest"}
 # Fields that never change a result: where files are, how many loader processes read them, how big the
 # evaluation batches are (the same sums, in another grouping).
 _BOOKKEEPING = {"data": ("download", "workers"), "train": ("eval_batch_size",)}

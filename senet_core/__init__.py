@@ -1,6 +1,7 @@
 """senet_core: Squeeze-and-Excitation blocks, their placements, backbones and complexity (pure PyTorch)."""
 
 from senet_core import mobilenet, resnet, vgg  # noqa: F401  (registers the backbones)
+from senet_core._init import init_by_name
 from senet_core._registry import MODEL_OPTIONS, SE_OPTIONS, ModelInfo, build_model, list_models, model_info, resolve
 from senet_core.complexity import Complexity, count_params, measure
 from senet_core.errors import SenetError
@@ -43,6 +44,7 @@ __all__ = [
     "build_model",
     "count_params",
     "hidden_width",
+    "init_by_name",
     "list_models",
     "measure",
     "model_info",

@@ -33,7 +33,7 @@ from ablations.training.result import RunResult, write_result
 from ablations.training.schedule import Schedule
 from ablations.training.steps import Autocast, Progress, evaluate
 from ablations.weights import load_weights
-from senet_core import Complexity, build_model
+from senet_core import Complexity, build_model, init_by_name
 
 # Messages of allocation failures that do not arrive as torch.OutOfMemoryError: cuBLAS and cuDNN workspaces
 # fail inside their own libraries and surface as RuntimeError with their status names.
@@ -171,9 +171,12 @@ def _setup(cfg: RunConfig, warm: Warm | None) -> _Run:
     options = cfg.model_options(data.in_channels, data.num_classes)
     model = build_model(cfg.model.name, options)
     if cfg.model.weights is not None:
-        # Fine-tuning from imported weights (model.weights, ablations.weights): loaded strictly over the seeded init.
+        # Fine-tuning from imported weights (model.weights, ablations.weights): loaded strictly over the init.
         # Its notes on options the source network computes differently with are the experiment's choice here.
         load_weights(model, cfg.model.weights, cfg.model.name, options)
+    else:
+        init_by_name(model, cfg.seed)  # common random numbers (issue 23): shared modules start identical
+    torch.manual_seed(cfg.seed)  # the global stream (dropout) restarts at the seed, whatever the build drew
     cost = network_cost(cfg.model.name, options, data.image_size)
     model = model.to(device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
     net = model

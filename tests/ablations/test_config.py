@@ -25,12 +25,13 @@ from tests._support.datasets import write_cifar, write_fashion
 
 
 def test_keys_are_stable():
-    """Keys recorded at identity version 3, and those of version 2, which a trial still computes to find the
-    results made under it. A change here orphans every result recorded before it: make it on purpose (bump
+    """Keys recorded at identity version 4, and those of versions 3 and 2, which a trial still computes to find the
+    results made under them. A change here orphans every result recorded before it: make it on purpose (bump
     IDENTITY_VERSION, keeping the old version in EARLIER_IDENTITIES) or not at all."""
-    assert IDENTITY_VERSION == 3 and list(EARLIER_IDENTITIES) == [2]
+    assert IDENTITY_VERSION == 4 and list(EARLIER_IDENTITIES) == [3, 2]
     tiny = tiny_config().resolved(Host("cpu"))
-    assert (tiny.config_hash(), tiny.config_hash(version=2)) == ("cab687d388b5", "e5cdf0d099ef")
+    assert [tiny.config_hash(version=v) for v in (4, 3, 2)] == ["0cebd84a7ca4", "cab687d388b5", "e5cdf0d099ef"]
+    assert tiny.config_hash() == tiny.config_hash(version=4)
     table12 = build_config(unflatten({**RECIPES["cifar_fast"], "model.name": "resnet56", "data.dataset": "cifar10",
                                       "se.bias": False}))  # fmt: skip
     assert table12.resolved(Host("cuda")).config_hash(version=2) == "c91a069346fa"  # version 2 reads no files
@@ -52,6 +53,13 @@ def test_version_2_is_the_identity_as_it_was():
         cfg.identity(version=1)
 
 
+def test_version_3_differs_from_4_in_the_initialisation_only():
+    """Version 4 (common random numbers) changed how a trial trains, not which fields make its identity."""
+    cfg = tiny_config().resolved(Host("cpu"))
+    assert cfg.identity(version=3) == cfg.identity(version=4) | {"version": 3}
+    assert cfg.config_hash(version=3) != cfg.config_hash(version=4)
+
+
 @pytest.mark.skipif(not (DEBIAN_FASHION / "train-images-idx3-ubyte.gz").is_file(), reason="dataset-fashion-mnist")
 def test_debian_fashion_mnist_key_is_stable():
     """The shipped studies' data: its key holds the digest of Debian's four files."""
@@ -59,7 +67,7 @@ def test_debian_fashion_mnist_key_is_stable():
     assert cfg.identity()["data"]["files"] == (
         "sha256:f0616db38b9c48cb7686a79a32adc10500295453ef551cb1b34cc03d5010c93e"
     )
-    assert (cfg.config_hash(), cfg.config_hash(version=2)) == ("d20d43bd6969", "8f3e85acbb53")
+    assert [cfg.config_hash(version=v) for v in (4, 3, 2)] == ["d060647b293a", "d20d43bd6969", "8f3e85acbb53"]
 
 
 def fashion_key(root, version=IDENTITY_VERSION):

@@ -391,7 +391,7 @@ def test_report_draws_the_role_of_excitation_of_the_reference_model(store, tmp_p
 
 
 def test_results_under_an_earlier_identity_are_named_and_never_mixed_in(tmp_path):
-    """Keys changed with identity version 3: a result made under a version 2 key is in no table or mean; the header
+    """Keys changed with identity version 4: a result made under a version 3 key is in no table or mean; the header
     says such results exist and the cells name their earlier keys. Without any, the report is as it was."""
     path = write_spec(tmp_path, "earlier", grid={"se.excitation": ["sigmoid"]}, seeds=2)
     results = tmp_path / "results"
@@ -399,7 +399,7 @@ def test_results_under_an_earlier_identity_are_named_and_never_mixed_in(tmp_path
     tracker = Tracker(f"sqlite:///{results / 'mlflow.db'}", results)
     parent = tracker.make_parent("earlier", "x", {})
     now, before = expand(load_spec(path))
-    (old,) = complete_as_of(local_ledger(results), "earlier", [before], version=2, value=99.0)
+    (old,) = complete_as_of(local_ledger(results), "earlier", [before], version=3, value=99.0)
     ledger = Ledger.open(local_ledger(results))
     ledger.enqueue(ticket_of(now))
     ledger.complete(ledger.claim({now.key}, Owner.me()), 10.0, Ending.FINISHED)
@@ -410,9 +410,9 @@ def test_results_under_an_earlier_identity_are_named_and_never_mixed_in(tmp_path
     md = write_report(load_spec(path), ReadOptions(results=results), out=tmp_path / "out").read_text()
     assert row_of(md, "sigmoid")[1:3] == ["1/2 · 1 pending", "10.00 (n = 1)"]  # 99 is in no mean
     assert "**Earlier identity.** 1 of the 2 trials have a result only under a key made before trial identity " \
-           "version 3" in md  # fmt: skip
-    assert (f"- `sigmoid` seed 1 (`{before.key}`): pending: a result under identity version 2 (before the data "
-            f"digest), key {old.key}; `sweep` trains it under version 3") in md  # fmt: skip
+           "version 4" in md  # fmt: skip
+    assert (f"- `sigmoid` seed 1 (`{before.key}`): pending: a result under identity version 3 (before common "
+            f"random numbers), key {old.key}; `sweep` trains it under version 4") in md  # fmt: skip
 
 
 def test_the_html_report_embeds_its_figures_and_whole_tables_and_is_logged(store, report):

@@ -92,15 +92,15 @@ def test_a_sweep_tries_configuration_failures_again_once_the_host_passes_its_che
 
 
 def test_a_sweep_says_it_trains_the_trials_whose_results_are_under_an_earlier_identity(tmp_path, capsys):
-    """Keys changed with identity version 3: the sweep trains such trials again (their results came from keys that
-    did not hold the data), saying so in one line, and the earlier results stay in the ledger, apart."""
+    """Keys changed with identity version 4: the sweep trains such trials again (their results were trained from
+    another initialisation), saying so in one line, and the earlier results stay in the ledger, apart."""
     spec = write_spec(tmp_path, seeds=1)
     results = tmp_path / "results"
     trials = expand(load_spec(spec))
-    old = complete_as_of(local_ledger(results), "tiny", trials, version=2)
+    old = complete_as_of(local_ledger(results), "tiny", trials, version=3)
     assert main(["sweep", str(spec), "--results", str(results), "--no-progress"]) == 0
     said = [line for line in capsys.readouterr().err.splitlines() if "earlier identity" in line]
-    assert said == ["sweep: 2 of its 2 trials have results only under an earlier identity (version 2); they are "
+    assert said == ["sweep: 2 of its 2 trials have results only under an earlier identity (version 3); they are "
                     f"trained under identity version {IDENTITY_VERSION}"]  # fmt: skip
     done = [a.key for a in Ledger.open(local_ledger(results)).attempts() if a.state.name == "COMPLETE"]
     assert sorted(done) == sorted(t.key for t in [*old, *trials])

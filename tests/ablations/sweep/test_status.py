@@ -129,13 +129,15 @@ def test_status_and_report_read_a_wholly_read_only_results_folder(tmp_path, caps
         assert main(["report", str(spec), "--results", str(results), "--out", str(tmp_path / "report")]) == 0
 
 
-def test_results_under_an_earlier_identity_are_shown_as_such_and_not_as_the_trials(tmp_path, capsys):
-    """Keys changed with identity version 3 (the data digest): results made under version 2 stay findable and are
-    shown as such, never counted as the current trial's (it is pending: `sweep` trains it under version 3)."""
+@pytest.mark.parametrize(("version", "change"), [(3, "before common random numbers"), (2, "before the data digest")])
+def test_results_under_an_earlier_identity_are_shown_as_such_and_not_as_the_trials(tmp_path, capsys, version, change):
+    """Keys changed with identity versions 3 (the data digest) and 4 (common random numbers): results made under an
+    earlier version stay findable and are shown as such, never counted as the current trial's (it is pending:
+    `sweep` trains it under version 4)."""
     spec = write_spec(tmp_path, seeds=1)
     results = tmp_path / "results"
     trials = expand(load_spec(spec))
-    old = complete_as_of(local_ledger(results), "tiny", trials, version=2)
+    old = complete_as_of(local_ledger(results), "tiny", trials, version=version)
     assert {t.key for t in old}.isdisjoint(t.key for t in trials)
     _, found = study_status(load_spec(spec), ReadOptions(results=results))
     assert [(s.state, s.earlier, s.known) for s in found] == [("pending", t.key, False) for t in old]
@@ -143,8 +145,8 @@ def test_results_under_an_earlier_identity_are_shown_as_such_and_not_as_the_tria
     out = capsys.readouterr().out
     assert out.startswith("0 done, 0 running, 0 failed, 2 pending")
     for new, before in zip(trials, old, strict=True):
-        assert (f"[{new.key}] a result under identity version 2 (before the data digest), key {before.key}; "
-                "`sweep` trains it under version 3") in out  # fmt: skip
+        assert (f"[{new.key}] a result under identity version {version} ({change}), key {before.key}; "
+                "`sweep` trains it under version 4") in out  # fmt: skip
 
 
 def test_status_and_report_on_a_host_without_the_data_read_the_trials_the_ledger_recorded(tmp_path, capsys):
