@@ -146,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex = command(sub, "excitation", _cmd_excitation, "role of excitation (paper Figs. 6-7) for a run id or a study's "
                  "reference", ["senet-ablate excitation demo --classes 0 1 2 3", "senet-ablate excitation --weights "
                  "timm:legacy_seresnet50 --data imagefolder:/data/imagenet"])  # fmt: skip
-    ex.add_argument("target", nargs="?", help="an MLflow run id of a trial, or a study (its reference model, first "
-                    "seed); or none, with --weights and --data")  # fmt: skip
+    ex.add_argument("target", nargs="?", help="an MLflow run id of a trial, or a study (its reference model, every "
+                    "finished seed); or none, with --weights and --data")  # fmt: skip
     ex.add_argument("--classes", nargs="+", help="classes to draw: indices (default: the first 4); with --weights "
                     "also WordNet ids or names (default: the paper's goldfish, pug, plane, cliff)")  # fmt: skip
     ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the study's overrides (with "

@@ -2,36 +2,36 @@
 
 A trained trial's checkpoint is run over its validation split with the excitation probe on. For the last SE block
 of each stage we plot the mean gate value per channel for a few classes against the all-class mean (Fig. 6) and
-each class's mean ± std (Fig. 7). Beyond the paper, every block gets the distribution of its per-channel η² (the
-share of a channel's gate variance the class explains) against a label-permutation null, with a bootstrap
-interval, and its saturation (`gate_stats`): the paper reads early blocks as class-agnostic, later ones as
-class-specific, and the very last ones as saturated.
+each class's mean ± std (Fig. 7). Beyond the paper, every block gets the distribution of its per-channel ω² (the
+bias-corrected share of a channel's gate variance the class explains) against a label-permutation null, with a
+bootstrap interval, and its saturation (`gate_stats`); a study's every finished reference seed is analysed and the
+paper's relative claim, specificity growing with depth, tested over them (`excitation_seeds`, `depth_trend`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 
-from ablations.config import RunConfig
 from ablations.data.build import build_data
 from ablations.errors import SenetError
 from ablations.paths import CHECKPOINT, run_dir
 from ablations.reporting import excitation_figures as figures
+from ablations.reporting import excitation_markdown
+from ablations.reporting.excitation_data import Excitation, Target
+from ablations.reporting.excitation_seeds import full, pool, write_seeds
 from ablations.reporting.figures import save
 from ablations.reporting.gate_stats import (
     BOOTSTRAPS,
     PERMUTATIONS,
-    BlockStats,
     block_stats,
     class_share,
     eta_squared,
+    omega_squared,
 )
 from ablations.study.load import closure, shipped_names
 from ablations.study.spec import StudySpec
@@ -39,59 +39,14 @@ from ablations.study.trials import Trial
 from ablations.sweep.status import ReadOptions, study_status
 from ablations.tracking import open_store, tracking_uri
 from ablations.training.checkpoint import load_checkpoint
+from ablations.training.result import read_result
 from senet_core import ExcitationProbe, SEBlock, build_model, se_blocks
 
-__all__ = ["class_share"]  # re-exported: the pooled share lives in gate_stats
+__all__ = ["Excitation", "Target", "class_share"]  # re-exported: they live in excitation_data and gate_stats
 
 PER_CLASS = 50  # validation images per class, as in the paper's Figs. 6-7
 MAX_CHANNELS = 64  # channels drawn per block (the paper samples 50); the statistics use them all
 DEFAULT_CLASSES = 4  # classes drawn when none are named (the paper shows four)
-
-
-@dataclass(frozen=True)
-class Target:
-    """A trained model to analyse: its configuration and where its weights are."""
-
-    config: RunConfig
-    key: str  # trial key, the name of its run folder
-    checkpoint: Path
-    label: str  # how figures name it, e.g. "demo: sigmoid, seed 0"
-
-
-@dataclass(frozen=True)
-class Excitation:
-    """Gate statistics of one model over validation images.
-
-    Attributes:
-        blocks: the last SE block of each stage, forward order (the ones Figs. 6-7 draw).
-        classes: the classes drawn, as dataset class indices.
-        images: images used per drawn class.
-        mean, std: block → (classes, channels) per-class mean and std of the gate values.
-        overall: block → (channels,) mean over every class (each class capped at the same image count).
-        specificity: every SE block in forward order → the pooled, variance-weighted class share (blind to
-            channels that barely vary; kept beside `stats` for comparison with earlier reports).
-        eta: every SE block → (channels,) per-channel η² over every class (NaN for a constant channel).
-        stats: every SE block → its η² distribution, null, bootstrap interval and saturation.
-        positions: every SE block → (stage, index in the stage), for mapping the paper's block names.
-    """
-
-    blocks: list[str]
-    classes: list[int]
-    images: list[int]
-    mean: dict[str, np.ndarray]
-    std: dict[str, np.ndarray]
-    overall: dict[str, np.ndarray]
-    specificity: dict[str, float]
-    eta: dict[str, np.ndarray]
-    stats: dict[str, BlockStats]
-    positions: dict[str, tuple[int, int]]
-
-    def depth_trend(self) -> float:
-        """Spearman's ρ between depth and the median per-channel η² (NaN with < 2 blocks or all equal)."""
-        scores = [s.median for s in self.stats.values()]
-        if len(scores) < 2 or len(set(scores)) == 1 or any(np.isnan(scores)):
-            return float("nan")
-        return float(stats.spearmanr(range(len(scores)), scores).statistic)
 
 
 def last_per_stage(blocks: Sequence[SEBlock]) -> list[str]:
@@ -167,8 +122,10 @@ def analyze(
     summary = {n: block_stats(gates[n], labels, permutations=permutations, bootstraps=bootstraps, seed=seed)
                for n in names}  # fmt: skip
     eta = {n: eta_squared(gates[n], labels) for n in names}
+    omega = {n: omega_squared(gates[n], labels) for n in names}
     positions = {n: (b.stage, b.index) for n, b in found.items()}
-    return Excitation(blocks, list(classes), images, mean, std, overall, share, eta, summary, positions)
+    hidden = {n: b.fc1.out_channels for n, b in found.items()}
+    return Excitation(blocks, list(classes), images, mean, std, overall, share, eta, omega, summary, positions, hidden)
 
 
 def _std(rows: np.ndarray) -> np.ndarray:
@@ -206,9 +163,9 @@ def pick_classes(classes: list[int] | None, num_classes: int) -> list[int]:
 
 
 BLOCKS_CSV = "excitation_blocks.csv"
-CSV_COLUMNS = ["block", "depth", "stage", "index", "channels", "constant", "eta2_median", "eta2_q1", "eta2_q3",
-               "eta2_median_ci_lo", "eta2_median_ci_hi", "null_median", "null_p95", "p", "mean_gate",
-               "share_above_0.9", "pooled_class_share"]  # fmt: skip
+CSV_COLUMNS = ["block", "depth", "stage", "index", "channels", "hidden", "constant", "omega2_median", "omega2_q1",
+               "omega2_q3", "omega2_median_ci_lo", "omega2_median_ci_hi", "null_median", "null_p95", "p",
+               "permutations", "eta2_median", "mean_gate", "share_above_0.9", "pooled_class_share"]  # fmt: skip
 
 
 def write(ex: Excitation, out: Path, label: str, names: Sequence[str] | None = None) -> list[Path]:
@@ -225,38 +182,52 @@ def write(ex: Excitation, out: Path, label: str, names: Sequence[str] | None = N
              out / "excitation_profiles.png"),
         save(figures.excitation_spread(ex.blocks, names, mean, std, title=f"Excitation mean ± std per class: {label}"),
              out / "excitation_spread.png"),
-        save(figures.excitation_eta2(blocks, ex.eta, ex.stats, title=f"Per-channel class share, saturation\n{label}"),
+        save(figures.excitation_eta2(blocks, ex.omega, ex.stats, title=f"Per-channel ω², saturation\n{label}"),
              out / "excitation_eta2.png"),
     ]  # fmt: skip
     lines = [",".join(CSV_COLUMNS)]
     for depth, (b, s) in enumerate(ex.stats.items(), 1):
         stage, index = ex.positions[b]
-        values = [s.median, s.q1, s.q3, s.ci_lo, s.ci_hi, s.null_median, s.null_hi, s.p, s.mean_gate, s.saturated,
-                  s.pooled]  # fmt: skip
-        lines.append(",".join([b, str(depth), str(stage), str(index), str(s.channels), str(s.constant),
-                               *(f"{v:.6g}" for v in values)]))  # fmt: skip
+        values = [s.median, s.q1, s.q3, s.ci_lo, s.ci_hi, s.null_median, s.null_hi, s.p, s.permutations,
+                  s.eta_median, s.mean_gate, s.saturated, s.pooled]  # fmt: skip
+        lines.append(",".join([b, str(depth), str(stage), str(index), str(s.channels), str(ex.hidden[b]),
+                               str(s.constant), *map(full, values)]))  # fmt: skip
     csv = out / BLOCKS_CSV
     csv.write_text("\n".join(lines) + "\n")
     return [*paths, csv]
 
 
-def reference_trial(spec: StudySpec, trials: list[Trial]) -> Trial:
-    """The first seed of the study's reference configuration (for a study with includes: of the first included
-    study that has one)."""
+def reference_trials(spec: StudySpec, trials: list[Trial]) -> list[Trial]:
+    """Every seed of the study's reference configuration, by seed (for a study with includes: of the first
+    included study that has one)."""
     for s in closure(spec):
         if not s.points() or not s.reference_keys():
             continue
         matches = [t for t in trials if s.name in t.studies and s.is_reference(t.config)]
         if matches:
             first = matches[0].config_hash
-            return min((t for t in matches if t.config_hash == first), key=lambda t: t.seed)
+            return sorted((t for t in matches if t.config_hash == first), key=lambda t: t.seed)
     raise SenetError(f"{spec.where}: no reference configuration among its trials (the study varies no reference key)")
 
 
-def study_target(spec: StudySpec, trials: list[Trial], results: Path) -> Target:
-    trial = reference_trial(spec, trials)
-    label = f"{trial.study}: {trial.label}, seed {trial.seed}"
-    return Target(trial.config, trial.key, run_dir(results, trial.key) / CHECKPOINT, label)
+def reference_trial(spec: StudySpec, trials: list[Trial]) -> Trial:
+    """The first seed of the study's reference configuration (`reference_trials`)."""
+    return reference_trials(spec, trials)[0]
+
+
+def finished(target: Target) -> bool:
+    """Whether the target's run ended with weights worth reading: a checkpoint and a result that did not diverge
+    (a running trial's checkpoint is mid-training, and has no `result.json` yet)."""
+    result = read_result(target.checkpoint.parent)
+    return target.checkpoint.is_file() and result is not None and result.diverged_epoch is None
+
+
+def study_targets(spec: StudySpec, trials: list[Trial], results: Path) -> tuple[list[Target], list[Target]]:
+    """The reference model's every seed, split into finished ones (to analyse) and the others (to name)."""
+    targets = [Target(t.config, t.key, run_dir(results, t.key) / CHECKPOINT, f"{t.study}: {t.label}, seed {t.seed}")
+               for t in reference_trials(spec, trials)]  # fmt: skip
+    done = [t for t in targets if finished(t)]
+    return done, [t for t in targets if t not in done]
 
 
 def names_a_study(target: str) -> bool:
@@ -264,34 +235,63 @@ def names_a_study(target: str) -> bool:
     return target in shipped_names() or target.endswith((".yaml", ".yml")) or Path(target).is_file()
 
 
-def resolve_target(target: StudySpec | str, opts: ReadOptions) -> Target:
-    """A study → its reference trial's first seed; an MLflow run id → that run."""
+def resolve_targets(target: StudySpec | str, opts: ReadOptions) -> list[Target]:
+    """A study → its reference configuration's finished seeds; an MLflow run id → that run."""
     if isinstance(target, StudySpec):
         trials, _ = study_status(target, opts)
-        return study_target(target, trials, opts.results)
+        done, others = study_targets(target, trials, opts.results)
+        if not done:
+            raise SenetError(f"excitation: {others[0].checkpoint}: no finished run of the reference model; train the "
+                             "trial first (senet-ablate sweep)")  # fmt: skip
+        return done
     tracker = open_store(tracking_uri(opts.tracking_uri, opts.results), opts.results)
     allowed = ", ".join(shipped_names())
     run, config = tracker.trial(target, f"excitation: neither a study ({allowed}, or a .yaml path) nor a run id:")
     label = f"{run.label or run.key}, seed {run.seed}"
-    return Target(config, run.key, run_dir(opts.results, run.key) / CHECKPOINT, label)
+    return [Target(config, run.key, run_dir(opts.results, run.key) / CHECKPOINT, label)]
+
+
+def analyze_target(target: Target, classes: list[int] | None) -> Excitation:
+    """`analyze` on the target's trained model and validation split (`classes` as `pick_classes` takes them)."""
+    model, loader, num_classes = load_model(target)
+    return analyze(model, loader, pick_classes(classes, num_classes))
 
 
 def excitation_report(target: StudySpec | str, opts: ReadOptions, out: Path, classes: list[int] | None) -> list[Path]:
-    """`senet-ablate excitation RUN_ID_OR_STUDY`: Figs. 6-7, the η²-and-saturation figure and the per-block CSV
-    of one trained model.
+    """`senet-ablate excitation RUN_ID_OR_STUDY`: Figs. 6-7, the ω²-and-saturation figure and the per-block CSV
+    of the first model, and the depth trend over every model analysed (`excitation_seeds.write_seeds`).
 
     Args:
-        target: an MLflow run id of a trial, or a loaded study (see `names_a_study`) whose reference trial's
-            first seed is analysed.
+        target: an MLflow run id of a trial, or a loaded study (see `names_a_study`) whose reference model's
+            every finished seed is analysed.
         opts: the results folder holding `runs/<trial key>/checkpoint.pt`, the stores, and the `--set` values the
             study was swept with (they change its trial keys).
-        out: where the figures and the CSV go.
+        out: where the figures and the CSVs go.
         classes: class indices to draw; None = the first four.
 
     Raises:
         SenetError: an unknown run, a missing checkpoint, a model without SE, a bad class index.
     """
-    resolved = resolve_target(target, opts)
-    model, loader, num_classes = load_model(resolved)
-    ex = analyze(model, loader, pick_classes(classes, num_classes))
-    return write(ex, out, resolved.label)
+    targets = resolve_targets(target, opts)
+    exs = [analyze_target(t, classes) for t in targets]
+    trend = pool(exs, [t.config.seed for t in targets])
+    return [*write(exs[0], out, targets[0].label), *write_seeds(trend, out, targets[0].model, exs)]
+
+
+def report_section(spec: StudySpec, trials: list[Trial], results: Path, out: Path) -> tuple[list[str], list[Path]]:
+    """The report's role of excitation over the reference model's every finished seed, with its files under
+    `out`; or a line saying why it is missing."""
+    lines = [excitation_markdown.EXCITATION_TITLE, ""]
+    try:
+        done, others = study_targets(spec, trials, results)
+    except SenetError as err:
+        return [*lines, f"Not drawn: {err}.", ""], []
+    if not done:
+        return [*lines, f"Not drawn: no finished run of the reference model `{others[0].key}` under `runs/`.", ""], []
+    try:  # the dataset may be missing on this machine, or the reference model may have no SE block
+        exs = [analyze_target(t, None) for t in done]
+    except SenetError as err:
+        return [*lines, f"Not drawn: {err}.", ""], []
+    trend = pool(exs, [t.config.seed for t in done])
+    paths = [*write(exs[0], out, done[0].label), *write_seeds(trend, out, done[0].model, exs)]
+    return excitation_markdown.section(exs, done, trend, PER_CLASS, others), paths

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ablations.errors import SenetError
 from ablations.outcomes import CellState
-from ablations.reporting import excitation, excitation_markdown, figures, timing
+from ablations.reporting import excitation, figures, timing
 from ablations.reporting.analysis import Analysis, Table, analyse
 from ablations.reporting.frames import forest_frame, levels_frame, tables_frame
 from ablations.reporting.latex import latex
@@ -25,7 +25,6 @@ from ablations.reporting.report_html import to_html
 from ablations.reporting.results import gather
 from ablations.reporting.seeds_table import seeds_frame
 from ablations.study.spec import StudySpec
-from ablations.study.trials import Trial
 from ablations.sweep.status import ReadOptions, study_status
 from ablations.tracking import open_store, tracking_uri
 
@@ -89,24 +88,6 @@ def overview(spec: StudySpec, analysis: Analysis, out: Path) -> dict[str, str]:
     return {FOREST: caption}
 
 
-def _excitation(spec: StudySpec, trials: list[Trial], results: Path, out: Path) -> tuple[list[str], list[Path]]:
-    """The role of excitation for the study's reference model (first seed), or a line saying why it is missing."""
-    lines = [excitation_markdown.EXCITATION_TITLE, ""]
-    try:
-        target = excitation.study_target(spec, trials, results)
-    except SenetError as err:
-        return [*lines, f"Not drawn: {err}.", ""], []
-    if not target.checkpoint.is_file():
-        return [*lines, f"Not drawn: no checkpoint for the reference model `{target.key}` under `runs/`.", ""], []
-    try:  # the dataset may be missing on this machine, or the reference model may have no SE block
-        model, loader, num_classes = excitation.load_model(target)
-        ex = excitation.analyze(model, loader, excitation.pick_classes(None, num_classes))
-    except SenetError as err:
-        return [*lines, f"Not drawn: {err}.", ""], []
-    paths = excitation.write(ex, out, target.label)
-    return excitation_markdown.section(ex, target.label, target.key, excitation.PER_CLASS), paths
-
-
 def write_report(spec: StudySpec, opts: ReadOptions, out: Path | None = None, named: str | None = None) -> Path:
     """`senet-ablate report STUDY`: write the report's files and log them to the study's parent run.
 
@@ -137,7 +118,7 @@ def write_report(spec: StudySpec, opts: ReadOptions, out: Path | None = None, na
     load = timing.load_note([lv for t in analysis.tables for lv in t.factor.levels])
     figs = {t.factor.study.name: draw(t, out, load) for t in analysis.tables}
     top = overview(spec, analysis, out)
-    excite, excite_paths = _excitation(spec, trials, opts.results, out)
+    excite, excite_paths = excitation.report_section(spec, trials, opts.results, out)
     readme = out / "README.md"
     text = render(spec, analysis, figs, top, excite)
     readme.write_text(text)

@@ -369,7 +369,8 @@ def test_user_errors_are_one_line(store, tmp_path):
 
 
 def test_report_draws_the_role_of_excitation_of_the_reference_model(store, tmp_path):
-    """With the reference trial's checkpoint (trained for real), the report adds Figs. 6-7 and the η² table."""
+    """With the reference trial's checkpoint (trained for real), the report adds Figs. 6-7, the ω² table and the
+    depth trend."""
     path, results, tracker, _ = store
     reference = next(t for t in expand(load_spec(path)) if t.label == "se.excitation=sigmoid" and t.seed == 0)
     checkpoints = tmp_path / "results"  # beside the store, so the other tests' report stays without excitation
@@ -377,8 +378,9 @@ def test_report_draws_the_role_of_excitation_of_the_reference_model(store, tmp_p
     opts = ReadOptions(results=checkpoints, tracking_uri=tracker.uri)
     out = tmp_path / "out"
     md = write_report(load_spec(path), opts, out=out).read_text()
-    assert "Reference model `tiny_gate: se.excitation=sigmoid, seed 0`" in md
-    assert "| SE_2_1 |" in md and "| SE_4_3 |" in md and "Median η² against depth: Spearman ρ =" in md
+    assert "Reference model `tiny_gate: se.excitation=sigmoid`, every finished seed: 1 (seed 0;" in md
+    assert "the figures draw `tiny_gate: se.excitation=sigmoid, seed 0`" in md
+    assert "| SE_2_1 |" in md and "| SE_4_3 |" in md and "**Depth trend.**" in md and "mean ρ = " in md
     assert "| SE_4_6 | the last block of the third residual stage | `SE_4_3` |" in md
     assert "| SE_5_2 | block 2 of 3 of the fourth residual stage | — | none: the network has no stage 5" in md
     for name in ("excitation_profiles.png", "excitation_spread.png", "excitation_eta2.png"):
