@@ -117,7 +117,7 @@ def test_rows_hold_hand_computed_statistics_and_verdicts(report):
     # sigmoid 10, 12, 14: mean 12, std 2, t-interval 12 ± 4.303·2/√3 = [7.03, 16.97]
     sigmoid = row_of(md, "sigmoid")
     assert sigmoid[1:4] == ["3/3", "12.00 ± 2.00 [7.03, 16.97]", "*reference*"]
-    # tanh − sigmoid: 2, 3, 2.5 → 2.5 ± 0.5 → [1.26, 3.74]; t = 8.66, 2 df: p = 0.0131, alone in its Holm family
+    # tanh − sigmoid: 2, 3, 2.5 → 2.5 ± 0.5 → [1.26, 3.74]; t = 8.66, 2 df: p = 0.0131 (alone, blocked: the paired t)
     tanh = row_of(md, "tanh")
     assert tanh[2:6] == ["14.50 ± 2.29 [8.81, 20.19]", "+2.50 [+1.26, +3.74] (n = 3)", "0.013", "**worse**"]
     # relu: one finished seed, no test
