@@ -54,8 +54,11 @@ def analysis(
 ) -> Analysis:
     """What `senet-ablate report` computes, as objects (`ablations.reporting.analysis`): `.tables`, one per study
     with levels of its own, each with `.rows` (a `Row` per level: `.level`, `.top1` / `.top5` / `.val1` as
-    `Summary` with mean, std and 95% interval, `.comparison` with its reference: `.pair`, `.p_adjusted`,
-    `.verdict`), `.power` and `.agreement` with the paper; and `.contrasts`, the SE-vs-no-SE comparisons.
+    `Summary` with mean, std and 95% interval, `.comparison` with its reference: `.pair` (per-seed differences),
+    `.estimate` (the model's Δ, simultaneous interval `.lo`/`.hi`, `.p_adjusted`, one-sided `.lo1`/`.hi1`,
+    `.bound`, `.point_p(delta)`), `.fit`, `.verdict`, `.correlation`; `.paper_p`), `.fit` (the family's model:
+    one-way or blocked, seed F-test, critical value), `.power` (MDE at that critical value, `.seeds_for(e)`,
+    `.seeds_range(e)`) and `.agreement` with the paper; and `.contrasts`, the SE-vs-no-SE comparisons.
     `ablations.reporting.frames.levels_frame(a)` gives the rows as the report's `summary.csv` frame. Arguments as
     for `results`; the runs are read from MLflow."""
     from ablations.reporting.export import read_options, recorded_spec, study_analysis

@@ -1,12 +1,12 @@
 """The inference of a report: from its gathered tables to every number the markdown, LaTeX, CSV and figures show,
 computed once.
 
-The rules (stated in the report's legend): each non-reference level is compared with its reference by a paired
-t-test over the seeds both finished (primary metric: test top-1 error). Within a table, Holm's step-down
-correction runs over those comparisons. The comparison of a no-SE level with its SE reference (does SE help at
-all) is the same contrast in every table that holds it, so it is tested once per report, in a family of its own
-(Holm over the distinct contrasts, usually one). A verdict needs a test (n ≥ 2, differences not all equal), an
-adjusted p below 0.05 and a printed interval that excludes 0; anything else is inconclusive.
+The rules (stated in the report's legend): a table's levels are compared with its reference on test top-1 error in
+one model (`design.fit`: one-way, or randomised block when the seed F-test shows the block helps), all at once by
+Dunnett's max-|t|: one family per table, its intervals simultaneous, a verdict iff the interval excludes 0. The
+comparison of a no-SE level with its SE reference (does SE help at all) is the same contrast in every table that
+holds it, so it is tested once per report, in a family of its own (Bonferroni over the distinct contrasts, usually
+one). A level needs two results to enter a family.
 """
 
 from __future__ import annotations
@@ -15,27 +15,27 @@ import math
 from dataclasses import dataclass
 
 from ablations.outcomes import CellState
+from ablations.reporting.design import Estimate, Fit, correlation, fit, verdict
 from ablations.reporting.paper_match import TOP1, TOP5, paper_value
+from ablations.reporting.power import Power, power
 from ablations.reporting.results import Factor, Level
 from ablations.reporting.stats import (
+    IDENTICAL,
+    TOO_FEW,
     Agreement,
     Paired,
-    Power,
     Rate,
     Summary,
-    holm,
     paired,
-    power,
     printed,
     rank_agreement,
-    sign_agreement,
     summarize,
-    verdict,
     wilson,
 )
 
 VAL1 = "final_val_top1_err"
 TABLE, CONTRAST = "table", "SE vs no SE"  # the two families of comparisons
+NO_DF = "no test (no residual df)"
 
 
 @dataclass(frozen=True)
@@ -43,16 +43,26 @@ class Comparison:
     """One level against its reference on test top-1 error.
 
     Attributes:
-        pair: the paired difference level - reference.
-        p_adjusted: Holm-adjusted p-value within `family` (NaN without a test).
+        pair: the per-seed differences level - reference (what each seed shows).
+        estimate: the difference in the family's model, with its simultaneous interval, one-sided bounds and
+            p-values; None without a test.
+        fit: the family's model (shared by every comparison of the family); None when the level is not in one.
         verdict: better / worse / inconclusive, or why there is no test.
-        family: TABLE (this table's Holm family) or CONTRAST (the report's SE-vs-no-SE family).
+        family: TABLE (this table's family) or CONTRAST (the report's SE-vs-no-SE family).
+        correlation: Pearson's r of the level and the reference across seeds (what pairing could remove).
     """
 
     pair: Paired
-    p_adjusted: float
+    estimate: Estimate | None
+    fit: Fit | None
     verdict: str
     family: str
+    correlation: float
+
+    @property
+    def p_adjusted(self) -> float:
+        """The simultaneous p-value over the family (NaN without a test)."""
+        return self.estimate.p_adjusted if self.estimate is not None else math.nan
 
 
 @dataclass(frozen=True)
@@ -67,15 +77,16 @@ class Row:
     divergence: Rate  # diverged of the runs that produced a result (finished + diverged)
     comparison: Comparison | None  # None for the reference itself and for a level without one
     paper_delta: float  # the paper's value of this level minus that of its reference (NaN when not both)
-    sign: str  # stats.sign_agreement of our Δ and the paper's
+    paper_p: float  # two-sided p of our Δ = the paper's Δ as a point hypothesis (NaN without both)
 
 
 @dataclass(frozen=True)
 class Table:
-    """A factor's rows with its power and its ordering against the paper per metric."""
+    """A factor's rows with its family's model and power and its ordering against the paper per metric."""
 
     factor: Factor
     rows: list[Row]
+    fit: Fit | None  # the table family's model (the contrast's where the table holds no other comparison)
     power: Power
     agreement: dict[str, tuple[list[Level], Agreement]]
 
@@ -91,24 +102,45 @@ def _is_contrast(level: Level) -> bool:
     return level.is_baseline and level.reference is not None and not level.is_reference
 
 
-def _pair(level: Level) -> Paired | None:
-    ref = level.reference
-    if ref is None or ref is level:
-        return None
-    return paired(level.values(TOP1), ref.values(TOP1))
+def _compared(level: Level) -> bool:
+    return level.reference is not None and level.reference is not level
+
+
+def _family(levels: list[Level], family: str, split: int = 1) -> tuple[dict[int, Comparison], Fit | None]:
+    """Comparisons of `levels` (sharing one reference) with it in one fitted model, simultaneously at ALPHA/split."""
+    ref = levels[0].reference
+    assert ref is not None
+    rv = ref.values(TOP1)
+    pairs = {id(lv): paired(lv.values(TOP1), rv) for lv in levels}
+    tested = [lv for lv in levels if len(lv.values(TOP1)) >= 2] if len(rv) >= 2 else []
+    f = fit(rv, [lv.values(TOP1) for lv in tested], split) if tested else None
+    out = {}
+    for lv in levels:
+        r = correlation(lv.values(TOP1), rv)
+        if f is not None and f.testable and lv in tested:
+            e = f.estimates[tested.index(lv)]
+            out[id(lv)] = Comparison(pairs[id(lv)], e, f, verdict(e), family, r)
+        else:
+            why = TOO_FEW if lv not in tested or f is None else NO_DF if f.df < 1 else IDENTICAL
+            out[id(lv)] = Comparison(pairs[id(lv)], None, f if lv in tested else None, why, family, r)
+    return out, f
 
 
 def _contrasts(factors: list[Factor]) -> dict[tuple[str, str], tuple[Level, Level, Comparison]]:
-    """The distinct SE-vs-no-SE contrasts of the report, keyed by (no-SE, reference) config hash, Holm over them."""
-    found: dict[tuple[str, str], tuple[Level, Level, Paired]] = {}
+    """The distinct SE-vs-no-SE contrasts of the report, keyed by (no-SE, reference) config hash, each in its own
+    model, Bonferroni over them."""
+    found: dict[tuple[str, str], Level] = {}
     for f in factors:
         for lv in f.levels:
-            if _is_contrast(lv) and (pair := _pair(lv)) is not None and lv.reference is not None:
-                key = (lv.config_hash, lv.reference.config_hash)
-                found.setdefault(key, (lv, lv.reference, pair))
-    adjusted = holm([pair.p for _, _, pair in found.values()])
-    return {key: (lv, ref, Comparison(pair, p, verdict(pair, p), CONTRAST))
-            for (key, (lv, ref, pair)), p in zip(found.items(), adjusted, strict=True)}  # fmt: skip
+            if _is_contrast(lv) and lv.reference is not None:
+                found.setdefault((lv.config_hash, lv.reference.config_hash), lv)
+    testable = sum(len(lv.values(TOP1)) >= 2 and lv.reference is not None and len(lv.reference.values(TOP1)) >= 2
+                   for lv in found.values())  # fmt: skip
+    out = {}
+    for key, lv in found.items():
+        comparison = _family([lv], CONTRAST, max(1, testable))[0][id(lv)]
+        out[key] = (lv, lv.reference, comparison)
+    return out  # type: ignore[return-value]
 
 
 def _agreement(levels: list[Level], metric: str) -> tuple[list[Level], Agreement]:
@@ -135,28 +167,40 @@ def _at_chance(level: Level) -> Summary:
 
 def _row(level: Level, comparison: Comparison | None) -> Row:
     delta = _paper_delta(level)
-    ours = comparison.pair.diff.mean if comparison is not None and comparison.pair.diff.n else math.nan
+    e = comparison.estimate if comparison is not None else None
     diverged = level.count(CellState.DIVERGED)
     results = diverged + level.count(CellState.FINISHED)
     return Row(level, level.summary(TOP1), level.summary(TOP5), level.summary(VAL1), _at_chance(level),
-               wilson(diverged, results), comparison, delta, sign_agreement(ours, delta))  # fmt: skip
+               wilson(diverged, results), comparison, delta, e.point_p(delta) if e else math.nan)  # fmt: skip
 
 
 def _table(factor: Factor, contrasts: dict[tuple[str, str], tuple[Level, Level, Comparison]]) -> Table:
-    pairs = [(lv, pair) for lv in factor.levels if (pair := _pair(lv)) is not None]
-    family = [(lv, pair) for lv, pair in pairs if not _is_contrast(lv)]
-    adjusted = holm([pair.p for _, pair in family])
-    comparisons = {id(lv): Comparison(pair, p, verdict(pair, p), TABLE)
-                   for (lv, pair), p in zip(family, adjusted, strict=True)}  # fmt: skip
-    for lv, _ in pairs:
+    groups: dict[int, list[Level]] = {}  # the table's compared levels by reference (one, unless the grid has two)
+    for lv in factor.levels:
+        if _compared(lv) and not _is_contrast(lv):
+            groups.setdefault(id(lv.reference), []).append(lv)
+    split = max(1, len(groups))
+    comparisons: dict[int, Comparison] = {}
+    fits = []
+    for levels in groups.values():
+        found, f = _family(levels, TABLE, split)
+        comparisons |= found
+        if f is not None:
+            fits.append((f, [levels[0].reference, *levels]))
+    for lv in factor.levels:
         if _is_contrast(lv) and lv.reference is not None:
-            comparisons[id(lv)] = contrasts[(lv.config_hash, lv.reference.config_hash)][2]
+            c = contrasts[(lv.config_hash, lv.reference.config_hash)][2]
+            comparisons[id(lv)] = c
+            if not fits and c.fit is not None:
+                fits.append((c.fit, [lv.reference, lv]))
     rows = [_row(lv, comparisons.get(id(lv))) for lv in factor.levels]
     agreement = {m: _agreement(factor.design(), m) for m in (TOP1, TOP5)}
-    return Table(factor, rows, power([pair.diffs for _, pair in pairs]), agreement)
+    f, levels = max(fits, key=lambda x: x[0].groups) if fits else (None, [])
+    table_power = power(f, [len(lv.values(TOP1)) for lv in levels if lv is not None])
+    return Table(factor, rows, f, table_power, agreement)
 
 
 def analyse(factors: list[Factor]) -> Analysis:
-    """Every table's rows, power and agreement, and the report's SE-vs-no-SE contrasts."""
+    """Every table's rows, model, power and agreement, and the report's SE-vs-no-SE contrasts."""
     contrasts = _contrasts(factors)
     return Analysis([_table(f, contrasts) for f in factors], list(contrasts.values()))

@@ -162,8 +162,9 @@ def write_frame(frame: pd.DataFrame, path: Path | None, fmt: str) -> None:
 
 def study_analysis(spec: StudySpec, opts: ReadOptions) -> Analysis:
     """What `report` computes for `spec`, as objects: per table (one per study with levels of its own) its rows
-    (`Row`: the level, its test / validation errors as `Summary`, its `Comparison` with its reference: the paired
-    difference, the Holm-adjusted p-value and the verdict), its power, and the report's SE-vs-no-SE contrasts.
+    (`Row`: the level, its test / validation errors as `Summary`, its `Comparison` with its reference: the per-seed
+    differences, the model's estimate with its simultaneous interval and p-value, the verdict), its model and power,
+    and the report's SE-vs-no-SE contrasts.
 
     Raises:
         SenetError: an unreachable tracking store, or no runs of the study in it.

@@ -1,5 +1,5 @@
 """The report's numbers as pandas frames, unrounded: one row per level (`summary.csv`), one per table
-(`tables.csv`), and the rows of the overview forest plot."""
+(`tables.csv`: its model and power), and the rows of the overview forest plot."""
 
 from __future__ import annotations
 
@@ -20,15 +20,28 @@ def _summary(prefix: str, s: Summary) -> dict[str, float]:
     return {f"{prefix}_mean": s.mean, f"{prefix}_std": s.std, f"{prefix}_ci_lo": s.lo, f"{prefix}_ci_hi": s.hi}
 
 
+COMPARISON_COLUMNS = ["d_ref_n", "d_ref_mean", "d_ref_se", "d_ref_df", "d_ref_ci_lo", "d_ref_ci_hi", "d_ref_p",
+                      "d_ref_p_adj", "d_ref_verdict", "d_ref_family", "d_ref_model", "d_ref_lo1", "d_ref_hi1",
+                      "d_ref_bound", "d_ref_paired_n", "d_ref_paired_mean", "d_ref_paired_std", "d_ref_seed_r",
+                      "paper_delta_p"]  # fmt: skip
+
+
 def _comparison(r: Row) -> dict[str, Any]:
+    """The level's comparison: the model's Δ (simultaneous interval, p, one-sided bounds, equivalence bound), the
+    per-seed differences and the within-seed correlation; empty for a level without one."""
     c = r.comparison
+    out: dict[str, Any] = dict.fromkeys(COMPARISON_COLUMNS) | {"d_ref_n": 0, "d_ref_verdict": "", "d_ref_family": ""}
     if c is None:
-        return {"d_ref_n": 0, "d_ref_mean": None, "d_ref_std": None, "d_ref_ci_lo": None, "d_ref_ci_hi": None,
-                "d_ref_p": None, "d_ref_p_holm": None, "d_ref_verdict": "", "d_ref_family": ""}  # fmt: skip
-    d = c.pair.diff
-    return {"d_ref_n": d.n, "d_ref_mean": d.mean, "d_ref_std": d.std, "d_ref_ci_lo": d.lo, "d_ref_ci_hi": d.hi,
-            "d_ref_p": c.pair.p, "d_ref_p_holm": c.p_adjusted, "d_ref_verdict": c.verdict,
-            "d_ref_family": c.family}  # fmt: skip
+        return out
+    d, e = c.pair.diff, c.estimate
+    out |= {"d_ref_verdict": c.verdict, "d_ref_family": c.family, "d_ref_model": c.fit.model if c.fit else "",
+            "d_ref_paired_n": d.n, "d_ref_paired_mean": d.mean if d.n else None, "d_ref_paired_std": d.std,
+            "d_ref_seed_r": c.correlation, "paper_delta_p": r.paper_p}  # fmt: skip
+    if e is not None:
+        out |= {"d_ref_n": e.n, "d_ref_mean": e.estimate, "d_ref_se": e.se, "d_ref_df": e.df, "d_ref_ci_lo": e.lo,
+                "d_ref_ci_hi": e.hi, "d_ref_p": e.p, "d_ref_p_adj": e.p_adjusted, "d_ref_lo1": e.lo1,
+                "d_ref_hi1": e.hi1, "d_ref_bound": e.bound}  # fmt: skip
+    return out
 
 
 def levels_frame(analysis: Analysis) -> pd.DataFrame:
@@ -61,11 +74,16 @@ def tables_frame(analysis: Analysis) -> pd.DataFrame:
     """One row per table: its power and its ordering against the paper."""
     rows = []
     for t in analysis.tables:
-        p = t.power
+        p, f = t.power, t.fit
         row: dict[str, Any] = {"study": t.factor.study.name, "factor": t.factor.name,
                                "paper_tables": " ".join(t.factor.tables), "levels": len(t.rows),
-                               "power_n": p.n, "pooled_sd": p.sd, "pooled_df": p.df, "mde": p.mde}  # fmt: skip
-        row |= {f"seeds_for_{e:g}": p.seeds_for(e) for e in EFFECTS}
+                               "model": f.model if f else "", "seed_f": f.seed_f if f else None,
+                               "seed_p": f.seed_p if f else None, "crit": f.crit if f else None,
+                               "power_n": p.n, "resid_sd": p.sd, "resid_df": p.df, "resid_sd_lo": p.sd_lo,
+                               "resid_sd_hi": p.sd_hi, "mde": p.mde}  # fmt: skip
+        for e in EFFECTS:
+            lo, hi = p.seeds_range(e)
+            row |= {f"seeds_for_{e:g}": p.seeds_for(e), f"seeds_for_{e:g}_lo": lo, f"seeds_for_{e:g}_hi": hi}
         for metric in (TOP1, TOP5):
             levels, a = t.agreement[metric]
             row |= {f"agree_{metric}_levels": " ".join(lv.label for lv in levels), f"agree_{metric}_rho": a.rho,
@@ -78,15 +96,17 @@ FOREST_COLUMNS = ["study", "level", "reference", "n", "delta", "lo", "hi", "verd
 
 
 def forest_frame(analysis: Analysis) -> pd.DataFrame:
-    """Every level of every table, in report order: our paired Δ to its reference (test top-1) with its interval
-    and verdict, and the paper's Δ; a reference row has no Δ."""
+    """Every level of every table, in report order: our Δ to its reference (test top-1) with its simultaneous
+    interval and verdict (the per-seed mean, no interval, where there is no test), and the paper's Δ; a reference
+    row has no Δ."""
     rows = []
     for t in analysis.tables:
         for r in t.rows:
             c = r.comparison
-            d = c.pair.diff if c is not None else None
+            d, e = (c.pair.diff, c.estimate) if c is not None else (None, None)
+            delta = e.estimate if e else d.mean if d and d.n else math.nan
             rows.append({"study": t.factor.study.name, "level": r.level.label, "reference": r.level.is_reference,
-                         "n": d.n if d else 0, "delta": d.mean if d and d.n else math.nan,
-                         "lo": d.lo if d else math.nan, "hi": d.hi if d else math.nan,
-                         "verdict": c.verdict if c else "", "paper_delta": r.paper_delta})  # fmt: skip
+                         "n": e.n if e else d.n if d else 0, "delta": delta, "lo": e.lo if e else math.nan,
+                         "hi": e.hi if e else math.nan, "verdict": c.verdict if c else "",
+                         "paper_delta": r.paper_delta})  # fmt: skip
     return pd.DataFrame(rows, columns=FOREST_COLUMNS)

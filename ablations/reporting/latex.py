@@ -11,7 +11,7 @@ from ablations.reporting.stats import CONFIDENCE, Summary
 _ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
             "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"$<$", ">": r"$>$"}  # fmt: skip
 EMPTY = "--"
-HEADER = ["Level", "Seeds", r"Test top-1 err.\ (\%)", r"$\Delta$ vs reference", r"$p_{\mathrm{Holm}}$", "Verdict",
+HEADER = ["Level", "Seeds", r"Test top-1 err.\ (\%)", r"$\Delta$ vs reference", r"$p_{\mathrm{family}}$", "Verdict",
           r"Paper top-1 (\%)", r"Paper $\Delta$"]  # fmt: skip
 
 
@@ -38,11 +38,13 @@ def _delta(r: Row) -> list[str]:
     c = r.comparison
     if c is None:
         return [EMPTY, EMPTY, EMPTY]
-    d = c.pair.diff
-    if d.n < 2:
+    d, e = c.pair.diff, c.estimate
+    if e is not None:
+        text = f"{_n(e.estimate, sign=True)} [{_n(e.lo, sign=True)}, {_n(e.hi, sign=True)}]"
+    elif d.n < 2:
         text = f"{_n(d.mean, sign=True)} ($n={d.n}$)" if d.n else "no common seeds"
     else:
-        text = f"{_n(d.mean, sign=True)} [{_n(d.lo, sign=True)}, {_n(d.hi, sign=True)}]"
+        text = f"{_n(d.mean, sign=True)} ($n={d.n}$, no test)"
     p = escape(fmt.pvalue(c.p_adjusted).replace(fmt.DASH, EMPTY))
     if c.family == CONTRAST:
         p += r"$^\dagger$"
@@ -65,10 +67,11 @@ def _table(t: Table) -> list[str]:
     pct = rf"{100 * CONFIDENCE:.0f}\%"
     caption = (
         rf"{escape(what)}. Test top-1 error, mean $\pm$ std over the finished seeds with the {pct} t-interval; "
-        r"$\Delta$: paired by seed to the reference"
+        r"$\Delta$: difference to the reference"
         + (rf" \texttt{{{escape(ref.label)}}}" if ref else "")
-        + rf", {pct} interval, Holm-adjusted $p$ within the table ($^\dagger$: the SE-vs-no-SE contrast, tested "
-        "once per report). Paper: ImageNet ResNet-50 (Hu et al.)."
+        + f" in the table's model ({escape(t.fit.model) if t.fit else 'none'}), {pct} simultaneous interval and "
+        r"$p$ over the table's comparisons (Dunnett; $^\dagger$: the SE-vs-no-SE contrast, tested once per report). "
+        "Paper: ImageNet ResNet-50 (Hu et al.)."
     )
     return [
         r"\begin{table}[t]",

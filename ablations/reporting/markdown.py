@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from ablations.config import IDENTITY_VERSION
 from ablations.outcomes import CellState
-from ablations.reporting import fmt, paper_section, seeds_table, timing
+from ablations.reporting import findings, fmt, paper_section, seeds_table, timing
 from ablations.reporting.analysis import CONTRAST, Analysis, Comparison, Table
+from ablations.reporting.design import BLOCK_P
 from ablations.reporting.fmt import DASH, num
 from ablations.reporting.md import paragraph, table
 from ablations.reporting.paper_section import AGREEMENT_LEGEND
@@ -22,18 +24,22 @@ HOW_TO_READ = paragraph(
     f"""\
 **How to read.** Errors are % on our data: *test* is the held-out test split after the last epoch, *final val* the
 validation split after the last epoch (never the best epoch). `mean ± std [lo, hi]`: sample std over the finished
-seeds and the {CONFIDENCE:.0%} Student-t interval of the mean. Δ is paired by seed: this level minus its reference in
-test top-1 error over the seeds both finished, with the {CONFIDENCE:.0%} interval of the paired t-test. *p (Holm)* is
-that test's two-sided p-value after Holm's correction over the comparisons of the table (the intervals are not
-adjusted); the SE-vs-no-SE contrast (†) is tested once per report, in a family of its own, not once per table. A
-verdict, **{BETTER}** or **{WORSE}**, needs an adjusted p < {ALPHA:.2f} and the interval as printed to lie entirely
-below or above 0; anything else is *inconclusive*, which is not evidence of no effect: each table gives the smallest
-|Δ| its comparisons could detect (MDE: paired t-test at its n, α = {ALPHA:.2f} two-sided, {POWER:.0%} power, from the
-pooled spread of its paired differences, before Holm) and the seeds it would take to detect
-{" and ".join(f"{e:g}" for e in EFFECTS)} point. There is no test below two pairs, nor when every pair gives the same
-difference (a zero-width interval is an accident of few seeds, not a measured spread). Diverged runs are never
-dropped silently: each level gives its divergence rate (diverged of the runs that produced a result,
-{CONFIDENCE:.0%} Wilson interval) and a mean that counts each diverged run at the chance error 100·(1 − 1/K) %. Errors
+seeds and the {CONFIDENCE:.0%} Student-t interval of the mean. Δ is this level minus its reference in test top-1
+error, estimated in one model per family: a table's comparisons with its reference form one family (the SE-vs-no-SE
+contrast, †, is tested once per report in a family of its own, Bonferroni over the distinct contrasts). The model is
+one-way (levels only) unless the seed, as a block, passes its F-test at p < {BLOCK_P:g}: then it is a
+randomised-block model (level + seed), which removes what a seed shares across levels; a block that explains nothing
+would only spend degrees of freedom. Δ's interval and *p (family)* are simultaneous over the family (Dunnett's
+max-|t|, Student's t for a single comparison), so a verdict, **{BETTER}** or **{WORSE}**, is given exactly when the
+interval as printed excludes 0 (and p < {ALPHA:.2f}); anything else is *inconclusive*, which is not evidence of no
+effect: *rules out* gives the equivalence bound, the largest |Δ| the one-sided {CONFIDENCE:.0%} bounds (not
+adjusted) leave open, and *p vs paper* tests the paper's Δ as a point hypothesis. Each table gives the smallest |Δ|
+one comparison detects with {POWER:.0%} power at the family's critical value (MDE) and the seeds per level needed
+for {" and ".join(f"{e:g}" for e in EFFECTS)} point, with the range the residual SD's {CONFIDENCE:.0%} chi-square
+interval leaves open. A level needs two results to be tested, and there is no test when the model leaves no residual
+spread (an accident of few seeds, not a measured one). Diverged runs are never dropped silently: each level gives
+its divergence rate (diverged of the runs that produced a result, {CONFIDENCE:.0%} Wilson interval) and a mean that
+counts each diverged run at the chance error 100·(1 − 1/K) %. Errors
 are test top-1 unless named; *test NLL* is the test split's mean cross-entropy (nats), a steadier measure than the
 error at few seeds. A level of two seeds prints its two values, not a t-interval over one degree of freedom, and
 equal values print as such, never as a zero-width interval. The paper's numbers come from another dataset, network
@@ -64,14 +70,23 @@ def _reference_text(factor: Factor) -> str:
 def _power_text(t: Table) -> str:
     p = t.power
     if p.n == 0:
-        return "**Power.** No comparison has two pairs yet: no estimate of what this table can detect."
-    if p.sd == 0:
-        return "**Power.** Every comparison's paired differences are identical (pooled SD 0): no estimate."
-    needed = "; ".join(f"{e:g} point → {p.seeds_for(e)} seeds" for e in EFFECTS)
+        return "**Power.** No family has two results per level yet: no estimate of what this table can detect."
+    if p.sd == 0 or math.isnan(p.mde):
+        return "**Power.** The family's model leaves no residual spread: no estimate."
+
+    def seeds(e: float) -> str:
+        lo, hi = p.seeds_range(e)
+        return f"{e:g} point → {p.seeds_for(e) or '> 100 000'} seeds (SD interval: {lo or '?'}-{hi or '> 100 000'})"
+
     return (
-        f"**Power.** Pooled SD of the paired differences {num(p.sd)} points (df = {p.df}). At n = {p.n} pairs "
-        f"the MDE is ±{num(p.mde)} points; seeds needed at this spread for {POWER:.0%} power: {needed}."
+        f"**Power.** Residual SD {num(p.sd)} points on {p.df} df ({CONFIDENCE:.0%} interval {num(p.sd_lo)}-"
+        f"{num(p.sd_hi)}), {p.model} model. At n = {p.n} seeds per level and the family's critical |t| = "
+        f"{num(p.crit, 3)}, one comparison detects |Δ| ≥ {num(p.mde)} points with {POWER:.0%} power (MDE); seeds per "
+        f"level for {POWER:.0%} power at this level, with every level at that n: {'; '.join(map(seeds, EFFECTS))}."
     )
+
+
+COMPARISON_HEADER = ["Δ test top-1 vs reference [simultaneous 95%]", "p (family)", "verdict", "rules out |Δ| >"]
 
 
 def _main_rows(t: Table) -> list[list[str]]:
@@ -79,12 +94,13 @@ def _main_rows(t: Table) -> list[list[str]]:
     for r in t.rows:
         lv, c = r.level, r.comparison
         if lv.is_reference:
-            cells = ["*reference*", "", ""]
+            cells = ["*reference*", "", "", ""]
         elif c is None:
-            cells = [DASH, DASH, "no reference level" if lv.reference is None else DASH]
+            cells = [DASH, DASH, "no reference level" if lv.reference is None else DASH, DASH]
         else:
             mark = " †" if c.family == CONTRAST else ""
-            cells = [fmt.delta(c.pair.diff), fmt.pvalue(c.p_adjusted) + mark, verdict(c)]
+            bound = num(c.estimate.bound) if c.estimate else DASH
+            cells = [findings.interval(c), fmt.pvalue(c.p_adjusted) + mark, verdict(c), bound]
         rows.append([lv.label, _seeds(lv), fmt.mean_sd_ci(r.top1), *cells])
     return rows
 
@@ -94,8 +110,8 @@ def _section(t: Table, figs: dict[str, str]) -> list[str]:
     title = f"## {factor.study.name}: {factor.name}"
     if factor.tables:
         title += f" (paper {', '.join(factor.tables)})"
-    lines = [title, "", _reference_text(factor), ""]
-    header = ["level", "seeds", "test top-1 err %", "Δ test top-1 vs reference", "p (Holm)", "verdict"]
+    lines = [title, "", _reference_text(factor), "", findings.family_text(t), "", *findings.table_sentences(t), ""]
+    header = ["level", "seeds", "test top-1 err %", *COMPARISON_HEADER]
     lines += table(header, _main_rows(t))
     lines += ["", _power_text(t), ""]
     top5 = top5_comparable(table_classes(factor))
@@ -128,10 +144,17 @@ def _contrast_section(analysis: Analysis) -> list[str]:
     lines = ["## SE against no SE (†, tested once)", ""]
     if not analysis.contrasts:
         return [*lines, "No table holds a no-SE level beside its SE reference.", ""]
-    rows = [[f"`{base.label}` − `{ref.label}`", fmt.delta(c.pair.diff), fmt.pvalue(c.pair.p), fmt.pvalue(c.p_adjusted),
-             verdict(c)] for base, ref, c in analysis.contrasts]  # fmt: skip
-    lines += table(["contrast (no SE − SE)", "Δ test top-1 [95% CI]", "p", "p (Holm over contrasts)", "verdict"], rows)
-    return [*lines, "", "A positive Δ: the network without SE has the higher error.", ""]
+    rows = []
+    for base, ref, c in analysis.contrasts:
+        e, f = c.estimate, c.fit
+        rows.append([f"`{base.label}` − `{ref.label}`", findings.interval(c), fmt.pvalue(e.p if e else math.nan),
+                     fmt.pvalue(c.p_adjusted), verdict(c), num(e.bound) if e else DASH,
+                     f"{f.model}, df = {f.df}" if f else DASH])  # fmt: skip
+    header = ["contrast (no SE − SE)", "Δ test top-1 [95%, simultaneous]", "p", "p (family)", "verdict",
+              "rules out |Δ| >", "model"]  # fmt: skip
+    lines += table(header, rows)
+    said = [findings.sentence(base.label, ref.label, c) for base, ref, c in analysis.contrasts]
+    return [*lines, "", "A positive Δ: the network without SE has the higher error. " + " ".join(said), ""]
 
 
 def _values(factors: list[Factor], pick: Callable[[Cell], Iterable[Any]]) -> str:
@@ -216,6 +239,7 @@ def render(spec: StudySpec, analysis: Analysis, figs: dict[str, dict[str, str]],
     """
     factors = [t.factor for t in analysis.tables]
     lines = [f"# SE ablation report: {spec.name}", "", spec.description.strip(), ""]
+    lines += findings.summary(analysis)
     lines += _header(spec, factors)
     lines += ["", "Every number below, unrounded: [summary.csv](summary.csv) (per level), [tables.csv](tables.csv) "
               "(per table), [seeds.csv](seeds.csv) (per seed); LaTeX (booktabs): [tables.tex](tables.tex). How to "

@@ -49,10 +49,10 @@ def _level_rows(t: Table, top5: bool) -> list[list[str]]:
         if lv.paper is None:
             continue
         if lv.is_reference:
-            rows.append([lv.label, paper_cell(lv, top5), "*reference*", "*reference*", ""])
+            rows.append([lv.label, paper_cell(lv, top5), "*reference*", "", "*reference*", ""])
             continue
         ours = c.verdict if c is not None else DASH
-        rows.append([lv.label, paper_cell(lv, top5), num(r.paper_delta, sign=True), ours,
+        rows.append([lv.label, paper_cell(lv, top5), num(r.paper_delta, sign=True), fmt.pvalue(r.paper_p), ours,
                      agreement(ours, r.paper_delta) or DASH])  # fmt: skip
     return rows
 
@@ -94,7 +94,7 @@ def section(t: Table) -> list[str]:
     rows = _level_rows(t, top5)
     if rows:
         errors = "paper top-1 / top-5 %" if top5 else "paper top-1 %"
-        lines += ["", *table(["level", errors, "paper Δ", "our verdict", "agreement"], rows)]
+        lines += ["", *table(["level", errors, "paper Δ", "p vs paper", "our verdict", "agreement"], rows)]
     lines += ["", "Ordering of the design levels (mean test error against the published error):", ""]
     return [*lines, *ordering_lines(t, top5), ""]
 

@@ -1,9 +1,8 @@
 """The statistics behind a report, as pure functions on plain numbers: mean ± std with a Student-t interval,
-paired-by-seed differences with a verdict, Holm's correction, the power of a table, divergence rates, and whether
-our ordering of a table's levels agrees with the paper's.
+paired-by-seed differences, divergence rates, and whether our ordering of a table's levels agrees with the paper's.
 
-The tests are scipy's and statsmodels' (`ttest_rel`, `permutation_test`, `multipletests`, `TTestPower`,
-`proportion_confint`); this module decides when they apply and what a report may conclude from them.
+The tests are scipy's and statsmodels' (`ttest_rel`, `permutation_test`, `proportion_confint`); the model a table's
+comparisons are judged in is `design.py`, their power `power.py`.
 """
 
 from __future__ import annotations
@@ -14,8 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
-from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import TTestPower
 from statsmodels.stats.proportion import proportion_confint
 
 CONFIDENCE = 0.95  # two-sided level of every interval in a report
@@ -96,9 +93,9 @@ class Paired:
 def paired(level: Mapping[int, float], other: Mapping[int, float], confidence: float = CONFIDENCE) -> Paired:
     """Paired-by-seed difference `level - other` of an error metric over the seeds both have.
 
-    Pairing removes what a seed shares between the two levels (data order, and initialisation where the shapes
-    agree); seeds present in only one level are left out rather than compared with another seed's run. Equal
-    differences (common with errors in 0.05-point steps) give no test: their zero spread is an accident of n.
+    What each seed shows (the per-seed table, "worse on every seed"); the verdicts come from the family's model
+    (`design.fit`). Seeds present in only one level are left out rather than compared with another seed's run.
+    Equal differences (common with errors in 0.05-point steps) give no test: their zero spread is an accident of n.
     """
     seeds = tuple(sorted(set(level) & set(other)))
     a = [level[s] for s in seeds]
@@ -111,101 +108,6 @@ def paired(level: Mapping[int, float], other: Mapping[int, float], confidence: f
     ci = result.confidence_interval(confidence)
     interval = Summary(diff.n, diff.mean, diff.std, float(ci.low), float(ci.high))
     return Paired(seeds, diffs, interval, float(result.pvalue))
-
-
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm-adjusted p-values (`multipletests(method="holm")`) over the finite entries; NaN (no test) stays NaN
-    and is not counted in the family."""
-    finite = [i for i, p in enumerate(pvalues) if not math.isnan(p)]
-    out = [math.nan] * len(pvalues)
-    if finite:
-        adjusted = multipletests([pvalues[i] for i in finite], alpha=ALPHA, method="holm")[1]
-        for i, p in zip(finite, adjusted, strict=True):
-            out[i] = float(p)
-    return out
-
-
-def verdict(pair: Paired, p_adjusted: float, digits: int = DIGITS) -> str:
-    """`better` / `worse` when the (adjusted) test rejects at ALPHA and the interval as printed with `digits`
-    decimals lies entirely below / above 0; `inconclusive` otherwise; no verdict without a test.
-
-    Judging the printed bounds keeps a row from reading "+0.60 [0.00, +1.20] worse"."""
-    if pair.diff.n < 2:
-        return TOO_FEW
-    if pair.degenerate:
-        return IDENTICAL
-    if not p_adjusted < ALPHA:
-        return INCONCLUSIVE
-    if printed(pair.diff.hi, digits) < 0:
-        return BETTER
-    if printed(pair.diff.lo, digits) > 0:
-        return WORSE
-    return INCONCLUSIVE
-
-
-# -- power ----------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Power:
-    """What a table's paired comparisons could detect, from their pooled spread.
-
-    Attributes:
-        n: pairs per comparison the estimate is for.
-        sd: pooled standard deviation of the paired differences (NaN when no comparison has n ≥ 2).
-        df: its degrees of freedom, Σ (n_i - 1).
-        mde: the smallest |Δ| a paired t-test at ALPHA (two-sided) detects with POWER at n pairs.
-    """
-
-    n: int
-    sd: float
-    df: int
-    mde: float
-
-    def seeds_for(self, effect: float) -> int | None:
-        """Seeds (pairs) needed to detect |Δ| = `effect` with POWER; None when the spread is unknown or zero."""
-        return seeds_needed(effect, self.sd)
-
-
-def pooled_sd(groups: Sequence[Sequence[float]]) -> tuple[float, int]:
-    """√(Σ (n_i - 1) s_i² / Σ (n_i - 1)) over the groups with n_i ≥ 2, and its degrees of freedom."""
-    ss, df = 0.0, 0
-    for g in groups:
-        if len(g) >= 2:
-            m = math.fsum(g) / len(g)
-            ss += math.fsum((x - m) ** 2 for x in g)
-            df += len(g) - 1
-    return (math.sqrt(ss / df), df) if df else (math.nan, 0)
-
-
-def mde(sd: float, n: int) -> float:
-    """Minimum detectable |Δ| of a paired t-test at n pairs (`TTestPower`: d at POWER, times the SD)."""
-    if n < 2 or math.isnan(sd):
-        return math.nan
-    d = TTestPower().solve_power(effect_size=None, nobs=n, alpha=ALPHA, power=POWER, alternative="two-sided")
-    return float(d) * sd
-
-
-def seeds_needed(effect: float, sd: float) -> int | None:
-    """Pairs a paired t-test at ALPHA needs to detect |Δ| = `effect` with POWER, at spread `sd`."""
-    if math.isnan(sd) or sd <= 0 or effect <= 0:
-        return None
-    power = TTestPower()
-    d = effect / sd
-    if power.power(effect_size=d, nobs=2, alpha=ALPHA, alternative="two-sided") >= POWER:
-        return 2
-    n = power.solve_power(effect_size=d, nobs=None, alpha=ALPHA, power=POWER, alternative="two-sided")
-    return math.ceil(float(n) - 1e-9)
-
-
-def power(diffs: Sequence[Sequence[float]]) -> Power:
-    """The table's power from its comparisons' paired differences, at their most common n (ties: the smaller)."""
-    sizes = [len(d) for d in diffs if len(d) >= 2]
-    sd, df = pooled_sd(diffs)
-    if not sizes:
-        return Power(0, sd, df, math.nan)
-    n = min(set(sizes), key=lambda k: (-sizes.count(k), k))
-    return Power(n, sd, df, mde(sd, n))
 
 
 # -- divergence -----------------------------------------------------------------------------------------------------
@@ -297,17 +199,3 @@ def ordering(labels: Sequence[str], values: Sequence[float]) -> str:
     for i, (value, label) in enumerate(pairs):
         out.append(("" if i == 0 else " = " if value == pairs[i - 1][0] else " < ") + label)
     return "".join(out)
-
-
-SAME, OPPOSITE, TIE = "same", "opposite", "tie"
-
-
-def sign_agreement(ours: float, paper: float, digits: int = DIGITS) -> str:
-    """Whether our Δ has the paper's sign, judged on the printed values: same, opposite, tie (a side prints as
-    zero) or "" (a side is missing)."""
-    if math.isnan(ours) or math.isnan(paper):
-        return ""
-    a, b = printed(ours, digits), printed(paper, digits)
-    if a == 0 or b == 0:
-        return TIE
-    return SAME if (a > 0) == (b > 0) else OPPOSITE

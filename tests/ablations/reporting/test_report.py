@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 from matplotlib.image import imread
+from scipy import stats
 
 from ablations.errors import SenetError
 from ablations.outcomes import Ending
@@ -20,6 +21,7 @@ from ablations.reporting.analysis import analyse
 from ablations.reporting.excitation import excitation_report
 from ablations.reporting.frames import forest_frame
 from ablations.reporting.paper_match import paper_match
+from ablations.reporting.power import power_at
 from ablations.reporting.report import write_report
 from ablations.reporting.results import gather
 from ablations.reporting.stats import summarize, wilson
@@ -115,7 +117,7 @@ def test_rows_hold_hand_computed_statistics_and_verdicts(report):
     # sigmoid 10, 12, 14: mean 12, std 2, t-interval 12 ± 4.303·2/√3 = [7.03, 16.97]
     sigmoid = row_of(md, "sigmoid")
     assert sigmoid[1:4] == ["3/3", "12.00 ± 2.00 [7.03, 16.97]", "*reference*"]
-    # tanh − sigmoid: 2, 3, 2.5 → 2.5 ± 0.5 → [1.26, 3.74]; t = 8.66, 2 df: p = 0.0131, alone in its Holm family
+    # tanh − sigmoid: 2, 3, 2.5 → 2.5 ± 0.5 → [1.26, 3.74]; t = 8.66, 2 df: p = 0.0131 (alone, blocked: the paired t)
     tanh = row_of(md, "tanh")
     assert tanh[2:6] == ["14.50 ± 2.29 [8.81, 20.19]", "+2.50 [+1.26, +3.74] (n = 3)", "0.013", "**worse**"]
     # relu: one finished seed, no test
@@ -131,9 +133,13 @@ def test_rows_hold_hand_computed_statistics_and_verdicts(report):
 def test_the_contrast_is_stated_once(report):
     _, md, _ = report
     assert md.count("## SE against no SE") == 1
+    # one comparison, seeds 0 and 1 blocked (= the paired t-test); rules out: 3.25 + t(0.95, 1)·0.25 = 4.83
     assert row_of(md, "`no SE` − `sigmoid`") == ["`no SE` − `sigmoid`", "+3.25 [+0.07, +6.43] (n = 2)", "0.049",
-                                                "0.049", "**worse**"]  # fmt: skip
-    assert "Holm's correction over the comparisons of the table" in md
+                                                "0.049", "**worse**", "4.83",
+                                                "randomised block (level + seed), df = 1"]  # fmt: skip
+    assert "Dunnett's max-|t|" in md
+    assert md.index("**What the data show**") < md.index("| setting | value |")  # estimates first
+    assert "- SE against no SE: `no SE` is worse than `sigmoid` by +3.25 points [+0.07, +6.43]" in md
 
 
 PAPER_TABLE = 2  # the level tables of a section: main, details, paper, every seed, cost
@@ -142,10 +148,10 @@ PAPER_TABLE = 2  # the level tables of a section: main, details, paper, every se
 def test_paper_values_and_agreement_sit_in_their_own_table(report):
     _, md, csv = report
     # K = 3 classes: no top-5; agreement only where our verdict is resolved (tanh, no SE worse; the paper's Δ > 0)
-    assert row_of(md, "tanh", PAPER_TABLE)[1:] == ["23.00 (Tanh)", "+0.72", "worse", "agrees"]
-    assert row_of(md, "relu", PAPER_TABLE)[1:] == ["23.47 (ReLU)", "+1.19", "no test (n < 2)", "unresolved"]
-    assert row_of(md, "no SE", PAPER_TABLE)[1:] == ["23.30 (ResNet-50, Table 10)", "+1.02", "worse", "agrees"]
-    assert row_of(md, "sigmoid", PAPER_TABLE)[1:] == ["22.28 (Sigmoid)", "*reference*", "*reference*", ""]
+    assert row_of(md, "tanh", PAPER_TABLE)[1:] == ["23.00 (Tanh)", "+0.72", "0.025", "worse", "agrees"]
+    assert row_of(md, "relu", PAPER_TABLE)[1:] == ["23.47 (ReLU)", "+1.19", "—", "no test (n < 2)", "unresolved"]
+    assert row_of(md, "no SE", PAPER_TABLE)[1:] == ["23.30 (ResNet-50, Table 10)", "+1.02", "0.071", "worse", "agrees"]
+    assert row_of(md, "sigmoid", PAPER_TABLE)[1:] == ["22.28 (Sigmoid)", "*reference*", "", "*reference*", ""]
     assert "✓" not in md and "✗" not in md
     assert csv["paper_agreement"].fillna("").tolist() == ["", "agrees", "unresolved", "agrees"]
 
@@ -210,6 +216,18 @@ def test_the_legend_comes_after_the_tables(report):
     assert md.index("| setting | value |") < md.index("## SE against no SE") < md.index("**How to read.**")
 
 
+def test_equivalence_bounds_and_the_papers_delta_as_a_point_test(report):
+    _, md, _ = report
+    # tanh: rules out 2.5 + t(0.95, 2)·0.5/√3 = 3.34; the paper's +0.72: t = 1.78/0.289 = 6.17 on 2 df, p = 0.025
+    assert row_of(md, "tanh")[6] == "3.34" and row_of(md, "relu")[6] == "—"
+    assert row_of(md, "tanh", PAPER_TABLE)[1:4] == ["23.00 (Tanh)", "+0.72", "0.025"]
+    assert row_of(md, "relu", PAPER_TABLE)[1:4] == ["23.47 (ReLU)", "+1.19", "—"]
+    # no SE: (3.25 - 1.02) / 0.25 = 8.92 on 1 df: p = 0.071, not ruled out
+    assert row_of(md, "no SE")[6] == "4.83"
+    assert row_of(md, "no SE", PAPER_TABLE)[1:4] == ["23.30 (ResNet-50, Table 10)", "+1.02", "0.071"]
+    assert "the paper's +0.72 is rejected (p = 0.025)" in md and "the paper's +1.02 is not ruled out (p = 0.071)" in md
+
+
 def test_divergence_rate_and_the_mean_that_counts_it(report):
     _, md, csv = report
     # relu: 1 diverged of 2 results, Wilson [9.5, 90.5] %; at chance (3 classes: 66.67 %) the mean is 43.33
@@ -244,9 +262,21 @@ def test_ordering_uses_the_design_levels_only(report):
 
 def test_power_line(report):
     _, md, csv = report
-    # pooled over tanh (2, 3, 2.5) and no SE (3.5, 3): SD √(0.625/3) = 0.456 on 3 df; n = 2 (tie → smaller)
-    assert "Pooled SD of the paired differences 0.46 points (df = 3). At n = 2 pairs the MDE is ±5.27 points" in md
-    assert "0.5 point → 9 seeds; 1 point → 4 seeds" in md
+    # the table's family is tanh against sigmoid, blocked by seed: residual SD = SD(2, 3, 2.5)/√2 = 0.354 on 2 df,
+    # chi-square interval 0.354·√(2/χ²) = [0.18, 2.22]; the critical |t| is Student's t(0.975, 2) = 4.303
+    assert "Residual SD 0.35 points on 2 df (95% interval 0.18-2.22), randomised block (level + seed) model" in md
+    assert "critical |t| = 4.303, one comparison detects |Δ| ≥ 1.63 points with 80% power (MDE)" in md
+    t = pd.read_csv(report[0].parent / "tables.csv").iloc[0]
+    se = t["resid_sd"] * math.sqrt(2 / 3)
+    assert power_at(t["mde"] / se, 2, stats.t.isf(0.025, 2)) == pytest.approx(0.8, abs=1e-4)  # CSV precision
+
+    # 0.5 point: blocked on 2 levels has n - 1 df; 10 seeds reach 80 %, 9 do not
+    def reach(n, sd=t["resid_sd"]):
+        return power_at(0.5 / (sd * math.sqrt(2 / n)), n - 1, stats.t.isf(0.025, n - 1))
+
+    assert reach(10) >= 0.8 > reach(9)
+    assert "0.5 point → 10 seeds (SD interval: 5-312); 1 point → 5 seeds (SD interval: 3-80)" in md
+    assert reach(5, t["resid_sd_lo"]) >= 0.8 > reach(4, t["resid_sd_lo"]) and t["seeds_for_0.5_lo"] == 5
 
 
 def test_header_states_the_setting(report):
@@ -272,7 +302,7 @@ def test_csv_holds_the_same_numbers(report):
     assert csv.loc["sigmoid", "params_m"] == pytest.approx(0.25)
     assert math.isnan(csv.loc["relu", "test_top1_err_std"])
     tables = pd.read_csv(readme.parent / "tables.csv")
-    assert tables.loc[0, "power_n"] == 2 and tables.loc[0, "seeds_for_0.5"] == 9
+    assert tables.loc[0, "power_n"] == 3 and tables.loc[0, "seeds_for_0.5"] == 10
     assert tables.loc[0, "agree_test_top1_err_levels"] == "sigmoid tanh relu"
 
 
