@@ -53,7 +53,7 @@ def test_top5_only_with_more_than_ten_classes():
 
 def _table(levels, paper):
     agree = rank_agreement([lv.summary(TOP1).mean for lv in levels], paper)
-    return Table(SimpleNamespace(), [], SimpleNamespace(), {TOP1: (levels, agree)})
+    return Table(SimpleNamespace(), [], None, SimpleNamespace(), {TOP1: (levels, agree)})
 
 
 def test_rho_is_printed_only_where_testable():
