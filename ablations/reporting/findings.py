@@ -23,9 +23,8 @@ def interval(c: Comparison) -> str:
 def _bounds(c: Comparison) -> str:
     e = c.estimate
     assert e is not None
-    worse = f"at most {num(e.hi1)} worse" if e.hi1 > 0 else f"better by at least {num(-e.hi1)}"
-    better = f"at most {num(-e.lo1)} better" if e.lo1 < 0 else f"worse by at least {num(e.lo1)}"
-    return f"{worse} and {better} (one-sided {CONFIDENCE:.0%} each; |Δ| > {num(e.bound)} ruled out)"
+    return (f"one-sided {CONFIDENCE:.0%} bounds Δ ≥ {num(e.lo1, sign=True)} and Δ ≤ {num(e.hi1, sign=True)}, so "
+            f"|Δ| > {num(e.bound)} is ruled out")  # fmt: skip
 
 
 def _every_seed(c: Comparison) -> str:
@@ -46,16 +45,16 @@ def _paper(delta: float, p: float) -> str:
 
 def sentence(level: str, reference: str, c: Comparison, paper_delta: float = math.nan,
              paper_p: float = math.nan) -> str:  # fmt: skip
-    """What one comparison shows, e.g. "`relu` is worse than `sigmoid` by +2.20 points [+0.41, +3.99] ..."."""
+    """What one comparison shows, e.g. "`relu` is worse than `sigmoid`: Δ = +2.20 points [+0.41, +3.99]; ..."."""
     e = c.estimate
     if e is None:
         return f"`{level}` against `{reference}`: {c.verdict}."
     simultaneous = f"{num(e.estimate, sign=True)} points [{num(e.lo, sign=True)}, {num(e.hi, sign=True)}]"
     if c.verdict in (BETTER, WORSE):
-        head = f"`{level}` is {c.verdict} than `{reference}` by {simultaneous}"
+        head = f"`{level}` is {c.verdict} than `{reference}`: Δ = {simultaneous}"
     else:
-        head = f"`{level}` − `{reference}` is unresolved at {simultaneous}"
-    return f"{head}: {_bounds(c)}{_every_seed(c)}{_paper(paper_delta, paper_p)}."
+        head = f"`{level}` against `{reference}` is unresolved: Δ = {simultaneous}"
+    return f"{head}; {_bounds(c)}{_every_seed(c)}{_paper(paper_delta, paper_p)}."
 
 
 def table_sentences(t: Table) -> list[str]:

@@ -48,6 +48,7 @@ def load_note(levels: list[Level]) -> str:
     where = f" on {host}" if host else ""
     if n == 1:
         return f"no two of these runs overlapped{where}; other load on the host is not recorded"
-    share = (f"{'/'.join(threads)} threads each on {'/'.join(cores)} cores" if threads and cores
+    plural = "s" if threads != ["1"] else ""
+    share = (f"{'/'.join(threads)} thread{plural} each on {'/'.join(cores)} cores" if threads and cores
              else "their threads and the host's cores are not recorded")  # fmt: skip
     return f"measured under load: up to {n} runs trained at once{where}; {share}"

@@ -139,7 +139,8 @@ def test_the_contrast_is_stated_once(report):
                                                 "randomised block (level + seed), df = 1"]  # fmt: skip
     assert "Dunnett's max-|t|" in md
     assert md.index("**What the data show**") < md.index("| setting | value |")  # estimates first
-    assert "- SE against no SE: `no SE` is worse than `sigmoid` by +3.25 points [+0.07, +6.43]" in md
+    said = "- SE against no SE: `no SE` is worse than `sigmoid`: Δ = +3.25 points [+0.07, +6.43]; one-sided 95% bounds"
+    assert said in md
 
 
 PAPER_TABLE = 2  # the level tables of a section: main, details, paper, every seed, cost
