@@ -81,10 +81,11 @@ def draw(table: Table, out: Path, load: str) -> dict[str, str]:
 def overview(spec: StudySpec, analysis: Analysis, out: Path) -> dict[str, str]:
     """The forest plot of every table's paired Δ beside the paper's; file name → caption."""
     rows = forest_frame(analysis)
-    figures.save(figures.forest(rows, title=f"{spec.name}: paired Δ to the reference, ours and the paper's"),
+    figures.save(figures.forest(rows, title=f"{spec.name}: Δ to the reference, ours and the paper's"),
                  out / FOREST)  # fmt: skip
-    caption = ("overview: every level's paired Δ test top-1 error to its reference with its 95% interval (left, "
-               "coloured by verdict) and the paper's Δ on its own scale (right)")  # fmt: skip
+    caption = ("overview: every level's Δ test top-1 error to its reference in its family's model, with its "
+               "simultaneous 95% interval (left, coloured by verdict), and the paper's Δ on its own scale "
+               "(right)")  # fmt: skip
     return {FOREST: caption}
 
 
