@@ -56,7 +56,9 @@ from ablations.sweep.start import (
 from ablations.sweep.status import TrialStatus, ticket_of
 from ablations.tracking import Tag, code_version
 
-RESUBMITS = 3  # arrays in a row that end without a trial settling before the controller gives up, saying where to look
+RESUBMITS = 3  # arrays in a row that end without progress (no trial settled, no epoch trained) before the controller
+# gives up, saying where to look: a task the scheduler stops early (Slurm may send the time limit's signal up to a
+# minute early, even during a task's start-up) still counts as progress by the epochs it checkpointed
 JOBS_POLL_S = 10.0  # seconds between the controller's questions to Slurm (squeue is the cluster's, not ours)
 
 
@@ -88,6 +90,15 @@ def live(ids: list[str], states: dict[str, JobState]) -> list[str]:
     return [k for k, s in states.items() if k.split("_")[0] in ids and s.state in LIVE]
 
 
+def epochs_trained(attempts: list[Attempt]) -> int:
+    """Epochs checkpointed over the trials of `attempts`: each trial's furthest attempt (a resumed attempt starts
+    where the last one stopped)."""
+    furthest: dict[str, int] = {}
+    for a in attempts:
+        furthest[a.key] = max(furthest.get(a.key, 0), a.epoch)
+    return sum(furthest.values())
+
+
 class SlurmSweep(Sweep):
     """A sweep whose workers run in Slurm job arrays: the loop of `Sweep`, with submission instead of staffing."""
 
@@ -97,8 +108,8 @@ class SlurmSweep(Sweep):
         self.slurm, self.task_spec = slurm, task
         self.book = JobBook(self.ledger, spec.name)
         self.folder = opts.results / "slurm" / spec.name
-        self.in_a_row = 0  # arrays submitted since a trial last settled
-        self.settled_then = -1
+        self.in_a_row = 0  # arrays submitted since the sweep last made progress
+        self.progress_then: tuple[int, int] = (-1, -1)  # (trials settled, epochs trained) at the last submission
         self._states: dict[str, JobState] = {}
         self._asked = -math.inf
         self._said = ""
@@ -111,24 +122,25 @@ class SlurmSweep(Sweep):
 
     def _staff(self, manifest_path: Path, attempts: list[Attempt]) -> bool:
         """Submit an array when trials wait and no job of the study runs or queues; False after RESUBMITS arrays
-        in a row ended without a trial settling."""
+        in a row ended without progress."""
         states = self.job_states()
         self._say_jobs(states)
         waiting = sum(s.state == Standing.PENDING for s in self.statuses)
         if not waiting or live(self.book.ids(), states) or live(self.book.ids(), self.job_states(fresh=True)):
             return True
-        settled = sum(s.state.settled for s in self.statuses)
-        if settled > self.settled_then:
+        progress = (sum(s.state.settled for s in self.statuses), epochs_trained(attempts))
+        if any(now > then for now, then in zip(progress, self.progress_then, strict=True)):
             self.in_a_row = 0
         if self.in_a_row >= RESUBMITS:
             return False
         self.submit(waiting)
-        self.in_a_row, self.settled_then = self.in_a_row + 1, settled
+        self.in_a_row, self.progress_then = self.in_a_row + 1, progress
         return True
 
     def _why_stranded(self) -> str:
         return (
-            f"sweep: {RESUBMITS} Slurm arrays in a row ended without a trial settling; their logs are in {self.folder}"
+            f"sweep: {RESUBMITS} Slurm arrays in a row ended without progress (no trial settled, no epoch trained); "
+            f"their logs are in {self.folder}"
         )
 
     def _say_jobs(self, states: dict[str, JobState]) -> None:

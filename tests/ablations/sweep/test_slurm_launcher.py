@@ -226,3 +226,18 @@ def test_a_dead_workers_attempt_is_judged_by_its_jobs_state(tmp_path, monkeypatc
     assert [e.kind for e in ended] == ([] if expected is None else [expected])
     left = [a for a in ledger.attempts() if a.key == trial.key]
     assert (left[0].state == State.RUNNING) == (expected is None)
+
+
+def test_the_controller_counts_checkpointed_epochs_as_progress():
+    """CI: a task stopped at its (early) time-limit signal trained epochs; three such arrays are not "no progress"."""
+    from optuna.trial import TrialState
+
+    from ablations.sweep.launch import epochs_trained
+    from ablations.sweep.ledger import Attempt, Ticket
+
+    def attempt(key: str, epoch: int) -> Attempt:
+        return Attempt(0, TrialState.FAIL, Ticket(key, {}, key[:12], 0, "x", {}, ["s"]), epoch=epoch)
+
+    a, b = "0123456789ab-s0", "0123456789ab-s1"
+    assert epochs_trained([]) == 0
+    assert epochs_trained([attempt(a, 28), attempt(a, 56), attempt(b, 3)]) == 59  # each trial's furthest attempt
