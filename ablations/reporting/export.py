@@ -169,16 +169,9 @@ def study_analysis(spec: StudySpec, opts: ReadOptions) -> Analysis:
     Raises:
         SenetError: an unreachable tracking store, or no runs of the study in it.
     """
-    from ablations.reporting.analysis import analyse
-    from ablations.reporting.results import gather
+    from ablations.reporting.report import analysed
 
-    _, found = study_status(spec, opts)
-    uri = tracking_uri(opts.tracking_uri, opts.results)
-    tracker = open_store(uri, opts.results)
-    runs = tracker.trial_runs({s.trial.key for s in found})
-    if not runs and not any(s.known or s.earlier for s in found):
-        raise SenetError(f"analysis: no runs of study {spec.name!r} in {uri}; run `senet-ablate sweep` first")
-    return analyse(gather(spec, found, runs, tracker))
+    return analysed(spec, opts, "analysis", spec.name)[1]
 
 
 def read_options(

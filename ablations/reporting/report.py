@@ -25,8 +25,9 @@ from ablations.reporting.report_html import to_html
 from ablations.reporting.results import gather
 from ablations.reporting.seeds_table import seeds_frame
 from ablations.study.spec import StudySpec
+from ablations.study.trials import Trial
 from ablations.sweep.status import ReadOptions, study_status
-from ablations.tracking import open_store, tracking_uri
+from ablations.tracking import Tracker, open_store, tracking_uri
 
 REPORTS = Path("reports")
 FOREST = "overview_forest.png"
@@ -89,6 +90,22 @@ def overview(spec: StudySpec, analysis: Analysis, out: Path) -> dict[str, str]:
     return {FOREST: caption}
 
 
+def analysed(spec: StudySpec, opts: ReadOptions, command: str, named: str) -> tuple[list[Trial], Analysis, Tracker]:
+    """The study's trials, the analysis `report` renders, and the tracking store it read the runs from.
+
+    Raises:
+        SenetError: an unreachable tracking store, or no runs of the study in it (`command` and the study as
+            `named` in the hint).
+    """
+    trials, statuses = study_status(spec, opts)
+    uri = tracking_uri(opts.tracking_uri, opts.results)
+    tracker = open_store(uri, opts.results)
+    runs = tracker.trial_runs({t.key for t in trials})
+    if not runs and not any(s.known or s.earlier for s in statuses):  # queued, or made under an earlier key: renders
+        raise SenetError(f"{command}: no runs of study {spec.name!r} in {uri}; run `senet-ablate sweep {named}` first")
+    return trials, analyse(gather(spec, statuses, runs, tracker)), tracker
+
+
 def write_report(spec: StudySpec, opts: ReadOptions, out: Path | None = None, named: str | None = None) -> Path:
     """`senet-ablate report STUDY`: write the report's files and log them to the study's parent run.
 
@@ -105,15 +122,7 @@ def write_report(spec: StudySpec, opts: ReadOptions, out: Path | None = None, na
     Raises:
         SenetError: an unreachable tracking store, or no runs of the study in it.
     """
-    trials, statuses = study_status(spec, opts)
-    uri = tracking_uri(opts.tracking_uri, opts.results)
-    tracker = open_store(uri, opts.results)
-    runs = tracker.trial_runs({t.key for t in trials})
-    if not runs and not any(s.known or s.earlier for s in statuses):  # queued, or made under an earlier key: renders
-        raise SenetError(
-            f"report: no runs of study {spec.name!r} in {uri}; run `senet-ablate sweep {named or spec.name}` first"
-        )
-    analysis = analyse(gather(spec, statuses, runs, tracker))
+    trials, analysis, tracker = analysed(spec, opts, "report", named or spec.name)
     out = out if out is not None else REPORTS / spec.name
     out.mkdir(parents=True, exist_ok=True)
     load = timing.load_note([lv for t in analysis.tables for lv in t.factor.levels])
