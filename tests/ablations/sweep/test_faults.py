@@ -671,7 +671,8 @@ def test_a_database_stopped_past_the_retry_window_stops_with_one_line_and_resume
         wait_for(lambda: not _pids_with(str(results)), timeout=120)  # its workers give up too, on their own
     finally:
         pg.start()
-    lines = err.strip().splitlines()
+    banner, where, *lines = err.strip().splitlines()  # the sweep's opening lines, then what stopped it
+    assert banner.startswith("sweep dbdown: 2 trials") and where.startswith("  results "), err
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("senet-ablate: error: --storage: ") and "unreachable for 3 s" in lines[0]
     assert lines[0].endswith("rerun the same command to resume") and pg.password not in err
