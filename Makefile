@@ -52,7 +52,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy senet_core
 
 test: $(VENV)/.installed data postgres lint
-	$(PY) -m pytest -q -m "not faults and not gpu and not kit and not e2e and not slurm"
+	$(PY) -m pytest -q --durations=15 -m "not faults and not gpu and not kit and not e2e and not slurm"
 
 # End-to-end cases kept out of `make test` (about 6 minutes): the GPU kit (it downloads the kit's wheels from PyPI)
 # built for three Pythons, installed with pip and without, and the harness sweeping from it on a Python with only

@@ -30,20 +30,27 @@ def pvalue(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def mean_sd_ci(s: Summary, digits: int = DIGITS) -> str:
-    """`mean ± std [lo, hi]` from three values on; at two, the mean and the two values (a t-interval over one
-    degree of freedom is about 18 SDs wide); the mean alone for one; equal values said as such (never a
-    zero-width interval); a dash for none."""
-    if s.n == 0:
-        return DASH
+def _few(s: Summary, digits: int, sign: bool = False) -> str | None:
+    """The values themselves below three (a t-interval over one degree of freedom is about 18 SDs wide): the mean
+    alone for one, the mean and the two values for two, equal values said as such (never a zero-width interval);
+    None from three different values on."""
     if s.n == 1:
-        return f"{num(s.mean, digits)} (n = 1)"
+        return f"{num(s.mean, digits, sign)} (n = 1)"
     if s.std == 0:
-        return f"{num(s.mean, digits)} (all {s.n} equal)"
+        return f"{num(s.mean, digits, sign)} (all {s.n} equal)"
     if s.n == 2:
         half = s.std / math.sqrt(2)  # the two values are mean ± |a - b| / 2
-        return f"{num(s.mean, digits)} ({num(s.mean - half, digits)}, {num(s.mean + half, digits)}; n = 2)"
-    return f"{num(s.mean, digits)} ± {num(s.std, digits)} [{num(s.lo, digits)}, {num(s.hi, digits)}]"
+        return f"{num(s.mean, digits, sign)} ({num(s.mean - half, digits, sign)}, {num(s.mean + half, digits, sign)}; n = 2)"
+    return None
+
+
+def mean_sd_ci(s: Summary, digits: int = DIGITS) -> str:
+    """`mean ± std [lo, hi]` from three different values on, the values themselves below (`_few`); a dash for
+    none."""
+    if s.n == 0:
+        return DASH
+    few = _few(s, digits)
+    return few or f"{num(s.mean, digits)} ± {num(s.std, digits)} [{num(s.lo, digits)}, {num(s.hi, digits)}]"
 
 
 def mean_std(values: pd.Series) -> str:
@@ -57,12 +64,12 @@ def mean_std(values: pd.Series) -> str:
 
 
 def delta(s: Summary) -> str:
-    """A paired difference: `+Δ [lo, hi] (n = k)`; no interval below two pairs."""
+    """A paired difference without a model's interval: `+Δ [lo, hi] (n = k)` from three different differences on,
+    the differences themselves below (`_few`)."""
     if s.n == 0:
         return "no common seeds"
-    if s.n == 1:
-        return f"{num(s.mean, sign=True)} (n = 1)"
-    return f"{num(s.mean, sign=True)} [{num(s.lo, sign=True)}, {num(s.hi, sign=True)}] (n = {s.n})"
+    few = _few(s, DIGITS, sign=True)
+    return few or f"{num(s.mean, sign=True)} [{num(s.lo, sign=True)}, {num(s.hi, sign=True)}] (n = {s.n})"
 
 
 def rate(r: Rate) -> str:

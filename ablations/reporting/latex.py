@@ -3,6 +3,8 @@ pasting into a paper; the same rounded numbers as the markdown."""
 
 from __future__ import annotations
 
+import re
+
 from ablations.reporting import fmt
 from ablations.reporting.analysis import CONTRAST, Analysis, Row, Table
 from ablations.reporting.fmt import num
@@ -24,11 +26,16 @@ def _n(x: float | None, sign: bool = False) -> str:
     return num(x, sign=sign, dash=EMPTY)
 
 
+def _math_n(text: str) -> str:
+    """`n = 2` as LaTeX's `$n=2$`."""
+    return re.sub(r"\bn = (\d+)", r"$n=\1$", text)
+
+
 def _mean(s: Summary) -> str:
     if s.n == 0:
         return EMPTY
-    if s.n == 1:
-        return f"{_n(s.mean)} ($n=1$)"
+    if s.n < 3 or s.std == 0:  # the values, not a t-interval (fmt.mean_sd_ci)
+        return _math_n(escape(fmt.mean_sd_ci(s)))
     return rf"${_n(s.mean)} \pm {_n(s.std)}$ [{_n(s.lo)}, {_n(s.hi)}]"
 
 
@@ -41,10 +48,8 @@ def _delta(r: Row) -> list[str]:
     d, e = c.pair.diff, c.estimate
     if e is not None:
         text = f"{_n(e.estimate, sign=True)} [{_n(e.lo, sign=True)}, {_n(e.hi, sign=True)}]"
-    elif d.n < 2:
-        text = f"{_n(d.mean, sign=True)} ($n={d.n}$)" if d.n else "no common seeds"
-    else:
-        text = f"{_n(d.mean, sign=True)} ($n={d.n}$, no test)"
+    else:  # the per-seed differences, no interval
+        text = _math_n(escape(fmt.delta(d)))
     p = escape(fmt.pvalue(c.p_adjusted).replace(fmt.DASH, EMPTY))
     if c.family == CONTRAST:
         p += r"$^\dagger$"

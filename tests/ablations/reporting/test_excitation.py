@@ -114,6 +114,7 @@ def test_analysis_gives_one_curve_per_class_and_block_and_statistics_for_every_b
     assert list(bottom.lines[1].get_ydata()) == [s.saturated for s in ex.stats.values()]
 
 
+@pytest.mark.e2e  # 2,000 shuffles per block and seed: 15-40 s, kept out of make test's 10 minutes
 def test_excitation_report_from_a_study(trained, tmp_path):
     path, results, _, _ = trained
     paths = excitation_report(load_spec(path), ReadOptions(results=results), tmp_path, [1, 3])
@@ -131,6 +132,7 @@ def test_excitation_report_from_a_study(trained, tmp_path):
     assert float(depth[1][7]) == float(rows[1].split(",")[7])  # the first seed's median ω², at full precision
 
 
+@pytest.mark.e2e  # 2,000 shuffles per block and seed: 15-40 s, kept out of make test's 10 minutes
 def test_the_report_section_pools_every_finished_seed_and_names_the_others(trained, tmp_path):
     path, results, _, _ = trained
     spec = load_spec(path)

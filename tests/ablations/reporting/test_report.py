@@ -316,7 +316,8 @@ def test_latex_tables_are_booktabs(report):
     assert (
         r"tanh & 3/3 & $14.50 \pm 2.29$ [8.81, 20.19] & +2.50 [+1.26, +3.74] & 0.013 & worse & 23.00 & +0.72 \\" in tex
     )
-    assert r"no SE & 2/3 & $14.25 \pm 1.06$ [4.72, 23.78] & +3.25 [+0.07, +6.43] & 0.049$^\dagger$ & worse" in tex
+    # n = 2: the two values, as in the markdown, not a t-interval over 1 df ([4.72, 23.78])
+    assert r"no SE & 2/3 & 14.25 (13.50, 15.00; $n=2$) & +3.25 [+0.07, +6.43] & 0.049$^\dagger$ & worse" in tex
     assert r"relu & 1/3 & 20.00 ($n=1$) & +10.00 ($n=1$) & -- & no test (n $<$ 2) & 23.47 & +1.19 \\" in tex
     assert r"tiny\_gate: se.excitation (paper Table 12)" in tex
 
@@ -399,6 +400,7 @@ def test_user_errors_are_one_line(store, tmp_path):
         write_report(load_spec(path), ReadOptions(results=results, overrides={"train.epochs": 3}), out=tmp_path)
 
 
+@pytest.mark.e2e  # 2,000 shuffles per block and seed: 15-40 s, kept out of make test's 10 minutes
 def test_report_draws_the_role_of_excitation_of_the_reference_model(store, tmp_path):
     """With the reference trial's checkpoint (trained for real), the report adds Figs. 6-7, the ω² table and the
     depth trend."""

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sp
 
-from ablations.reporting.fmt import mean_std
+from ablations.reporting.fmt import delta, mean_sd_ci, mean_std
 from ablations.reporting.stats import (
     ordering,
     paired,
@@ -132,3 +132,15 @@ def test_mean_std_prints_the_post_sweep_summary_cells():
     assert mean_std(pd.Series([12.345], dtype=float)) == "12.35 (1 seed)"
     assert mean_std(pd.Series([10.0, 12.0, 14.0], dtype=float)) == "12.00 ± 2.00"
     assert mean_std(pd.Series([10.0, None, 14.0], dtype=float)) == "12.00 ± 2.83"  # a missing metric is skipped
+
+
+def test_below_three_values_the_cells_print_the_values_not_a_t_interval():
+    # two seeds: the mean and both values (the t-interval over 1 df would be [-5.71, +19.71] for 6 and 8)
+    assert mean_sd_ci(summarize([6.0, 8.0])) == "7.00 (6.00, 8.00; n = 2)"
+    assert delta(paired({0: 8.0, 1: 7.0}, {0: 6.0, 1: 6.5}).diff) == "+1.25 (+0.50, +2.00; n = 2)"
+    # equal values (float noise included) are said as such, never a zero-width interval
+    assert delta(paired({0: 10.35, 1: 11.15}, {0: 9.75, 1: 10.55}).diff) == "+0.60 (all 2 equal)"
+    assert mean_sd_ci(summarize([3.0, 3.0, 3.0])) == "3.00 (all 3 equal)"
+    assert delta(paired({0: 2.0}, {0: 1.0}).diff) == "+1.00 (n = 1)" and mean_sd_ci(summarize([])) == "—"
+    # from three different values on, the interval: 2 ± 1 → [2 ∓ 4.303·1/√3]
+    assert delta(paired({0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.0, 1: 0.0, 2: 0.0}).diff) == "+2.00 [-0.48, +4.48] (n = 3)"
