@@ -38,6 +38,7 @@ from senet_core import (
     list_models,
     measure,
     model_info,
+    parse_reduction,
     resolve,
 )
 
@@ -79,13 +80,20 @@ class SESection(_Section):
     """`se.*`: the SE design factors the paper ablates (see senet_core.SEConfig, whose defaults these are)."""
 
     enabled: bool = _SE.enabled
-    reduction: int = Field(_SE.reduction, ge=1)  # r: channels per hidden unit of the first FC
+    # r: channels per hidden unit of the first FC, for every stage or per stage ({2: 8, 3: 16, 4: off})
+    reduction: int | dict[int, int | None] = _SE.reduction
     squeeze: Squeeze = _SE.squeeze
     excitation: Excitation = _SE.excitation
     placement: Placement = _SE.placement
     stages: list[int] | None = None  # None = every residual stage
     bias: bool = _SE.bias  # FC biases; the paper's ablations removed them
     rounding: Rounding = _SE.rounding
+
+    @field_validator("reduction", mode="before")
+    @classmethod
+    def _reduction(cls, value: Any) -> Any:
+        parsed = parse_reduction(value)  # SenetError: one line naming the stage and what is allowed
+        return parsed if isinstance(parsed, int) else dict(parsed)
 
 
 Dataset = Literal["fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic"]
@@ -290,6 +298,8 @@ class RunConfig(_Section):
                 tree["model"][name] = default
         tree["se"] = {f: getattr(se if se.enabled else SE_OFF, f) for f in tree["se"]}
         tree["se"]["stages"] = list(se.stages) if se.stages is not None else None
+        if not isinstance(se.reduction, int):  # per stage, spelled as the network it builds (`resolve`)
+            tree["se"]["reduction"] = {str(stage): r for stage, r in se.reduction}
         for section, names in _BOOKKEEPING.items():
             for name in names:
                 tree[section].pop(name)
@@ -316,10 +326,15 @@ class RunConfig(_Section):
         return flatten(self.model_dump())
 
 
+# Fields whose value is itself a map (stage -> r): a leaf for `flatten`, never more dotted keys.
+MAP_FIELDS = frozenset({"se.reduction"})
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections → dotted keys (`se: {reduction: 8}` → `se.reduction`); a map field stays one value."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and f"{prefix}{key}" not in MAP_FIELDS:
             out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
@@ -358,6 +373,8 @@ def validation_message(err: ValidationError, prefix: str = "", model: type[BaseM
     path = prefix + ".".join(str(p) for p in e["loc"])
     if e["type"] == "extra_forbidden":
         return f"{path}: unknown key{_closest_field(e['loc'], model, prefix)}"
+    if e["type"] == "value_error" and isinstance(e.get("ctx", {}).get("error"), SenetError):
+        return str(e["ctx"]["error"])  # a validator's own one line (it names the field)
     if e["type"] == "literal_error":
         expected = e.get("ctx", {}).get("expected", "")
         return f"{path}: {shorten(e['input'])} is not allowed; allowed: {expected.replace(' or ', ', ')}"
@@ -408,8 +425,17 @@ def input_shape(config: RunConfig) -> tuple[int, int, int]:
 def network_cost(name: str, options: dict[str, Any], size: int) -> Complexity:
     """Params and multiply-adds of a network for one `size`×`size` image, built on `meta` (no memory, no init);
     cached, so a sweep measures each architecture once."""
-    frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
-    return _network_cost(name, frozen, size)
+    return _network_cost(name, frozen_options(options), size)
+
+
+def frozen_options(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """`build_model` options as a hashable cache key (lists as tuples, a per-stage map as its sorted pairs);
+    `dict()` of it gives options `build_model` takes."""
+
+    def freeze(v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else tuple(sorted(v.items())) if isinstance(v, dict) else v
+
+    return tuple(sorted((k, freeze(v)) for k, v in options.items()))
 
 
 @lru_cache(maxsize=256)

@@ -16,6 +16,7 @@ from senet_core.se import (
     SEConfig,
     Squeeze,
     hidden_width,
+    parse_reduction,
     se_param_count,
 )
 from senet_core.stem import StemPool
@@ -48,6 +49,7 @@ __all__ = [
     "list_models",
     "measure",
     "model_info",
+    "parse_reduction",
     "resolve",
     "se_blocks",
     "se_param_count",

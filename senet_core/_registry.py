@@ -131,6 +131,8 @@ def resolve(name: str, options: Mapping[str, Any] | None = None) -> tuple[ModelI
     if se_values.get("stages") is not None:
         se_values["stages"] = tuple(se_values["stages"])
     se = SEConfig(**se_values)
+    if se.enabled and not isinstance(se.reduction, int):
+        se = _per_stage(info, se)
     if se.enabled and se.stages is not None:
         # Spell equal networks equally: every stage is "all" (None), no stage is no SE at all.
         if set(se.stages) == set(info.stages):
@@ -155,6 +157,23 @@ def resolve(name: str, options: Mapping[str, Any] | None = None) -> tuple[ModelI
         if key == "model.zero_init" and not isinstance(value, bool):
             raise SenetError(f"{key}: {value!r} is not allowed; allowed: true, false")
     return info, (se if se.enabled else SE_OFF), kwargs
+
+
+def _per_stage(info: ModelInfo, se: SEConfig) -> SEConfig:
+    """A per-stage `se.reduction` spelled as the network it builds: one r for every SE stage is that int with those
+    stages; otherwise the r of the stages that get SE alone (a stage that is off drops its r); no stage is no SE."""
+    assert not isinstance(se.reduction, int)
+    for field, stages in (("se.reduction", [stage for stage, _ in se.reduction]), ("se.stages", se.stages or ())):
+        bad = [stage for stage in stages if stage not in info.stages]
+        if bad:
+            allowed = ", ".join(map(str, info.stages))
+            raise SenetError(f"{field}: stage {bad[0]} does not exist in {info.name}; allowed: {allowed}")
+    active = {stage: r for stage in info.stages if (r := se.reduction_at(stage)) is not None}
+    if not active:
+        return SE_OFF
+    if len(set(active.values())) == 1:
+        return se.replace(reduction=next(iter(active.values())), stages=tuple(active))
+    return se.replace(reduction=tuple(active.items()), stages=None)
 
 
 def build_model(name: str, options: Mapping[str, Any] | None = None, **kwargs: Any) -> nn.Module:

@@ -39,7 +39,7 @@ class SeparableUnit(nn.Module):
             *_conv_bn(in_channels, in_channels, 3, stride, groups=in_channels),
             *_conv_bn(in_channels, out_channels, 1, 1),
         )
-        self.se = SEBlock.from_config(out_channels, se).place(stage, index) if se.active_in(stage) else None
+        self.se = SEBlock.from_config(out_channels, se, stage).place(stage, index) if se.active_in(stage) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.body(x)

@@ -7,6 +7,7 @@ the ablated part.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
@@ -21,6 +22,9 @@ Placement = Literal["standard", "pre", "post", "identity", "inner"]
 Rounding = Literal["floor", "divisible8"]
 
 _GATES: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}
+# r per stage: (stage, r) pairs in stage order, r None where the stage has no SE block ("off")
+PerStage = tuple[tuple[int, int | None], ...]
+_REDUCTION_ALLOWED = "an integer >= 1, or a map stage -> integer >= 1 or off, e.g. {2: 8, 3: 16, 4: off}"
 
 
 def _check_choice(field_name: str, value: object, allowed: tuple[object, ...]) -> None:
@@ -34,7 +38,9 @@ class SEConfig:
 
     Attributes:
         enabled: add SE blocks at all. False gives the baseline with the very same unit classes.
-        reduction: r, the bottleneck ratio of the two FC layers (paper default 16).
+        reduction: r, the bottleneck ratio of the two FC layers (paper default 16): one for every stage, or per
+            stage as a map stage -> r or off (None): `{2: 8, 3: 16}` puts SE blocks in stages 2 and 3 only, with
+            8 and 16. Stored as (stage, r) pairs; `reduction_at` reads it.
         squeeze: `avg` (paper), `max` (Table 11) or `none` = NoSqueeze (Table 16).
         excitation: the gate after the second FC: `sigmoid` (paper), `tanh` or `relu` (Table 12).
         placement: `standard` (residual branch before the sum), `pre`, `post`, `identity` (Table 14) or
@@ -45,7 +51,7 @@ class SEConfig:
     """
 
     enabled: bool = True
-    reduction: int = 16  # channels per hidden unit of the first FC
+    reduction: int | PerStage = 16  # channels per hidden unit of the first FC; a map (pairs): per stage
     squeeze: Squeeze = "avg"
     excitation: Excitation = "sigmoid"
     placement: Placement = "standard"
@@ -54,8 +60,7 @@ class SEConfig:
     rounding: Rounding = "floor"
 
     def __post_init__(self) -> None:
-        if isinstance(self.reduction, bool) or not isinstance(self.reduction, int) or self.reduction < 1:
-            raise SenetError(f"se.reduction: {self.reduction!r} is not allowed; allowed: an integer >= 1")
+        object.__setattr__(self, "reduction", parse_reduction(self.reduction))
         _check_choice("se.squeeze", self.squeeze, get_args(Squeeze))
         _check_choice("se.excitation", self.excitation, get_args(Excitation))
         _check_choice("se.placement", self.placement, get_args(Placement))
@@ -69,9 +74,43 @@ class SEConfig:
     def replace(self, **changes: object) -> SEConfig:
         return replace(self, **changes)  # type: ignore[arg-type]
 
+    def reduction_at(self, stage: int) -> int | None:
+        """r of the SE blocks of `stage`; None where the stage has none (SE off, a stage left out by `stages`, or
+        one a per-stage `reduction` does not give an r)."""
+        if not self.enabled or (self.stages is not None and stage not in self.stages):
+            return None
+        if isinstance(self.reduction, int):
+            return self.reduction
+        return dict(self.reduction).get(stage)
+
     def active_in(self, stage: int) -> bool:
         """Whether units of `stage` get an SE block."""
-        return self.enabled and (self.stages is None or stage in self.stages)
+        return self.reduction_at(stage) is not None
+
+
+def parse_reduction(value: object) -> int | PerStage:
+    """`se.reduction` as stored: an int, or (stage, r or None) pairs in stage order from a map or pairs."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in value):
+        items = list(value)
+    else:
+        raise SenetError(f"se.reduction: {value!r} is not allowed; allowed: {_REDUCTION_ALLOWED}")
+    pairs: dict[int, int | None] = {}
+    for stage, r in items:
+        if isinstance(stage, str) and stage.isdigit():  # JSON keys (`--set se.reduction={"2": 8}`)
+            stage = int(stage)
+        if isinstance(stage, bool) or not isinstance(stage, int):
+            raise SenetError(f"se.reduction: stage {stage!r} is not a stage number; allowed: {_REDUCTION_ALLOWED}")
+        if r is None or r is False or r == "off":  # YAML reads a bare `off` as false
+            pairs[stage] = None
+        elif isinstance(r, int) and not isinstance(r, bool) and r >= 1:
+            pairs[stage] = r
+        else:
+            raise SenetError(f"se.reduction: stage {stage}: {r!r} is not allowed; allowed: an integer >= 1 or off")
+    return tuple(sorted(pairs.items()))
 
 
 SE_OFF = SEConfig(enabled=False)
@@ -136,10 +175,19 @@ class SEBlock(nn.Module):
         self.index = 0
 
     @classmethod
-    def from_config(cls, channels: int, cfg: SEConfig) -> SEBlock:
+    def from_config(cls, channels: int, cfg: SEConfig, stage: int | None = None) -> SEBlock:
+        """The block `cfg` gives a unit of `stage` (needed when `cfg.reduction` is per stage)."""
+        if isinstance(cfg.reduction, int):
+            reduction: int | None = cfg.reduction
+        elif stage is None:
+            raise ValueError("SEBlock.from_config: a per-stage se.reduction needs the stage")
+        else:
+            reduction = cfg.reduction_at(stage)
+        if reduction is None:
+            raise ValueError(f"SEBlock.from_config: stage {stage} has no SE block in {cfg}")
         return cls(
             channels,
-            reduction=cfg.reduction,
+            reduction=reduction,
             squeeze=cfg.squeeze,
             excitation=cfg.excitation,
             bias=cfg.bias,

@@ -66,7 +66,7 @@ class _Unit(nn.Module):
         self.out_channels = out_channels
         self.placement = se.placement if se.active_in(stage) else "none"
         width = {"pre": in_channels, "inner": inner_channels}.get(se.placement, out_channels)
-        self.se = SEBlock.from_config(width, se) if self.placement != "none" else None
+        self.se = SEBlock.from_config(width, se, stage) if self.placement != "none" else None
         self.relu = nn.ReLU(inplace=True)
 
     def _inner(self, x: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ class VGG(nn.Module):
             for i, width in enumerate(widths, start=1):
                 layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
                 if se.active_in(g):
-                    layers.append(SEBlock.from_config(width, se).place(g, i))
+                    layers.append(SEBlock.from_config(width, se, g).place(g, i))
                 channels = width
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
         self.features = nn.Sequential(*layers)

@@ -40,7 +40,8 @@ def _few(s: Summary, digits: int, sign: bool = False) -> str | None:
         return f"{num(s.mean, digits, sign)} (all {s.n} equal)"
     if s.n == 2:
         half = s.std / math.sqrt(2)  # the two values are mean ± |a - b| / 2
-        return f"{num(s.mean, digits, sign)} ({num(s.mean - half, digits, sign)}, {num(s.mean + half, digits, sign)}; n = 2)"
+        lo, hi = num(s.mean - half, digits, sign), num(s.mean + half, digits, sign)
+        return f"{num(s.mean, digits, sign)} ({lo}, {hi}; n = 2)"
     return None
 
 

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import torch
 
-from ablations.config import RunConfig, input_shape
+from ablations.config import RunConfig, frozen_options, input_shape
 from ablations.paper import tables as paper_tables
 from ablations.reporting.fmt import num
 from ablations.reporting.results import Factor, Level
@@ -81,14 +81,14 @@ def se_widths(config: RunConfig) -> tuple[tuple[int, int, int], ...]:
         return ()
     channels, _, classes = input_shape(config)
     options = config.model_options(channels, classes)
-    return _widths(config.model.name, tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
-                                                  for k, v in options.items())))  # fmt: skip
+    return _widths(config.model.name, frozen_options(options))
 
 
-def _widths_text(r: int, widths: tuple[tuple[int, int, int], ...]) -> str:
+def _widths_text(r: int | dict[int, int | None], widths: tuple[tuple[int, int, int], ...]) -> str:
     hidden = " / ".join(str(h) for _, _, h in widths)
     channels = " / ".join(str(c) for _, c, _ in widths)
-    return f"r = {r}: {hidden} hidden units on {channels} channels"
+    rs = r if isinstance(r, int) else " / ".join(str(r.get(stage)) for stage, _, _ in widths)  # per stage
+    return f"r = {rs}: {hidden} hidden units on {channels} channels"
 
 
 def _ours_widths(levels: list[Level]) -> str:
@@ -96,7 +96,8 @@ def _ours_widths(levels: list[Level]) -> str:
     for lv in levels:
         widths = se_widths(lv.config)
         if widths:
-            seen.setdefault((lv.config.se.reduction, widths), _widths_text(lv.config.se.reduction, widths))
+            r = lv.config.se.reduction
+            seen.setdefault((frozen_options({"r": r}), widths), _widths_text(r, widths))
     return "; ".join(seen.values()) or "no SE level"
 
 

@@ -82,6 +82,8 @@ def show_level(value: Any) -> str:
         return {None: "null", True: "true", False: "false"}[value]
     if isinstance(value, list):
         return "[" + ", ".join(map(show_level, value)) + "]"
+    if isinstance(value, dict):  # a per-stage r: {2: 8, 3: off}
+        return "{" + ", ".join(f"{k}: {'off' if v in (None, False) else show_level(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 

@@ -172,6 +172,29 @@ def test_equal_networks_spelled_differently_share_a_key():
     assert build_config(tiny_tree(model={"shortcut": "A"})).config_hash() == tiny_config().config_hash()
 
 
+def test_a_per_stage_reduction_hashes_as_the_network_it_builds():
+    """Identical networks hash equal: one r on every stage is that r; an off stage drops its r from the identity;
+    any other per-stage r is another trial."""
+    key = lambda r, **se: tiny_config(se={"reduction": r, **se}).config_hash()  # noqa: E731
+    assert key({2: 4, 3: 4, 4: 4}) == key(4) == tiny_config().config_hash()
+    assert key({2: 8, 3: "off"}) == key({2: 8, 3: None, 4: False}) == key(8, stages=[2])
+    assert key({2: 8, 3: "off", 4: 16}) == key({2: 8, 3: 4, 4: 16}, stages=[2, 4])
+    assert len({key(4), key({2: 4, 3: 8, 4: 16}), key({2: 8, 3: 4, 4: 16}), key({2: 8, 4: 16})}) == 4
+    assert key({2: "off", 3: "off", 4: "off"}) == key(4, enabled=False)  # no stage is no SE at all
+    cfg = tiny_config(se={"reduction": {"2": 8, "3": "off", "4": 16}})  # JSON's string keys, as MLflow gives back
+    assert cfg.se.reduction == {2: 8, 3: None, 4: 16} and cfg.identity()["se"] == {"reduction": {"2": 8, "4": 16}}
+    assert cfg.flat()["se.reduction"] == {2: 8, 3: None, 4: 16}  # one param, not se.reduction.2 ...
+    assert RunConfig.model_validate(unflatten(cfg.flat())) == cfg
+
+
+def test_a_bad_per_stage_reduction_is_one_line_naming_it():
+    with pytest.raises(SenetError) as err:
+        build_config(tiny_tree(se={"reduction": {2: 0}}))
+    assert str(err.value) == "se.reduction: stage 2: 0 is not allowed; allowed: an integer >= 1 or off"
+    with pytest.raises(SenetError, match=r"^se.reduction: stage 5 does not exist in resnet20; allowed: 2, 3, 4$"):
+        build_config(tiny_tree(se={"reduction": {5: 8}}))
+
+
 def test_compile_accepts_booleans_and_modes():
     assert TrainSection(compile=True).compile == "default" and TrainSection(compile=False).compile == "off"
     assert TrainSection(compile="reduce-overhead").compile == "reduce-overhead"

@@ -1,9 +1,21 @@
 """Every registered backbone: builds, runs forward and backward, and has exactly the documented parameters."""
 
+import re
+
 import pytest
 import torch
 
-from senet_core import SenetError, build_model, count_params, list_models, model_info, se_param_count
+from senet_core import (
+    SE_OFF,
+    SenetError,
+    build_model,
+    count_params,
+    list_models,
+    model_info,
+    resolve,
+    se_blocks,
+    se_param_count,
+)
 from senet_core._registry import register_model
 
 SMALL = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet164"]
@@ -105,3 +117,44 @@ def test_keyword_spelling():
     model = build_model("se_resnet20", se__reduction=8, model__num_classes=3)
     assert model.fc.out_features == 3
     assert model.stages[0][0].se.fc1.out_channels == 2
+
+
+def test_a_per_stage_reduction_builds_each_stage_at_its_own_r():
+    """`se.reduction` as a map stage -> r or off: stage 2 at r = 4 (16 // 4 = 4 hidden units), stage 3 at r = 8
+    (32 // 8 = 4), no SE in stage 4; the params are the backbone's plus Eq. 5 per stage."""
+    model = build_model("se_resnet20", {"se.reduction": {2: 4, 3: 8, 4: "off"}})
+    hidden = {name: (block.channels, block.fc1.out_channels) for name, block in se_blocks(model).items()}
+    assert hidden == {f"SE_{s}_{i}": (c, h) for s, c, h in ((2, 16, 4), (3, 32, 4)) for i in (1, 2, 3)}
+    extra = se_param_count([(3, 16)], 4, bias=True) + se_param_count([(3, 32)], 8, bias=True)
+    assert count_params(model) == model_info("resnet20").num_params + extra
+
+
+@pytest.mark.parametrize(
+    ("reduction", "stages", "spelled"),
+    [
+        ({2: 16, 3: 16, 4: 16}, None, (16, None)),  # one r everywhere is that r
+        ({2: 8, 3: None}, None, (8, (2,))),  # one r on some stages: that r on those stages; a missing stage is off
+        ({2: 8, 3: False, 4: 16}, None, (((2, 8), (4, 16)), None)),  # an off stage drops its r
+        ({2: 8, 3: 4, 4: 16}, [2, 4], (((2, 8), (4, 16)), None)),  # se.stages still leaves stages out
+        ({2: "off", 3: "off", 4: "off"}, None, None),  # no stage: no SE at all
+    ],
+)
+def test_equal_per_stage_networks_are_spelled_one_way(reduction, stages, spelled):
+    _, se, _ = resolve("se_resnet20", {"se.reduction": reduction, "se.stages": stages})
+    assert (se.reduction, se.stages) == spelled if spelled else se == SE_OFF
+
+
+@pytest.mark.parametrize(
+    ("reduction", "message"),
+    [
+        ({7: 8}, "se.reduction: stage 7 does not exist in resnet20; allowed: 2, 3, 4"),
+        ({2: 0}, "se.reduction: stage 2: 0 is not allowed; allowed: an integer >= 1 or off"),
+        ({2: "on"}, "se.reduction: stage 2: 'on' is not allowed; allowed: an integer >= 1 or off"),
+        ({"two": 8}, "se.reduction: stage 'two' is not a stage number"),
+        (0, "se.reduction: 0 is not allowed; allowed: an integer >= 1, or a map stage -> integer >= 1 or off"),
+        (True, "se.reduction: True is not allowed"),
+    ],
+)
+def test_bad_per_stage_reductions_name_the_stage(reduction, message):
+    with pytest.raises(SenetError, match=re.escape(message)):
+        resolve("se_resnet20", {"se.reduction": reduction})

@@ -12,7 +12,7 @@ from ablations.reporting.analysis import Table
 from ablations.reporting.paper_match import TOP1
 from ablations.reporting.paper_section import AGREES, DISAGREES, UNRESOLVED, agreement, ordering_lines, paper_cell
 from ablations.reporting.results import Cell, Level
-from ablations.reporting.setting import last_gains, paper_setup, se_widths, top5_comparable
+from ablations.reporting.setting import _widths_text, last_gains, paper_setup, se_widths, top5_comparable
 from ablations.reporting.stats import BETTER, IDENTICAL, INCONCLUSIVE, TOO_FEW, WORSE, rank_agreement
 from ablations.reporting.timing import load_note, most_at_once, ms_per_image
 from ablations.tracking import TrialRun
@@ -72,6 +72,12 @@ def test_se_widths_are_channels_over_r_per_stage():
     assert se_widths(config(**{"se.enabled": True})) == ((2, 16, 1), (3, 32, 2), (4, 64, 4))  # r = 16
     assert [h for _, _, h in se_widths(config(**{"se.enabled": True, "se.reduction": 8}))] == [2, 4, 8]
     assert se_widths(config(**{"se.enabled": False})) == ()
+    per_stage = config(**{"se.enabled": True, "se.reduction": {2: 4, 3: 8, 4: "off"}})  # r per stage, stage 4 off
+    assert se_widths(per_stage) == ((2, 16, 4), (3, 32, 4))
+    assert (
+        _widths_text(per_stage.se.reduction, se_widths(per_stage))
+        == "r = 4 / 8: 4 / 4 hidden units on 16 / 32 channels"
+    )
     assert paper_setup(["Table 12"])["fc_bias"] is False and paper_setup(["Table 4"])["epochs"] is None
 
 

@@ -84,7 +84,10 @@ def test_reshaping_again_changes_nothing(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"levels:se.reduction": [4, "x"]}, "se.reduction=4,x (level 2): Input should be a valid integer"),
+        (
+            {"levels:se.reduction": [4, "x"]},
+            "se.reduction=4,x (level 2): 'x' is not allowed; allowed: an integer >= 1, or a map",
+        ),
         ({"levels:se.reduction": [4, 4]}, "se.reduction=4,4: 4 is given twice; give each level once"),
         ({"levels:se.reducton": [4, 16]}, "se.reducton=4,16: unknown key; allowed in se: enabled, reduction"),
         ({"levels:se.reduction": [4, 16], "se.reduction": 8}, "se.reduction: given as one value and as levels"),

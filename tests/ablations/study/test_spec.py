@@ -235,7 +235,7 @@ MALFORMED = {
     "value outside allowed set": (BASE + "grid: {se.squeeze: [avg, mean]}\n",
                                   "grid.se.squeeze[1]: 'mean' is not allowed; allowed: 'avg', 'max', 'none'"),
     "value out of range": (BASE + "grid: {se.reduction: [4, 8, 0]}\n",
-                           "grid.se.reduction[2]: Input should be greater than or equal to 1 (got 0)"),
+                           "grid.se.reduction[2]: 0 is not allowed; allowed: an integer >= 1, or a map stage"),
     "unknown grid key": (BASE + "grid: {se.reductio: [4]}\n", "grid.se.reductio: unknown key; allowed in se: enabled"),
     "grid over the seed": (BASE + "grid: {seed: [1, 2]}\n", "grid.seed: trial seeds come from the study's `seeds`"),
     "empty grid list": (BASE + "grid: {se.reduction: []}\n", "grid.se.reduction: must be a non-empty list of levels"),
@@ -353,3 +353,16 @@ def test_a_subset_larger_than_the_dataset_is_exit_2_before_anything_is_written(t
     assert err.startswith(f"senet-ablate: error: {path}: base: ") and not results.exists()
     assert main(["sweep", "demo", "--set", "data.workers=-1", "--dry-run", "--results", str(results)]) == 2
     assert "--set data.workers: Input should be greater than or equal to 0" in capsys.readouterr().err
+
+
+def test_a_grid_over_per_stage_reductions_from_yaml():
+    """Per-stage r as a YAML map (a bare `off` reads as false): each level is labelled as typed, with `off`; a level
+    that builds the same network as another (r = 16 on every stage) is that trial, as equal stages are."""
+    levels = "[16, {2: 4, 3: 8, 4: 16}, {2: off, 3: 16}, {2: 16, 3: 16, 4: 16}]"
+    text = BASE + f"base: {{model.name: resnet20}}\ngrid:\n  se.reduction: {levels}\n"
+    spec = parse_spec(yaml.safe_load(text))
+    trials = [t for t in expand(spec) if t.seed == 0]
+    assert [t.label for t in trials] == ["se.reduction=16", "se.reduction={2: 4, 3: 8, 4: 16}",
+                                         "se.reduction={2: off, 3: 16}"]  # fmt: skip
+    assert trials[2].config.se.reduction == {2: None, 3: 16}
+    assert trials[2].config.identity()["se"] == {"stages": [3]}  # r = 16 on stage 3 alone (16 is the default)
