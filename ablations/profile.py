@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ablations.config import network_cost
+from ablations.costs import network_cost
 from ablations.paper import PaperRow, complexity_rows, find_rows
 
 if TYPE_CHECKING:

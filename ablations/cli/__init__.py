@@ -27,6 +27,7 @@ from ablations.cli.results import add_commands as add_results_commands
 from ablations.cli.sweep import (
     MAX_WORKERS,
     cmd_cancel,
+    cmd_search,
     cmd_sweep,
     cmd_worker,
     count,
@@ -89,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--dry-run", action="store_true", help="print the expanded trials and their cost, run nothing")
     sw.add_argument("-m", "--multirun", action="store_true", help="Hydra's habit, accepted: a sweep runs every trial")
     launcher_options(sw)
+
+    se = command(sub, "search", cmd_search, "plan a multi-objective search over SE designs (space, feasible share, "
+                 "costs, time)", ["senet-ablate search NAME --dry-run"])  # fmt: skip
+    se.add_argument("study", help="a study with a search section: shipped name or path to a .yaml file")
+    se.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    se.add_argument("--no-timing", action="store_true", help="leave out the time estimate (it times a few steps)")
 
     wk = command(sub, "worker", cmd_worker, "join a running sweep from another shell or host (or submit more Slurm "
                  "tasks)", ["senet-ablate worker demo --workers 2", "senet-ablate worker paper --launcher slurm "

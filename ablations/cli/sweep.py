@@ -180,6 +180,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     opts = sweep_options(args)
     spec = load_spec(args.study)
+    if spec.search is not None and not (spec.grid or spec.extra or spec.include):
+        raise SenetError(f"{args.study}: is a search, with no grid to sweep; plan it with senet-ablate search "
+                         f"{args.study} --dry-run")  # fmt: skip
     slurm = slurm_options(args, spec)
     if args.dry_run:
         from ablations.sweep.preflight import dry_run
@@ -199,6 +202,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not args.detach:
         print_summary(statuses, opts.tracking_uri, opts.results)
     return code
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from ablations.study.load import load_spec
+
+    spec = load_spec(args.study)
+    if spec.search is None:
+        raise SenetError(f"{args.study}: has no search section; give one (README, Searching) or run its grid with "
+                         f"senet-ablate sweep {args.study}")  # fmt: skip
+    if not args.dry_run:
+        raise SenetError(
+            "search: this release plans a search (--dry-run: its space, feasible share, costs and time) "
+            "but does not run one yet; run the designs you choose as a grid with senet-ablate sweep"
+        )
+    from ablations.sweep.search_preflight import search_dry_run
+
+    print(search_dry_run(spec, timed=not args.no_timing))
+    return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -8,7 +8,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ablations.config import RunConfig, build_config, cost, input_shape, unflatten
+from ablations.config import RunConfig, build_config, unflatten
+from ablations.costs import cost, input_shape
 from ablations.errors import SenetError
 from ablations.outcomes import CellState, RunStatus, Standing
 from ablations.paper import PaperRow

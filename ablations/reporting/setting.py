@@ -11,7 +11,8 @@ from functools import lru_cache
 
 import torch
 
-from ablations.config import RunConfig, frozen_options, input_shape
+from ablations.config import RunConfig
+from ablations.costs import frozen_options, input_shape
 from ablations.paper import tables as paper_tables
 from ablations.reporting.fmt import num
 from ablations.reporting.results import Factor, Level

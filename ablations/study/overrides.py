@@ -9,8 +9,9 @@ from typing import Any
 
 from ablations.config import RunConfig, unflatten
 from ablations.errors import SenetError
+from ablations.study.keys import check_key, check_value, parse_seeds, show_level
 from ablations.study.load import closure, included
-from ablations.study.spec import StudySpec, check_key, check_value, parse_seeds, parse_spec, show_level
+from ablations.study.spec import StudySpec, parse_spec
 
 # How the command line's words are recorded (`senet-ablate sweep demo se.reduction=4,8,16 seeds=3`); a plain dotted
 # key is a config value on every trial. The prefixes hold a `:`, which no config key does.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import re
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -16,75 +16,25 @@ from ablations.config import (
     IDENTITY_VERSION,
     RunConfig,
     build_config,
-    did_you_mean,
     flatten,
     shorten,
     unflatten,
-    validation_message,
 )
 from ablations.errors import SenetError
 from ablations.paper import tables
+from ablations.study.keys import DATA_SEED, check_key, check_settings, check_value, parse_seeds, show_level
 from ablations.study.recipes import RECIPES
+from ablations.study.search import SearchSection
 from senet_core import SEConfig
 
 # The paper's standard SE block (§3, the bold rows of Tables 10-16): what every ablation is compared with. Its
 # design factors are senet_core's defaults; the FC bias and the width rounding are not ablated by the paper.
 STANDARD_SE = {f"se.{k}": getattr(SEConfig(), k) for k in ("enabled", "reduction", "squeeze", "excitation",
                                                            "placement", "stages")}  # fmt: skip
-MAX_SEEDS = 10_000  # seeds per study
-_SECTIONS = {name: list(fields) for name, fields in RunConfig().model_dump(exclude={"seed"}).items()}
 NAME = re.compile(r"[a-z0-9_]+")  # a study's name, and how a shipped study is told from a path
-DATA_SEED = "data.data_seed"
 # A level whose data seed follows the run seed is identified with this data seed, so its trial keys differ from
 # those of the same configuration at a fixed data seed.
 SEED_LINKED = -1
-
-
-def check_key(key: str, path: str) -> None:
-    """Raise SenetError unless `key` is a dotted RunConfig field (the seed comes from `seeds`, never a key)."""
-    section, _, field = key.partition(".")
-    if key == "seed":
-        raise SenetError(f"{path}: trial seeds come from the study's `seeds`, not from a config key (for one run: "
-                         "seeds=N after the study, e.g. senet-ablate sweep demo seeds=3)")  # fmt: skip
-    known = [f"{s}.{f}" for s, fields in _SECTIONS.items() for f in fields]
-    if section not in _SECTIONS:
-        raise SenetError(f"{path}: unknown key; allowed sections: {', '.join(_SECTIONS)}{did_you_mean(key, known)}")
-    if not field:
-        raise SenetError(f"{path}: is a section; give its fields, e.g. {section}.{_SECTIONS[section][0]}")
-    if field not in _SECTIONS[section]:
-        fields = ", ".join(_SECTIONS[section])
-        raise SenetError(f"{path}: unknown key; allowed in {section}: {fields}{did_you_mean(key, known)}")
-
-
-def check_value(key: str, value: Any, path: str) -> None:
-    """Raise SenetError unless `value` is a valid value of the field `key`, naming it as `path`."""
-    check_key(key, path)
-    try:
-        RunConfig.model_validate(unflatten({key: value}))
-    except ValidationError as err:
-        message = validation_message(err)  # "se.stages.0: ..." → "<path>.0: ..."
-        raise SenetError(path + message.removeprefix(key)) from None
-
-
-def _check_settings(settings: Any, path: str) -> dict[str, Any]:
-    """A mapping of config keys to values, nested or dotted, as a flat dict with every key and value checked."""
-    if not isinstance(settings, dict):
-        raise SenetError(f"{path}: must be a mapping of config keys to values, got {shorten(settings)}")
-    flat = flatten(settings)
-    for key, value in flat.items():
-        check_value(key, value, f"{path}.{key}")
-    return flat
-
-
-def show_level(value: Any) -> str:
-    """A level as a user would type it after `--set KEY=`."""
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    if isinstance(value, list):
-        return "[" + ", ".join(map(show_level, value)) + "]"
-    if isinstance(value, dict):  # a per-stage r: {2: 8, 3: off}
-        return "{" + ", ".join(f"{k}: {'off' if v in (None, False) else show_level(v)}" for k, v in value.items()) + "}"
-    return str(value)
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -101,9 +51,26 @@ def _spec_message(err: ValidationError) -> str:
     if e["type"] == "missing":
         return f"{path}: required field is missing"
     if e["type"] == "extra_forbidden":
-        parent = StudySpec if len(e["loc"]) == 1 else Extra
+        parent = _section_at(e["loc"][:-1])
         return f"{path}: unknown key; allowed: {', '.join(parent.model_fields)}"
     return f"{path}: {e['msg']} (got {shorten(e['input'])})"
+
+
+def _section_at(loc: tuple[int | str, ...]) -> type[BaseModel]:
+    """The spec's section (a pydantic model) a validation error's location points into: `()` is the spec,
+    `("extra", 0)` an Extra, `("search", "budget")` the search's Budget."""
+    model: type[BaseModel] = StudySpec
+    for part in loc:
+        if isinstance(part, int) or part not in model.model_fields:
+            continue  # a list index, or a dict's key
+        kinds = [model.model_fields[part].annotation]
+        while kinds:
+            kind = kinds.pop()
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                model = kind
+                break
+            kinds += get_args(kind)
+    return model
 
 
 class Point(NamedTuple):
@@ -143,6 +110,7 @@ class StudySpec(BaseModel):
             intervals cover initialisation and data order only).
         launcher: the cluster's defaults for `--launcher slurm` (`ablations.sweep.slurm.SlurmOptions`); where the
             trials run, never what they are.
+        search: a multi-objective search over SE designs (`ablations.study.search`) instead of, or beside, a grid.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -159,6 +127,7 @@ class StudySpec(BaseModel):
     reference: dict[str, Any] = dict(STANDARD_SE)
     vary_data_seed: bool = False
     launcher: dict[str, Any] = {}  # defaults of a launcher (`slurm: {partition: ..., time: ...}`); never in keys
+    search: SearchSection | None = None
     _file: Path | None = PrivateAttr(None)  # the YAML file the spec came from; relative includes resolve next to it
     _included: list[StudySpec] | None = PrivateAttr(None)  # the `include` studies, once `load` has read them
     _where: str = PrivateAttr("")  # how messages name the spec: its file, or its name
@@ -194,7 +163,7 @@ class StudySpec(BaseModel):
     @field_validator("base")
     @classmethod
     def _base(cls, base: dict[str, Any]) -> dict[str, Any]:
-        _check_settings(base, "base")
+        check_settings(base, "base")
         return base
 
     @field_validator("grid")
@@ -221,7 +190,7 @@ class StudySpec(BaseModel):
             if point.label in labels:
                 raise SenetError(f"extra[{i}].label: {point.label!r} is used twice; labels name one configuration")
             labels.append(point.label)
-            _check_settings(point.set, f"extra[{i}].set")
+            check_settings(point.set, f"extra[{i}].set")
         return extra
 
     @field_validator("seeds", mode="before")
@@ -232,12 +201,13 @@ class StudySpec(BaseModel):
     @field_validator("reference")
     @classmethod
     def _reference(cls, reference: dict[str, Any]) -> dict[str, Any]:
-        return _check_settings(reference, "reference")
+        return check_settings(reference, "reference")
 
     @model_validator(mode="after")
     def _has_trials(self) -> StudySpec:
-        if not self.grid and not self.extra and not self.include:
-            raise SenetError(f"grid: study {self.name!r} has no trials; give a grid, extra configurations or include")
+        if not self.grid and not self.extra and not self.include and self.search is None:
+            raise SenetError(f"grid: study {self.name!r} has no trials; give a grid, extra configurations, include "
+                             "or a search")  # fmt: skip
         if self.vary_data_seed and DATA_SEED in {*flatten(self.base), *self.varied_keys()}:
             raise SenetError(f"vary_data_seed: the seed sets {DATA_SEED}; drop it from base, grid and extra")
         return self
@@ -271,23 +241,6 @@ class StudySpec(BaseModel):
             return build_config(unflatten(moved)).config_hash(version) == config.config_hash(version)
         except SenetError:
             return False
-
-
-def parse_seeds(seeds: Any, path: str = "seeds") -> list[int]:
-    """`n` → [0, ..., n-1]; a list of distinct integers ≥ 0 as it is; anything else a SenetError naming `path`."""
-    allowed = f"allowed: a count 1..{MAX_SEEDS} or a list of at most {MAX_SEEDS} seeds in 0..{2**31 - 1}"
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        if not 1 <= seeds <= MAX_SEEDS:
-            raise SenetError(f"{path}: {seeds} is not allowed; {allowed}")
-        return list(range(seeds))
-    if not isinstance(seeds, list) or not seeds or len(seeds) > MAX_SEEDS:
-        raise SenetError(f"{path}: {shorten(seeds)} is not allowed; {allowed}")
-    for i, seed in enumerate(seeds):
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
-            raise SenetError(f"{path}[{i}]: {shorten(seed)} is not allowed; allowed: an integer in 0..{2**31 - 1}")
-        if seed in seeds[:i]:
-            raise SenetError(f"{path}[{i}]: seed {seed} is listed twice; give each seed once")
-    return list(seeds)
 
 
 def parse_spec(tree: Any, source: str | Path | None = None) -> StudySpec:

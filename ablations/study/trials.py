@@ -17,15 +17,16 @@ from ablations.config import (
     build_config,
     check_graphs,
     check_sizes,
-    cost,
     flatten,
     unflatten,
 )
+from ablations.costs import cost
 from ablations.errors import SenetError
+from ablations.study.keys import DATA_SEED, check_value, parse_seeds, show_level
 from ablations.study.load import closure
 from ablations.study.overrides import reshape, split
 from ablations.study.recipes import RECIPES
-from ablations.study.spec import DATA_SEED, SEED_LINKED, Point, StudySpec, check_value, parse_seeds, show_level
+from ablations.study.spec import SEED_LINKED, Point, StudySpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -71,7 +72,7 @@ def _build(flat: dict[str, Any]) -> RunConfig:
     return cfg
 
 
-def _resolve(spec: StudySpec, point: Point, overrides: dict[str, Any]) -> RunConfig:
+def resolve_point(spec: StudySpec, point: Point, overrides: dict[str, Any]) -> RunConfig:
     """recipe → base → the point's settings → overrides, validated; a failure names the layer that caused it."""
     recipe = RECIPES[spec.recipe] if spec.recipe else {}
     base = {**recipe, **flatten(spec.base)}
@@ -128,7 +129,7 @@ def expand(
         study_seeds = parse_seeds(seeds, "--seeds") if seeds is not None else study.seeds
         configs = []
         for point in study.points():
-            cfg = _resolve(study, point, overrides).resolved(host)
+            cfg = resolve_point(study, point, overrides).resolved(host)
             check_graphs(cfg.train)
             if study.vary_data_seed:
                 cfg = with_data_seed(cfg, SEED_LINKED)

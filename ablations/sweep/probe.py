@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ablations.config import RunConfig, input_shape
+from ablations.config import RunConfig
+from ablations.costs import input_shape
 from ablations.sweep.ledger import process_start
 from ablations.sweep.packing import RETIRE, Probe, Rate, probe_path, read_probes, write_probe, write_rate
 from ablations.training.engine import Callback, make_autocast, make_optimizer, pick_device

@@ -32,7 +32,8 @@ import psutil
 import torch
 import yaml
 
-from ablations.config import RunConfig, build_config, input_shape
+from ablations.config import RunConfig, build_config
+from ablations.costs import input_shape
 from ablations.datafiles import digest, locate
 from ablations.errors import SenetError
 from ablations.exits import exit_now

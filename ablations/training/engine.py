@@ -22,7 +22,8 @@ import psutil
 import torch
 from torch import nn
 
-from ablations.config import RunConfig, TrainSection, check_graphs, network_cost
+from ablations.config import RunConfig, TrainSection, check_graphs
+from ablations.costs import network_cost
 from ablations.data.build import DataBundle, DataCache, build_data
 from ablations.errors import SenetError
 from ablations.paths import CHECKPOINT

@@ -18,8 +18,8 @@ from ablations.config import (
 )
 from ablations.datafiles import DEBIAN_FASHION, MissingData
 from ablations.errors import SenetError
+from ablations.study.keys import check_value
 from ablations.study.recipes import RECIPES
-from ablations.study.spec import check_value
 from tests._support.configs import tiny_config, tiny_tree
 from tests._support.datasets import write_cifar, write_fashion
 

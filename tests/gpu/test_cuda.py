@@ -31,7 +31,7 @@ def cuda_config(**train):
 
 
 def _param_mb(cfg):
-    from ablations.config import network_cost
+    from ablations.costs import network_cost
 
     return network_cost(cfg.model.name, cfg.model_options(3, cfg.data.synthetic_classes), 32).params * 4 / 2**20
 

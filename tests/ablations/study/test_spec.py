@@ -242,7 +242,7 @@ MALFORMED = {
     "grid level not a list": (BASE + "grid: {se.reduction: 8}\n", "grid.se.reduction: must be a non-empty list"),
     "duplicate levels": (BASE + "grid: {se.reduction: [4, 8, 4]}\n",
                          "grid.se.reduction[2]: 4 repeats grid.se.reduction[0]; give each level once"),
-    "no trials": (BASE, "grid: study 't' has no trials; give a grid, extra configurations or include"),
+    "no trials": (BASE, "grid: study 't' has no trials; give a grid, extra configurations, include or a search"),
     "contradictory grid level": (BASE + "base: {model: {name: resnet56}}\ngrid: {se.stages: [[2], [5]]}\n",
                                  "grid (se.stages=[5]): se.stages: stage 5 does not exist in resnet56; allowed: 2, 3"),
     "contradictory base": (BASE + GRID + "base: {model: {name: resnet20}, se: {stages: [5]}}\n",
@@ -327,7 +327,7 @@ def test_a_million_trials_are_refused_before_the_grid_is_expanded(tmp_path, monk
     def never(*args, **kwargs):
         raise AssertionError("a point of the grid was expanded")
 
-    monkeypatch.setattr(trials_mod, "_resolve", never)
+    monkeypatch.setattr(trials_mod, "resolve_point", never)
     monkeypatch.setattr(StudySpec, "points", never)
     message = rf"^{path}: 1000000 trials; allowed: at most 100000 in one sweep$"
     with pytest.raises(SenetError, match=message):
