@@ -91,10 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("-m", "--multirun", action="store_true", help="Hydra's habit, accepted: a sweep runs every trial")
     launcher_options(sw)
 
-    se = command(sub, "search", cmd_search, "plan a multi-objective search over SE designs (space, feasible share, "
-                 "costs, time)", ["senet-ablate search NAME --dry-run"])  # fmt: skip
-    se.add_argument("study", help="a study with a search section: shipped name or path to a .yaml file")
-    se.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    se = command(sub, "search", cmd_search, "search SE designs for the lowest validation error within a budget "
+                 "(multi-objective, on Optuna)", ["senet-ablate search NAME --dry-run",
+                                                 "senet-ablate search NAME --workers 2"])  # fmt: skip
+    place(se)
+    slots(se)
+    se.set_defaults(overrides=[], launcher=None)
+    se.add_argument("--dry-run", action="store_true", help="print the plan (space, feasible share, costs, time)")
     se.add_argument("--no-timing", action="store_true", help="leave out the time estimate (it times a few steps)")
 
     wk = command(sub, "worker", cmd_worker, "join a running sweep from another shell or host (or submit more Slurm "

@@ -211,14 +211,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     if spec.search is None:
         raise SenetError(f"{args.study}: has no search section; give one (README, Searching) or run its grid with "
                          f"senet-ablate sweep {args.study}")  # fmt: skip
-    if not args.dry_run:
-        raise SenetError(
-            "search: this release plans a search (--dry-run: its space, feasible share, costs and time) "
-            "but does not run one yet; run the designs you choose as a grid with senet-ablate sweep"
-        )
-    from ablations.sweep.search_preflight import search_dry_run
+    if args.dry_run:
+        from ablations.sweep.search_preflight import search_dry_run
 
-    print(search_dry_run(spec, timed=not args.no_timing))
+        print(search_dry_run(spec, timed=not args.no_timing))
+        return 0
+    from ablations.sweep.search_run import search, summary_lines
+
+    arms = search(spec, sweep_options(args))
+    print("\n".join(summary_lines(spec, arms)))
     return 0
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ablations.config import Host, RunConfig
-from ablations.costs import cost
+from ablations.costs import cost, input_shape
 from ablations.study.search import BEFORE_TRAINING, design_label
 from ablations.study.spec import Point, StudySpec
 from ablations.study.trials import resolve_point
@@ -31,6 +31,10 @@ class Design:
     @property
     def feasible(self) -> bool:
         return not self.broken
+
+    @property
+    def num_classes(self) -> int:
+        return input_shape(self.config)[2]
 
 
 def design(spec: StudySpec, settings: dict[str, Any], host: Host, label: str | None = None) -> Design:
