@@ -63,13 +63,11 @@ def test_training_images_come_from_the_config():
     assert train_images(tiny_config(data={"dataset": "imagefolder", "root": "/x"})) is None
 
 
-def test_the_cli_plans_and_says_what_it_does_not_do_yet(tmp_path, capsys):
+def test_the_cli_plans_and_a_search_only_study_is_no_sweep(tmp_path, capsys):
     path, _ = search_spec(tmp_path)
     assert main(["search", str(path), "--dry-run", "--no-timing"]) == 0
     out = capsys.readouterr().out
     assert "feasible before training: 100% (6 of 6)" in out and "time: " not in out
-    assert main(["search", str(path)]) == 2
-    assert "does not run one yet" in capsys.readouterr().err
     assert main(["sweep", str(path)]) == 2
     assert capsys.readouterr().err.strip() == (f"senet-ablate: error: {path}: is a search, with no grid to sweep; plan "
                                                f"it with senet-ablate search {path} --dry-run")  # fmt: skip
