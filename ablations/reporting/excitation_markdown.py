@@ -30,7 +30,7 @@ def _trend(t: Trend) -> str:
     if t.p != t.p:  # NaN: no stratum has two distinct scores
         return "untestable (no seed has two distinct values)"
     per = ", ".join(num(r, 2, sign=True) for r in t.per_stratum)
-    return f"mean ρ = {num(t.rho, 2, sign=True)} (per stratum {per}), one-sided p = {fmt.pvalue(t.p)}"
+    return f"mean ρ = {num(t.rho, 2, sign=True)} (per stratum {per}), one-sided {fmt.p_is(t.p)}"
 
 
 def _reading(t: Trend) -> str:

@@ -40,7 +40,7 @@ def _paper(delta: float, p: float) -> str:
     if math.isnan(p):
         return ""
     word = "rejected" if p < ALPHA else "not ruled out"
-    return f"; the paper's {num(delta, sign=True)} is {word} (p = {fmt.pvalue(p)})"
+    return f"; the paper's {num(delta, sign=True)} is {word} ({fmt.p_is(p)})"
 
 
 def sentence(level: str, reference: str, c: Comparison, paper_delta: float = math.nan,
@@ -78,7 +78,7 @@ def family_text(t: Table) -> str:
         block = "the seed block is not estimable here"
     else:
         used = "used" if f.model == BLOCKED else "left out"
-        block = f"seed block F = {num(f.seed_f)}, p = {fmt.pvalue(f.seed_p)}: {used} (rule: p < {BLOCK_P:g})"
+        block = f"seed block F = {num(f.seed_f)}, {fmt.p_is(f.seed_p)}: {used} (rule: p < {BLOCK_P:g})"
     r = [f"`{row.level.label}` {num(row.comparison.correlation, sign=True)}" for row in own
          if row.comparison is not None and not math.isnan(row.comparison.correlation)]  # fmt: skip
     corr = f" Within-seed r with the reference: {', '.join(r)}." if r else ""

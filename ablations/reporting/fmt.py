@@ -45,6 +45,12 @@ def _few(s: Summary, digits: int, sign: bool = False) -> str | None:
     return None
 
 
+def p_is(p: float) -> str:
+    """`p = 0.043`, or `p < 0.001`, for a sentence."""
+    text = pvalue(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 def mean_sd_ci(s: Summary, digits: int = DIGITS) -> str:
     """`mean ± std [lo, hi]` from three different values on, the values themselves below (`_few`); a dash for
     none."""

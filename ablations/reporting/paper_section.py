@@ -75,7 +75,7 @@ def ordering_lines(t: Table, top5: bool) -> list[str]:
             continue
         orderings = f"all {agree.n}! orderings" if agree.n <= EXACT_UP_TO else "100 000 random orderings"
         out.append(f"- {name}: ours {ours}; paper {theirs}. Spearman ρ = {num(agree.rho, sign=True)} over {agree.n} "
-                   f"levels, exact one-sided permutation p = {fmt.pvalue(agree.p)} ({orderings}): "
+                   f"levels, exact one-sided permutation {fmt.p_is(agree.p)} ({orderings}): "
                    f"{agree.statement}.")  # fmt: skip
     return out
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sp
 
-from ablations.reporting.fmt import delta, mean_sd_ci, mean_std
+from ablations.reporting.fmt import delta, mean_sd_ci, mean_std, p_is
 from ablations.reporting.stats import (
     ordering,
     paired,
@@ -144,3 +144,8 @@ def test_below_three_values_the_cells_print_the_values_not_a_t_interval():
     assert delta(paired({0: 2.0}, {0: 1.0}).diff) == "+1.00 (n = 1)" and mean_sd_ci(summarize([])) == "—"
     # from three different values on, the interval: 2 ± 1 → [2 ∓ 4.303·1/√3]
     assert delta(paired({0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.0, 1: 0.0, 2: 0.0}).diff) == "+2.00 [-0.48, +4.48] (n = 3)"
+
+
+def test_a_p_value_in_a_sentence_reads_as_one():
+    # the fmnist report said "the paper's +1.02 is rejected (p = < 0.001)"
+    assert p_is(0.0004) == "p < 0.001" and p_is(0.0431) == "p = 0.043" and p_is(float("nan")) == "p = —"
