@@ -39,11 +39,12 @@ def _reading(t: Trend) -> str:
     return "class-specificity **rises with depth**" if t.p < ALPHA else f"**no rise with depth shown** at α = {ALPHA}"
 
 
-def _spec_cell(values: tuple[float, float, float, float], n: int) -> str:
-    mean, sd, lo, hi = values
-    if n == 1:
-        return num(mean, 3)
-    return f"{num(mean, 3)} ± {num(sd, 3)} [{num(lo, 3)}, {num(hi, 3)}]"
+def _spec_cell(values: tuple[float, float, float, float, int], n: int) -> str:
+    mean, sd, lo, hi, k = values
+    missing = f" (none on {n - k} of {n} seeds: its gates constant)" if k < n else ""
+    if k <= 1:
+        return num(mean, 3) + missing
+    return f"{num(mean, 3)} ± {num(sd, 3)} [{num(lo, 3)}, {num(hi, 3)}]" + missing
 
 
 def section(exs: Sequence[Excitation], targets: Sequence[Target], trend: DepthTrend, per_class: int,

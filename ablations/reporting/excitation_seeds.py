@@ -3,6 +3,7 @@ pooled, the depth trend (`depth_trend`), its figure and its CSV."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,12 +38,17 @@ def pool(exs: Sequence[Excitation], seeds: Sequence[int]) -> DepthTrend:
     return depth_trend(blocks, positions, [exs[0].hidden[b] for b in blocks], seeds, scores)
 
 
-def spread(trend: DepthTrend) -> dict[str, tuple[float, float, float, float]]:
-    """Block → (mean, SD, min, max) of its specificity over the seeds (SD NaN with one seed)."""
+def spread(trend: DepthTrend) -> dict[str, tuple[float, float, float, float, int]]:
+    """Block → (mean, SD, min, max, seeds) of its specificity over the seeds where it has one (a seed whose gates
+    in the block are all constant has none: NaN); SD NaN below two such seeds, all NaN with none."""
     out = {}
     for b, col in zip(trend.blocks, trend.scores.T, strict=True):
-        sd = float(np.std(col, ddof=1)) if len(col) > 1 else float("nan")
-        out[b] = (float(np.mean(col)), sd, float(np.min(col)), float(np.max(col)))
+        col = col[np.isfinite(col)]
+        if not len(col):
+            out[b] = (math.nan, math.nan, math.nan, math.nan, 0)
+            continue
+        sd = float(np.std(col, ddof=1)) if len(col) > 1 else math.nan
+        out[b] = (float(np.mean(col)), sd, float(np.min(col)), float(np.max(col)), len(col))
     return out
 
 

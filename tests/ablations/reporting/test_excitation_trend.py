@@ -86,3 +86,21 @@ def test_depth_trend_of_resnet20_flags_the_narrow_bottlenecks():
     assert "class-specificity **rises with depth**" in "\n".join(trend_lines(wide))
     few = depth_trend(BLOCKS, RESNET20, HIDDEN[:7] + [1, 1], [0], np.array([FMNIST_SEED0]))
     assert few.wide is None and "not testable: fewer than 3 blocks" in "\n".join(trend_lines(few))
+
+
+def test_a_block_without_a_value_on_one_seed_is_summarised_over_the_others():
+    """fmnist's SE_2_2 (one hidden unit) had every gate constant on seed 2: its ω² is undefined there. The summary
+    over seeds printed `— ± — [—, —]`; it is the mean over the seeds that have one, and says which are missing."""
+    from ablations.reporting.excitation_markdown import _spec_cell
+    from ablations.reporting.excitation_seeds import spread
+
+    scores = np.array([FMNIST_SEED0, FMNIST_SEED0, FMNIST_SEED0], dtype=float)
+    scores[2, 1] = np.nan
+    trend = depth_trend(BLOCKS, RESNET20, HIDDEN, [0, 1, 2], scores, permutations=200)
+    mean, sd, lo, hi, k = spread(trend)["SE_2_2"]
+    assert (mean, sd, lo, hi, k) == (pytest.approx(0.734), 0.0, 0.734, 0.734, 2)
+    assert (
+        _spec_cell(spread(trend)["SE_2_2"], 3)
+        == "0.734 ± 0.000 [0.734, 0.734] (none on 1 of 3 seeds: its gates constant)"
+    )
+    assert _spec_cell(spread(trend)["SE_2_1"], 3) == "0.389 ± 0.000 [0.389, 0.389]"
