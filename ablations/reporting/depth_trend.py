@@ -93,14 +93,20 @@ def stage_step(scores: np.ndarray, stages: Sequence[int], lower: int, upper: int
     rng = np.random.default_rng(seed)
     stages = np.asarray(stages)
     lo, hi = np.flatnonzero(stages == lower), np.flatnonzero(stages == upper)
-    per_seed, null = [], np.zeros(permutations)
+    per_seed, null, used = [], np.zeros(permutations), 0
     for row in scores:
-        both = np.concatenate([row[lo], row[hi]])
-        per_seed.append(float(row[hi].mean() - row[lo].mean()))
+        a, b = row[lo][np.isfinite(row[lo])], row[hi][np.isfinite(row[hi])]  # blocks without a value left out
+        if not len(a) or not len(b):
+            per_seed.append(math.nan)  # this seed says nothing of the step
+            continue
+        both = np.concatenate([a, b])
+        per_seed.append(float(b.mean() - a.mean()))
         shuffled = rng.permuted(np.broadcast_to(both, (permutations, len(both))), axis=1)
-        null += shuffled[:, len(lo) :].mean(axis=1) - shuffled[:, : len(lo)].mean(axis=1)
-    null /= len(scores)
-    delta = float(np.mean(per_seed))
+        null += shuffled[:, len(a) :].mean(axis=1) - shuffled[:, : len(a)].mean(axis=1)
+        used += 1
+    null /= max(used, 1)
+    finite = [d for d in per_seed if math.isfinite(d)]
+    delta = float(np.mean(finite)) if finite else math.nan
     p = (1 + int((null >= delta - 1e-12).sum())) / (1 + permutations) if np.isfinite(delta) else math.nan
     return Step(lower, upper, delta, per_seed, p)
 

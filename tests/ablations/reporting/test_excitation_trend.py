@@ -104,3 +104,7 @@ def test_a_block_without_a_value_on_one_seed_is_summarised_over_the_others():
         == "0.734 ± 0.000 [0.734, 0.734] (none on 1 of 3 seeds: its gates constant)"
     )
     assert _spec_cell(spread(trend)["SE_2_1"], 3) == "0.389 ± 0.000 [0.389, 0.389]"
+    # the stage step from stage 2 to 3 leaves SE_2_2 out on seed 2 instead of losing the seed's step
+    step = next(st for st in trend.steps if st.upper == 3)
+    assert len(step.per_seed) == 3 and all(math.isfinite(d) for d in step.per_seed) and math.isfinite(step.p)
+    assert step.per_seed[2] == pytest.approx(np.mean(FMNIST_SEED0[3:6]) - np.mean([FMNIST_SEED0[0], FMNIST_SEED0[2]]))
