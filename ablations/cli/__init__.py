@@ -184,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _study(ref: str, opts: ReadOptions) -> StudySpec:
+    """The study `status`, `retry` and `report` read: its spec, or for a search the sweep of what it trained."""
+    from ablations.study.searched import searched
+    from ablations.sweep.status import find_spec
+
+    return searched(find_spec(ref, opts.storage_url), opts.results)
+
+
 def _read_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """`status` and `report`: where the sweep is read back from."""
     from ablations.sweep.status import ReadOptions
@@ -230,12 +238,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from ablations.cli.results import print_studies
     from ablations.sweep.clean import disk_line
     from ablations.sweep.launch import jobs_lines
-    from ablations.sweep.status import describe, find_spec, study_status
+    from ablations.sweep.status import describe, study_status
 
     opts = _read_options(args)
     if args.study is None:
         return print_studies(opts)
-    spec = find_spec(args.study, opts.storage_url)
+    spec = _study(args.study, opts)
     found = study_status(spec, opts)[1]
     print(describe(found, opts.results))
     for line in jobs_lines(opts.storage_url, spec.name):  # the Slurm jobs its sweeps submitted, with their states
@@ -248,10 +256,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_retry(args: argparse.Namespace) -> int:
     from ablations.sweep.reconcile import retry
-    from ablations.sweep.status import find_spec
 
     opts = _read_options(args)
-    print(retry(find_spec(args.study, opts.storage_url), opts, set(args.trial)))
+    print(retry(_study(args.study, opts), opts, set(args.trial)))
     return 0
 
 
@@ -260,7 +267,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from ablations.sweep.status import find_spec
 
     opts = _read_options(args)
-    path = write_report(_as_swept(find_spec(args.study, opts.storage_url), opts), opts, out=args.out, named=args.study)
+    spec = find_spec(args.study, opts.storage_url)
+    if spec.search is not None and not (spec.grid or spec.extra or spec.include):
+        # a grid report of a search's designs would print test errors of designs selected on validation error:
+        # the selection the search report's re-evaluation on fresh seeds exists to undo
+        raise SenetError(f"{args.study}: is a search; its report (fronts re-evaluated on fresh seeds) is not built "
+                         f"yet: `senet-ablate status {args.study}` lists what it trained")  # fmt: skip
+    path = write_report(_as_swept(spec, opts), opts, out=args.out, named=args.study)
     print(f"report written to {path}")
     return 0
 

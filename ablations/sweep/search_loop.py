@@ -11,27 +11,20 @@ a test's fake objective with a known answer is another.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import optuna
 
 from ablations.config import Host
 from ablations.study.search import SearchSection
 from ablations.study.search_plan import SAMPLE, Design, design
+from ablations.study.searched import ARMS, choices, study_name
 from ablations.study.spec import StudySpec
 
-ARMS = ("search", "random")  # the sampler's arm, and the random baseline with the same budget
 ASKS_PER_DESIGN = 20  # asks a loop may spend per design of its budget (re-proposals and infeasible ones are free)
 Evaluate = Callable[[Design, list[int]], dict[str, float] | None]
-
-
-def choices(levels: list[Any]) -> dict[str, Any]:
-    """A key's levels as Optuna's categorical choices (strings: Optuna takes no maps or lists) → the levels."""
-    return {json.dumps(level, sort_keys=True): level for level in levels}
 
 
 def distributions(search: SearchSection) -> dict[str, optuna.distributions.CategoricalDistribution]:
@@ -57,7 +50,7 @@ def open_study(spec: StudySpec, storage: str, arm: str) -> optuna.Study:
     """The arm's Optuna study (`<study>` or `<study>:random`), created or resumed, with named objectives."""
     assert spec.search is not None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    name = spec.name if arm == "search" else f"{spec.name}:{arm}"
+    name = study_name(spec, arm)
     study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
                                 directions=["minimize"] * len(spec.search.objectives),
                                 sampler=make_sampler(spec.search, arm))  # fmt: skip

@@ -11,16 +11,11 @@ import statistics
 from ablations.outcomes import Ending, Standing
 from ablations.study.search import VALIDATION
 from ablations.study.search_plan import Design
+from ablations.study.searched import SEARCH_DB, as_sweep
 from ablations.study.spec import Extra, StudySpec
 from ablations.sweep.runner import run
 from ablations.sweep.search_loop import ArmResult, Evaluate, run_search
 from ablations.sweep.start import SweepOptions
-
-
-def as_sweep(spec: StudySpec, points: list[Extra], seeds: list[int]) -> StudySpec:
-    """The study as a sweep of `points` alone at `seeds` (its name, base and recipe: its trials are the study's)."""
-    return spec.model_copy(update={"grid": {}, "extra": points, "seeds": seeds, "include": [], "reference": {},
-                                   "search": None})  # fmt: skip
 
 
 def sweep_evaluator(spec: StudySpec, opts: SweepOptions) -> Evaluate:
@@ -54,7 +49,7 @@ def search(spec: StudySpec, opts: SweepOptions) -> dict[str, ArmResult]:
     """Train the references, then run every arm of the search through the sweep; the Optuna studies live in
     `<results>/search.db`."""
     assert spec.search is not None
-    storage = f"sqlite:///{(opts.results / 'search.db').resolve()}"
+    storage = f"sqlite:///{(opts.results / SEARCH_DB).resolve()}"
     opts.results.mkdir(parents=True, exist_ok=True)
     run(as_sweep(spec, [Extra(label=r.label, set=r.set) for r in spec.search.references], spec.search.seeds), opts)
     return run_search(spec, storage, sweep_evaluator(spec, opts))

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import optuna
 import pytest
+import yaml
 
 from ablations.config import Host
 from ablations.pareto import front_mask
@@ -146,3 +147,29 @@ def test_kill_9_of_the_controller_loses_and_duplicates_nothing(tmp_path):
     before = {line.split(" ", 1)[1] for line in trained[:-1]}
     after = [line.split(" ", 1)[1] for line in again.stdout.splitlines() if line.startswith("training ")]
     assert not before & set(after) and len(after) == len(set(after))
+
+
+def test_status_reads_a_search_as_the_sweep_of_what_it_asked_and_report_refuses_it(tmp_path, capsys):
+    """No expansion of the spec lists a sampler's designs: `searched` reads them back from the Optuna studies (each
+    design once, the references first), which `status` lists; `report` refuses, as a grid report of them would print
+    test errors of designs selected on validation error."""
+    from ablations.cli import main
+    from ablations.study.searched import searched
+
+    results = tmp_path / "results"
+    results.mkdir()
+    spec = spec_of(budget={"designs": 3}, constraints={"params": {"max": 275_000}})
+    arms = run_search(spec, f"sqlite:///{results / 'search.db'}", Fake(), CPU)
+    swept = searched(spec, results)
+    labels = [e.label for e in swept.extra]
+    assert labels[:2] == ["standard SE", "no SE"] and swept.seeds == [0, 1] and swept.search is None
+    asked = {label for arm in arms.values() for label in arm.designs}
+    assert set(labels[2:]) == asked and len(labels) == len(set(labels))  # infeasible ones were never trained
+    assert searched(spec, tmp_path / "elsewhere").extra[0].label == "standard SE"  # no search yet: the references
+    path = tmp_path / "fake.yaml"
+    path.write_text(yaml.safe_dump(spec.model_dump(exclude_defaults=True)))
+    assert main(["status", str(path), "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert f"0 done, 0 running, 0 failed, {2 * len(labels)} pending" in out and "no SE seed 1" in out
+    assert main(["report", str(path), "--results", str(results)]) == 2
+    assert "is a search; its report (fronts re-evaluated on fresh seeds) is not built yet" in capsys.readouterr().err
