@@ -357,7 +357,17 @@ class Tracker:
 
     def set_view(self, study: str, factors: Iterable[str], flat_names: bool = False) -> None:
         """The runs table the study's link opens (`mlflow_names.view_state`), with these factors' columns."""
-        self.client.set_experiment_tag(self.experiment(study), VIEW_TAG, view_state(factors, flat_names))
+        from mlflow.exceptions import MlflowException
+
+        experiment, state = self.experiment(study), view_state(factors, flat_names)
+        try:
+            self.client.set_experiment_tag(experiment, VIEW_TAG, state)
+        except MlflowException as err:
+            # MLflow's SQL store inserts a new tag after looking for it, so two writers of the first view (concurrent
+            # repairs, the first trials of two workers) race on the unique key: the loser writes again, an update.
+            if "UNIQUE constraint" not in str(err) and "duplicate key" not in str(err):
+                raise
+            self.client.set_experiment_tag(experiment, VIEW_TAG, state)
 
     def refresh_views(self) -> None:
         """Each study's view from the runs in the store: its factors, and the metric names its runs carry."""

@@ -94,7 +94,13 @@ def repair(
             continue
         ended = next((a for a in attempts if str(a.trial_id) == attempt_id), None)
         if ended is not None and ended.state == State.COMPLETE:
-            continue  # handled above
+            if ended.run_id in (None, run.run_id):
+                continue  # its result's run: handled above
+            # a second run of a completed attempt (its first run's writes outlived an outage that the result's
+            # recording rode out): the result is in the recorded run; this one is stale, not a trial still running
+            tracker.end(run.run_id, RunStatus.KILLED, f"superseded: the attempt's result is in run {ended.run_id}")
+            changed += 1
+            continue
         status, why = _ending(ended)
         tracker.end(run.run_id, status, why)
         changed += 1

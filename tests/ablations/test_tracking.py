@@ -289,3 +289,50 @@ def _one_trial_worker(tmp_path):
     manifest = Manifest(spec.name, parent, {trial.key: ticket_of(trial)}, max_retries=0)
     worker = Worker(manifest, results, Slot(0), local_ledger(results), f"sqlite:///{results / 'mlflow.db'}")
     return spec, trial, results, ledger, parent, worker
+
+
+def test_a_second_running_run_of_a_completed_attempt_is_ended_as_superseded(tmp_path):
+    """make faults (outage past the retry window): a completed attempt's stale second run stayed RUNNING, since the
+    repair skipped every run of a COMPLETE attempt as 'handled above'; only its recorded run is."""
+    from ablations.sweep.repair import trial_info
+
+    spec_path = write_spec(tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1)
+    results = tmp_path / "results"
+    spec = load_spec(spec_path)
+    [trial] = expand(spec)
+    ledger = Ledger.open(local_ledger(results))
+    ledger.enqueue(ticket_of(trial))
+    parent = tracker(results).make_parent("tiny", "x", {})
+    manifest = Manifest(spec.name, parent, {trial.key: ticket_of(trial)}, max_retries=0)
+    worker = Worker(manifest, results, Slot(0), local_ledger(results), f"sqlite:///{results / 'mlflow.db'}")
+    attempt = ledger.claim({trial.key}, Owner.me())
+    assert worker.run_attempt(attempt) == "finished"
+    [done] = ledger.attempts()
+    stale = tracker(results).start_trial(spec.name, parent, trial_info(done), {})  # the same attempt's tags
+    assert repair(tracker(results), ledger, ledger.attempts(), {trial.key}, results, spec.name, parent, {}, print) == 1
+    runs = {r.run_id: r for r in tracker(results).trial_runs()}
+    assert runs[done.run_id].status == "FINISHED" and runs[stale].status == "KILLED"
+    assert runs[stale].tags["senet.ended_by"].startswith(f"superseded: the attempt's result is in run {done.run_id}")
+
+
+def test_two_first_views_written_at_once_both_succeed(tmp_path, monkeypatch):
+    """make faults (concurrent end-of-sweep repairs): MLflow's SQL store looks for a tag, then inserts it, so two
+    writers of a study's first view raced on the unique key and one repair failed. The loser writes again."""
+    from mlflow.exceptions import MlflowException
+
+    from ablations.mlflow_names import VIEW_TAG
+
+    store = tracker(tmp_path / "results")
+    real, raced = store.client.set_experiment_tag, []
+
+    def racing(*args):
+        if not raced:
+            raced.append(args)
+            real(*args)  # the other writer's insert lands first ...
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: experiment_tags.key")
+        return real(*args)
+
+    monkeypatch.setattr(store.client, "set_experiment_tag", racing)
+    store.set_view("tiny", ["se.excitation"])
+    experiment = store.client.get_experiment(store.experiment("tiny"))
+    assert raced and VIEW_TAG in experiment.tags
