@@ -268,7 +268,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     opts = _read_options(args)
     spec = find_spec(args.study, opts.storage_url)
-    if spec.search is not None and not (spec.grid or spec.extra or spec.include):
+    if spec.search_only:
         # a grid report of a search's designs would print test errors of designs selected on validation error:
         # the selection the search report's re-evaluation on fresh seeds exists to undo
         raise SenetError(f"{args.study}: is a search; its report (fronts re-evaluated on fresh seeds) is not built "

@@ -180,7 +180,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     opts = sweep_options(args)
     spec = load_spec(args.study)
-    if spec.search is not None and not (spec.grid or spec.extra or spec.include):
+    if spec.search_only:
         raise SenetError(f"{args.study}: is a search, with no grid to sweep; plan it with senet-ablate search "
                          f"{args.study} --dry-run")  # fmt: skip
     slurm = slurm_options(args, spec)

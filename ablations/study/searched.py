@@ -33,7 +33,7 @@ def study_name(spec: StudySpec, arm: str) -> str:
 def searched(spec: StudySpec, results: Path) -> StudySpec:
     """The search-only `spec` as the sweep of its references and of every design asked so far (told or not, each
     once, in the order first asked); the spec itself when it has a grid to sweep or no search."""
-    if spec.search is None or spec.grid or spec.extra or spec.include:
+    if spec.search is None or not spec.search_only:
         return spec
     points = [Extra(label=r.label, set=r.set) for r in spec.search.references]
     labels = {p.label for p in points}

@@ -212,6 +212,11 @@ class StudySpec(BaseModel):
             raise SenetError(f"vary_data_seed: the seed sets {DATA_SEED}; drop it from base, grid and extra")
         return self
 
+    @property
+    def search_only(self) -> bool:
+        """A search with no grid, extras or includes: no expansion lists its trials (`study.searched` does)."""
+        return self.search is not None and not (self.grid or self.extra or self.include)
+
     def varied_keys(self) -> set[str]:
         """Config keys the study itself sets per trial: its grid factors and the keys of its extras."""
         return set(self.grid) | {key for point in self.extra for key in flatten(point.set)}

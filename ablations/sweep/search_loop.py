@@ -19,7 +19,7 @@ import optuna
 
 from ablations.config import Host
 from ablations.study.search import SearchSection
-from ablations.study.search_plan import SAMPLE, Design, design
+from ablations.study.search_plan import Design, design, plan_designs
 from ablations.study.searched import ARMS, choices, study_name
 from ablations.study.spec import StudySpec
 
@@ -135,12 +135,11 @@ def run_arm(spec: StudySpec, storage: str, arm: str, evaluate: Evaluate, host: H
 
 
 def _feasible_total(spec: StudySpec, host: Host) -> int:
-    """How many designs of the space meet the constraints known before training: every design counted up to
-    `search_plan.SAMPLE` of them; a larger space is taken as never exhausted (its size)."""
+    """How many designs of the space meet the constraints known before training (`plan_designs`' count); a space
+    larger than its sample is taken as never exhausted (its size)."""
     assert spec.search is not None
-    if spec.search.size() > SAMPLE:
-        return spec.search.size()
-    return sum(1 for d in spec.search.designs() if design(spec, d, host).feasible)
+    designs, sampled = plan_designs(spec, host)
+    return spec.search.size() if sampled else sum(d.feasible for d in designs)
 
 
 def run_search(spec: StudySpec, storage: str, evaluate: Evaluate, host: Host | None = None) -> dict[str, ArmResult]:

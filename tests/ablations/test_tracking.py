@@ -296,15 +296,7 @@ def test_a_second_running_run_of_a_completed_attempt_is_ended_as_superseded(tmp_
     repair skipped every run of a COMPLETE attempt as 'handled above'; only its recorded run is."""
     from ablations.sweep.repair import trial_info
 
-    spec_path = write_spec(tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1)
-    results = tmp_path / "results"
-    spec = load_spec(spec_path)
-    [trial] = expand(spec)
-    ledger = Ledger.open(local_ledger(results))
-    ledger.enqueue(ticket_of(trial))
-    parent = tracker(results).make_parent("tiny", "x", {})
-    manifest = Manifest(spec.name, parent, {trial.key: ticket_of(trial)}, max_retries=0)
-    worker = Worker(manifest, results, Slot(0), local_ledger(results), f"sqlite:///{results / 'mlflow.db'}")
+    spec, trial, results, ledger, parent, worker = _one_trial_worker(tmp_path)
     attempt = ledger.claim({trial.key}, Owner.me())
     assert worker.run_attempt(attempt) == "finished"
     [done] = ledger.attempts()
