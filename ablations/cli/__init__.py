@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.set_defaults(overrides=[], launcher=None)
     se.add_argument("--dry-run", action="store_true", help="print the plan (space, feasible share, costs, time)")
     se.add_argument("--no-timing", action="store_true", help="leave out the time estimate (it times a few steps)")
+    se.add_argument("--confirm", action="store_true", help="write a grid study of the fronts' factors on fresh seeds "
+                    "(<study>_confirm.yaml), for the paired tests of a grid report")  # fmt: skip
 
     wk = command(sub, "worker", cmd_worker, "join a running sweep from another shell or host (or submit more Slurm "
                  "tasks)", ["senet-ablate worker demo --workers 2", "senet-ablate worker paper --launcher slurm "
@@ -268,11 +270,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     opts = _read_options(args)
     spec = find_spec(args.study, opts.storage_url)
-    if spec.search_only:
-        # a grid report of a search's designs would print test errors of designs selected on validation error:
-        # the selection the search report's re-evaluation on fresh seeds exists to undo
-        raise SenetError(f"{args.study}: is a search; its report (fronts re-evaluated on fresh seeds) is not built "
-                         f"yet: `senet-ablate status {args.study}` lists what it trained")  # fmt: skip
+    if spec.search_only:  # its own report: a grid report of its designs would read test error selected on
+        from ablations.reporting.search_report import write_search_report
+
+        print(f"report written to {write_search_report(spec, opts, out=args.out)}")
+        return 0
     path = write_report(_as_swept(spec, opts), opts, out=args.out, named=args.study)
     print(f"report written to {path}")
     return 0

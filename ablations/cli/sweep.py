@@ -8,12 +8,16 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ablations.errors import SenetError
 from ablations.paths import STORAGE_ENV
+
+if TYPE_CHECKING:
+    from ablations.study.spec import StudySpec
 
 MAX_WORKERS = 256
 # --launcher slurm's own options: (flag, SlurmOptions field, type, help). None of them gives --gpus another meaning.
@@ -211,6 +215,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if spec.search is None:
         raise SenetError(f"{args.study}: has no search section; give one (README, Searching) or run its grid with "
                          f"senet-ablate sweep {args.study}")  # fmt: skip
+    if args.confirm:
+        return _confirm(spec, args)
     if args.dry_run:
         from ablations.sweep.search_preflight import search_dry_run
 
@@ -220,6 +226,21 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     arms = search(spec, sweep_options(args))
     print("\n".join(summary_lines(spec, arms)))
+    return 0
+
+
+def _confirm(spec: StudySpec, args: argparse.Namespace) -> int:
+    """`search NAME --confirm`: the confirmation grid as a study file in the working folder, validated first."""
+    from ablations.study.searched import confirm_tree
+    from ablations.study.spec import parse_spec
+
+    tree = confirm_tree(spec, args.results)
+    parse_spec(tree, "--confirm")
+    path = Path(f"{tree['name']}.yaml")
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(tree, sort_keys=False))
+    tmp.replace(path)
+    print(f"confirmation study written to {path}: senet-ablate sweep {path} (then senet-ablate report {path})")
     return 0
 
 

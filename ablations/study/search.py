@@ -76,6 +76,8 @@ class SearchSection(BaseModel):
         sampler: Optuna's TPE (default), GP (small budgets), NSGA-II (large) or random.
         random_arm: also run a random-sampler arm with the same budget, as the baseline a sampler must beat.
         budget: designs (and optionally GPU-hours) the search may spend.
+        parallel: designs asked before the first of them is told (their trials train at once on the sweep's
+            workers; TPE's constant liar keeps the batch apart).
         seeds: the common seeds every design trains with during the search.
         intensify: more seeds (the next ones) for a design that enters the front.
         rungs: optional epoch counts below `train.epochs` at which designs are promoted (each rung a trial).
@@ -94,6 +96,7 @@ class SearchSection(BaseModel):
     sampler: Sampler = "tpe"
     random_arm: bool = True
     budget: Budget
+    parallel: int = Field(4, ge=1)
     seeds: list[int] = [0, 1]
     intensify: int = Field(1, ge=0)
     rungs: list[int] = []
@@ -186,6 +189,17 @@ class SearchSection(BaseModel):
         """Every design of the space, as dotted config keys, in the order the levels are written."""
         for combo in itertools.product(*self.space.values()):
             yield dict(zip(self.space, combo, strict=True))
+
+    def intensify_seeds(self) -> list[int]:
+        """The seeds a design entering the front trains with beyond the common ones: the next `intensify` seeds
+        after the search's, none of them a re-evaluation seed."""
+        out: list[int] = []
+        seed = max(self.seeds)
+        while len(out) < self.intensify:
+            seed += 1
+            if seed not in self.reevaluate:
+                out.append(seed)
+        return out
 
     def size(self) -> int:
         return math.prod(len(levels) for levels in self.space.values())

@@ -4,27 +4,33 @@ objectives; a random arm with the same budget runs beside it. The Optuna studies
 the ledger (`results/search.db`), with named objectives and parameters, so Optuna's own tools read them; a rerun
 resumes them (a design asked but never told is evaluated again, which costs nothing once its trials have results).
 
-How a design is evaluated is the caller's: `evaluate(design, seeds)` returns the mean of each validation metric
-over the seeds, or None when no seed gave a result. The sweep's ledger and warm workers are one such evaluator;
+How designs are evaluated is the caller's: `evaluate(designs, seeds)` gives each design's validation metrics per
+seed that gave a result (none: no seed did). The sweep's ledger and warm workers are one such evaluator;
 a test's fake objective with a known answer is another.
 """
 
 from __future__ import annotations
 
+import statistics
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import optuna
 
 from ablations.config import Host
-from ablations.study.search import SearchSection
+from ablations.pareto import front_mask
+from ablations.study.search import SearchSection, design_label
 from ablations.study.search_plan import Design, design, plan_designs
-from ablations.study.searched import ARMS, choices, study_name
+from ablations.study.searched import ARMS, REJECTED, choices, study_name
 from ablations.study.spec import StudySpec
 
 ASKS_PER_DESIGN = 20  # asks a loop may spend per design of its budget (re-proposals and infeasible ones are free)
-Evaluate = Callable[[Design, list[int]], dict[str, float] | None]
+DEVICE_S = "_device_s"  # the seed's trial's device time, beside its metrics, for the GPU-hours budget
+Seeded = dict[int, dict[str, float]]  # seed → that seed's validation metrics (and DEVICE_S)
+Evaluate = Callable[[list[Design], list[int]], list[Seeded]]
 
 
 def distributions(search: SearchSection) -> dict[str, optuna.distributions.CategoricalDistribution]:
@@ -67,9 +73,18 @@ class ArmResult:
 
     arm: str
     designs: dict[str, list[float]] = field(default_factory=dict)  # label → objective values, each design once
+    seeds: dict[str, list[int]] = field(default_factory=dict)  # label → the seeds its values are the mean of
+    warm: set[str] = field(default_factory=set)  # designs whose results a grid had made (told free, not budget)
     infeasible: dict[str, str] = field(default_factory=dict)  # label → the constraint it broke (never trained)
     failed: list[str] = field(default_factory=list)  # designs no seed of which gave a result
+    intensified: list[str] = field(default_factory=list)  # designs given the extra seeds when they entered the front
     asks: int = 0
+    device_s: float = 0.0  # device time of the trials its designs read (trained now or earlier)
+
+    @property
+    def trained(self) -> int:
+        """Designs counted against the budget: told from training, not from a grid's results."""
+        return len(self.designs) - len(self.warm & set(self.designs))
 
 
 def objective_values(search: SearchSection, d: Design, metrics: dict[str, float]) -> list[float]:
@@ -79,59 +94,142 @@ def objective_values(search: SearchSection, d: Design, metrics: dict[str, float]
     return [known[name] for name in search.objectives]
 
 
-def run_arm(spec: StudySpec, storage: str, arm: str, evaluate: Evaluate, host: Host) -> ArmResult:
-    """Ask, reject, evaluate and tell until the arm has evaluated `budget.designs` designs, the space's designs are
-    all known, or it has asked `ASKS_PER_DESIGN` times per design of the budget."""
+def mean_metrics(seeded: Seeded) -> dict[str, float]:
+    """The mean of each metric over the seeds that have it, a metric some seed lacks left out."""
+    names = set.intersection(*(set(m) for m in seeded.values())) - {DEVICE_S} if seeded else set()
+    return {name: statistics.fmean(m[name] for m in seeded.values()) for name in sorted(names)}
+
+
+def warm_trial(search: SearchSection, d: Design, seeded: Seeded) -> optuna.trial.FrozenTrial | None:
+    """A design a grid already trained at every common seed, as a completed trial its arm is told for free."""
+    metrics = mean_metrics(seeded)
+    if not all(name in metrics or name in ("params", "gflops") for name in search.objectives):
+        return None
+    values = objective_values(search, d, metrics)
+    params = {key: _choice(search, key, d.settings[key]) for key in search.space}
+    return optuna.trial.create_trial(params=params, distributions=distributions(search), values=values,
+                                     user_attrs={"source": "grid", "seeds": sorted(seeded)})  # fmt: skip
+
+
+def _choice(search: SearchSection, key: str, level: Any) -> str:
+    return next(name for name, value in choices(search.space[key]).items() if value == level)
+
+
+def run_arm(
+    spec: StudySpec, storage: str, arm: str, evaluate: Evaluate, host: Host, warm: list[tuple[Design, Seeded]] = ()
+) -> ArmResult:
+    """Ask, reject, evaluate and tell until the arm has trained `budget.designs` designs (or spent its GPU-hours),
+    the space's designs are all known, or it has asked `ASKS_PER_DESIGN` times per design of the budget.
+
+    `parallel` designs are asked before any is told and evaluated together; a design entering the arm's front is
+    evaluated on the intensification seeds too before it is told. `warm` designs (trained by a grid at every common
+    seed) are told first, at no cost to the budget.
+    """
     search = spec.search
     assert search is not None
     study = open_study(spec, storage, arm)
     levels = {key: choices(values) for key, values in search.space.items()}
     dists = distributions(search)
     result = ArmResult(arm)
-    seen: dict[str, Design] = {}
+    hours = search.budget.gpu_hours
 
     def design_of(params: dict[str, str]) -> Design:
-        settings = {key: levels[key][params[key]] for key in search.space}
-        d = design(spec, settings, host)
-        seen[d.label] = d
-        return d
+        return design(spec, {key: levels[key][params[key]] for key in search.space}, host)
 
-    def tell(trial: optuna.Trial, d: Design) -> None:
-        if d.broken:  # rejected before training: costs nothing; the sampler learns nothing from it but its FAIL
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            result.infeasible[d.label] = d.broken
-            return
-        if d.label in result.designs:  # proposed again: its values are known, told again at no cost
-            study.tell(trial, result.designs[d.label])
-            return
-        metrics = evaluate(d, list(search.seeds))
-        if metrics is None:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            result.failed.append(d.label)
-            return
-        for name, limit in search.constraints.items():  # measured by the evaluation (latency): feasible at <= 0
-            if name in metrics:
-                trial.set_constraint(name, metrics[name] - limit.max)
-        values = objective_values(search, d, metrics)
-        study.tell(trial, values)
-        result.designs.setdefault(d.label, values)
+    def spent() -> bool:
+        return result.trained >= search.budget.designs or (hours is not None and result.device_s >= 3600 * hours)
 
+    def settle(batch: list[tuple[optuna.Trial, Design]]) -> None:
+        """Evaluate the batch's new designs, intensify those entering the front, then tell every trial."""
+        fresh = list({d.label: d for _, d in batch if d.label not in result.designs}.values())
+        seeded = dict(zip((d.label for d in fresh), evaluate(fresh, list(search.seeds)), strict=True))
+        values = {d.label: objective_values(search, d, mean_metrics(seeded[d.label]))
+                  for d in fresh if _complete(search, seeded[d.label])}  # fmt: skip
+        extra = search.intensify_seeds()
+        if extra and values:
+            known = {**result.designs, **values}
+            labels = list(known)
+            on = front_mask(np.array([known[label] for label in labels]))
+            entering = [d for d in fresh if d.label in values and on[labels.index(d.label)]]
+            for d, more in zip(entering, evaluate(entering, extra) if entering else [], strict=True):
+                seeded[d.label] = {**seeded[d.label], **more}
+                values[d.label] = objective_values(search, d, mean_metrics(seeded[d.label]))
+                result.intensified.append(d.label)
+        for d in fresh:
+            result.device_s += sum(m.get(DEVICE_S, 0.0) for m in seeded[d.label].values())
+        for trial, d in batch:
+            if d.label in result.designs:  # proposed again: its values are known, told again at no cost
+                trial.set_user_attr("seeds", result.seeds[d.label])
+                study.tell(trial, result.designs[d.label])
+                continue
+            if d.label not in values:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                result.failed.append(d.label)
+                continue
+            metrics = mean_metrics(seeded[d.label])
+            for name, limit in search.constraints.items():  # measured by the evaluation (latency): feasible at <= 0
+                if name in metrics:
+                    trial.set_constraint(name, metrics[name] - limit.max)
+            trial.set_user_attr("seeds", sorted(seeded[d.label]))
+            study.tell(trial, values[d.label])
+            result.designs[d.label] = values[d.label]
+            result.seeds[d.label] = sorted(seeded[d.label])
+
+    told = {frozen_label(spec, t.params) for t in study.get_trials(deepcopy=False)}
+    for d, seeded in warm:
+        frozen = warm_trial(search, d, seeded) if d.label not in told and d.feasible else None
+        if frozen is not None:
+            study.add_trial(frozen)
+    resumed = []
     for frozen in study.get_trials(deepcopy=False):  # what an earlier run of this arm asked and told
         d = design_of(frozen.params)
         if frozen.state == optuna.trial.TrialState.COMPLETE:
-            result.designs.setdefault(d.label, list(frozen.values))
+            if d.label not in result.designs:
+                result.designs[d.label] = list(frozen.values)
+                result.seeds[d.label] = list(frozen.user_attrs.get("seeds", search.seeds))
+            if frozen.user_attrs.get("source") == "grid":
+                result.warm.add(d.label)
         elif frozen.state == optuna.trial.TrialState.FAIL and d.broken:
             result.infeasible[d.label] = d.broken
         elif frozen.state == optuna.trial.TrialState.RUNNING:  # asked, then the controller died: evaluate it now
-            tell(optuna.Trial(study, frozen._trial_id), d)
-    result.asks = len(study.trials)
+            resumed.append((optuna.Trial(study, frozen._trial_id), d))
+    if resumed:
+        settle(resumed)
+    result.asks = len(study.trials) - len(result.warm)
     feasible_total = _feasible_total(spec, host)
-    while (len(result.designs) < search.budget.designs and result.asks < ASKS_PER_DESIGN * search.budget.designs
+    while (not spent() and result.asks < ASKS_PER_DESIGN * search.budget.designs
            and len(result.designs) + len(result.failed) < feasible_total):  # fmt: skip
-        trial = study.ask(dists)
-        result.asks += 1
-        tell(trial, design_of(trial.params))
+        batch: list[tuple[optuna.Trial, Design]] = []
+        new: set[str] = set()
+        room = search.budget.designs - result.trained
+        while len(new) < min(search.parallel, room) and result.asks < ASKS_PER_DESIGN * search.budget.designs:
+            trial = study.ask(dists)
+            result.asks += 1
+            d = design_of(trial.params)
+            if d.broken:  # rejected before training: costs nothing; the sampler learns nothing from it but its FAIL
+                trial.set_user_attr(REJECTED, d.broken)
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                result.infeasible[d.label] = d.broken
+                continue
+            batch.append((trial, d))
+            if d.label not in result.designs:
+                new.add(d.label)
+            if len(result.designs) + len(result.failed) + len(new) >= feasible_total:
+                break
+        settle(batch)
     return result
+
+
+def _complete(search: SearchSection, seeded: Seeded) -> bool:
+    """Whether the seeds gave every validation objective (a diverged seed gives no loss)."""
+    metrics = mean_metrics(seeded)
+    return bool(seeded) and all(name in metrics for name in search.objectives if name not in ("params", "gflops"))
+
+
+def frozen_label(spec: StudySpec, params: dict[str, str]) -> str:
+    """The label of the design an Optuna trial's parameters name."""
+    assert spec.search is not None
+    return design_label({key: choices(levels)[params[key]] for key, levels in spec.search.space.items()})
 
 
 def _feasible_total(spec: StudySpec, host: Host) -> int:
@@ -142,9 +240,16 @@ def _feasible_total(spec: StudySpec, host: Host) -> int:
     return spec.search.size() if sampled else sum(d.feasible for d in designs)
 
 
-def run_search(spec: StudySpec, storage: str, evaluate: Evaluate, host: Host | None = None) -> dict[str, ArmResult]:
-    """Every arm of the search (the sampler's, then the random one), each with the same budget."""
+def run_search(
+    spec: StudySpec,
+    storage: str,
+    evaluate: Evaluate,
+    host: Host | None = None,
+    warm: list[tuple[Design, Seeded]] = (),
+) -> dict[str, ArmResult]:
+    """Every arm of the search (the sampler's, then the random one), each with the same budget; `warm` designs
+    start the sampler's arm (the random arm learns from nothing, so it is not given them)."""
     assert spec.search is not None
     host = host or Host.here()
     arms = ARMS if spec.search.random_arm else ARMS[:1]
-    return {arm: run_arm(spec, storage, arm, evaluate, host) for arm in arms}
+    return {arm: run_arm(spec, storage, arm, evaluate, host, warm if arm == "search" else []) for arm in arms}

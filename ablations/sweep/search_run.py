@@ -1,63 +1,96 @@
-"""`senet-ablate search NAME`: the search's designs trained by the sweep machinery. Each design the loop asks for
-becomes a one-level sweep of the study (its seeds, the design's settings), so its trials go through the ledger
-exactly once, with warm workers, MLflow runs and resume like any sweep's; a design whose trials already have
-results (from this search, another one or a grid in the same results folder) is read back, not trained."""
+"""`senet-ablate search NAME`: the search's designs trained by the sweep machinery. Each batch of designs the loop
+asks for becomes a one-level sweep of the study (the batch's designs at its seeds), so its trials go through the
+ledger exactly once, with warm workers, MLflow runs and resume like any sweep's; a design whose trials already have
+results (from this search, another one or a grid in the same results folder) is read back, not trained, and the
+feasible designs a grid trained at every common seed start the sampler. Last, the re-evaluation: the arms'
+search-time fronts and the references retrained at full length on fresh seeds the sampler never saw."""
 
 from __future__ import annotations
 
 import math
-import statistics
 
+from ablations.config import Host
 from ablations.outcomes import Ending, Standing
 from ablations.study.search import VALIDATION
-from ablations.study.search_plan import Design
-from ablations.study.searched import SEARCH_DB, as_sweep
+from ablations.study.search_plan import Design, plan_designs
+from ablations.study.searched import SEARCH_DB, as_sweep, record_reevaluated, to_reevaluate
 from ablations.study.spec import Extra, StudySpec
 from ablations.sweep.runner import run
-from ablations.sweep.search_loop import ArmResult, Evaluate, run_search
+from ablations.sweep.search_loop import DEVICE_S, ArmResult, Evaluate, Seeded, run_search
 from ablations.sweep.start import SweepOptions
+from ablations.sweep.status import ReadOptions, TrialStatus, study_status
+
+
+def seeded_of(design: Design, statuses: list[TrialStatus]) -> Seeded:
+    """A design's validation metrics per seed that gave a result, read from its trials' statuses; a diverged seed's
+    top-1/top-5 error counts at chance (its loss has no value: such a design gives no loss objective)."""
+    chance = 100 * (1 - 1 / design.num_classes)
+    digest = design.config.config_hash()  # a design equal to another as a network shares its trials, not its label
+    out: Seeded = {}
+    for s in statuses:
+        if s.state != Standing.DONE or (design.label not in s.trial.labels and s.trial.config_hash != digest):
+            continue
+        metrics = {DEVICE_S: float(s.duration_s or 0.0)}
+        for name in VALIDATION:
+            value = s.summary.get(name)
+            if s.outcome == Ending.DIVERGED:
+                value = chance if name.endswith("_err") else None
+            if value is not None and math.isfinite(value):
+                metrics[name] = float(value)
+        out[s.trial.seed] = metrics
+    return out
 
 
 def sweep_evaluator(spec: StudySpec, opts: SweepOptions) -> Evaluate:
-    """Evaluate a design as a sweep of its seeds; the mean of each validation metric over the seeds that gave a
-    result, a diverged seed's top-1/top-5 error counted at chance (its loss has no value: such a design gives no
-    loss objective). None when no seed gave a result."""
+    """Evaluate a batch of designs as one sweep of them at the seeds (their trials in flight together)."""
 
-    def evaluate(design: Design, seeds: list[int]) -> dict[str, float] | None:
-        _, statuses = run(as_sweep(spec, [Extra(label=design.label, set=design.settings)], seeds), opts)
-        done = [s for s in statuses if s.state == Standing.DONE]
-        if not done:
-            return None
-        chance = 100 * (1 - 1 / design.num_classes)
-        metrics: dict[str, float] = {}
-        for name in VALIDATION:
-            values = [_value(s.summary, s.outcome, name, chance) for s in done]
-            if all(v is not None and math.isfinite(v) for v in values):
-                metrics[name] = statistics.fmean(v for v in values if v is not None)
-        return metrics
+    def evaluate(designs: list[Design], seeds: list[int]) -> list[Seeded]:
+        if not designs:
+            return []
+        _, statuses = run(as_sweep(spec, [Extra(label=d.label, set=d.settings) for d in designs], seeds), opts)
+        return [seeded_of(d, statuses) for d in designs]
 
     return evaluate
 
 
-def _value(summary: dict[str, float], outcome: Ending | None, name: str, chance: float) -> float | None:
-    if outcome == Ending.DIVERGED:
-        return chance if name.endswith("_err") else None
-    return summary.get(name)
+def grid_results(spec: StudySpec, opts: SweepOptions) -> list[tuple[Design, Seeded]]:
+    """The feasible designs of the space (`plan_designs`' sample of a large one) that some study in the results
+    folder trained at every common seed: what warm-starts the sampler."""
+    assert spec.search is not None
+    designs, _ = plan_designs(spec, Host.here())
+    feasible = [d for d in designs if d.feasible]
+    if not feasible:
+        return []
+    read = ReadOptions(results=opts.results, storage=opts.storage, tracking_uri=opts.tracking_uri, overrides={},
+                       max_retries=opts.max_retries)  # fmt: skip
+    _, statuses = study_status(as_sweep(spec, [Extra(label=d.label, set=d.settings) for d in feasible],
+                                        spec.search.seeds), read)  # fmt: skip
+    out = []
+    for d in feasible:
+        seeded = seeded_of(d, statuses)
+        if set(seeded) >= set(spec.search.seeds):
+            out.append((d, seeded))
+    return out
 
 
 def search(spec: StudySpec, opts: SweepOptions) -> dict[str, ArmResult]:
-    """Train the references, then run every arm of the search through the sweep; the Optuna studies live in
-    `<results>/search.db`."""
+    """Train the references, run every arm of the search through the sweep, then re-evaluate the fronts and the
+    references on the fresh seeds; the Optuna studies live in `<results>/search.db`."""
     assert spec.search is not None
     storage = f"sqlite:///{(opts.results / SEARCH_DB).resolve()}"
     opts.results.mkdir(parents=True, exist_ok=True)
-    run(as_sweep(spec, [Extra(label=r.label, set=r.set) for r in spec.search.references], spec.search.seeds), opts)
-    return run_search(spec, storage, sweep_evaluator(spec, opts))
+    references = [Extra(label=r.label, set=r.set) for r in spec.search.references]
+    run(as_sweep(spec, references, spec.search.seeds), opts)
+    arms = run_search(spec, storage, sweep_evaluator(spec, opts), warm=grid_results(spec, opts))
+    front = to_reevaluate(spec, opts.results)
+    record_reevaluated(spec, storage, [d.label for d in front])
+    run(as_sweep(spec, [*references, *(Extra(label=d.label, set=d.settings) for d in front)], spec.search.reevaluate),
+        opts)  # fmt: skip
+    return arms
 
 
 def summary_lines(spec: StudySpec, arms: dict[str, ArmResult]) -> list[str]:
-    """Each arm's spend and its search-time front (selected on the numbers it shows: re-evaluation on fresh seeds
-    is what a claim needs)."""
+    """Each arm's spend and its search-time front, and where the honest numbers are."""
     import numpy as np
 
     from ablations.pareto import front_mask
@@ -66,8 +99,9 @@ def summary_lines(spec: StudySpec, arms: dict[str, ArmResult]) -> list[str]:
     names = spec.search.objectives
     lines = []
     for arm, r in arms.items():
-        lines.append(f"{arm} arm: {len(r.designs)} designs trained, {len(r.infeasible)} rejected untrained, "
-                     f"{len(r.failed)} without a result, {r.asks} asks")  # fmt: skip
+        lines.append(f"{arm} arm: {r.trained} designs trained ({len(r.warm)} more from a grid's results), "
+                     f"{len(r.intensified)} intensified, {len(r.infeasible)} rejected untrained, {len(r.failed)} "
+                     f"without a result, {r.asks} asks, {r.device_s / 3600:.2f} device-hours")  # fmt: skip
         if not r.designs:
             continue
         labels = list(r.designs)
@@ -75,7 +109,8 @@ def summary_lines(spec: StudySpec, arms: dict[str, ArmResult]) -> list[str]:
         for i in np.flatnonzero(on):
             values = ", ".join(f"{n} {v:,.0f}" if abs(v) >= 1000 else f"{n} {v:.4g}"
                                for n, v in zip(names, r.designs[labels[i]], strict=True))  # fmt: skip
-            lines.append(f"  front: {labels[i]}: {values}")
-    lines.append("search-time fronts are selected on the values they show; re-evaluate them on fresh seeds before a "
-                 "claim (not automated yet: run the front's designs as a grid with other seeds)")  # fmt: skip
+            lines.append(f"  search-time front: {labels[i]}: {values}")
+    lines.append(f"the fronts and the references were retrained on fresh seeds {spec.search.reevaluate}; "
+                 f"`senet-ablate report {spec.name}` compares them (search-time values are selected on "
+                 "themselves)")  # fmt: skip
     return lines

@@ -70,7 +70,7 @@ def test_a_usage_error_is_told_under_its_commands_usage_with_the_closest_word(ar
 @pytest.mark.parametrize(
     ("words", "line"),
     [
-        (["sweep", "demoo"], "study: 'demoo' is not a study; allowed: cifar_table4, "),
+        (["sweep", "demoo"], "study: 'demoo' is not a study; allowed: cifar_search, cifar_table4, "),
         (["sweep", "{tiny}", "se.reducton=4"], "--set se.reducton: unknown key; allowed in se: enabled, "),
         (
             ["sweep", "{tiny}", "--set", "se.stages=2,3"],

@@ -39,7 +39,10 @@ TRIALS = {
     "fmnist": 4 * 3,
     "gpu_check": 4 * 3,
     "gpu_kit": 4 * 2,
+    "fmnist_search": 0,  # searches: no expansion lists a sampler's designs (`study.searched` does)
+    "cifar_search": 0,
 }
+SEARCHES = {"fmnist_search": 12, "cifar_search": 80}  # their spaces' sizes
 
 
 def spec_of(**fields) -> dict:
@@ -129,8 +132,16 @@ def test_paper_runs_each_shared_configuration_once_and_lists_every_table_it_belo
 def test_every_shipped_study_loads_expands_and_validates(name):
     spec = load_spec(name)
     assert spec.name == name and spec.description.strip()
-    assert spec.mirrors or name == "fmnist_se"  # the CPU sanity study mirrors no paper table, and says so
+    assert spec.mirrors or name in ("fmnist_se", *SEARCHES)  # the CPU sanity study and the searches mirror no table
     trials = expand(spec)
+    if name in SEARCHES:
+        from ablations.study.search_plan import plan_designs
+
+        designs, sampled = plan_designs(spec, Host("cpu"))
+        assert spec.search_only and not sampled and len(designs) == SEARCHES[name]
+        assert any(d.feasible for d in designs) and len({d.config.config_hash() for d in designs}) == len(designs)
+        assert trials == []
+        return
     assert len(trials) == TRIALS[name]
     for t in trials:
         level = with_data_seed(t.config, SEED_LINKED) if spec.vary_data_seed else t.config  # the seeds' shared hash
@@ -257,7 +268,8 @@ MALFORMED = {
     "repeated seed": (BASE + GRID + "seeds: [0, 1, 1]\n", "seeds[2]: seed 1 is listed twice"),
     "negative seed": (BASE + GRID + "seeds: [0, -1]\n", "seeds[1]: -1 is not allowed; allowed: an integer in 0."),
     "seeds not a number": (BASE + GRID + "seeds: three\n", "seeds: 'three' is not allowed"),
-    "unknown include": (BASE + "include: [demo, foo]\n", "include[1]: 'foo' is not a study; allowed: cifar_table4"),
+    "unknown include": (BASE + "include: [demo, foo]\n",
+                        "include[1]: 'foo' is not a study; allowed: cifar_search, cifar_table4"),
     "unknown mirrors key": (BASE + GRID + "mirrors: [table10]\n",
                             "mirrors[0]: 'table10' is not a table of the paper; allowed: table1_se_resnet50"),
     "unknown recipe": (BASE + GRID + "recipe: fast\n", "recipe: 'fast' is not a recipe; allowed: he2016_cifar"),
@@ -306,7 +318,7 @@ def test_include_cycle_names_the_chain(tmp_path):
 def test_missing_file_and_unknown_study_name_what_exists(tmp_path):
     with pytest.raises(SenetError, match=r"missing\.yaml: no such study file; give a path to a \.yaml file or one of"):
         load_spec(tmp_path / "missing.yaml")
-    with pytest.raises(SenetError, match=r"study: 'nosuch' is not a study; allowed: cifar_table4, demo"):
+    with pytest.raises(SenetError, match=r"study: 'nosuch' is not a study; allowed: cifar_search, cifar_table4, demo"):
         load_spec("nosuch")
 
 

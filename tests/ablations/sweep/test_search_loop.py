@@ -45,19 +45,26 @@ class Fake:
         self.calls: list[tuple[str, tuple[int, ...]]] = []
         self.die_after = die_after
 
-    def __call__(self, design, seeds):
-        if self.die_after is not None and len(self.calls) == self.die_after:
-            raise RuntimeError("controller killed")
-        self.calls.append((design.label, tuple(seeds)))
-        return {"final_val_top1_err": known_error(design.settings)}
+    def __call__(self, designs, seeds):
+        out = []
+        for design in designs:
+            if self.die_after is not None and len(self.calls) == self.die_after:
+                raise RuntimeError("controller killed")
+            self.calls.append((design.label, tuple(seeds)))
+            out.append({seed: {"final_val_top1_err": known_error(design.settings) + 0.01 * seed} for seed in seeds})
+        return out
+
+    def trained(self, seeds=(0, 1)):
+        return [label for label, s in self.calls if s == tuple(seeds)]
 
 
 def test_a_budget_of_the_whole_space_recovers_the_known_front(tmp_path):
     fake = Fake()
-    arms = run_search(spec_of(random_arm=False), f"sqlite:///{tmp_path / 'search.db'}", fake, CPU)
+    arms = run_search(spec_of(random_arm=False, intensify=0), f"sqlite:///{tmp_path / 'search.db'}", fake, CPU)
     found = arms["search"]
     assert len(found.designs) == 12 and len(fake.calls) == 12  # every design trained once, at the common seeds
     assert {seeds for _, seeds in fake.calls} == {(0, 1)}
+    assert all(v[0] == pytest.approx(known_error(_settings(label)) + 0.005) for label, v in found.designs.items())
     labels = list(found.designs)
     values = np.array([found.designs[label] for label in labels])
     front = {labels[i] for i in np.flatnonzero(front_mask(values))}
@@ -69,7 +76,7 @@ def test_a_budget_of_the_whole_space_recovers_the_known_front(tmp_path):
 
 def test_infeasible_designs_are_never_trained_and_cost_no_budget(tmp_path):
     fake = Fake()
-    spec = spec_of(random_arm=False, constraints={"params": {"max": 275_000}}, budget={"designs": 4})
+    spec = spec_of(random_arm=False, constraints={"params": {"max": 275_000}}, budget={"designs": 4}, intensify=0)
     found = run_search(spec, f"sqlite:///{tmp_path / 'search.db'}", fake, CPU)["search"]
     assert len(found.designs) == 4 and len(fake.calls) == 4
     # r = 2 puts 16 + 64 + 256 hidden units... above the cap: it never reaches the evaluator
@@ -88,7 +95,7 @@ def test_the_random_arm_has_the_same_budget_and_its_own_study(tmp_path):
 
 def test_a_rerun_resumes_and_a_design_asked_but_never_told_is_evaluated_then(tmp_path):
     storage = f"sqlite:///{tmp_path / 'search.db'}"
-    spec = spec_of(random_arm=False, budget={"designs": 6})
+    spec = spec_of(random_arm=False, budget={"designs": 6}, parallel=1, intensify=0)
     with pytest.raises(RuntimeError, match="controller killed"):
         run_search(spec, storage, Fake(die_after=3), CPU)
     study = optuna.load_study(study_name="fake", storage=storage)
@@ -99,6 +106,59 @@ def test_a_rerun_resumes_and_a_design_asked_but_never_told_is_evaluated_then(tmp
     found = run_search(spec, storage, again, CPU)["search"]
     assert len(found.designs) == 6 and len(again.calls) == 3  # the one left RUNNING, then two new ones
     assert again.calls[0][0] == _label(last.params)
+
+
+def test_a_batch_of_designs_is_asked_before_any_is_told_and_trained_together(tmp_path):
+    batches = []
+
+    def evaluate(designs, seeds):
+        batches.append([d.label for d in designs])
+        return [{s: {"final_val_top1_err": known_error(d.settings)} for s in seeds} for d in designs]
+
+    spec = spec_of(random_arm=False, budget={"designs": 7}, parallel=3, intensify=0)
+    found = run_search(spec, f"sqlite:///{tmp_path / 'search.db'}", evaluate, CPU)["search"]
+    assert found.trained == 7 and [len(b) for b in batches] == [3, 3, 1]  # the last batch only what the budget left
+    assert len({label for b in batches for label in b}) == 7  # a design proposed twice in a batch trains once
+
+
+def test_a_design_entering_the_front_gets_the_intensification_seed_and_its_mean_over_all(tmp_path):
+    fake = Fake()
+    spec = spec_of(random_arm=False, budget={"designs": 12}, intensify=1, reevaluate=[100, 101])
+    found = run_search(spec, f"sqlite:///{tmp_path / 'search.db'}", fake, CPU)["search"]
+    extra = {label for label, seeds in fake.calls if seeds == (2,)}  # the next seed after the common 0, 1
+    assert extra == set(found.intensified) and extra
+    labels = list(found.designs)
+    on = {labels[i] for i in np.flatnonzero(front_mask(np.array([found.designs[k] for k in labels])))}
+    assert on <= extra  # every design of the final front was intensified when it entered (some left it later)
+    for label in extra:
+        assert found.seeds[label] == [0, 1, 2]
+        assert found.designs[label][0] == pytest.approx(known_error(_settings(label)) + 0.01)  # mean of 0, 1, 2
+    study = optuna.load_study(study_name="fake", storage=f"sqlite:///{tmp_path / 'search.db'}")
+    assert sorted(len(t.user_attrs["seeds"]) for t in study.trials if t.state.name == "COMPLETE")[-1] == 3
+
+
+def test_a_grid_s_results_start_the_sampler_free_and_the_random_arm_is_not_given_them(tmp_path):
+    from ablations.study.search_plan import design
+
+    spec = spec_of(budget={"designs": 3}, intensify=0)
+    given = [design(spec, {"se.reduction": r, "se.excitation": "sigmoid"}, CPU) for r in (2, 4)]
+    warm = [(d, {0: {"final_val_top1_err": 1.0}, 1: {"final_val_top1_err": 2.0}}) for d in given]
+    fake = Fake()
+    arms = run_search(spec, f"sqlite:///{tmp_path / 'search.db'}", fake, CPU, warm=warm)
+    found = arms["search"]
+    assert found.warm == {d.label for d in given} and found.trained == 3 and len(found.designs) >= 5
+    assert found.designs[given[0].label][0] == 1.5 and not {d.label for d in given} & set(fake.trained())
+    assert not arms["random"].warm and arms["random"].trained == 3
+    again = run_search(spec, f"sqlite:///{tmp_path / 'search.db'}", Fake(), CPU, warm=warm)["search"]
+    assert again.warm == found.warm and again.trained == 3  # given once: a rerun resumes, adds nothing
+
+
+def _settings(label):
+    out = {}
+    for part in label.split(", "):
+        key, value = part.split("=")
+        out[key] = int(value) if value.isdigit() else value
+    return out
 
 
 def _label(params):
@@ -113,12 +173,15 @@ from ablations.study.spec import parse_spec
 from ablations.sweep.search_loop import run_search
 from tests.ablations.sweep.test_search_loop import known_error, spec_of
 
-def slow(design, seeds):
-    print("training", design.label, flush=True)
-    time.sleep(0.2)
-    return {"final_val_top1_err": known_error(design.settings)}
+def slow(designs, seeds):
+    out = []
+    for design in designs:
+        print("training", design.label, flush=True)
+        time.sleep(0.2)
+        out.append({s: {"final_val_top1_err": known_error(design.settings)} for s in seeds})
+    return out
 
-run_search(spec_of(random_arm=False, budget={"designs": 8}), sys.argv[1], slow, Host("cpu"))
+run_search(spec_of(random_arm=False, budget={"designs": 8}, parallel=1, intensify=0), sys.argv[1], slow, Host("cpu"))
 print("done", flush=True)
 """
 
@@ -149,10 +212,10 @@ def test_kill_9_of_the_controller_loses_and_duplicates_nothing(tmp_path):
     assert not before & set(after) and len(after) == len(set(after))
 
 
-def test_status_reads_a_search_as_the_sweep_of_what_it_asked_and_report_refuses_it(tmp_path, capsys):
+def test_status_reads_a_search_as_the_sweep_of_what_it_asked_and_report_reads_its_search(tmp_path, capsys):
     """No expansion of the spec lists a sampler's designs: `searched` reads them back from the Optuna studies (each
-    design once, the references first), which `status` lists; `report` refuses, as a grid report of them would print
-    test errors of designs selected on validation error."""
+    design once, the references first), which `status` lists; `report` writes the search's own report, never a grid
+    report of designs selected on validation error."""
     from ablations.cli import main
     from ablations.study.searched import searched
 
@@ -170,6 +233,13 @@ def test_status_reads_a_search_as_the_sweep_of_what_it_asked_and_report_refuses_
     path.write_text(yaml.safe_dump(spec.model_dump(exclude_defaults=True)))
     assert main(["status", str(path), "--results", str(results)]) == 0
     out = capsys.readouterr().out
-    assert f"0 done, 0 running, 0 failed, {2 * len(labels)} pending" in out and "no SE seed 1" in out
-    assert main(["report", str(path), "--results", str(results)]) == 2
-    assert "is a search; its report (fronts re-evaluated on fresh seeds) is not built yet" in capsys.readouterr().err
+    intensified = {label for arm in arms.values() for label in arm.intensified}
+    assert [s.name for s in swept._included] == ["fake__intensify", "fake__reevaluate"]
+    assert {e.label for e in swept._included[0].extra} == intensified and swept._included[0].seeds == [2]
+    assert [e.label for e in swept._included[1].extra] == ["standard SE", "no SE"]  # the fronts once recorded
+    pending = 2 * len(labels) + len(intensified) + 2 * 3  # common seeds, the extra seed, the references' fresh ones
+    assert f"0 done, 0 running, 0 failed, {pending} pending" in out and "no SE seed 1" in out and "seed 102" in out
+    # its report reads the told designs; with nothing re-evaluated it says so rather than print test errors
+    assert main(["report", str(path), "--results", str(results), "--out", str(tmp_path / "rep")]) == 0
+    text = (tmp_path / "rep" / "README.md").read_text()
+    assert "**6 trials of the re-evaluation have no result yet**" in text  # the references at seeds 100-102

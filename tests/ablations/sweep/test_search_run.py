@@ -9,30 +9,36 @@ import yaml
 
 from ablations.cli import main
 from ablations.paths import ledger_file
+from ablations.study.load import load_spec
 from ablations.sweep.ledger import Ledger, State
 from tests._support.configs import TINY
 
 
-@pytest.mark.e2e  # about 8 tiny trainings, each a sweep of its own (about 60 s on 2 cores)
-def test_a_search_trains_its_designs_through_the_ledger_once_and_resumes(tmp_path, capsys):
+@pytest.mark.e2e  # about 9 tiny trainings in four sweeps (about 60 s on 2 cores)
+def test_a_search_trains_its_designs_through_the_ledger_once_and_resumes(tmp_path, capsys, monkeypatch):
     tree = {"name": "tinysearch", "description": "a tiny real search", "base": TINY,
             "search": {"space": {"se.reduction": [2, 8, {2: 4, 3: "off"}], "se.excitation": ["sigmoid", "tanh"]},
                        "objectives": ["final_val_top1_err", "params"], "budget": {"designs": 3}, "seeds": [0],
-                       "reevaluate": [5], "random_arm": False,
+                       "reevaluate": [5], "random_arm": False, "intensify": 0, "parallel": 2,
                        "reference_point": {"final_val_top1_err": 100, "params": 400_000}}}  # fmt: skip
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tree))
     results = tmp_path / "results"
     assert main(["search", str(path), "--results", str(results), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "search arm: 3 designs trained, 0 rejected untrained, 0 without a result" in out and "  front: " in out
+    assert "search arm: 3 designs trained (0 more from a grid's results), 0 intensified, 0 rejected untrained" in out
+    assert "  search-time front: " in out
     ledger = Ledger.open(str(ledger_file(results)))
     try:
         done = [a for a in ledger.attempts() if a.state == State.COMPLETE]
     finally:
         ledger.close()
-    assert len(done) == len({a.key for a in done}) == 2 + 3  # the two references (base r = 4: none of the designs)
-    # and three designs, each once
+    again = optuna.load_study(study_name="tinysearch", storage=f"sqlite:///{results / 'search.db'}")
+    front = again.user_attrs["reevaluated"]
+    assert 1 <= len(front) <= 3
+    # the two references (base r = 4: none of the designs) and three designs each once at seed 0, then the front
+    # and the references again at the fresh seed 5
+    assert len(done) == len({a.key for a in done}) == 2 + 3 + 2 + len(front)
     study = optuna.load_study(study_name="tinysearch", storage=f"sqlite:///{results / 'search.db'}")
     told = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len({tuple(sorted(t.params.items())) for t in told}) == 3
@@ -41,6 +47,19 @@ def test_a_search_trains_its_designs_through_the_ledger_once_and_resumes(tmp_pat
     assert "search arm: 3 designs trained" in capsys.readouterr().out
     ledger = Ledger.open(str(ledger_file(results)))
     try:
-        assert len(ledger.attempts()) == 5
+        assert len(ledger.attempts()) == 7 + len(front)
     finally:
         ledger.close()
+    # the search's report: the re-evaluated designs with their fresh-seed test error, byte-identical when rebuilt
+    assert main(["report", str(path), "--results", str(results), "--out", str(tmp_path / "rep")]) == 0
+    text = (tmp_path / "rep" / "README.md").read_text()
+    assert "## Re-evaluated on fresh seeds [5]" in text and "| standard SE | reference |" in text
+    assert "## Selection bias" in text and "Budget spent" in text
+    first = {p.name: p.read_bytes() for p in (tmp_path / "rep").iterdir()}
+    assert main(["report", str(path), "--results", str(results), "--out", str(tmp_path / "rep")]) == 0
+    assert {p.name: p.read_bytes() for p in (tmp_path / "rep").iterdir()} == first
+    # --confirm: the fronts' factors as a grid study on fresh seeds, which loads and plans
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", str(path), "--results", str(results), "--confirm"]) == 0
+    confirm = load_spec(str(tmp_path / "tinysearch_confirm.yaml"))
+    assert confirm.search is None and confirm.seeds == [6, 7, 8, 9, 10] and "no SE" in [e.label for e in confirm.extra]
