@@ -50,6 +50,7 @@ class Measured:
     label: str
     params: int
     gflops: float
+    digest: str  # its configuration's hash: labels of one network share it (and their trials)
     seeds: dict[int, dict[str, float]] = field(default_factory=dict)  # seed → summary metrics (diverged at chance)
     device_s: dict[int, float] = field(default_factory=dict)  # seed → the trial's wall time
 
@@ -121,7 +122,7 @@ def _measured(spec: StudySpec, opts: ReadOptions) -> tuple[dict[str, Measured], 
     pending = 0
     for s in statuses:
         c = cost(s.trial.config)
-        m = by_hash.setdefault(s.trial.config_hash, Measured("", c.params, c.gflops))
+        m = by_hash.setdefault(s.trial.config_hash, Measured("", c.params, c.gflops, s.trial.config_hash))
         if s.state != Standing.DONE:
             pending += s.trial.seed in fresh
             continue
@@ -137,7 +138,7 @@ def _measured(spec: StudySpec, opts: ReadOptions) -> tuple[dict[str, Measured], 
             digest = resolve_point(study, point, {}).resolved(host).config_hash()
             if point.label not in out and digest in by_hash:
                 m = by_hash[digest]
-                out[point.label] = Measured(point.label, m.params, m.gflops, m.seeds, m.device_s)
+                out[point.label] = Measured(point.label, m.params, m.gflops, digest, m.seeds, m.device_s)
     return out, pending
 
 
@@ -204,11 +205,19 @@ def analyse_search(spec: StudySpec, opts: ReadOptions) -> SearchAnalysis:
     common = [*search.seeds, *search.intensify_seeds()]
     fresh_seeds = list(search.reevaluate)
     front_of = fronts(arms_told)
+    own_front = fronts(arms_told, own=True)  # the arms compare on what each asked with the same budget
     again_labels = [r.label for r in search.references] + [
         label for label in reevaluated(spec, opts.results) if label in measured
     ]
     refs = {r.label for r in search.references}
-    rows = [measured[label] for label in dict.fromkeys(again_labels) if label in measured]
+    rows: list[Measured] = []  # one row per network, named by its first label (a reference's)
+    for label in again_labels:
+        if label in measured and all(r.digest != measured[label].digest for r in rows):
+            rows.append(measured[label])
+
+    def holds(front: list[Told], m: Measured) -> bool:
+        return any(d.label in measured and measured[d.label].digest == m.digest for d in front)
+
     samples = np.full((len(rows), len(fresh_seeds), 2 if cost_name else 1), np.nan)
     for i, m in enumerate(rows):
         values = m.values(fresh_metric, fresh_seeds)
@@ -228,7 +237,7 @@ def analyse_search(spec: StudySpec, opts: ReadOptions) -> SearchAnalysis:
     base = rows[0].values(fresh_metric, fresh_seeds) if rows else {}
     again = []
     for i, m in enumerate(rows):
-        in_arms = tuple(arm for arm, front in front_of.items() if any(d.label == m.label for d in front))
+        in_arms = tuple(arm for arm, front in front_of.items() if holds(front, m))
         mine = m.values(fresh_metric, fresh_seeds)
         again.append(Again(m.label, () if m.label in refs and not in_arms else in_arms, m.summary(first, common),
                            m.summary(first, fresh_seeds), fresh_sum[i],
@@ -241,9 +250,10 @@ def analyse_search(spec: StudySpec, opts: ReadOptions) -> SearchAnalysis:
     for arm, designs in arms_told.items():
         front = front_of.get(arm, [])
         mine = [d for d in designs if d.values is not None]
-        hv_search = hypervolume(np.array([d.values for d in mine]), np.array(point)) if point and mine else math.nan
+        asked = [d.values for d in mine if d.source != "grid"]
+        hv_search = hypervolume(np.array(asked), np.array(point)) if point and asked else math.nan
         hv_fresh = (math.nan, math.nan, math.nan)
-        idx = [i for i, m in enumerate(rows) if any(d.label == m.label for d in front)]
+        idx = [i for i, m in enumerate(rows) if holds(own_front.get(arm, []), m)]
         if point and idx and has[idx].all():
             hv_fresh = hypervolume_interval(samples[idx], np.array(point), RESAMPLES, np.random.default_rng(SEED))
         spent = sum(sum(measured[d.label].device_s.get(s, 0.0) for s in d.seeds) for d in mine if d.label in measured)

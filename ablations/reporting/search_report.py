@@ -99,7 +99,9 @@ def render(a: SearchAnalysis) -> str:
         bound = ", ".join(f"{o} {v:,.6g}" for o, v in zip(a.objectives, a.reference_point, strict=True))
         lines += [f"Reference point: {bound} "
                   f"(on the fresh seeds, `{a.fresh_metric}` takes `{first}`'s bound). The re-evaluated interval is the "
-                  "basic bootstrap over the fresh seeds.", "", "| arm | search-time hypervolume | re-evaluated "
+                  "basic bootstrap over the fresh seeds. Each arm counts only the designs it asked (designs given to "
+                  "the sampler from earlier results are left out: the random arm is not given them).", "",
+                  "| arm | search-time hypervolume | re-evaluated "
                   "hypervolume [95% interval] |", "|---|---|---|"]  # fmt: skip
         lines += [f"| {arm.arm} | {DASH if math.isnan(arm.hv_search) else f'{arm.hv_search:,.4g}'} | "
                   f"{_hv(arm.hv_fresh)} |" for arm in a.arms]  # fmt: skip

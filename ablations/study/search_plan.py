@@ -27,6 +27,7 @@ class Design:
     params: int
     gflops: float  # per image at the data's size
     broken: str  # the first constraint it breaks ("params 512,000 > 480,000"); empty if feasible
+    latency_ms: float | None = None  # measured alone on the device, when the search needs it (before training)
 
     @property
     def feasible(self) -> bool:

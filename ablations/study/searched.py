@@ -82,25 +82,28 @@ def told(spec: StudySpec, results: Path) -> dict[str, list[Told]]:
     return out
 
 
-def fronts(arms: dict[str, list[Told]]) -> dict[str, list[Told]]:
+def fronts(arms: dict[str, list[Told]], own: bool = False) -> dict[str, list[Told]]:
     """Each arm's search-time front: its told designs no other told design of the arm dominates (selected on the
-    very values they show; the re-evaluation is what a claim reads)."""
+    very values they show; the re-evaluation is what a claim reads). `own`: among the designs it asked alone, not
+    those given from earlier results (how arms with one budget compare)."""
     import numpy as np
 
     from ablations.pareto import front_mask
 
     out = {}
     for arm, designs in arms.items():
-        done = [d for d in designs if d.values is not None]
+        done = [d for d in designs if d.values is not None and not (own and d.source == "grid")]
         on = front_mask(np.array([d.values for d in done], dtype=float)) if done else []
         out[arm] = [d for d, keep in zip(done, on, strict=True) if keep]
     return out
 
 
 def to_reevaluate(spec: StudySpec, results: Path) -> list[Told]:
-    """The designs on any arm's search-time front, each once (the sampler's arm first)."""
+    """The designs on any arm's search-time front, with or without the designs given from earlier results, each
+    once (the sampler's arm first)."""
     again: dict[str, Told] = {}
-    for designs in fronts(told(spec, results)).values():
+    arms = told(spec, results)
+    for designs in (*fronts(arms).values(), *fronts(arms, own=True).values()):
         for d in designs:
             again.setdefault(d.label, d)
     return list(again.values())
@@ -139,9 +142,7 @@ def searched(spec: StudySpec, results: Path) -> StudySpec:
     intensified: dict[str, Extra] = {}
     common = set(spec.search.seeds)
     for designs in told(spec, results).values():
-        for d in designs:
-            if d.source == "grid":
-                continue
+        for d in designs:  # a grid's designs too: their trials are done, and the report reads them by label
             points.setdefault(d.label, Extra(label=d.label, set=d.settings))
             if set(d.seeds) - common:
                 intensified.setdefault(d.label, Extra(label=d.label, set=d.settings))

@@ -11,9 +11,11 @@ a test's fake objective with a known answer is another.
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import statistics
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,15 +24,18 @@ import optuna
 
 from ablations.config import Host
 from ablations.pareto import front_mask
-from ablations.study.search import SearchSection, design_label
+from ablations.study.search import BEFORE_TRAINING, SearchSection, design_label
 from ablations.study.search_plan import Design, design, plan_designs
 from ablations.study.searched import ARMS, REJECTED, choices, study_name
 from ablations.study.spec import StudySpec
 
 ASKS_PER_DESIGN = 20  # asks a loop may spend per design of its budget (re-proposals and infeasible ones are free)
+STALE = 5  # known or infeasible proposals in a row before the loop asks an untried design of the space
 DEVICE_S = "_device_s"  # the seed's trial's device time, beside its metrics, for the GPU-hours budget
 Seeded = dict[int, dict[str, float]]  # seed → that seed's validation metrics (and DEVICE_S)
 Evaluate = Callable[[list[Design], list[int]], list[Seeded]]
+COSTS_KNOWN = (*BEFORE_TRAINING, "latency_ms")  # objectives a design has before it trains
+Latency = Callable[[Design], float]  # a design's latency in ms, measured alone (or cached)
 
 
 def distributions(search: SearchSection) -> dict[str, optuna.distributions.CategoricalDistribution]:
@@ -88,10 +93,27 @@ class ArmResult:
 
 
 def objective_values(search: SearchSection, d: Design, metrics: dict[str, float]) -> list[float]:
-    """The objectives of a design: validation metrics from its evaluation, costs from its config (latency from the
-    evaluation, which measures it)."""
+    """The objectives of a design: validation metrics from its evaluation, costs from its config and its latency
+    measurement."""
     known = {"params": float(d.params), "gflops": d.gflops, **metrics}
+    if d.latency_ms is not None:
+        known["latency_ms"] = d.latency_ms
     return [known[name] for name in search.objectives]
+
+
+def needs_latency(search: SearchSection) -> bool:
+    return "latency_ms" in search.objectives or "latency_ms" in search.constraints
+
+
+def with_latency(search: SearchSection, d: Design, latency: Latency | None) -> Design:
+    """`d` with its latency, when the search needs it and its params/GFLOPs let it through; a design over the
+    latency limit is infeasible, rejected before training like one over the params limit."""
+    if latency is None or d.broken or not needs_latency(search):
+        return d
+    ms = latency(d)
+    limit = search.constraints.get("latency_ms")
+    broken = f"latency_ms {ms:,.4g} > {limit.max:,.4g}" if limit is not None and ms > limit.max else ""
+    return dataclasses.replace(d, latency_ms=ms, broken=broken)
 
 
 def mean_metrics(seeded: Seeded) -> dict[str, float]:
@@ -103,7 +125,7 @@ def mean_metrics(seeded: Seeded) -> dict[str, float]:
 def warm_trial(search: SearchSection, d: Design, seeded: Seeded) -> optuna.trial.FrozenTrial | None:
     """A design a grid already trained at every common seed, as a completed trial its arm is told for free."""
     metrics = mean_metrics(seeded)
-    if not all(name in metrics or name in ("params", "gflops") for name in search.objectives):
+    if not all(name in metrics or name in COSTS_KNOWN for name in search.objectives):
         return None
     values = objective_values(search, d, metrics)
     params = {key: _choice(search, key, d.settings[key]) for key in search.space}
@@ -116,14 +138,21 @@ def _choice(search: SearchSection, key: str, level: Any) -> str:
 
 
 def run_arm(
-    spec: StudySpec, storage: str, arm: str, evaluate: Evaluate, host: Host, warm: list[tuple[Design, Seeded]] = ()
+    spec: StudySpec,
+    storage: str,
+    arm: str,
+    evaluate: Evaluate,
+    host: Host,
+    warm: Sequence[tuple[Design, Seeded]] = (),
+    latency: Latency | None = None,
 ) -> ArmResult:
     """Ask, reject, evaluate and tell until the arm has trained `budget.designs` designs (or spent its GPU-hours),
     the space's designs are all known, or it has asked `ASKS_PER_DESIGN` times per design of the budget.
 
     `parallel` designs are asked before any is told and evaluated together; a design entering the arm's front is
     evaluated on the intensification seeds too before it is told. `warm` designs (trained by a grid at every common
-    seed) are told first, at no cost to the budget.
+    seed) are told first, at no cost to the budget. With a latency objective or constraint, `latency` times each
+    design before it trains (an infeasible one never does).
     """
     search = spec.search
     assert search is not None
@@ -134,7 +163,9 @@ def run_arm(
     hours = search.budget.gpu_hours
 
     def design_of(params: dict[str, str]) -> Design:
-        return design(spec, {key: levels[key][params[key]] for key in search.space}, host)
+        return with_latency(
+            search, design(spec, {key: levels[key][params[key]] for key in search.space}, host), latency
+        )
 
     def spent() -> bool:
         return result.trained >= search.budget.designs or (hours is not None and result.device_s >= 3600 * hours)
@@ -166,17 +197,16 @@ def run_arm(
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 result.failed.append(d.label)
                 continue
-            metrics = mean_metrics(seeded[d.label])
-            for name, limit in search.constraints.items():  # measured by the evaluation (latency): feasible at <= 0
-                if name in metrics:
-                    trial.set_constraint(name, metrics[name] - limit.max)
+            if d.latency_ms is not None:
+                trial.set_user_attr("latency_ms", d.latency_ms)
             trial.set_user_attr("seeds", sorted(seeded[d.label]))
             study.tell(trial, values[d.label])
             result.designs[d.label] = values[d.label]
             result.seeds[d.label] = sorted(seeded[d.label])
 
     told = {frozen_label(spec, t.params) for t in study.get_trials(deepcopy=False)}
-    for d, seeded in warm:
+    for given, seeded in warm:
+        d = with_latency(search, given, latency) if given.label not in told else given
         frozen = warm_trial(search, d, seeded) if d.label not in told and d.feasible else None
         if frozen is not None:
             study.add_trial(frozen)
@@ -196,13 +226,23 @@ def run_arm(
     if resumed:
         settle(resumed)
     result.asks = len(study.trials) - len(result.warm)
-    feasible_total = _feasible_total(spec, host)
+    planned, sampled = plan_designs(spec, host)
+    untried = [] if sampled else [d for d in planned if d.feasible]  # an enumerable space's feasible designs
+    feasible_total = search.size() if sampled else len(untried)
+    rng = random.Random(f"{spec.name}:{arm}")
+    stale = 0  # proposals in a row that were known or infeasible
     while (not spent() and result.asks < ASKS_PER_DESIGN * search.budget.designs
            and len(result.designs) + len(result.failed) < feasible_total):  # fmt: skip
         batch: list[tuple[optuna.Trial, Design]] = []
         new: set[str] = set()
         room = search.budget.designs - result.trained
         while len(new) < min(search.parallel, room) and result.asks < ASKS_PER_DESIGN * search.budget.designs:
+            if stale >= STALE:  # the sampler keeps proposing what it knows: an untried design, at random
+                fresh = [d for d in untried if d.label not in result.designs and d.label not in result.failed
+                         and d.label not in result.infeasible and d.label not in new]  # fmt: skip
+                if fresh:
+                    study.enqueue_trial({k: _choice(search, k, v) for k, v in rng.choice(fresh).settings.items()})
+                stale = 0
             trial = study.ask(dists)
             result.asks += 1
             d = design_of(trial.params)
@@ -210,10 +250,14 @@ def run_arm(
                 trial.set_user_attr(REJECTED, d.broken)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 result.infeasible[d.label] = d.broken
+                stale += 1
                 continue
             batch.append((trial, d))
-            if d.label not in result.designs:
+            if d.label in result.designs or d.label in new:
+                stale += 1
+            else:
                 new.add(d.label)
+                stale = 0
             if len(result.designs) + len(result.failed) + len(new) >= feasible_total:
                 break
         settle(batch)
@@ -223,7 +267,7 @@ def run_arm(
 def _complete(search: SearchSection, seeded: Seeded) -> bool:
     """Whether the seeds gave every validation objective (a diverged seed gives no loss)."""
     metrics = mean_metrics(seeded)
-    return bool(seeded) and all(name in metrics for name in search.objectives if name not in ("params", "gflops"))
+    return bool(seeded) and all(name in metrics for name in search.objectives if name not in COSTS_KNOWN)
 
 
 def frozen_label(spec: StudySpec, params: dict[str, str]) -> str:
@@ -232,24 +276,23 @@ def frozen_label(spec: StudySpec, params: dict[str, str]) -> str:
     return design_label({key: choices(levels)[params[key]] for key, levels in spec.search.space.items()})
 
 
-def _feasible_total(spec: StudySpec, host: Host) -> int:
-    """How many designs of the space meet the constraints known before training (`plan_designs`' count); a space
-    larger than its sample is taken as never exhausted (its size)."""
-    assert spec.search is not None
-    designs, sampled = plan_designs(spec, host)
-    return spec.search.size() if sampled else sum(d.feasible for d in designs)
-
-
 def run_search(
     spec: StudySpec,
     storage: str,
     evaluate: Evaluate,
     host: Host | None = None,
-    warm: list[tuple[Design, Seeded]] = (),
+    warm: Sequence[tuple[Design, Seeded]] = (),
+    latency: Latency | None = None,
 ) -> dict[str, ArmResult]:
     """Every arm of the search (the sampler's, then the random one), each with the same budget; `warm` designs
-    start the sampler's arm (the random arm learns from nothing, so it is not given them)."""
+    start the sampler's arm (the random arm learns from nothing, so it is not given them).
+
+    Raises:
+        ValueError: the search needs latency and no `latency` measures it.
+    """
     assert spec.search is not None
+    if latency is None and needs_latency(spec.search):
+        raise ValueError("search: a latency objective or constraint needs a latency measurement")
     host = host or Host.here()
     arms = ARMS if spec.search.random_arm else ARMS[:1]
-    return {arm: run_arm(spec, storage, arm, evaluate, host, warm if arm == "search" else []) for arm in arms}
+    return {arm: run_arm(spec, storage, arm, evaluate, host, warm if arm == "search" else (), latency) for arm in arms}

@@ -16,7 +16,7 @@ from ablations.study.search_plan import Design, plan_designs
 from ablations.study.searched import SEARCH_DB, as_sweep, record_reevaluated, to_reevaluate
 from ablations.study.spec import Extra, StudySpec
 from ablations.sweep.runner import run
-from ablations.sweep.search_loop import DEVICE_S, ArmResult, Evaluate, Seeded, run_search
+from ablations.sweep.search_loop import DEVICE_S, ArmResult, Evaluate, Latency, Seeded, needs_latency, run_search
 from ablations.sweep.start import SweepOptions
 from ablations.sweep.status import ReadOptions, TrialStatus, study_status
 
@@ -73,6 +73,31 @@ def grid_results(spec: StudySpec, opts: SweepOptions) -> list[tuple[Design, Seed
     return out
 
 
+def latency_probe(spec: StudySpec, opts: SweepOptions) -> Latency | None:
+    """How the controller times a design, when the search needs it: on the sweep's first GPU holding its exclusive
+    permit (no trial shares it while it is timed), else on this host's CPU between batches, when no worker of the
+    search trains; cached per architecture and device in the results folder."""
+    assert spec.search is not None
+    if not needs_latency(spec.search):
+        return None
+    import contextlib
+
+    import torch
+
+    from ablations.sweep.slots import GpuPermit
+    from ablations.training.latency import latency_ms
+
+    gpu = opts.gpus[0] if opts.gpus else None
+    device = torch.device("cuda", int(gpu) if gpu.isdigit() else 0) if gpu is not None else torch.device("cpu")
+    how = spec.search.latency
+
+    def measure(d: Design) -> float:
+        with GpuPermit(opts.results, gpu).hold(exclusive=True) if gpu is not None else contextlib.nullcontext():
+            return latency_ms(d.config, opts.results, how.batch, how.backward, device)
+
+    return measure
+
+
 def search(spec: StudySpec, opts: SweepOptions) -> dict[str, ArmResult]:
     """Train the references, run every arm of the search through the sweep, then re-evaluate the fronts and the
     references on the fresh seeds; the Optuna studies live in `<results>/search.db`."""
@@ -81,7 +106,8 @@ def search(spec: StudySpec, opts: SweepOptions) -> dict[str, ArmResult]:
     opts.results.mkdir(parents=True, exist_ok=True)
     references = [Extra(label=r.label, set=r.set) for r in spec.search.references]
     run(as_sweep(spec, references, spec.search.seeds), opts)
-    arms = run_search(spec, storage, sweep_evaluator(spec, opts), warm=grid_results(spec, opts))
+    arms = run_search(spec, storage, sweep_evaluator(spec, opts), warm=grid_results(spec, opts),
+                      latency=latency_probe(spec, opts))  # fmt: skip
     front = to_reevaluate(spec, opts.results)
     record_reevaluated(spec, storage, [d.label for d in front])
     run(as_sweep(spec, [*references, *(Extra(label=d.label, set=d.settings) for d in front)], spec.search.reevaluate),

@@ -243,3 +243,24 @@ def test_status_reads_a_search_as_the_sweep_of_what_it_asked_and_report_reads_it
     assert main(["report", str(path), "--results", str(results), "--out", str(tmp_path / "rep")]) == 0
     text = (tmp_path / "rep" / "README.md").read_text()
     assert "**6 trials of the re-evaluation have no result yet**" in text  # the references at seeds 100-102
+
+
+def test_a_latency_limit_rejects_designs_untrained_and_latency_is_an_objective(tmp_path):
+    """Latency is known before training (measured alone, cached): over the limit, a design never trains."""
+    timed = []
+
+    def latency(d):  # a known latency: fewer channels squeezed (larger r) is faster here
+        timed.append(d.label)
+        return 10.0 / d.settings["se.reduction"]
+
+    spec = spec_of(random_arm=False, intensify=0, objectives=["final_val_top1_err", "latency_ms"],
+                   reference_point={"final_val_top1_err": 30, "latency_ms": 10},
+                   constraints={"latency_ms": {"max": 2.0}}, budget={"designs": 6})  # fmt: skip
+    fake = Fake()
+    found = run_search(spec, f"sqlite:///{tmp_path / 'search.db'}", fake, CPU, latency=latency)["search"]
+    assert found.trained == 6 and all(label.startswith(("se.reduction=8,", "se.reduction=16,"))
+                                      for label, _ in fake.calls)  # fmt: skip
+    assert all(reason.startswith("latency_ms ") for reason in found.infeasible.values()) and found.infeasible
+    assert all(v[1] == 10.0 / _settings(label)["se.reduction"] for label, v in found.designs.items())
+    with pytest.raises(ValueError, match="needs a latency measurement"):
+        run_search(spec, f"sqlite:///{tmp_path / 'other.db'}", fake, CPU)
