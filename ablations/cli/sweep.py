@@ -246,10 +246,11 @@ def _confirm(spec: StudySpec, args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from ablations.reporting.summary import print_summary
+    from ablations.study.searched import searched
     from ablations.sweep.status import find_spec
 
     opts = sweep_options(args)
-    spec = find_spec(args.study, opts.storage_url)
+    spec = searched(find_spec(args.study, opts.storage_url), opts.results)  # a search: the designs it asked so far
     slurm = slurm_options(args, spec)
     if slurm is not None:
         from ablations.sweep.launch import launch

@@ -89,6 +89,7 @@ class Arm:
     trained: int  # designs asked and told from training (not from a grid's results)
     warm: int  # designs given from a grid's results
     infeasible: int  # asks rejected before training
+    pruned: int  # designs a rung stopped
     failed: int  # designs no seed of which gave a result
     device_s: float  # wall time of the trials its told designs read
     hv_search: float  # hypervolume of its search-time front (NaN with one objective)
@@ -105,6 +106,7 @@ class SearchAnalysis:
     again: list[Again]
     gap: Summary  # fresh validation minus search-time validation, over the front designs: the selection bias
     importance: dict[str, float]  # PED-ANOVA over the sampler's told designs; empty when too few
+    rungs: list[tuple[int, int, float]]  # (rung epochs, designs with both, Spearman ρ of rung and full-length value)
     device_s: float  # every trial of the search: references, arms, intensification, re-evaluation
     pending: int  # trials of the re-evaluation still without a result
 
@@ -259,7 +261,33 @@ def analyse_search(spec: StudySpec, opts: ReadOptions) -> SearchAnalysis:
         spent = sum(sum(measured[d.label].device_s.get(s, 0.0) for s in d.seeds) for d in mine if d.label in measured)
         rejected, failed = failures.get(arm, (0, 0))
         warm = sum(d.source == "grid" for d in mine)
-        arms.append(Arm(arm, designs, front, len(mine) - warm, warm, rejected, failed, spent, hv_search, hv_fresh))
+        pruned = sum(d.pruned for d in designs)
+        trained = len(mine) - warm + pruned
+        arms.append(Arm(arm, designs, front, trained, warm, rejected, pruned, failed, spent, hv_search, hv_fresh))
     total = sum(sum(m.device_s.values()) for m in measured.values())
     return SearchAnalysis(spec, objectives, fresh_metric, point, arms, again, summarize(gaps),
-                          importance(spec, opts.results), total, pending)  # fmt: skip
+                          importance(spec, opts.results), agreement(arms_told, objectives.index(first)), total,
+                          pending)  # fmt: skip
+
+
+def agreement(arms: dict[str, list[Told]], first: int) -> list[tuple[int, int, float]]:
+    """How well each rung ranks the designs as their full-length values do: Spearman's ρ of the first validation
+    objective over the designs (of any arm, each once) that have both; NaN below 3 designs or with ties only."""
+    from scipy import stats
+
+    both: dict[int, dict[str, tuple[float, float]]] = {}
+    for designs in arms.values():
+        for d in designs:
+            for rung, values in d.rungs:
+                if d.values is not None:
+                    both.setdefault(rung, {}).setdefault(d.label, (values[first], d.values[first]))
+    out = []
+    for rung, pairs in sorted(both.items()):
+        xs, ys = zip(*pairs.values(), strict=True) if pairs else ((), ())
+        rho = (
+            float(stats.spearmanr(xs, ys).statistic)
+            if len(pairs) >= 3 and len(set(xs)) > 1 < len(set(ys))
+            else math.nan
+        )
+        out.append((rung, len(pairs), rho))
+    return out

@@ -6,6 +6,7 @@ budget spent. Written to `reports/<study>/` as README.md, designs.csv and front.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -56,10 +57,10 @@ def render(a: SearchAnalysis) -> str:
               f"- common seeds {search.seeds}, intensification seeds {search.intensify_seeds()} for a design "
               f"entering the front; re-evaluation on fresh seeds {search.reevaluate} (the only read of test error)",
               ""]  # fmt: skip
-    lines += ["## Budget spent", "", "| arm | designs trained | from a grid's results | rejected untrained | "
-              "without a result | device-hours |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines += ["## Budget spent", "", "| arm | designs trained | of them stopped at a rung | from earlier results | "
+              "rejected untrained | without a result | device-hours |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for arm in a.arms:
-        lines.append(f"| {arm.arm} | {arm.trained} | {arm.warm} | {arm.infeasible} | {arm.failed} | "
+        lines.append(f"| {arm.arm} | {arm.trained} | {arm.pruned} | {arm.warm} | {arm.infeasible} | {arm.failed} | "
                      f"{arm.device_s / 3600:.3f} |")  # fmt: skip
     lines += ["", f"Every trial of the search (references, arms, intensification, re-evaluation): "
               f"{a.device_s / 3600:.3f} device-hours (the trials' wall time, as the ledger recorded it)."]  # fmt: skip
@@ -109,6 +110,12 @@ def render(a: SearchAnalysis) -> str:
         lines.append(_verdict(a))
     else:
         lines.append("One objective: no hypervolume; the arms compare by their best re-evaluated design above.")
+    if a.rungs:
+        lines += ["", "## Rungs against full length", "", f"Spearman's ρ between a design's `{first}` at the rung and "
+                  "at full length (common seeds), over the designs promoted past it: how far the rung's ranking can "
+                  "be trusted (designs it stopped have no full-length value, so ρ is read on the survivors).", "",
+                  "| rung (epochs) | designs | ρ |", "|---|---|---|"]  # fmt: skip
+        lines += [f"| {rung} | {n} | {DASH if math.isnan(rho) else f'{rho:+.2f}'} |" for rung, n, rho in a.rungs]
     lines += ["", "## Parameter importance (exploratory)", ""]
     if a.importance:
         lines.append("Optuna's PED-ANOVA on the sampler's told designs (how much each key decides reaching its "
@@ -172,7 +179,10 @@ def draw(a: SearchAnalysis, path: Path) -> None:
                           [(g.fresh.hi if g.fresh.n > 2 else g.fresh.mean) - g.fresh.mean for g in done]],
                     fmt="o", color="C0", label=f"re-evaluated ({a.fresh_metric})")  # fmt: skip
         for g in done:
-            ax.annotate(g.label[:40], (g.cost, g.fresh.mean), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            short = re.sub(r"\b[a-z_]+\.", "", g.label)  # model.name=resnet8 → name=resnet8
+            ax.annotate(short, (g.cost, g.fresh.mean), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        if cost_name == "params":
+            ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:,.0f}k")
         ax.set_xlabel(cost_name)
         ax.set_ylabel("error %")
         ax.legend(fontsize=7)

@@ -42,6 +42,8 @@ class Told:
     values: tuple[float, ...] | None  # its objectives at search time; None while asked but not told
     seeds: tuple[int, ...]  # the seeds its values are the mean of (the common ones, and intensification's)
     source: str  # "search" (asked by the arm) or "grid" (a grid's results, given to the sampler)
+    pruned: bool = False  # stopped at a rung: never trained at full length
+    rungs: tuple[tuple[int, tuple[float, ...]], ...] = ()  # (rung epochs, its objective values at the rung)
 
 
 def _storage(results: Path) -> str | None:
@@ -66,18 +68,20 @@ def told(spec: StudySpec, results: Path) -> dict[str, list[Told]]:
             continue
         designs: dict[str, Told] = {}
         for trial in optuna.load_study(study_name=study_name(spec, arm), storage=storage).get_trials(deepcopy=False):
-            if trial.state.name not in ("COMPLETE", "RUNNING") or any(
+            if trial.state.name not in ("COMPLETE", "RUNNING", "PRUNED") or any(
                 trial.params.get(key) not in levels[key] for key in levels
             ):
                 continue
             settings = {key: levels[key][trial.params[key]] for key in levels}
             label = design_label(settings)
-            done = trial.state.name == "COMPLETE"
-            if label in designs and (designs[label].values is not None or not done):
+            done = trial.state.name != "RUNNING"
+            if label in designs and (designs[label].values is not None or designs[label].pruned or not done):
                 continue
             seeds = tuple(trial.user_attrs.get("seeds", spec.search.seeds))
-            designs[label] = Told(label, settings, tuple(trial.values) if done else None, seeds,
-                                  trial.user_attrs.get("source", "search"))  # fmt: skip
+            rungs = tuple(sorted((int(r), tuple(v)) for r, v in trial.user_attrs.get("rungs", {}).items()))
+            values = tuple(trial.values) if trial.state.name == "COMPLETE" else None
+            designs[label] = Told(label, settings, values, seeds, trial.user_attrs.get("source", "search"),
+                                  trial.state.name == "PRUNED", rungs)  # fmt: skip
         out[arm] = list(designs.values())
     return out
 
@@ -130,6 +134,11 @@ def reevaluated(spec: StudySpec, results: Path) -> list[str]:
     return list(study.user_attrs.get(REEVALUATED, []))
 
 
+def rung_label(label: str, rung: int) -> str:
+    """How tables and the ledger name a design's trial at a rung."""
+    return f"{label} @ {rung} epochs"
+
+
 def searched(spec: StudySpec, results: Path) -> StudySpec:
     """The search-only `spec` as the sweep of its references and of every design asked so far at the common seeds,
     the intensified designs at their extra seeds and the re-evaluated ones with the references at the fresh seeds
@@ -140,9 +149,16 @@ def searched(spec: StudySpec, results: Path) -> StudySpec:
     refs = [Extra(label=r.label, set=r.set) for r in spec.search.references]
     points = {p.label: p for p in refs}
     intensified: dict[str, Extra] = {}
+    rungs: dict[int, dict[str, Extra]] = {rung: {} for rung in spec.search.rungs}
     common = set(spec.search.seeds)
     for designs in told(spec, results).values():
         for d in designs:  # a grid's designs too: their trials are done, and the report reads them by label
+            for rung, _ in d.rungs:
+                label = rung_label(d.label, rung)
+                short = Extra(label=label, set={**d.settings, "train.epochs": rung})
+                rungs.setdefault(rung, {}).setdefault(label, short)
+            if d.pruned:
+                continue
             points.setdefault(d.label, Extra(label=d.label, set=d.settings))
             if set(d.seeds) - common:
                 intensified.setdefault(d.label, Extra(label=d.label, set=d.settings))
@@ -151,7 +167,8 @@ def searched(spec: StudySpec, results: Path) -> StudySpec:
     out._included = [
         as_sweep(spec, list(group), seeds).model_copy(update={"name": f"{spec.name}__{part}"})
         for part, group, seeds in (("intensify", intensified.values(), spec.search.intensify_seeds()),
-                                   ("reevaluate", again, spec.search.reevaluate))
+                                   ("reevaluate", again, spec.search.reevaluate),
+                                   *((f"rung{r}", g.values(), spec.search.seeds) for r, g in sorted(rungs.items())))
         if group and seeds
     ]  # fmt: skip
     return out

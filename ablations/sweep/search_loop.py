@@ -26,7 +26,7 @@ from ablations.config import Host
 from ablations.pareto import front_mask
 from ablations.study.search import BEFORE_TRAINING, SearchSection, design_label
 from ablations.study.search_plan import Design, design, plan_designs
-from ablations.study.searched import ARMS, REJECTED, choices, study_name
+from ablations.study.searched import ARMS, REJECTED, choices, rung_label, study_name
 from ablations.study.spec import StudySpec
 
 ASKS_PER_DESIGN = 20  # asks a loop may spend per design of its budget (re-proposals and infeasible ones are free)
@@ -83,13 +83,18 @@ class ArmResult:
     infeasible: dict[str, str] = field(default_factory=dict)  # label → the constraint it broke (never trained)
     failed: list[str] = field(default_factory=list)  # designs no seed of which gave a result
     intensified: list[str] = field(default_factory=list)  # designs given the extra seeds when they entered the front
+    pruned: set[str] = field(default_factory=set)  # designs a rung did not promote (told PRUNED, never full length)
+    rungs: dict[str, dict[int, list[float]]] = field(default_factory=dict)  # label → rung epochs → objective values
     asks: int = 0
     device_s: float = 0.0  # device time of the trials its designs read (trained now or earlier)
 
     @property
     def trained(self) -> int:
         """Designs counted against the budget: told from training, not from a grid's results."""
-        return len(self.designs) - len(self.warm & set(self.designs))
+        return len(self.designs) + len(self.pruned) - len(self.warm & set(self.designs))
+
+    def known(self, label: str) -> bool:
+        return label in self.designs or label in self.pruned
 
 
 def objective_values(search: SearchSection, d: Design, metrics: dict[str, float]) -> list[float]:
@@ -170,9 +175,29 @@ def run_arm(
     def spent() -> bool:
         return result.trained >= search.budget.designs or (hours is not None and result.device_s >= 3600 * hours)
 
+    def promote(fresh: list[Design]) -> list[Design]:
+        """Train the new designs at each rung in turn (a trial of its own: `train.epochs` = the rung, its own
+        schedule); a design goes on only if its values at the rung are on the front of every design the arm has
+        trained there. Optuna's pruners refuse multi-objective studies: this is the controller's promotion."""
+        for rung in search.rungs:
+            at = [d for d in fresh if rung < d.config.train.epochs]
+            short = [design(spec, {**d.settings, "train.epochs": rung}, host, rung_label(d.label, rung)) for d in at]
+            for d, got in zip(at, evaluate(short, list(search.seeds)) if at else [], strict=True):
+                result.device_s += sum(m.get(DEVICE_S, 0.0) for m in got.values())
+                if _complete(search, got):
+                    result.rungs.setdefault(d.label, {})[rung] = objective_values(search, d, mean_metrics(got))
+            seen = {label: v[rung] for label, v in result.rungs.items() if rung in v}
+            labels = list(seen)
+            on = front_mask(np.array([seen[label] for label in labels])) if labels else np.zeros(0, dtype=bool)
+            keep = {labels[i] for i in np.flatnonzero(on)}
+            result.pruned.update(d.label for d in at if d.label not in keep)
+            fresh = [d for d in fresh if d.label not in result.pruned]
+        return fresh
+
     def settle(batch: list[tuple[optuna.Trial, Design]]) -> None:
-        """Evaluate the batch's new designs, intensify those entering the front, then tell every trial."""
-        fresh = list({d.label: d for _, d in batch if d.label not in result.designs}.values())
+        """Evaluate the batch's new designs (through the rungs, if any), intensify those entering the front, then
+        tell every trial."""
+        fresh = promote(list({d.label: d for _, d in batch if not result.known(d.label)}.values()))
         seeded = dict(zip((d.label for d in fresh), evaluate(fresh, list(search.seeds)), strict=True))
         values = {d.label: objective_values(search, d, mean_metrics(seeded[d.label]))
                   for d in fresh if _complete(search, seeded[d.label])}  # fmt: skip
@@ -189,6 +214,11 @@ def run_arm(
         for d in fresh:
             result.device_s += sum(m.get(DEVICE_S, 0.0) for m in seeded[d.label].values())
         for trial, d in batch:
+            if d.label in result.rungs:
+                trial.set_user_attr("rungs", {str(r): v for r, v in result.rungs[d.label].items()})
+            if d.label in result.pruned:  # stopped at a rung (now or before)
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                continue
             if d.label in result.designs:  # proposed again: its values are known, told again at no cost
                 trial.set_user_attr("seeds", result.seeds[d.label])
                 study.tell(trial, result.designs[d.label])
@@ -213,7 +243,11 @@ def run_arm(
     resumed = []
     for frozen in study.get_trials(deepcopy=False):  # what an earlier run of this arm asked and told
         d = design_of(frozen.params)
-        if frozen.state == optuna.trial.TrialState.COMPLETE:
+        if "rungs" in frozen.user_attrs:
+            result.rungs.setdefault(d.label, {int(r): list(v) for r, v in frozen.user_attrs["rungs"].items()})
+        if frozen.state == optuna.trial.TrialState.PRUNED:
+            result.pruned.add(d.label)
+        elif frozen.state == optuna.trial.TrialState.COMPLETE:
             if d.label not in result.designs:
                 result.designs[d.label] = list(frozen.values)
                 result.seeds[d.label] = list(frozen.user_attrs.get("seeds", search.seeds))
@@ -232,13 +266,13 @@ def run_arm(
     rng = random.Random(f"{spec.name}:{arm}")
     stale = 0  # proposals in a row that were known or infeasible
     while (not spent() and result.asks < ASKS_PER_DESIGN * search.budget.designs
-           and len(result.designs) + len(result.failed) < feasible_total):  # fmt: skip
+           and len(result.designs) + len(result.pruned) + len(result.failed) < feasible_total):  # fmt: skip
         batch: list[tuple[optuna.Trial, Design]] = []
         new: set[str] = set()
         room = search.budget.designs - result.trained
         while len(new) < min(search.parallel, room) and result.asks < ASKS_PER_DESIGN * search.budget.designs:
             if stale >= STALE:  # the sampler keeps proposing what it knows: an untried design, at random
-                fresh = [d for d in untried if d.label not in result.designs and d.label not in result.failed
+                fresh = [d for d in untried if not result.known(d.label) and d.label not in result.failed
                          and d.label not in result.infeasible and d.label not in new]  # fmt: skip
                 if fresh:
                     study.enqueue_trial({k: _choice(search, k, v) for k, v in rng.choice(fresh).settings.items()})
@@ -253,12 +287,12 @@ def run_arm(
                 stale += 1
                 continue
             batch.append((trial, d))
-            if d.label in result.designs or d.label in new:
+            if result.known(d.label) or d.label in new:
                 stale += 1
             else:
                 new.add(d.label)
                 stale = 0
-            if len(result.designs) + len(result.failed) + len(new) >= feasible_total:
+            if len(result.designs) + len(result.pruned) + len(result.failed) + len(new) >= feasible_total:
                 break
         settle(batch)
     return result

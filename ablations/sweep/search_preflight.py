@@ -76,6 +76,13 @@ def search_dry_run(spec: StudySpec, host: Host | None = None, timed: bool = True
         lines.append(f"device budget: {s.budget.gpu_hours:g} GPU-hours (the search stops at whichever comes first)")
     if timed and ok:
         lines.append(_estimate(_typical(ok), trials, host))
+    if s.rungs:
+        lines.append(f"rungs: each new design trains first at {', '.join(map(str, s.rungs))} epochs (a trial each, per "
+                     "seed); only those on the rung's front go on to full length")  # fmt: skip
+    if "latency_ms" in s.objectives or "latency_ms" in s.constraints:
+        mode = "forward + backward" if s.latency.backward else "forward"
+        lines.append(f"latency: {mode} of a batch of {s.latency.batch}, timed alone before a design trains (cached "
+                     "per architecture and device in the results folder)")  # fmt: skip
     lines.append("objectives: " + ", ".join(s.objectives) + " (minimised; test error is read only at re-evaluation)")
     lines.append("nothing was written (dry run)")
     return "\n".join(lines)

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from ablations.config import Host
+from ablations.errors import SenetError
 from ablations.pareto import front_mask
 from ablations.study.spec import parse_spec
 from ablations.sweep.search_loop import choices, run_search
@@ -169,6 +170,7 @@ def _label(params):
 SCRIPT = """
 import sys, time
 from ablations.config import Host
+from ablations.errors import SenetError
 from ablations.study.spec import parse_spec
 from ablations.sweep.search_loop import run_search
 from tests.ablations.sweep.test_search_loop import known_error, spec_of
@@ -264,3 +266,47 @@ def test_a_latency_limit_rejects_designs_untrained_and_latency_is_an_objective(t
     assert all(v[1] == 10.0 / _settings(label)["se.reduction"] for label, v in found.designs.items())
     with pytest.raises(ValueError, match="needs a latency measurement"):
         run_search(spec, f"sqlite:///{tmp_path / 'other.db'}", fake, CPU)
+
+
+def test_rungs_promote_only_designs_on_the_rung_front_and_prune_the_rest_untrained_at_full_length(tmp_path):
+    calls = []
+
+    def evaluate(designs, seeds):
+        calls.extend((d.label, d.settings.get("train.epochs")) for d in designs)
+        short = {d.label: 5.0 if "train.epochs" in d.settings else 0.0 for d in designs}  # a rung: worse, same order
+        return [{s: {"final_val_top1_err": known_error(d.settings) + short[d.label]} for s in seeds} for d in designs]
+
+    spec = spec_of(random_arm=False, intensify=0, rungs=[1], parallel=4)
+    storage = f"sqlite:///{tmp_path / 'search.db'}"
+    found = run_search(spec, storage, evaluate, CPU)["search"]
+    rung = {label.removesuffix(" @ 1 epochs") for label, epochs in calls if epochs == 1}
+    full = [label for label, epochs in calls if epochs is None]
+    assert rung == set(found.designs) | found.pruned and len(rung) == 12  # every design tried at the rung once
+    assert set(full) == set(found.designs) and len(full) == len(set(full))  # only the promoted at full length
+    assert found.pruned and not found.pruned & set(found.designs)
+    sigmoid = {f"se.reduction={r}, se.excitation=sigmoid" for r in (2, 4, 8, 16)}
+    assert sigmoid <= set(found.designs)  # the true front is never pruned: the rung ranks as full length does
+    assert all(found.rungs[label][1][0] == found.designs[label][0] + 5 for label in found.designs)
+    study = optuna.load_study(study_name="fake", storage=storage)
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert len({frozenset(t.params.items()) for t in pruned}) == len(found.pruned)
+    assert all("1" in t.user_attrs["rungs"] for t in pruned)
+    again = run_search(spec, storage, evaluate, CPU)["search"]  # resumes: nothing trained again
+    assert again.pruned == found.pruned and again.rungs == found.rungs and len(calls) == len(rung) + len(full)
+
+
+def test_confirm_writes_a_grid_of_the_factors_the_fronts_vary_on_seeds_the_search_never_used(tmp_path):
+    from ablations.study.searched import confirm_tree
+
+    results = tmp_path / "results"
+    results.mkdir()
+    spec = spec_of(random_arm=False, intensify=1, reevaluate=[100, 101])
+    run_search(spec, f"sqlite:///{results / 'search.db'}", Fake(), CPU)
+    tree = confirm_tree(spec, results)
+    confirm = parse_spec(tree)
+    assert confirm.grid == {"se.reduction": [2, 4, 8, 16]}  # the front: sigmoid at every r
+    assert confirm.base["se.excitation"] == "sigmoid" and confirm.seeds == [102, 103, 104, 105, 106]
+    assert [e.label for e in confirm.extra] == ["standard SE", "no SE"]
+    assert confirm.extra[0].set == {"se.excitation": "sigmoid"}  # the base's own gate, whatever the front fixed
+    with pytest.raises(SenetError, match="--confirm: search 'fake' has told no design"):
+        confirm_tree(spec, tmp_path / "empty")

@@ -63,3 +63,31 @@ def test_a_search_trains_its_designs_through_the_ledger_once_and_resumes(tmp_pat
     assert main(["search", str(path), "--results", str(results), "--confirm"]) == 0
     confirm = load_spec(str(tmp_path / "tinysearch_confirm.yaml"))
     assert confirm.search is None and confirm.seeds == [6, 7, 8, 9, 10] and "no SE" in [e.label for e in confirm.extra]
+
+
+@pytest.mark.e2e  # about 10 tiny trainings in four sweeps (about 40 s on 2 cores)
+def test_rungs_are_trials_of_their_own_and_the_report_says_how_they_rank(tmp_path):
+    tree = {"name": "tinyrungs", "description": "a tiny real search with a rung", "base": TINY,
+            "search": {"space": {"se.reduction": [2, 8], "se.excitation": ["sigmoid", "tanh"]},
+                       "objectives": ["final_val_top1_err", "params"], "budget": {"designs": 4}, "seeds": [0],
+                       "reevaluate": [5], "random_arm": False, "intensify": 0, "parallel": 4, "rungs": [1],
+                       "reference_point": {"final_val_top1_err": 100, "params": 400_000}}}  # fmt: skip
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    results = tmp_path / "results"
+    assert main(["search", str(path), "--results", str(results), "--no-progress"]) == 0
+    ledger = Ledger.open(str(ledger_file(results)))
+    try:
+        done = [a for a in ledger.attempts() if a.state == State.COMPLETE]
+    finally:
+        ledger.close()
+    epochs = sorted(a.ticket.config["train"]["epochs"] for a in done)
+    assert epochs.count(1) == 4  # every design at the rung, a trial of its own with its own (1-epoch) schedule
+    study = optuna.load_study(study_name="tinyrungs", storage=f"sqlite:///{results / 'search.db'}")
+    full = {tuple(sorted(t.params.items())) for t in study.trials if t.state.name == "COMPLETE"}
+    pruned = {tuple(sorted(t.params.items())) for t in study.trials if t.state.name == "PRUNED"}
+    assert len(full) + len(pruned) == 4 and full and not full & pruned
+    assert main(["status", str(path), "--results", str(results)]) == 0  # the rung trials are the search's too
+    assert main(["report", str(path), "--results", str(results), "--out", str(tmp_path / "rep")]) == 0
+    text = (tmp_path / "rep" / "README.md").read_text()
+    assert "## Rungs against full length" in text and f"| 1 | {len(full)} |" in text
