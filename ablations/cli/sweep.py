@@ -250,9 +250,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ablations.sweep.status import find_spec
 
     opts = sweep_options(args)
-    spec = searched(find_spec(args.study, opts.storage_url), opts.results)  # a search: the designs it asked so far
+    found = find_spec(args.study, opts.storage_url)
+    spec = searched(found, opts.results)  # a search: the designs it asked so far
     slurm = slurm_options(args, spec)
-    if slurm is not None:
+    if found.search_only and slurm is None:  # joins each batch the controller asks, until the search is over
+        from ablations.sweep.search_run import join_search
+
+        code, statuses = join_search(found, opts)
+    elif slurm is not None:
         from ablations.sweep.launch import launch
 
         code, statuses = launch(spec, opts, slurm, detach=args.detach, create=False)

@@ -13,7 +13,7 @@ from ablations.config import Host
 from ablations.outcomes import Ending, Standing
 from ablations.study.search import VALIDATION
 from ablations.study.search_plan import Design, plan_designs
-from ablations.study.searched import SEARCH_DB, as_sweep, record_reevaluated, to_reevaluate
+from ablations.study.searched import SEARCH_DB, as_sweep, record_reevaluated, reevaluated, to_reevaluate
 from ablations.study.spec import Extra, StudySpec
 from ablations.sweep.runner import run
 from ablations.sweep.search_loop import DEVICE_S, ArmResult, Evaluate, Latency, Seeded, needs_latency, run_search
@@ -113,6 +113,39 @@ def search(spec: StudySpec, opts: SweepOptions) -> dict[str, ArmResult]:
     run(as_sweep(spec, [*references, *(Extra(label=d.label, set=d.settings) for d in front)], spec.search.reevaluate),
         opts)  # fmt: skip
     return arms
+
+
+JOIN_POLL_S = 5.0  # how often a worker joining a search looks for the designs asked since
+JOIN_IDLE_S = 600.0  # how long it waits with nothing to train and no new design asked before it leaves
+
+
+def join_search(
+    spec: StudySpec, opts: SweepOptions, poll_s: float = JOIN_POLL_S, idle_s: float = JOIN_IDLE_S
+) -> tuple[int, list[TrialStatus]]:
+    """`worker NAME` on a search: join the sweep of every design asked so far, and again as the controller asks
+    more, until the re-evaluation is recorded and trained (the search is over), or nothing new was asked for
+    `idle_s` (a controller that died or paused: rerun `search NAME` and the workers)."""
+    import time
+
+    from ablations.study.searched import searched, told
+
+    def asked() -> int:
+        return sum(len(designs) for designs in told(spec, opts.results).values())
+
+    last, since = -1, time.monotonic()
+    while True:
+        recorded = bool(reevaluated(spec, opts.results))
+        code, statuses = run(searched(spec, opts.results), opts, create=False)
+        if code == 130 or (recorded and code == 0):
+            return code, statuses
+        now = asked()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since > idle_s:
+            print(f"worker: search {spec.name} asked no new design for {idle_s:.0f} s; leaving (rerun `senet-ablate "
+                  f"search {spec.name}` if its controller stopped)")  # fmt: skip
+            return code, statuses
+        time.sleep(poll_s)
 
 
 def summary_lines(spec: StudySpec, arms: dict[str, ArmResult]) -> list[str]:

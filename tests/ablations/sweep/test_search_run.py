@@ -91,3 +91,37 @@ def test_rungs_are_trials_of_their_own_and_the_report_says_how_they_rank(tmp_pat
     assert main(["report", str(path), "--results", str(results), "--out", str(tmp_path / "rep")]) == 0
     text = (tmp_path / "rep" / "README.md").read_text()
     assert "## Rungs against full length" in text and f"| 1 | {len(full)} |" in text
+
+
+@pytest.mark.e2e  # a controller and a worker process on one tiny search (about 60 s on 2 cores)
+def test_a_worker_joins_each_batch_of_a_running_search_and_leaves_when_it_is_over(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    tree = {"name": "tinyjoin", "description": "a tiny search two processes train", "base": TINY,
+            "search": {"space": {"se.reduction": [2, 8], "se.excitation": ["sigmoid", "tanh"]},
+                       "objectives": ["final_val_top1_err", "params"], "budget": {"designs": 3}, "seeds": [0, 1],
+                       "reevaluate": [5], "random_arm": False, "intensify": 0, "parallel": 1,
+                       "reference_point": {"final_val_top1_err": 100, "params": 400_000}}}  # fmt: skip
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    results = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    cli = [sys.executable, "-m", "ablations.cli"]
+    controller = subprocess.Popen([*cli, "search", str(path), "--results", str(results), "--no-progress"],
+                                  stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    assert controller.stderr.readline().startswith("sweep tinyjoin:")  # the references' sweep is open to join
+    worker = subprocess.run([*cli, "worker", str(path), "--results", str(results), "--no-progress"],
+                            capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    out, err = controller.communicate(timeout=600)
+    assert controller.returncode == 0 and worker.returncode == 0, worker.stderr[-2000:] + err[-2000:]
+    assert worker.stderr.count("worker tinyjoin: ") >= 2  # it joined the references and, later, what was asked
+    ledger = Ledger.open(str(ledger_file(results)))
+    try:
+        done = [a for a in ledger.attempts() if a.state == State.COMPLETE]
+    finally:
+        ledger.close()
+    front = optuna.load_study(study_name="tinyjoin", storage=f"sqlite:///{results / 'search.db'}").user_attrs
+    # each trial once: the references and 3 designs at seeds 0 and 1, then the front and the references at seed 5
+    assert len(done) == len({a.key for a in done}) == 2 * 2 + 3 * 2 + 2 + len(front["reevaluated"])
