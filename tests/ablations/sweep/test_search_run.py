@@ -98,6 +98,7 @@ def test_a_worker_joins_each_batch_of_a_running_search_and_leaves_when_it_is_ove
     import os
     import subprocess
     import sys
+    import time
 
     tree = {"name": "tinyjoin", "description": "a tiny search two processes train", "base": TINY,
             "search": {"space": {"se.reduction": [2, 8], "se.excitation": ["sigmoid", "tanh"]},
@@ -109,13 +110,17 @@ def test_a_worker_joins_each_batch_of_a_running_search_and_leaves_when_it_is_ove
     results = tmp_path / "results"
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     cli = [sys.executable, "-m", "ablations.cli"]
-    controller = subprocess.Popen([*cli, "search", str(path), "--results", str(results), "--no-progress"],
-                                  stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
-    assert controller.stderr.readline().startswith("sweep tinyjoin:")  # the references' sweep is open to join
+    log = tmp_path / "controller.log"  # a file, not a pipe: a full pipe would stall the controller
+    with open(log, "w") as sink:
+        controller = subprocess.Popen([*cli, "search", str(path), "--results", str(results), "--no-progress"],
+                                      stderr=sink, stdout=sink, text=True, env=env)  # fmt: skip
+    while "sweep tinyjoin:" not in log.read_text():  # the references' sweep is open to join once its banner is out
+        assert controller.poll() is None, "the controller ended before its first sweep opened"
+        time.sleep(0.2)
     worker = subprocess.run([*cli, "worker", str(path), "--results", str(results), "--no-progress"],
                             capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
-    out, err = controller.communicate(timeout=600)
-    assert controller.returncode == 0 and worker.returncode == 0, worker.stderr[-2000:] + err[-2000:]
+    controller.wait(timeout=600)
+    assert controller.returncode == 0 and worker.returncode == 0, worker.stderr[-2000:] + log.read_text()[-2000:]
     assert worker.stderr.count("worker tinyjoin: ") >= 2  # it joined the references and, later, what was asked
     ledger = Ledger.open(str(ledger_file(results)))
     try:
