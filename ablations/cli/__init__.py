@@ -93,10 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     se = command(sub, "search", cmd_search, "search SE designs for the lowest validation error within a budget "
                  "(multi-objective, on Optuna)", ["senet-ablate search NAME --dry-run",
-                                                 "senet-ablate search NAME --workers 2"])  # fmt: skip
+                 "senet-ablate search NAME --workers 2",
+                 "senet-ablate search NAME --launcher slurm --total-gpus 8"])  # fmt: skip
     place(se)
     slots(se)
-    se.set_defaults(overrides=[], launcher=None)
+    launcher_options(se)
+    se.set_defaults(overrides=[])
     se.add_argument("--dry-run", action="store_true", help="print the plan (space, feasible share, costs, time)")
     se.add_argument("--no-timing", action="store_true", help="leave out the time estimate (it times a few steps)")
     se.add_argument("--confirm", action="store_true", help="write a grid study of the fronts' factors on fresh seeds "

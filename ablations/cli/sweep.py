@@ -224,7 +224,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 0
     from ablations.sweep.search_run import search, summary_lines
 
-    arms = search(spec, sweep_options(args))
+    opts, slurm = sweep_options(args), slurm_options(args, spec)
+    if slurm is not None and args.detach:
+        raise SenetError("--detach: not with search (its controller asks each batch once the last is told; run it in "
+                         "tmux or screen, or as a job of its own)")  # fmt: skip
+    arms = search(spec, opts, slurm)
     print("\n".join(summary_lines(spec, arms)))
     return 0
 

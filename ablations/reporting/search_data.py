@@ -209,7 +209,7 @@ def analyse_search(spec: StudySpec, opts: ReadOptions) -> SearchAnalysis:
     front_of = fronts(arms_told)
     own_front = fronts(arms_told, own=True)  # the arms compare on what each asked with the same budget
     again_labels = [r.label for r in search.references] + [
-        label for label in reevaluated(spec, opts.results) if label in measured
+        label for label in (reevaluated(spec, opts.results) or []) if label in measured
     ]
     refs = {r.label for r in search.references}
     rows: list[Measured] = []  # one row per network, named by its first label (a reference's)

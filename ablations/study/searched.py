@@ -14,6 +14,7 @@ from ablations.study.spec import Extra, StudySpec
 
 SEARCH_DB = "search.db"
 REEVALUATED = "reevaluated"  # the sampler's study's user attribute: the designs the re-evaluation retrains
+IN_FLIGHT = "in_flight"  # an arm's study's user attribute: the designs (label, set, seeds) it is training now
 REJECTED = "rejected"  # a FAIL trial's user attribute: the constraint its design broke (never trained)
 ARMS = ("search", "random")  # the sampler's arm (`<study>`), and the random one (`<study>:random`)
 
@@ -86,6 +87,20 @@ def told(spec: StudySpec, results: Path) -> dict[str, list[Told]]:
     return out
 
 
+def in_flight(spec: StudySpec, results: Path) -> list[tuple[str, dict[str, Any], tuple[int, ...]]]:
+    """What each arm's controller is training now: (label, settings, seeds) of every design of the batch or stage
+    it evaluates (a rung's trials carry their `train.epochs`)."""
+    assert spec.search is not None
+    storage = _storage(results)
+    if storage is None:
+        return []
+    import optuna
+
+    known = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
+    return [(e["label"], e["set"], tuple(e["seeds"])) for arm in ARMS if study_name(spec, arm) in known
+            for e in known[study_name(spec, arm)].user_attrs.get(IN_FLIGHT, [])]  # fmt: skip
+
+
 def fronts(arms: dict[str, list[Told]], own: bool = False) -> dict[str, list[Told]]:
     """Each arm's search-time front: its told designs no other told design of the arm dominates (selected on the
     very values they show; the re-evaluation is what a claim reads). `own`: among the designs it asked alone, not
@@ -120,18 +135,20 @@ def record_reevaluated(spec: StudySpec, storage: str, labels: list[str]) -> None
     optuna.load_study(study_name=study_name(spec, ARMS[0]), storage=storage).set_user_attr(REEVALUATED, labels)
 
 
-def reevaluated(spec: StudySpec, results: Path) -> list[str]:
-    """The designs the re-evaluation retrains (beside the references), as the last `search` recorded them."""
+def reevaluated(spec: StudySpec, results: Path) -> list[str] | None:
+    """The designs the re-evaluation retrains (beside the references), as the last `search` recorded them; None
+    before the search has come to its re-evaluation."""
     storage = _storage(results)
     if storage is None:
-        return []
+        return None
     import optuna
 
     try:
         study = optuna.load_study(study_name=study_name(spec, ARMS[0]), storage=storage)
     except KeyError:  # no sampler's study yet
-        return []
-    return list(study.user_attrs.get(REEVALUATED, []))
+        return None
+    labels = study.user_attrs.get(REEVALUATED)
+    return None if labels is None else list(labels)
 
 
 def rung_label(label: str, rung: int) -> str:
@@ -157,12 +174,15 @@ def searched(spec: StudySpec, results: Path) -> StudySpec:
                 label = rung_label(d.label, rung)
                 short = Extra(label=label, set={**d.settings, "train.epochs": rung})
                 rungs.setdefault(rung, {}).setdefault(label, short)
-            if d.pruned:
+            if d.pruned or d.values is None:  # asked, not told: trained as `in_flight` says, stage by stage
                 continue
             points.setdefault(d.label, Extra(label=d.label, set=d.settings))
             if set(d.seeds) - common:
                 intensified.setdefault(d.label, Extra(label=d.label, set=d.settings))
-    again = [*refs, *(points[label] for label in reevaluated(spec, results) if label in points)]
+    for label, settings, seeds in in_flight(spec, results):
+        group = points if set(seeds) == common else intensified
+        group.setdefault(label, Extra(label=label, set=settings))
+    again = [*refs, *(points[label] for label in reevaluated(spec, results) or [] if label in points)]
     out = as_sweep(spec, list(points.values()), spec.search.seeds)
     out._included = [
         as_sweep(spec, list(group), seeds).model_copy(update={"name": f"{spec.name}__{part}"})

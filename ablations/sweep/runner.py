@@ -360,6 +360,8 @@ def run(spec: StudySpec, opts: SweepOptions, create: bool = True, task: bool = F
                     f"worker: no sweep of {spec.name!r} with these settings in the ledger ({len(trials)} trials, "
                     "none queued or run); start one with `sweep`, or give `worker` the sweep's own --set"
                 )
+            trials = [t for t in trials if t.key in known]  # what the ledger holds (a search records batch by batch)
+            manifest = dataclasses.replace(manifest, tickets={t.key: manifest.tickets[t.key] for t in trials})
         manifest = dataclasses.replace(manifest, parent_run=parent)
         sweep = Sweep(spec, trials, opts, stores, manifest, first, task)
     except BaseException:

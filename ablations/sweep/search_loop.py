@@ -26,7 +26,7 @@ from ablations.config import Host
 from ablations.pareto import front_mask
 from ablations.study.search import BEFORE_TRAINING, SearchSection, design_label
 from ablations.study.search_plan import Design, design, plan_designs
-from ablations.study.searched import ARMS, REJECTED, choices, rung_label, study_name
+from ablations.study.searched import ARMS, IN_FLIGHT, REJECTED, choices, rung_label, study_name
 from ablations.study.spec import StudySpec
 
 ASKS_PER_DESIGN = 20  # asks a loop may spend per design of its budget (re-proposals and infeasible ones are free)
@@ -172,6 +172,15 @@ def run_arm(
             search, design(spec, {key: levels[key][params[key]] for key in search.space}, host), latency
         )
 
+    def evaluating(designs: list[Design], seeds: list[int]) -> list[Seeded]:
+        """`evaluate`, with the designs and seeds in flight kept on the arm's study meanwhile: what a worker joining
+        the search trains (`searched`), rung and intensification trials included, nothing the controller has not
+        asked for yet."""
+        study.set_user_attr(IN_FLIGHT, [{"label": d.label, "set": d.settings, "seeds": seeds} for d in designs])
+        got = evaluate(designs, seeds)
+        study.set_user_attr(IN_FLIGHT, [])
+        return got
+
     def spent() -> bool:
         return result.trained >= search.budget.designs or (hours is not None and result.device_s >= 3600 * hours)
 
@@ -182,7 +191,7 @@ def run_arm(
         for rung in search.rungs:
             at = [d for d in fresh if rung < d.config.train.epochs]
             short = [design(spec, {**d.settings, "train.epochs": rung}, host, rung_label(d.label, rung)) for d in at]
-            for d, got in zip(at, evaluate(short, list(search.seeds)) if at else [], strict=True):
+            for d, got in zip(at, evaluating(short, list(search.seeds)) if at else [], strict=True):
                 result.device_s += sum(m.get(DEVICE_S, 0.0) for m in got.values())
                 if _complete(search, got):
                     result.rungs.setdefault(d.label, {})[rung] = objective_values(search, d, mean_metrics(got))
@@ -198,7 +207,7 @@ def run_arm(
         """Evaluate the batch's new designs (through the rungs, if any), intensify those entering the front, then
         tell every trial."""
         fresh = promote(list({d.label: d for _, d in batch if not result.known(d.label)}.values()))
-        seeded = dict(zip((d.label for d in fresh), evaluate(fresh, list(search.seeds)), strict=True))
+        seeded = dict(zip((d.label for d in fresh), evaluating(fresh, list(search.seeds)), strict=True))
         values = {d.label: objective_values(search, d, mean_metrics(seeded[d.label]))
                   for d in fresh if _complete(search, seeded[d.label])}  # fmt: skip
         extra = search.intensify_seeds()
@@ -207,7 +216,7 @@ def run_arm(
             labels = list(known)
             on = front_mask(np.array([known[label] for label in labels]))
             entering = [d for d in fresh if d.label in values and on[labels.index(d.label)]]
-            for d, more in zip(entering, evaluate(entering, extra) if entering else [], strict=True):
+            for d, more in zip(entering, evaluating(entering, extra) if entering else [], strict=True):
                 seeded[d.label] = {**seeded[d.label], **more}
                 values[d.label] = objective_values(search, d, mean_metrics(seeded[d.label]))
                 result.intensified.append(d.label)

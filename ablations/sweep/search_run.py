@@ -8,8 +8,10 @@ search-time fronts and the references retrained at full length on fresh seeds th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from ablations.config import Host
+from ablations.errors import SenetError
 from ablations.outcomes import Ending, Standing
 from ablations.study.search import VALIDATION
 from ablations.study.search_plan import Design, plan_designs
@@ -17,6 +19,7 @@ from ablations.study.searched import SEARCH_DB, as_sweep, record_reevaluated, re
 from ablations.study.spec import Extra, StudySpec
 from ablations.sweep.runner import run
 from ablations.sweep.search_loop import DEVICE_S, ArmResult, Evaluate, Latency, Seeded, needs_latency, run_search
+from ablations.sweep.slurm import SlurmOptions
 from ablations.sweep.start import SweepOptions
 from ablations.sweep.status import ReadOptions, TrialStatus, study_status
 
@@ -41,13 +44,26 @@ def seeded_of(design: Design, statuses: list[TrialStatus]) -> Seeded:
     return out
 
 
-def sweep_evaluator(spec: StudySpec, opts: SweepOptions) -> Evaluate:
+Train = Callable[[StudySpec], tuple[int, list[TrialStatus]]]  # a sweep run to its end: local workers or Slurm tasks
+
+
+def trainer(opts: SweepOptions, slurm: SlurmOptions | None = None) -> Train:
+    """How the search's sweeps train: on this host's workers, or (`slurm`) as job arrays this controller submits
+    and follows, batch by batch (each task trains what waits, as `searched` lists it, and leaves)."""
+    if slurm is None:
+        return lambda sweep: run(sweep, opts)
+    from ablations.sweep.launch import launch
+
+    return lambda sweep: launch(sweep, opts, slurm)
+
+
+def sweep_evaluator(spec: StudySpec, train: Train) -> Evaluate:
     """Evaluate a batch of designs as one sweep of them at the seeds (their trials in flight together)."""
 
     def evaluate(designs: list[Design], seeds: list[int]) -> list[Seeded]:
         if not designs:
             return []
-        _, statuses = run(as_sweep(spec, [Extra(label=d.label, set=d.settings) for d in designs], seeds), opts)
+        _, statuses = train(as_sweep(spec, [Extra(label=d.label, set=d.settings) for d in designs], seeds))
         return [seeded_of(d, statuses) for d in designs]
 
     return evaluate
@@ -98,20 +114,30 @@ def latency_probe(spec: StudySpec, opts: SweepOptions) -> Latency | None:
     return measure
 
 
-def search(spec: StudySpec, opts: SweepOptions) -> dict[str, ArmResult]:
+def search(spec: StudySpec, opts: SweepOptions, slurm: SlurmOptions | None = None) -> dict[str, ArmResult]:
     """Train the references, run every arm of the search through the sweep, then re-evaluate the fronts and the
-    references on the fresh seeds; the Optuna studies live in `<results>/search.db`."""
+    references on the fresh seeds; the Optuna studies live in `<results>/search.db`. `slurm`: every sweep as job
+    arrays (the controller, here, trains nothing).
+
+    Raises:
+        SenetError: a latency objective or constraint with `slurm` (the controller would time it on its own host).
+    """
     assert spec.search is not None
+    if slurm is not None and needs_latency(spec.search):
+        raise SenetError("search.latency: not with --launcher slurm (the controller times each design alone on its "
+                         "own device, which is not a node's); run `search` on a GPU host, or drop the latency "
+                         "objective and constraint")  # fmt: skip
+    train = trainer(opts, slurm)
     storage = f"sqlite:///{(opts.results / SEARCH_DB).resolve()}"
     opts.results.mkdir(parents=True, exist_ok=True)
     references = [Extra(label=r.label, set=r.set) for r in spec.search.references]
-    run(as_sweep(spec, references, spec.search.seeds), opts)
-    arms = run_search(spec, storage, sweep_evaluator(spec, opts), warm=grid_results(spec, opts),
+    train(as_sweep(spec, references, spec.search.seeds))
+    arms = run_search(spec, storage, sweep_evaluator(spec, train), warm=grid_results(spec, opts),
                       latency=latency_probe(spec, opts))  # fmt: skip
     front = to_reevaluate(spec, opts.results)
     record_reevaluated(spec, storage, [d.label for d in front])
-    run(as_sweep(spec, [*references, *(Extra(label=d.label, set=d.settings) for d in front)], spec.search.reevaluate),
-        opts)  # fmt: skip
+    train(as_sweep(spec, [*references, *(Extra(label=d.label, set=d.settings) for d in front)],
+                   spec.search.reevaluate))  # fmt: skip
     return arms
 
 
@@ -127,14 +153,16 @@ def join_search(
     `idle_s` (a controller that died or paused: rerun `search NAME` and the workers)."""
     import time
 
-    from ablations.study.searched import searched, told
+    from ablations.study.searched import searched
 
-    def asked() -> int:
-        return sum(len(designs) for designs in told(spec, opts.results).values())
+    def asked() -> set[tuple[str, str]]:
+        joined = searched(spec, opts.results)
+        return {(part.name, e.label) for part in [joined, *joined._included] for e in part.extra}
 
-    last, since = -1, time.monotonic()
+    last: set[tuple[str, str]] = set()
+    since = time.monotonic()
     while True:
-        recorded = bool(reevaluated(spec, opts.results))
+        recorded = reevaluated(spec, opts.results) is not None
         code, statuses = run(searched(spec, opts.results), opts, create=False)
         if code == 130 or (recorded and code == 0):
             return code, statuses

@@ -71,6 +71,7 @@ class ArrayTask(Checkpointable):
         self.spec = spec
 
     def __call__(self, index: int) -> dict[str, Any]:
+        from ablations.study.searched import searched
         from ablations.sweep.runner import run
         from ablations.sweep.slots import parse_gpus, parse_per_gpu
         from ablations.sweep.start import SweepOptions
@@ -98,7 +99,8 @@ class ArrayTask(Checkpointable):
             recycle_after=t.recycle_after,
             max_rss_mb=t.max_rss_mb,
         )
-        code, found = run(find_spec(t.study, opts.storage_url), opts, create=False, task=True)
+        spec = searched(find_spec(t.study, opts.storage_url), opts.results)  # a search: what its controller asked
+        code, found = run(spec, opts, create=False, task=True)
         if code == 130 and t.requeue:
             requeue_unless_cancelled()
         return {"exit": code, "index": index, "settled": sum(s.state.settled for s in found), "trials": len(found)}

@@ -310,3 +310,27 @@ def test_confirm_writes_a_grid_of_the_factors_the_fronts_vary_on_seeds_the_searc
     assert confirm.extra[0].set == {"se.excitation": "sigmoid"}  # the base's own gate, whatever the front fixed
     with pytest.raises(SenetError, match="--confirm: search 'fake' has told no design"):
         confirm_tree(spec, tmp_path / "empty")
+
+
+def test_a_joining_worker_sees_each_design_at_the_stage_the_controller_trains_it(tmp_path):
+    """What `worker NAME` (and a Slurm task) trains of a running search is what the controller evaluates now: a
+    design at its rung is not trained at full length meanwhile, nor a front design's extra seed before it is asked
+    (the references are known from the start, at their common and fresh seeds)."""
+    from ablations.study.searched import searched
+
+    spec = spec_of(random_arm=False, budget={"designs": 3}, parallel=3, rungs=[1], intensify=1, seeds=[0])
+    fake, done, calls = Fake(), set(), []
+
+    def evaluate(designs, seeds):
+        joined = searched(spec, tmp_path)
+        offered = {(e.label, tuple(s.seeds)) for s in [joined, *joined._included] for e in s.extra}
+        asked = {(d.label, tuple(seeds)) for d in designs}
+        refs = {(r.label, s) for r in spec.search.references for s in [(0,), tuple(spec.search.reevaluate)]}
+        assert offered - refs - done == asked, (offered - refs - done, asked)
+        done.update(asked)
+        calls.append(asked)
+        return fake(designs, seeds)
+
+    run_search(spec, f"sqlite:///{tmp_path / 'search.db'}", evaluate, CPU)
+    assert len(calls) >= 3  # the rung, full length, the intensification seed
+    assert any("@ 1 epochs" in label for label, _ in calls[0]) and any(s == (1,) for _, s in calls[-1])

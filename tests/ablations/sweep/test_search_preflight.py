@@ -84,3 +84,21 @@ def test_the_cli_refuses_a_test_objective_in_one_line(tmp_path, capsys, objectiv
     assert main(["search", str(path), "--dry-run"]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"senet-ablate: error: {path}: search.objectives[0]: '{objective}' is a test metric")
+
+
+@pytest.mark.parametrize(
+    ("extra", "search", "says"),
+    [
+        (["--detach"], {}, "--detach: not with search (its controller asks each batch once the last is told"),
+        ([], {"constraints": {"latency_ms": {"max": 2.0}}}, "search.latency: not with --launcher slurm (the "
+         "controller times each design alone on its own device"),
+    ],
+)  # fmt: skip
+def test_a_search_on_slurm_refuses_what_its_controller_cannot_do_in_one_line(tmp_path, capsys, extra, search, says):
+    path, _ = search_spec(tmp_path, **search)
+    results = tmp_path / "results"
+    args = ["search", str(path), "--results", str(results), "--launcher", "slurm", "--total-gpus", "1", *extra]
+    assert main(args) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"senet-ablate: error: {says}"), line
+    assert not results.exists()

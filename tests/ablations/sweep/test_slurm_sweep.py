@@ -238,3 +238,42 @@ def test_cpu_only_tasks_past_the_array_size_cap_go_in_chunks(slurm_cluster, tmp_
     _assert_promise(results, 4)
     jobs = {a.owner.job for a in attempts(local_ledger(results)) if a.state == State.COMPLETE}
     assert all(j is not None for j in jobs)
+
+
+def test_a_search_trains_every_stage_through_job_arrays_and_a_rerun_trains_nothing(slurm_cluster, tmp_path):
+    """`search --launcher slurm`: the controller, here, trains nothing; each sweep it runs (the references, a
+    batch, a front design's extra seed, the re-evaluation) is an array whose tasks train what it asked and leave."""
+    import optuna
+
+    from tests._support.configs import tiny_tree
+
+    tree = {"name": "slurmsearch", "description": "a tiny search on Slurm", "base": tiny_tree(train={"device": "cpu"}),
+            "search": {"space": {"se.reduction": [2, 8]}, "objectives": ["final_val_top1_err", "params"],
+                       "budget": {"designs": 2}, "seeds": [0], "reevaluate": [5], "random_arm": False,
+                       "intensify": 1, "parallel": 2,
+                       "reference_point": {"final_val_top1_err": 100, "params": 400_000}}}  # fmt: skip
+    spec, results = tmp_path / "slurmsearch.yaml", tmp_path / "results"
+    spec.write_text(yaml.safe_dump(tree))
+    cmd = [*_sweep_args(spec, results), "--total-gpus", "1"]
+    cmd[cmd.index("sweep")] = "search"
+    log = tmp_path / "controller.log"
+
+    def run() -> str:
+        with open(log, "w") as sink:  # a file: the controller's progress lines would fill a pipe
+            code = subprocess.run(cmd, env=slurm_cluster.env, cwd=ROOT, stdout=sink, stderr=sink, timeout=240)
+        assert code.returncode == 0, log.read_text()[-3000:]
+        return log.read_text()
+
+    out = run()
+    assert out.count("submitted 1 Slurm array task") >= 3, out[-3000:]
+    study = optuna.load_study(study_name="slurmsearch", storage=f"sqlite:///{results / 'search.db'}")
+    front = study.user_attrs["reevaluated"]
+    intensified = [t for t in study.trials if t.user_attrs.get("seeds") == [0, 1]]
+    assert intensified and front  # a design entered the front and trained its extra seed 1
+    # the references (r = 4, none of the designs) and 2 designs at seed 0, the intensified at seed 1, then the
+    # front and the references again at seed 5: each once, all inside the arrays' tasks
+    found = _assert_promise(results, 2 + 2 + len(intensified) + 2 + len(front))
+    assert all(a.owner.job for a in found if a.state == State.COMPLETE)  # each trained inside a Slurm job
+    again = run()
+    assert "submitted" not in again, again[-2000:]
+    _assert_promise(results, 2 + 2 + len(intensified) + 2 + len(front))
