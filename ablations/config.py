@@ -191,7 +191,10 @@ class TrainSection(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on the CPU
     channels_last: bool | None = None  # None = on (faster for these convs on CUDA and on oneDNN CPUs alike)
     compile: Compile = "off"  # graphs (CUDA graphs of the eager step) or a torch.compile mode
-    drop_last: bool | None = None  # skip the last short training batch; None = under graphs or compile (one shape)
+    drop_last: bool | None = None  # skip the last short training batch; None = under graphs, compile or devices > 1
+    # Devices one trial trains on as one DDP group (README, "ImageNet-scale trials"): `batch_size` stays the images
+    # of one optimizer step, split evenly over them; part of the trial key, since BN normalises each device's part.
+    devices: int = Field(1, ge=1, le=4096)
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -206,6 +209,24 @@ def check_graphs(train: TrainSection) -> None:
             f"train.compile: 'graphs' captures CUDA graphs and needs a GPU, but train.device is {train.device!r} "
             "here; allowed on the CPU: off, default, reduce-overhead, max-autotune"
         )
+
+
+def check_devices(train: TrainSection) -> None:
+    """Raise SenetError when `train.devices` cannot split `train` evenly, or asks for what a group cannot do."""
+    n = train.devices
+    if n == 1:
+        return
+    if train.batch_size % n:
+        allowed = ", ".join(str(b) for b in range(n, 4 * n + 1, n))
+        raise SenetError(f"train.batch_size: {train.batch_size} does not split over train.devices = {n}; allowed: a "
+                         f"multiple of {n} ({allowed}, ...)")  # fmt: skip
+    if train.compile == "graphs":
+        raise SenetError(f"train.compile: 'graphs' is not allowed with train.devices = {n} (a captured graph "
+                         "cannot hold the group's gradient all-reduce); allowed: off, default, reduce-overhead, "
+                         "max-autotune")  # fmt: skip
+    if train.drop_last is False:
+        raise SenetError(f"train.drop_last: false is not allowed with train.devices = {n} (a short last batch does "
+                         "not split evenly); allowed: true, null")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -259,7 +280,7 @@ class RunConfig(_Section):
         precision = t.precision if t.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
         # channels_last trained ResNet-20 1.5x faster on the 2-core AVX2 CPU too (612 vs 408 images/s, torch 2.14)
         channels_last = True if t.channels_last is None else t.channels_last
-        drop_last = t.compile != "off" if t.drop_last is None else t.drop_last
+        drop_last = (t.compile != "off" or t.devices > 1) if t.drop_last is None else t.drop_last
         train = t.model_copy(
             update={"device": device, "precision": precision, "channels_last": channels_last, "drop_last": drop_last}
         )
@@ -399,4 +420,5 @@ def build_config(tree: dict[str, Any]) -> RunConfig:
         allowed = ", ".join(list_models())
         raise SenetError(f"model.name: {cfg.model.name!r} is not a backbone (SE lives in se.*); allowed: {allowed}")
     cfg.check_model()
+    check_devices(cfg.train)
     return cfg

@@ -267,6 +267,8 @@ def steps_for(py: str, data: Path, out: Path, kit: Path | None) -> list[Step]:
              "no:cacheprovider", "--junitxml=$GPU_CHECK_STEP/junit.xml"]), collect_pytest),  # fmt: skip
         bench_step("throughput", "engine images/s, eager and CUDA graphs, against timm", 110, "throughput"),
         bench_step("se-overhead", "SE overhead and ours against timm", 70, "se_overhead,timm"),
+        bench_step("imagenet-data", "the ImageFolder path and a one-rank DDP step against a ResNet-50 step", 90,
+                   "imagenet_data"),
         Step("sweep-packed", "the gpu_kit study packed on one GPU (--trials-per-gpu auto)", 100,
              [*sweep, "--results", str(out / "sweep-packed"), "--trials-per-gpu", "auto"], collect_sweep),
         Step("report", "the packed sweep's report", 40, [py, "-m", "ablations.cli", "report", "gpu_kit", *sets,

@@ -24,6 +24,7 @@ from benchmarks._report import Result, machine, render, write_section
 from benchmarks._steps import Setup
 from benchmarks._timing import Log, Plan
 from benchmarks.harness import ROUNDS, harness_overhead
+from benchmarks.imagenet_data import imagenet_data
 from benchmarks.pipeline import pipeline
 from benchmarks.se_overhead import se_overhead
 from benchmarks.throughput import throughput
@@ -95,7 +96,7 @@ SETTINGS = {
 }
 
 
-BENCHMARKS = ("throughput", "se_overhead", "timm", "pipeline", "harness")
+BENCHMARKS = ("throughput", "se_overhead", "timm", "pipeline", "imagenet_data", "harness")
 
 
 def run(
@@ -138,6 +139,11 @@ def run(
         elif name == "pipeline":
             log(f"{head} CIFAR pipeline, batch {s.pipeline_batch}")
             results.append(pipeline(s.pipeline_batch, s.pipeline_images, s.pipeline_plan, setup, log))
+        elif name == "imagenet_data":
+            log(
+                f"{head} ImageFolder path and the DDP wrapper, ResNet-50 at {s.imagenet_size}, batch {s.imagenet_batch}"
+            )
+            results.append(imagenet_data(s.imagenet_size, s.imagenet_batch, s.imagenet_plan, setup, log))
         elif harness:
             log(f"{head} harness overhead, study {harness}")
             overrides = {"train.device": device.type, **(harness_set or {})}

@@ -108,6 +108,7 @@ def _folder_bundle(
     seed: int,
     drop_last: bool,
     cache: DataCache | None,
+    shard: tuple[int, int] = (0, 1),
 ) -> DataBundle:
     """ImageNet-layout folders: train/ gives train and validation, val/ is the test set."""
     key = _cache_key(cfg, device) + f"/augment={cfg.augment}"
@@ -123,7 +124,7 @@ def _folder_bundle(
         subset = Subset(dataset, idx.tolist())
         return FolderLoader(
             subset, size, train=train, device=device, seed=seed, workers=cfg.workers, drop_last=train and drop_last,
-            channels_last=channels_last,
+            channels_last=channels_last, shard=shard if train else (0, 1),
         )  # fmt: skip
 
     return DataBundle(
@@ -171,6 +172,7 @@ def build_data(
     seed: int | None = None,
     drop_last: bool = False,
     cache: DataCache | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> DataBundle:
     """Load `cfg.dataset`, split it and wrap train, validation and test in loaders on `device`.
 
@@ -184,6 +186,8 @@ def build_data(
             repeated runs differ in data order as well as initialisation.
         drop_last: skip the last short training batch (one input shape for a compiled model).
         cache: a dict kept between calls (a warm worker's): decoded splits and scanned folders are reused.
+        shard: (rank, world) of a trial across `world` devices: the training loader gives this rank its part of
+            every batch of `batch_size` (validation and test stay whole: rank 0 evaluates them).
 
     Raises:
         SenetError: the dataset is missing or corrupt, or a size does not fit it.
@@ -191,7 +195,7 @@ def build_data(
     eval_bs = eval_batch_size or batch_size
     train_seed = cfg.data_seed if seed is None else seed
     if cfg.dataset == "imagefolder":
-        return _folder_bundle(cfg, batch_size, eval_bs, device, channels_last, train_seed, drop_last, cache)
+        return _folder_bundle(cfg, batch_size, eval_bs, device, channels_last, train_seed, drop_last, cache, shard)
     key = _cache_key(cfg, device)
     found = cache.get(key) if cache is not None else None
     if found is None:
@@ -203,7 +207,7 @@ def build_data(
     def loader(part: tuple[torch.Tensor, torch.Tensor], size: int, train: bool) -> DeviceLoader:
         return DeviceLoader(
             *part, size, train=train, mean=mean, std=std, augment=train and cfg.augment, seed=train_seed,
-            drop_last=train and drop_last, channels_last=channels_last,
+            drop_last=train and drop_last, channels_last=channels_last, shard=shard if train else (0, 1),
         )  # fmt: skip
 
     return DataBundle(

@@ -69,6 +69,8 @@ class DeviceLoader:
         drop_last: skip the final short batch.
         channels_last: return batches in channels-last memory format.
         dtype: floating dtype of the returned images.
+        shard: (rank, world): this rank's contiguous `batch_size / world` images of every batch of `batch_size`
+            (one trial across `world` devices: together the ranks see exactly the single-device batches).
     """
 
     def __init__(
@@ -85,13 +87,16 @@ class DeviceLoader:
         drop_last: bool = False,
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
+        check_shard(batch_size, drop_last, shard)
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
             raise ValueError(f"need uint8 NCHW images and one label each, got {images.dtype} {tuple(images.shape)}")
         self.images, self.labels = images, labels.to(images.device, torch.int64)
         self.batch_size, self.train, self.augment, self.drop_last = batch_size, train, augment, drop_last
         self.seed, self.epoch, self.channels_last, self.dtype = seed, 0, channels_last, dtype
         self.start = 0  # the next pass's first batch (`set_epoch`)
+        self.rank, self.world = shard
         self.mean = torch.as_tensor(mean, dtype=torch.float32)
         self.std = torch.as_tensor(std, dtype=torch.float32)
         # (x / 255 - mean) / std folded into one multiply-add per pixel.
@@ -116,8 +121,9 @@ class DeviceLoader:
         order = (torch.randperm(n, generator=gen) if self.train else torch.arange(n)).to(device)
         shifts = torch.randint(0, 2 * PAD + 1, (n, 2), generator=gen).to(device) if self.augment else None
         flips = (torch.rand(n, generator=gen) < 0.5).to(device) if self.augment else None
+        per = self.batch_size // self.world
         for start in range(first * self.batch_size, len(self) * self.batch_size, self.batch_size):
-            part = slice(start, start + self.batch_size)
+            part = slice(start + self.rank * per, start + (self.rank + 1) * per)
             x = self.images[order[part]]
             if shifts is not None and flips is not None:
                 x = _crop_flip(x, shifts[part], flips[part])
@@ -125,23 +131,37 @@ class DeviceLoader:
             yield _to_output(x, self.dtype, self.channels_last), self.labels[order[part]]
 
 
+def check_shard(batch_size: int, drop_last: bool, shard: tuple[int, int]) -> None:
+    """Raise ValueError unless `shard` = (rank, world) splits every batch of `batch_size` evenly: equal parts, and
+    no short last batch (a rank with fewer images would weigh its gradients like the others')."""
+    rank, world = shard
+    if not 0 <= rank < world or batch_size % world or (world > 1 and not drop_last):
+        raise ValueError(f"shard {shard} does not split batches of {batch_size} evenly (drop_last={drop_last})")
+
+
 class _EpochOrder(Sampler[tuple[int, int]]):
     """(epoch, index) pairs in the order of one epoch: a permutation seeded by (seed, epoch) when shuffling, the
     stored order otherwise. The epoch travels with every index, so persistent worker processes need no message.
-    Each pass advances the epoch by one, as DeviceLoader's do."""
+    Each pass advances the epoch by one, as DeviceLoader's do. With `shard` = (rank, world) it yields this rank's
+    contiguous part of every batch of `batch` in that order (the last short batch dropped), a DistributedSampler
+    that keeps the single-device batches."""
 
-    def __init__(self, n: int, shuffle: bool, seed: int) -> None:
+    def __init__(self, n: int, shuffle: bool, seed: int, batch: int = 1, shard: tuple[int, int] = (0, 1)) -> None:
         self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+        self.batch, (self.rank, self.world) = batch, shard
         self.skip = 0  # indices of the next pass left out at its start (a run resumed mid-epoch)
 
     def __len__(self) -> int:
-        return self.n
+        return self.n if self.world == 1 else self.n // self.batch * (self.batch // self.world)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, self.epoch = self.epoch, self.epoch + 1
         skip, self.skip = self.skip, 0
         gen = torch.Generator().manual_seed(_mix(self.seed, epoch))
         order = torch.randperm(self.n, generator=gen) if self.shuffle else torch.arange(self.n)
+        if self.world > 1:
+            full = self.n // self.batch * self.batch
+            order = order[:full].view(-1, self.world, self.batch // self.world)[:, self.rank].reshape(-1)
         return ((epoch, i) for i in order[skip:].tolist())
 
 
@@ -169,7 +189,7 @@ class FolderLoader:
 
     The shuffle order is a function of (seed, epoch) and each image's random crop and flip a function of (seed,
     epoch, its index), whatever `workers` is: a resumed run, or one with another number of loader processes,
-    trains on the same batches.
+    trains on the same batches; a rank of `shard` (see DeviceLoader) its part of each of them.
     """
 
     def __init__(
@@ -184,14 +204,16 @@ class FolderLoader:
         drop_last: bool = False,
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
+        check_shard(batch_size, drop_last, shard)
         self.device, self.seed, self.channels_last, self.dtype = device, seed, channels_last, dtype
         self.batch_size, self.train = batch_size, train
         self.mean, self.std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-        self._order = _EpochOrder(len(dataset), train, seed)  # type: ignore[arg-type]
+        self._order = _EpochOrder(len(dataset), train, seed, batch_size, shard)  # type: ignore[arg-type]
         self._loader = DataLoader(
             _Seeded(dataset, seed),
-            batch_size,
+            batch_size // shard[1],
             sampler=self._order,
             # Its own generator for the workers' base seed (unused by the transforms): drawing it from torch's
             # global generator would move the training process's random state every epoch.
@@ -209,7 +231,7 @@ class FolderLoader:
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Make the next pass use the order and augmentation of `epoch`, beginning at its batch `start` (the images
         before it are never loaded)."""
-        self._order.epoch, self._order.skip = epoch, start * self.batch_size
+        self._order.epoch, self._order.skip = epoch, start * (self.batch_size // self._order.world)
 
     def __len__(self) -> int:
         return len(self._loader)

@@ -26,7 +26,7 @@ from ablations.study.spec import StudySpec
 from ablations.study.trials import Trial
 from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, State, is_local
 from ablations.sweep.manifest import Manifest
-from ablations.sweep.preflight import check_folders
+from ablations.sweep.preflight import check_devices_fit, check_folders
 from ablations.sweep.runner import Sweep, _install_signals
 from ablations.sweep.slurm import (
     LIVE,
@@ -237,6 +237,8 @@ def launch(spec: StudySpec, opts: SweepOptions, slurm: SlurmOptions, detach: boo
     trials = plan_fetching(spec, opts.overrides, host)
     check_host(trials, host)
     check_folders(trials)
+    if slurm.gpus_per_node:
+        check_devices_fit(trials, slurm.gpus_per_node, f"a task of --gpus-per-node {slurm.gpus_per_node}")
     manifest = Manifest(spec.name, None, {t.key: ticket_of(t) for t in trials}, opts.max_retries, code_version(),
                         opts.recycle_after, opts.max_rss_mb, opts.fail_fast, joiner=not create)  # fmt: skip
     stores = Stores.open(opts)

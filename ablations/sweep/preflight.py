@@ -37,6 +37,16 @@ def check_folders(trials: list[Trial]) -> None:
                              f"{data.root}/train and {data.root}/val, one folder per class")  # fmt: skip
 
 
+def check_devices_fit(trials: list[Trial], gpus: int, where: str) -> None:
+    """A GPU trial's group (`train.devices`) fits on one host of the sweep, which has `gpus` GPUs (`where` says
+    which host that is); else one line before anything is written, not a failure at the trial's start."""
+    for t in trials:
+        n = t.config.train.devices
+        if t.config.train.device == "cuda" and n > gpus:
+            raise SenetError(f"train.devices: {n} is not allowed for {t.label}: {where} has {gpus} GPU(s); allowed: "
+                             f"1..{max(gpus, 1)}, or a host with more (a trial's group stays on one host)")  # fmt: skip
+
+
 def check_results(results: Path) -> None:
     """The results folder could be written, without leaving anything: a probe folder is made and removed in it, or
     in the nearest folder above it that exists (permission bits alone do not tell root, or a read-only mount)."""

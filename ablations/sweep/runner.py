@@ -33,7 +33,7 @@ from ablations.study.trials import Trial
 from ablations.sweep.ledger import Attempt, State, pid_alive
 from ablations.sweep.manifest import EXIT_DONE, EXIT_RECYCLE, EXIT_RETIRED, EXIT_STOPPED, Manifest
 from ablations.sweep.packing import RETIRE, Packer
-from ablations.sweep.preflight import check_folders
+from ablations.sweep.preflight import check_devices_fit, check_folders
 from ablations.sweep.progress import Progress
 from ablations.sweep.reconcile import Reconciler
 from ablations.sweep.repair import end_runs, parent_run, repair
@@ -214,7 +214,8 @@ class Sweep:
         pending = {s.trial.config_hash for s in self.statuses if s.state in (Standing.PENDING, Standing.RUNNING)}
         plan = self.packer.plan(live, attempts, pending, self._work(attempts, pids))
         self._retire(self.packer, plan.retire)
-        return [Slot(i * MAX_SLOTS + j, g, packed=True) for i, g in enumerate(self.opts.gpus)
+        host = tuple(self.opts.gpus)
+        return [Slot(i * MAX_SLOTS + j, g, packed=True, host=host) for i, g in enumerate(self.opts.gpus)
                 for j in range(plan.workers[g])]  # fmt: skip
 
     def _retire(self, packer: Packer, leaving: dict[str, list[WorkerRecord]]) -> None:
@@ -341,6 +342,10 @@ def run(spec: StudySpec, opts: SweepOptions, create: bool = True, task: bool = F
     trials = plan_fetching(spec, opts.overrides, planning)
     check_host(trials, host)
     check_folders(trials)
+    if host.device == "cuda":
+        import torch
+
+        check_devices_fit(trials, len(opts.gpus) or torch.cuda.device_count(), "this host's sweep")
     manifest = Manifest(spec.name, None, {t.key: ticket_of(t) for t in trials}, opts.max_retries, code_version(),
                         opts.recycle_after, opts.max_rss_mb, opts.fail_fast, joiner=not create)  # fmt: skip
     first = FirstWorker(opts, trials, manifest) if create else None

@@ -15,7 +15,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,17 +24,20 @@ from ablations.paths import STORAGE_ENV, TRACKING_ENV, cache_dir, workers_dir
 from ablations.sweep.ledger import host_id, pid_alive, process_start
 
 # A CUDA device as CUDA_VISIBLE_DEVICES takes it: an index, a GPU UUID or a MIG instance.
+WAITING = "waiting.txt"  # in a trial's folder while it waits for its devices (`hold_group`)
 _GPU_ID = re.compile(r"\d+|GPU-[0-9A-Fa-f-]{8,}|MIG-[0-9A-Za-z/-]{8,}")
 
 
 @dataclass(frozen=True)
 class Slot:
     """One worker's place: its index, its GPU (None on the CPU) and whether it is packed (`--trials-per-gpu auto`:
-    it probes each configuration before training it and reports its epochs' images/s)."""
+    it probes each configuration before training it and reports its epochs' images/s); `host`: every GPU of its
+    sweep on this host, of which a trial of `train.devices` > 1 takes some (`hold_group`)."""
 
     index: int
     gpu: str | None = None
     packed: bool = False
+    host: tuple[str, ...] = ()
 
 
 def parse_gpus(text: str, visible: str | None = None) -> list[str]:
@@ -143,6 +146,46 @@ class GpuPermit:
             os.close(gate)
 
 
+@contextlib.contextmanager
+def hold_group(
+    results: Path, slot: Slot, devices: int, folder: Path, log: Callable[[str], None]
+) -> Iterator[list[str]]:
+    """The GPUs of a trial of `devices` > 1, each held exclusively: the slot's own and the host's next ones.
+
+    Every taker asks for its permits in one order (sorted ids), so two group trials never each hold a part of the
+    other's devices; small trials finish theirs and wait at the gates meanwhile (no deadlock, no starvation). The
+    ranks see the held GPUs (CUDA_VISIBLE_DEVICES while the permits are held). While it waits, the trial's `folder`
+    holds WAITING, the line `status` shows beside it.
+
+    Raises:
+        SenetError: the host's sweep has fewer GPUs than the trial asks.
+    """
+    assert slot.gpu is not None
+    host = slot.host or (slot.gpu,)
+    if len(host) < devices:
+        raise SenetError(f"train.devices: {devices} is not allowed on this host, whose sweep has {len(host)} GPU(s) "
+                         f"({','.join(host)}); allowed: 1..{len(host)}, or more GPUs with --gpus")  # fmt: skip
+    chosen = sorted([slot.gpu, *[g for g in host if g != slot.gpu][: devices - 1]])
+    line = f"waiting for GPUs {','.join(chosen)}, each alone: a trial of {devices} devices"
+    log(line)
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    with contextlib.ExitStack() as held:
+        held.callback(lambda: (folder / WAITING).unlink(missing_ok=True))
+        (folder / WAITING).write_text(f"{line} (others train on them now)\n")
+        for gpu in chosen:
+            held.enter_context(GpuPermit(results, gpu).hold(exclusive=True))
+        (folder / WAITING).unlink(missing_ok=True)
+        log(f"holding GPUs {','.join(chosen)}")
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(chosen)
+        try:
+            yield chosen
+        finally:
+            if before is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = before
+
+
 @dataclass(frozen=True)
 class WorkerRecord:
     """A live worker as its pid file describes it."""
@@ -221,6 +264,8 @@ def spawn_worker(
            "--slot", str(slot.index)]  # fmt: skip
     if slot.gpu is not None:
         cmd += ["--gpu", slot.gpu, *(["--packed"] if slot.packed else [])]
+    if slot.host:
+        cmd += ["--host-gpus", ",".join(slot.host)]
     if after is not None:
         cmd += ["--wait-for", str(os.getpid()), "--after", after]
     log = log_path(results, manifest_id, slot)

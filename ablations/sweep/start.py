@@ -63,10 +63,10 @@ class SweepOptions:
     def slots(self) -> list[Slot]:
         """The slots of fixed packing; under `auto` the first packed slot of each GPU (the sweep adds the others)."""
         if self.gpus and self.trials_per_gpu is None:
-            return [Slot(i * MAX_SLOTS, g, packed=True) for i, g in enumerate(self.gpus)]
+            return [Slot(i * MAX_SLOTS, g, packed=True, host=tuple(self.gpus)) for i, g in enumerate(self.gpus)]
         if self.gpus:
             per = self.trials_per_gpu or 1
-            return [Slot(i * per + j, g) for i, g in enumerate(self.gpus) for j in range(per)]
+            return [Slot(i * per + j, g, host=tuple(self.gpus)) for i, g in enumerate(self.gpus) for j in range(per)]
         return [Slot(i) for i in range(self.workers)]
 
 

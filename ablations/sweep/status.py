@@ -21,6 +21,7 @@ from ablations.study.load import load_spec
 from ablations.study.spec import NAME, StudySpec
 from ablations.study.trials import Trial, plan_trials
 from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, State, Ticket, check_storage, retrying
+from ablations.sweep.slots import WAITING
 from ablations.training.result import read_result
 from ablations.urls import redact
 
@@ -174,6 +175,8 @@ def describe(found: list[TrialStatus], results: Path | None = None) -> str:
     for s in found:
         extra = s.outcome if s.state == Standing.DONE else s.where if s.state == Standing.RUNNING else s.reason
         parts = [str(extra or "")] if extra else []
+        if s.state == Standing.RUNNING and results is not None:
+            parts += waiting(run_dir(results, s.trial.key))
         summary = summary_of(s, results) if s.state == Standing.DONE else {}
         parts += [f"{name} {summary[k]:.2f} %" for k, name in SHOWN if _finite(summary.get(k))]
         if s.duration_s is not None and s.state != Standing.PENDING:
@@ -182,6 +185,14 @@ def describe(found: list[TrialStatus], results: Path | None = None) -> str:
             parts.append(f"run {s.run_id}")
         lines.append(f"  {s.state:8s} {s.trial.label} seed {s.trial.seed} [{s.trial.key}] {' · '.join(parts)}".rstrip())
     return "\n".join(lines)
+
+
+def waiting(folder: Path) -> list[str]:
+    """What a claimed trial waits for before it can train (a group trial's GPUs, `slots.hold_group`), if anything."""
+    try:
+        return [(folder / WAITING).read_text().strip()]
+    except OSError:
+        return []
 
 
 def summary_of(status: TrialStatus, results: Path | None) -> dict[str, float]:

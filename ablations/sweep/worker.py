@@ -54,11 +54,12 @@ from ablations.sweep.probe import RETIRING, Packed, listen_for_retire
 from ablations.sweep.reconcile import Reconciler
 from ablations.sweep.repair import end_runs, trial_info
 from ablations.sweep.runlog import RunLog, system_metrics
-from ablations.sweep.slots import GpuPermit, Slot, register
+from ablations.sweep.slots import GpuPermit, Slot, hold_group, register
 from ablations.sweep.status import by_key, classify_attempts
 from ablations.sweep.stops import STOPS, Stop, failpoint
 from ablations.tracking import Tracker, code_tags, environment_tags
-from ablations.training.engine import Callback, Paused, Warm, is_out_of_memory, train
+from ablations.training.ddp import train_trial
+from ablations.training.engine import Callback, Paused, Warm, is_out_of_memory
 from ablations.training.result import RunResult
 from ablations.training.steps import Progress
 from senet_core import build_model, se_blocks
@@ -250,16 +251,15 @@ class Worker:
                 failpoint("before_training")
                 if self.cuda:  # the previous trial's cached blocks must not count as this one's reserved memory
                     torch.cuda.empty_cache()
-                with (
-                    self.permit.hold(t.exclusive) if self.permit is not None else contextlib.nullcontext(),
-                    system_metrics(run_id, self.tracker.uri),
-                ):
+                with self._devices(cfg, t.exclusive, folder, log), system_metrics(run_id, self.tracker.uri):
                     listeners: list[Callback] = [Track(self, attempt, cfg, run_id, beat, live, log)]
-                    if self.packed is not None:  # measured before it trains here; its epochs' images/s reported
+                    if (
+                        self.packed is not None and cfg.train.devices == 1
+                    ):  # measured before it trains here; its epochs' images/s reported
                         self.packed.probe(cfg, t.config_hash)
                         listeners.append(self.packed)
                     with STOPS.train():
-                        result = train(cfg, folder, listeners, log=log, warm=self.warm, progress=progress)
+                        result = train_trial(cfg, folder, listeners, log=log, warm=self.warm, progress=progress)
                 return self._record(attempt, run_id, result)
             except Stop as sig:
                 self._end(attempt, run_id, Ending.STOPPED, f"stopped by {sig}")
@@ -290,6 +290,14 @@ class Worker:
                 reason = str(err).strip().splitlines()[0][:500] if str(err).strip() else type(err).__name__
                 self._end(attempt, run_id, kind, reason)
                 return kind
+
+    def _devices(
+        self, cfg: RunConfig, exclusive: bool, folder: Path, log: Callable[[str], None]
+    ) -> contextlib.AbstractContextManager[Any]:
+        """The slot's GPU, shared (or alone after an out-of-memory failure), or every GPU of a group trial."""
+        if cfg.train.devices > 1 and self.slot.gpu is not None:
+            return hold_group(self.results, self.slot, cfg.train.devices, folder, log)
+        return self.permit.hold(exclusive) if self.permit is not None else contextlib.nullcontext()
 
     def _start_run(self, attempt: Attempt, cfg: RunConfig) -> str | None:
         """The attempt's MLflow run (None if MLflow stays unreachable: the sweep builds it later from the result)."""
@@ -383,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slot", type=int, required=True)
     p.add_argument("--gpu", help="the CUDA device this slot is pinned to (CUDA_VISIBLE_DEVICES is set for it)")
     p.add_argument("--packed", action="store_true", help="--trials-per-gpu auto: probe, report images/s, retire")
+    p.add_argument("--host-gpus", default="", help="every GPU of the sweep on this host (train.devices > 1)")
     p.add_argument("--wait-for", type=int, metavar="PID", help="the sweep (our parent) writes the manifest later")
     p.add_argument("--after", default="none", help="with --wait-for: the manifest there when we started (stale)")
     a = p.parse_args(argv)
@@ -404,7 +413,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         if manifest is None:
             return EXIT_STOPPED
-        worker = Worker(manifest, a.results, Slot(a.slot, a.gpu, a.packed), storage, uri)
+        worker = Worker(
+            manifest,
+            a.results,
+            Slot(a.slot, a.gpu, a.packed, tuple(g for g in a.host_gpus.split(",") if g)),
+            storage,
+            uri,
+        )
         try:
             return worker.run()
         finally:

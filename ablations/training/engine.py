@@ -24,17 +24,19 @@ from torch import nn
 
 from ablations.config import RunConfig, TrainSection, check_graphs
 from ablations.costs import network_cost
-from ablations.data.build import DataBundle, DataCache, build_data
+from ablations.data.build import DataCache, build_data
 from ablations.errors import SenetError
 from ablations.paths import CHECKPOINT
-from ablations.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_aside
+from ablations.training import group
+from ablations.training.checkpoint import save_checkpoint
 from ablations.training.ends import Diverged, Partial, Paused, _Pause
-from ablations.training.graphs import GraphedStep, Step, Tally, make_step
+from ablations.training.graphs import GraphedStep, Tally, make_step
 from ablations.training.result import RunResult, write_result
+from ablations.training.resume import Run, restore, state_of
 from ablations.training.schedule import Schedule
 from ablations.training.steps import Autocast, Progress, evaluate
 from ablations.weights import load_weights
-from senet_core import Complexity, build_model, init_by_name
+from senet_core import build_model, init_by_name
 
 # Messages of allocation failures that do not arrive as torch.OutOfMemoryError: cuBLAS and cuDNN workspaces
 # fail inside their own libraries and surface as RuntimeError with their status names.
@@ -101,25 +103,6 @@ def _memory_mb(device: torch.device) -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-@dataclass
-class _Run:
-    """Everything one run trains with, built by `_setup`."""
-
-    cfg: RunConfig
-    device: torch.device
-    data: DataBundle
-    model: nn.Module  # the eager module: checkpoints, evaluation
-    net: nn.Module  # what trains: the model, or its compiled form
-    optimizer: torch.optim.Optimizer
-    schedule: Schedule
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    cost: Complexity
-    autocast: Autocast
-    digest: str
-    tally: Tally  # the epoch's sums, on the device
-    step: Step | GraphedStep  # one training step on a batch (captured as a CUDA graph under compile: graphs)
-
-
 def make_autocast(t: TrainSection, device: torch.device) -> Autocast:
     """The precision a run of `t` trains in on `device`: bf16 autocast (without its weight-cast cache under CUDA
     graphs, which must not keep it across replays), or none."""
@@ -156,10 +139,10 @@ def _compiled(model: nn.Module, arch: str, mode: str, warm: Warm | None) -> tupl
     return model, net
 
 
-def _setup(cfg: RunConfig, warm: Warm | None) -> _Run:
+def _setup(cfg: RunConfig, warm: Warm | None) -> Run:
     """Device, data, a freshly initialised (seeded) model, optimizer and schedule for `cfg`."""
     t = cfg.train
-    device = pick_device(t.device)
+    device = group.local_device(pick_device(t.device))
     check_graphs(t.model_copy(update={"device": device.type}))
     if device.type == "cuda":
         _cuda_settings()
@@ -167,7 +150,7 @@ def _setup(cfg: RunConfig, warm: Warm | None) -> _Run:
     data = build_data(
         cfg.data, batch_size=t.batch_size, eval_batch_size=t.eval_batch_size, device=device,
         channels_last=bool(t.channels_last), seed=cfg.seed, drop_last=bool(t.drop_last),
-        cache=warm.data if warm is not None else None,
+        cache=warm.data if warm is not None else None, shard=group.shard(),
     )  # fmt: skip
     options = cfg.model_options(data.in_channels, data.num_classes)
     model = build_model(cfg.model.name, options)
@@ -185,6 +168,7 @@ def _setup(cfg: RunConfig, warm: Warm | None) -> _Run:
         # The mode is part of the key: a worker's reduce-overhead graph must not serve a default-mode trial.
         arch = json.dumps([cfg.model.name, options, str(device), bool(t.channels_last), t.compile], sort_keys=True)
         model, net = _compiled(model, arch, t.compile, warm)
+    net = group.wrap(net, device)  # one replica of a DDP group (`train.devices`), or the network itself
     optimizer = make_optimizer(model, t, device)
     if len(data.train) == 0:
         raise SenetError(f"train.batch_size: {t.batch_size} leaves no full batch of {data.train_size} images")
@@ -194,65 +178,8 @@ def _setup(cfg: RunConfig, warm: Warm | None) -> _Run:
     tally = Tally(device)
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     step = make_step(net, optimizer, criterion, autocast, tally, graphs=t.compile == "graphs")
-    return _Run(cfg, device, data, model, net, optimizer, schedule, scheduler, cost, autocast, cfg.config_hash(),
+    return Run(cfg, device, data, model, net, optimizer, schedule, scheduler, cost, autocast, cfg.config_hash(),
                 tally, step)  # fmt: skip
-
-
-def _restore(
-    run: _Run, ckpt: Path | None, log: Callable[[str], None], warm: Warm | None
-) -> tuple[_Run, list[dict[str, float]], list[str], Partial | None]:
-    """Resume from the run's checkpoint when it holds an earlier epoch, or part of one, of this configuration and
-    seed.
-
-    A checkpoint this code cannot resume from (torn, refused by the safe unpickler, another network's state dict,
-    another configuration or seed) is set aside beside it and the run starts over in this attempt, from a freshly
-    built run: a refused state dict may already have overwritten part of the network before it was refused.
-    """
-    partial = None
-    if ckpt is None or not ckpt.exists():
-        return run, [], [], None
-    try:
-        state = load_checkpoint(ckpt)
-        if state.get("config_hash") != run.digest or state.get("seed") != run.cfg.seed:
-            raise CheckpointError(f"{ckpt}: belongs to another configuration or seed")
-        try:
-            run.model.load_state_dict(state["model"])
-            run.optimizer.load_state_dict(state["optimizer"])
-            run.scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["rng_cpu"])
-            if run.device.type == "cuda" and "rng_cuda" in state:
-                torch.cuda.set_rng_state(state["rng_cuda"])
-            history = list(state["history"])
-            partial = Partial(**state["partial"]) if state.get("partial") else None
-        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
-            cause = " ".join(str(err).split())[:200]  # one line: load_state_dict lists each mismatch on its own
-            raise CheckpointError(f"{ckpt}: does not fit this code's network ({type(err).__name__}: {cause})") from None
-        note = f"resumed after epoch {state['epoch']} from {ckpt}"
-        if partial is not None:
-            note = f"resumed in epoch {partial.epoch + 1} at step {partial.step} from {ckpt}"
-    except CheckpointError as err:
-        aside = set_aside(ckpt)
-        note = f"{err}; set aside as {aside.name}, restarting from scratch"
-        run, history, partial = _setup(run.cfg, warm), [], None
-    log(note)
-    return run, history, [note], partial
-
-
-def _state(run: _Run, epoch: int, history: list[dict[str, float]]) -> dict[str, Any]:
-    """What a checkpoint holds after `epoch`: weights, optimizer, schedule and RNG states, the history so far."""
-    state = {
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "rng_cpu": torch.get_rng_state(),
-        "epoch": epoch,
-        "history": history,
-        "config_hash": run.digest,
-        "seed": run.cfg.seed,
-    }
-    if run.device.type == "cuda":
-        state["rng_cuda"] = torch.cuda.get_rng_state(run.device)
-    return state
 
 
 @functools.cache
@@ -269,7 +196,7 @@ def _sync(device: torch.device) -> None:
 
 
 def train_one_epoch(
-    run: _Run,
+    run: Run,
     epoch: int,
     first_step: bool,
     progress: Progress | None = None,
@@ -300,9 +227,11 @@ def train_one_epoch(
     seen = skipped = 0
     began = time.perf_counter()
     compile_s = 0.0
-    if partial is not None:
-        tally.restore(partial.loss_sum, partial.correct, partial.step)
-        seen, skipped, compile_s = partial.seen, partial.skipped, partial.compile_s
+    if partial is not None:  # a group's sums over its ranks, kept by rank 0 alone
+        share = group.main()
+        tally.restore(partial.loss_sum if share else 0.0, partial.correct if share else 0, partial.step)
+        seen, skipped = (partial.seen, partial.skipped) if share else (0, 0)
+        compile_s = partial.compile_s
         began -= partial.elapsed_s
     progress = progress or Progress()
     graphed = run.step if isinstance(run.step, GraphedStep) else None
@@ -318,22 +247,23 @@ def train_one_epoch(
         if setting_up:
             _sync(device)
             compile_s, skipped = time.perf_counter() - began, seen
-        if device.type == "cpu" and tally.first_bad() is not None:
+        if device.type == "cpu" and not group.active() and tally.first_bad() is not None:  # a group: at the end
             raise Diverged(epoch + 1, step)
         if pause is not None and step + 1 < len(data.train) and pause():
-            bad = tally.first_bad()
+            bad = group.first_bad(tally)
             if bad is not None:
                 raise Diverged(epoch + 1, bad)
-            loss_sum, correct = tally.read()
+            loss_sum, correct, seen, skipped = group.summed(*tally.read(), seen, skipped)
             elapsed = time.perf_counter() - began
-            raise _Pause(Partial(epoch, step + 1, loss_sum, correct, seen, skipped, elapsed, compile_s))
-    bad = tally.first_bad()
+            raise _Pause(Partial(epoch, step + 1, loss_sum, int(correct), int(seen), int(skipped), elapsed, compile_s))
+    bad = group.first_bad(tally)
     if bad is not None:
         raise Diverged(epoch + 1, bad)
     _sync(device)
     elapsed = time.perf_counter() - began
-    loss_sum, correct = tally.read()
-    val = evaluate(run.model, data.val, run.autocast, progress)  # eager: a compiled model would trace eval shapes
+    loss_sum, correct, seen, skipped = group.summed(*tally.read(), seen, skipped)  # every rank's images
+    # eager: a compiled model would trace eval shapes; rank 0 of a group alone, its result broadcast
+    val = group.from_main(lambda: evaluate(run.model, data.val, run.autocast, progress))
     run.schedule.end_epoch(val["loss"])
     metrics = {
         "epoch": epoch + 1,
@@ -352,7 +282,7 @@ def train_one_epoch(
     return metrics
 
 
-def _summary(run: _Run, history: list[dict[str, float]], test: dict[str, float]) -> dict[str, float]:
+def _summary(run: Run, history: list[dict[str, float]], test: dict[str, float]) -> dict[str, float]:
     last = history[-1]
     best = min(history, key=lambda m: m["val_top1_err"])
     summary = {
@@ -398,10 +328,15 @@ def train(
     Raises:
         SenetError: bad data or device settings (the sweep reports them as configuration errors).
     """
+    if cfg.train.devices > 1 and not group.active():
+        raise SenetError(f"train.devices: {cfg.train.devices} trains as a group of processes: start it with "
+                         "ablations.training.ddp.train_trial (the sweep's workers do)")  # fmt: skip
     began = time.perf_counter()
     run = _setup(cfg, warm)
     ckpt = run_dir / CHECKPOINT if run_dir is not None else None
-    run, history, notes, partial = _restore(run, ckpt, log, warm)
+    run, history, notes, partial = restore(run, ckpt, log, lambda: _setup(cfg, warm))
+    if not group.main():
+        ckpt = run_dir = None  # rank 0 of a group writes the checkpoints and the result
     start = len(history)
     info = {"params": run.cost.params, "gflops": run.cost.gflops, "device": str(run.device), "resumed_from": start,
             "config_hash": run.digest, "precision": cfg.train.precision, "channels_last": cfg.train.channels_last,
@@ -422,13 +357,13 @@ def train(
                 for cb in callbacks:
                     cb.before_save(epoch)
                 if ckpt is not None:
-                    save_checkpoint(_state(run, epoch, history) | {"partial": asdict(stop.partial)}, ckpt)
+                    save_checkpoint(state_of(run, epoch, history) | {"partial": asdict(stop.partial)}, ckpt)
                 raise Paused(epoch + 1, stop.partial.step) from None
             history.append(metrics)
             for cb in callbacks:
                 cb.before_save(epoch + 1)
             if ckpt is not None:
-                save_checkpoint(_state(run, epoch + 1, history), ckpt)
+                save_checkpoint(state_of(run, epoch + 1, history), ckpt)
             for cb in callbacks:
                 cb.on_epoch_end(epoch + 1, metrics)
     except Diverged as err:
@@ -436,7 +371,7 @@ def train(
         summary = {"diverged_epoch": err.epoch, "epochs": err.epoch - 1}
         result = RunResult("diverged", history, summary, start, err.epoch, [*notes, str(err)])
     else:
-        test = evaluate(run.model, run.data.test, run.autocast, progress)
+        test = group.from_main(lambda: evaluate(run.model, run.data.test, run.autocast, progress))
         summary = _summary(run, history, test) | {"engine_s": time.perf_counter() - began}
         result = RunResult("finished", history, summary, start, None, notes)
     if run_dir is not None:

@@ -314,7 +314,16 @@ def test_the_check_installs_the_kit_and_runs_its_steps_on_the_host_python(built,
     kit_dir = tmp_path / "gpu-kit"
     shutil.copytree(built[0], kit_dir)
     out = tmp_path / "check"
-    gpu_steps = ["tests", "throughput", "se-overhead", "sweep-packed", "report", "sweep-single", "harness"]
+    gpu_steps = [
+        "tests",
+        "throughput",
+        "se-overhead",
+        "imagenet-data",
+        "sweep-packed",
+        "report",
+        "sweep-single",
+        "harness",
+    ]
     done = subprocess.run([str(host), "-m", "benchmarks.gpu_check", "--kit", str(kit_dir), "--out", str(out),
                            "--results-md", str(tmp_path / "RESULTS.md"), "--skip", *gpu_steps], cwd=ROOT,
                           env={**ENV, "PYTHONPATH": ""}, capture_output=True, text=True)  # fmt: skip

@@ -41,6 +41,13 @@ TRIALS = {
     "gpu_kit": 4 * 2,
     "fmnist_search": 0,  # searches: no expansion lists a sampler's designs (`study.searched` does)
     "cifar_search": 0,
+    "imagenet_reduction_ratio": 6 * 1,  # the tables on ImageNet: one seed, a trial is ~300 epochs on 8 GPUs
+    "imagenet_squeeze": 2 * 1,
+    "imagenet_excitation": 4 * 1,
+    "imagenet_stages": 5 * 1,
+    "imagenet_integration": 4 * 1,
+    "imagenet_inner_3x3": 2 * 1,
+    "imagenet_no_squeeze": 3 * 1,
 }
 SEARCHES = {"fmnist_search": 12, "cifar_search": 80}  # their spaces' sizes
 

@@ -95,3 +95,20 @@ def test_downloads_follow_the_results_folder_and_an_earlier_download_is_still_fo
         write_cifar(tmp_path / "elsewhere" / "data", 10)
         assert locate(data)[0].parent == tmp_path / "elsewhere" / "data" / "cifar-10-batches-py"
     assert "SENET_ABLATE_DATA" not in __import__("os").environ
+
+
+def test_a_gpu_group_larger_than_a_host_of_the_sweep_is_refused_before_anything_is_written(tmp_path):
+    from ablations.config import Host
+    from ablations.errors import SenetError
+    from ablations.sweep.preflight import check_devices_fit
+
+    spec = write_spec(tmp_path, grid={"train.devices": [1, 4]}, seeds=1)
+    on_gpus = expand(load_spec(spec), host=Host("cuda"))
+    check_devices_fit(on_gpus, 4, "this host's sweep")  # fits
+    with pytest.raises(SenetError) as err:
+        check_devices_fit(on_gpus, 2, "a task of --gpus-per-node 2")
+    assert str(err.value) == (
+        "train.devices: 4 is not allowed for train.devices=4: a task of --gpus-per-node 2 has 2 GPU(s); allowed: 1..2, "
+        "or a host with more (a trial's group stays on one host)"
+    )
+    check_devices_fit(expand(load_spec(spec), host=Host("cpu")), 1, "this host's sweep")  # CPU ranks: no limit

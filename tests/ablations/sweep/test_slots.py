@@ -1,6 +1,7 @@
 """Slots on the CPU side of the GPU path: device ids (within an inherited CUDA_VISIBLE_DEVICES too), per-slot
 environment and GPU permits (packing has its own tests, in test_packing)."""
 
+import fcntl
 import multiprocessing
 import os
 import threading
@@ -9,7 +10,8 @@ import time
 import pytest
 
 from ablations.errors import SenetError
-from ablations.sweep.slots import GpuPermit, Slot, cpu_threads, host_cores, parse_gpus, worker_env
+from ablations.sweep.slots import WAITING, GpuPermit, Slot, cpu_threads, hold_group, host_cores, parse_gpus, worker_env
+from ablations.sweep.status import waiting
 
 
 def test_gpu_ids_are_indices_uuids_or_mig_instances():
@@ -128,3 +130,69 @@ def test_gpu_permits_are_per_host_on_a_shared_results_folder(tmp_path, monkeypat
     for t in threads:
         t.join(timeout=30)
     assert order == ["there in", "here out", "here_too in"]  # this host's second taker waited for the first
+
+
+def test_a_group_trial_waits_for_a_shared_gpu_says_so_and_then_holds_each_of_its_gpus_alone(tmp_path):
+    """A 2-device trial on slot GPU 0 of a host with GPUs 0-2 takes GPUs 0 and 1; a small trial trains on GPU 1:
+    the group waits for it (its folder says so, which `status` shows) and then holds both, which its ranks see."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    training, finish = threading.Event(), threading.Event()
+
+    def small_trial() -> None:
+        with GpuPermit(tmp_path, "1").hold(exclusive=False):
+            training.set()
+            finish.wait(10)
+
+    threading.Thread(target=small_trial).start()
+    assert training.wait(5)
+    lines: list[str] = []
+    held: list[tuple[list[str], str]] = []
+
+    def group_trial() -> None:
+        with hold_group(tmp_path, Slot(0, "0", host=("0", "1", "2")), 2, folder, lines.append) as gpus:
+            held.append((gpus, os.environ["CUDA_VISIBLE_DEVICES"]))
+
+    group = threading.Thread(target=group_trial)
+    group.start()
+    deadline = time.monotonic() + 5
+    while not (folder / WAITING).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert waiting(folder) == ["waiting for GPUs 0,1, each alone: a trial of 2 devices (others train on them now)"]
+    assert not held  # GPU 1 is still the small trial's
+    with pytest.raises(BlockingIOError):  # and GPU 0 is the group's alone already: no small trial starts there
+        fd = os.open(GpuPermit(tmp_path, "0").main, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    finish.set()
+    group.join(10)
+    assert held == [(["0", "1"], "0,1")] and lines[-1] == "holding GPUs 0,1"
+    assert waiting(folder) == [] and os.environ.get("CUDA_VISIBLE_DEVICES") != "0,1"
+
+
+def test_two_group_trials_that_need_each_others_gpus_never_deadlock(tmp_path):
+    """Workers on GPU 0 and GPU 1 each claim a 2-device trial, many times over, at once: both ask for 0 then 1."""
+    done: list[int] = []
+
+    def taker(gpu: str) -> None:
+        for _ in range(30):
+            with hold_group(tmp_path, Slot(int(gpu), gpu, host=("0", "1")), 2, tmp_path, lambda _: None):
+                time.sleep(0.001)
+        done.append(int(gpu))
+
+    threads = [threading.Thread(target=taker, args=(g,), daemon=True) for g in ("1", "0")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert sorted(done) == [0, 1]
+
+
+def test_a_group_larger_than_the_hosts_gpus_is_one_line(tmp_path):
+    with pytest.raises(SenetError) as err, hold_group(tmp_path, Slot(0, "0", host=("0", "1")), 4, tmp_path, print):
+        pass
+    assert str(err.value) == ("train.devices: 4 is not allowed on this host, whose sweep has 2 GPU(s) (0,1); allowed: "
+                              "1..2, or more GPUs with --gpus")  # fmt: skip

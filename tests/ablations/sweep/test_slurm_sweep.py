@@ -277,3 +277,16 @@ def test_a_search_trains_every_stage_through_job_arrays_and_a_rerun_trains_nothi
     again = run()
     assert "submitted" not in again, again[-2000:]
     _assert_promise(results, 2 + 2 + len(intensified) + 2 + len(front))
+
+
+def test_a_two_device_trial_trains_as_one_group_inside_an_array_task_of_two_gpus(slurm_cluster, tmp_path):
+    """`train.devices: 2` on `--gpus-per-node 2`: the task's worker holds both of the node's (stand-in) GPUs and
+    runs the trial's two ranks there (gloo, the trial says cpu); a small trial of the study trains once too."""
+    spec = _spec(tmp_path, grid={"train.devices": [1, 2]}, seeds=1)
+    results = tmp_path / "results"
+    _finish(_sweep(slurm_cluster, spec, results, "--total-gpus", "2", "--gpus-per-node", "2"))
+    found = _assert_promise(results, 2)
+    group = next(a for a in found if a.state == State.COMPLETE and a.ticket.config["train"].get("devices") == 2)
+    assert group.owner.job  # trained inside a Slurm task (one task: a job of its own, not an array)
+    log = (results / "runs" / group.key / "train.log").read_text()
+    assert "holding GPUs 0,1" in log and "resumed" not in log
