@@ -19,7 +19,7 @@ from ablations.sweep.status import TrialStatus
 # `excitation` (excitation.load_model) load `model`; `load_checkpoint` wants `model` and `epoch`; the identity and the
 # history (a few numbers an epoch) say what the weights are. The rest (optimizer, scheduler and RNG states, a
 # mid-epoch position) only resumes training, which a trial with a result never does again.
-WEIGHTS = ("model", "epoch", "history", "config_hash", "seed")
+WEIGHTS = ("model", "epoch", "history", "config_hash", "seed", "world")
 KEPT = (f"kept: each finished trial's weights in its {CHECKPOINT}, which `knockout --run` and `excitation` read "
         f"(--all removes them too), its {RESULT} and train.log")  # fmt: skip
 KEPT_ALL = (f"kept: each finished trial's {RESULT} and train.log; its {CHECKPOINT} is removed (--all): "

@@ -191,7 +191,11 @@ def test_memory_is_planned_for_the_largest_configuration_still_to_train_on_each_
 
 def test_auto_starts_one_packed_slot_per_gpu_numbered_as_the_sweep_adds_them(tmp_path):
     opts = SweepOptions(results=tmp_path, gpus=["0", "GPU-8c2f6f0e"], trials_per_gpu=None)
-    assert opts.slots() == [Slot(0, "0", packed=True), Slot(MAX_SLOTS, "GPU-8c2f6f0e", packed=True)]
+    host = ("0", "GPU-8c2f6f0e")  # every slot knows its host's GPUs: a group trial takes some of them
+    assert opts.slots() == [
+        Slot(0, "0", packed=True, host=host),
+        Slot(MAX_SLOTS, "GPU-8c2f6f0e", packed=True, host=host),
+    ]
 
 
 @pytest.mark.e2e
