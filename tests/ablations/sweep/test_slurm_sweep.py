@@ -123,14 +123,14 @@ def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(slurm_clus
 def test_a_task_at_its_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
     slurm_cluster.wait_idle()
     spec, results = (
-        # about 45 s of training (1.5 s an epoch): more than one task of 1 minute can give, wherever in its minute
-        # Slurm sends the time limit's signal (up to a minute early, so a task may train 0-25 s)
+        # about 45 s of training (1.5 s an epoch of 3,200 8×8 images here): more than one task of 1 minute can give,
+        # wherever in its minute Slurm sends the time limit's signal (up to a minute early, so a task may train 0-25 s)
         _spec(
             tmp_path,
             train={"epochs": 30, "device": "cpu"},
             grid={"se.excitation": ["sigmoid"]},
             seeds=1,
-            data={"synthetic_train": 800},
+            data={"synthetic_train": 3200},
         ),
         tmp_path / "results",
     )
