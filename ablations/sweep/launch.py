@@ -7,6 +7,9 @@ the scheduler's stops where the scheduler ended them), shows progress and the jo
 array when trials wait and none of the study's jobs runs or queues any more (a task leaves when no trial waits for
 it; a site that preempts by cancelling leaves trials without a job). Ctrl-C cancels the jobs it submitted, by id, and
 waits for their workers' checkpoints.
+
+A trial larger than one node (`train.devices` over `--gpus-per-node`) is its own job of that many nodes, submitted
+when it waits and no job of its own runs or queues (`GroupTask`); the arrays leave it alone.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from ablations.study.spec import StudySpec
 from ablations.study.trials import Trial
 from ablations.sweep.ledger import CONNECT_S, Attempt, Ledger, State, is_local
 from ablations.sweep.manifest import Manifest
-from ablations.sweep.preflight import check_devices_fit, check_folders
+from ablations.sweep.preflight import check_folders
 from ablations.sweep.runner import Sweep, _install_signals
 from ablations.sweep.slurm import (
     LIVE,
@@ -34,13 +37,15 @@ from ablations.sweep.slurm import (
     JobState,
     SlurmOptions,
     cancel_jobs,
+    check_nodes,
     check_partition,
     chunks,
     describe_jobs,
     job_states,
     max_array_size,
+    nodes_for,
 )
-from ablations.sweep.slurm_task import ArrayTask, TaskSpec
+from ablations.sweep.slurm_task import ArrayTask, GroupTask, TaskSpec
 from ablations.sweep.start import (
     Stores,
     SweepOptions,
@@ -72,10 +77,26 @@ class JobBook:
     def ids(self) -> list[str]:
         return [str(j) for j in self.ledger.note(self.key).get("jobs", [])]
 
-    def add(self, ids: list[str]) -> None:
+    def add(self, ids: list[str], trial: str | None = None) -> None:
+        """Record submitted jobs: an array's, or (`trial`) the allocation of one trial larger than a node."""
         note = self.ledger.note(self.key)
         note["jobs"] = [*note.get("jobs", []), *[i for i in ids if i not in note.get("jobs", [])]]
+        if trial is not None:
+            groups = note.setdefault("groups", {})
+            groups[trial] = [*groups.get(trial, []), *ids]
         self.ledger.set_note(self.key, note)
+
+    def groups(self) -> dict[str, list[str]]:
+        """Each trial larger than a node: the jobs submitted for it."""
+        return {k: [str(j) for j in v] for k, v in self.ledger.note(self.key).get("groups", {}).items()}
+
+    def trial_of(self) -> dict[str, str]:
+        """Each job that is one trial's allocation: that trial's key."""
+        return {j: key for key, jobs in self.groups().items() for j in jobs}
+
+    def arrays(self) -> list[str]:
+        grouped = {j for ids in self.groups().values() for j in ids}
+        return [j for j in self.ids() if j not in grouped]
 
 
 def study_jobs(storage_url: str, study: str) -> list[str]:
@@ -120,20 +141,34 @@ class SlurmSweep(Sweep):
             self._states, self._asked = job_states(self.book.ids()), time.monotonic()
         return self._states
 
+    def nodes(self, trial: Trial) -> int:
+        return nodes_for(trial.config.train.devices, self.slurm.gpus_per_node)
+
     def _staff(self, manifest_path: Path, attempts: list[Attempt]) -> bool:
-        """Submit an array when trials wait and no job of the study runs or queues; False after RESUBMITS arrays
-        in a row ended without progress."""
+        """Submit an array when trials of one node wait and no array of the study runs or queues, and a job for each
+        waiting trial larger than a node that has none; False after RESUBMITS rounds of them in a row ended
+        without progress."""
         states = self.job_states()
         self._say_jobs(states)
-        waiting = sum(s.state == Standing.PENDING for s in self.statuses)
-        if not waiting or live(self.book.ids(), states) or live(self.book.ids(), self.job_states(fresh=True)):
+        waiting = [s.trial for s in self.statuses if s.state == Standing.PENDING]
+        small = sum(self.nodes(t) == 1 for t in waiting)
+        if small and (live(self.book.arrays(), states) or live(self.book.arrays(), self.job_states(fresh=True))):
+            small = 0
+        groups = self.book.groups()
+        large = [t for t in waiting if self.nodes(t) > 1 and not live(groups.get(t.key, []), states)]
+        if large and any(live(groups.get(t.key, []), self.job_states(fresh=True)) for t in large):
+            large = [t for t in large if not live(groups.get(t.key, []), self._states)]
+        if not small and not large:
             return True
         progress = (sum(s.state.settled for s in self.statuses), epochs_trained(attempts))
         if any(now > then for now, then in zip(progress, self.progress_then, strict=True)):
             self.in_a_row = 0
         if self.in_a_row >= RESUBMITS:
             return False
-        self.submit(waiting)
+        if small:
+            self.submit(small)
+        for trial in large:
+            self.submit_group(trial)
         self.in_a_row, self.progress_then = self.in_a_row + 1, progress
         return True
 
@@ -144,7 +179,8 @@ class SlurmSweep(Sweep):
         )
 
     def _say_jobs(self, states: dict[str, JobState]) -> None:
-        lines = "\n".join(describe_jobs([j for j in self.book.ids() if j not in self.cancelled], states))
+        ids = [j for j in self.book.ids() if j not in self.cancelled]
+        lines = "\n".join(describe_jobs(ids, states, self.book.trial_of()))
         if lines and lines != self._said:
             self._said = lines
             self.say(f"slurm:\n{lines}")
@@ -167,10 +203,7 @@ class SlurmSweep(Sweep):
                 jobs = executor.map_array(ArrayTask(t), list(range(n)))
                 ids.append(str(jobs[0].job_id).split("_")[0])
         except (subprocess.CalledProcessError, OSError, RuntimeError, ValueError) as err:
-            detail = getattr(err, "stderr", None) or getattr(err, "output", None) or err
-            if isinstance(detail, bytes):
-                detail = detail.decode(errors="replace")
-            raise SenetError(f"--launcher slurm: sbatch refused the array: {str(detail).strip()[:300]}") from None
+            raise SenetError(f"--launcher slurm: sbatch refused the array: {_sbatch_said(err)}") from None
         finally:
             if ids:
                 self.book.add(ids)
@@ -179,6 +212,27 @@ class SlurmSweep(Sweep):
                  f"{', '.join(ids)}; their logs are in {self.folder}")  # fmt: skip
         self._asked = -math.inf
         return ids
+
+    def submit_group(self, trial: Trial) -> str:
+        """One job of as many nodes as `trial` spans, a task on each, training that trial only; returns its id."""
+        import submitit
+
+        s, nodes = self.slurm, self.nodes(trial)
+        executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster="slurm",
+                                         slurm_max_num_timeout=s.max_requeues)  # fmt: skip
+        executor.update_parameters(**s.parameters(self.spec.name, s.cpus_per_gpu * s.gpus_per_node, nodes))
+        try:
+            job = str(executor.submit(GroupTask(self.task_spec, trial.key, nodes)).job_id)
+        except (subprocess.CalledProcessError, OSError, RuntimeError, ValueError) as err:
+            raise SenetError(
+                f"--launcher slurm: sbatch refused the job of {trial.label}: {_sbatch_said(err)}"
+            ) from None
+        self.book.add([job], trial=trial.key)
+        self.say(f"sweep: submitted {trial.label} seed {trial.seed} ({trial.config.train.devices} devices) as Slurm "
+                 f"job {job} of {nodes} nodes × {s.gpus_per_node} GPUs ({s.time_min} min); its logs are in "
+                 f"{self.folder}")  # fmt: skip
+        self._asked = -math.inf
+        return job
 
     def terminate(self, again: bool = False) -> None:
         """Cancel the jobs of the study that this controller's book holds, by id (Slurm's SIGTERM reaches their
@@ -214,6 +268,13 @@ class SlurmSweep(Sweep):
         return 0
 
 
+def _sbatch_said(err: BaseException) -> str:
+    detail = getattr(err, "stderr", None) or getattr(err, "output", None) or err
+    if isinstance(detail, bytes):
+        detail = detail.decode(errors="replace")
+    return str(detail).strip()[:300]
+
+
 def study_ref(spec: StudySpec) -> str:
     """How a task finds the spec again: a shipped study's name, or its file's absolute path."""
     return spec_file(spec) or spec.name
@@ -237,8 +298,7 @@ def launch(spec: StudySpec, opts: SweepOptions, slurm: SlurmOptions, detach: boo
     trials = plan_fetching(spec, opts.overrides, host)
     check_host(trials, host)
     check_folders(trials)
-    if slurm.gpus_per_node:
-        check_devices_fit(trials, slurm.gpus_per_node, f"a task of --gpus-per-node {slurm.gpus_per_node}")
+    check_nodes([(t.label, t.config.train.devices) for t in trials], slurm.gpus_per_node)
     manifest = Manifest(spec.name, None, {t.key: ticket_of(t) for t in trials}, opts.max_retries, code_version(),
                         opts.recycle_after, opts.max_rss_mb, opts.fail_fast, joiner=not create)  # fmt: skip
     stores = Stores.open(opts)
@@ -263,9 +323,14 @@ def launch(spec: StudySpec, opts: SweepOptions, slurm: SlurmOptions, detach: boo
     sweep = SlurmSweep(spec, trials, opts, stores, dataclasses.replace(manifest, parent_run=parent), slurm, task)
     if not create:  # `worker --launcher slurm`: more tasks for the trials that wait, whatever else runs
         sweep._reconcile()
-        waiting = sum(s.state == Standing.PENDING for s in sweep.statuses)
-        if waiting:
-            sweep.submit(waiting)
+        waiting = [s.trial for s in sweep.statuses if s.state == Standing.PENDING]
+        small = sum(sweep.nodes(t) == 1 for t in waiting)
+        if small:
+            sweep.submit(small)
+        groups = sweep.book.groups()
+        for trial in [t for t in waiting if sweep.nodes(t) > 1]:
+            if not live(groups.get(trial.key, []), sweep.job_states(fresh=True)):
+                sweep.submit_group(trial)
     if detach:
         return sweep.detach(), sweep.statuses
     _install_signals(sweep)
@@ -290,7 +355,10 @@ def cancel(storage_url: str, study: str) -> str:
 
 def jobs_lines(storage_url: str, study: str) -> list[str]:
     """`status`: the study's Slurm jobs and their tasks' states (none when it submitted none)."""
-    ids = study_jobs(storage_url, study)
+    if not Ledger.exists(storage_url):
+        return []
+    book = JobBook(Ledger.open(storage_url, patience=CONNECT_S), study)
+    ids = book.ids()
     if not ids:
         return []
-    return ["Slurm jobs:", *describe_jobs(ids, job_states(ids))]
+    return ["Slurm jobs:", *describe_jobs(ids, job_states(ids), book.trial_of())]

@@ -15,7 +15,7 @@ from ablations.outcomes import Standing
 from ablations.study.spec import StudySpec
 from ablations.study.trials import Trial, expand, plan, plan_trials
 from ablations.sweep.ledger import CONNECT_S, Ledger, check_storage, is_local
-from ablations.sweep.slurm import check_partition
+from ablations.sweep.slurm import check_nodes, check_partition
 from ablations.sweep.start import SweepOptions, check_host
 from ablations.sweep.status import counts, statuses
 from ablations.tracking import Tracker, tracking_uri
@@ -44,7 +44,8 @@ def check_devices_fit(trials: list[Trial], gpus: int, where: str) -> None:
         n = t.config.train.devices
         if t.config.train.device == "cuda" and n > gpus:
             raise SenetError(f"train.devices: {n} is not allowed for {t.label}: {where} has {gpus} GPU(s); allowed: "
-                             f"1..{max(gpus, 1)}, or a host with more (a trial's group stays on one host)")  # fmt: skip
+                             f"1..{max(gpus, 1)}, or a host with more (a group spans several hosts only under "
+                             "--launcher slurm)")  # fmt: skip
 
 
 def check_results(results: Path) -> None:
@@ -84,6 +85,8 @@ def dry_run(spec: StudySpec, opts: SweepOptions, slurm: Any = None) -> str:
                      "first (data.download=true); trial keys are made once it is there")  # fmt: skip
     check_host(trials, host)
     check_folders(trials)
+    if slurm is not None:
+        check_nodes([(t.label, t.config.train.devices) for t in trials], slurm.gpus_per_node)
     url = opts.storage_url
     check_storage(url)
     uri = tracking_uri(opts.tracking_uri, opts.results)

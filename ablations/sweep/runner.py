@@ -22,6 +22,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ablations.config import Host
@@ -62,6 +63,7 @@ from ablations.sweep.start import (
 )
 from ablations.sweep.status import TrialStatus, counts, statuses, ticket_of
 from ablations.tracking import Tag, code_version
+from ablations.training.nodes import Nodes
 from ablations.urls import redact
 
 POLL_S = 1.0  # seconds between the controller's passes
@@ -329,9 +331,12 @@ def _install_signals(sweep: Sweep) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def run(spec: StudySpec, opts: SweepOptions, create: bool = True, task: bool = False) -> tuple[int, list[TrialStatus]]:
+def run(spec: StudySpec, opts: SweepOptions, create: bool = True, task: bool = False,
+        keep: Callable[[Trial], bool] | None = None) -> tuple[int, list[TrialStatus]]:  # fmt: skip
     """`sweep` (create=True) and `worker` (create=False: join a sweep whose parent run exists) of a loaded study;
-    `task`: a Slurm array task's join, which leaves when no trial waits for it.
+    `task`: a Slurm task's join, which leaves when no trial waits for it; `keep`: the trials it trains (a Slurm
+    array task leaves the groups larger than its node to their own allocations, and such an allocation trains
+    its trial only).
 
     Raises:
         SenetError: bad input, an unreachable store, no sweep to join; before anything is written.
@@ -340,12 +345,16 @@ def run(spec: StudySpec, opts: SweepOptions, create: bool = True, task: bool = F
     if not create:
         opts, planning = as_joined(spec, opts, host)
     trials = plan_fetching(spec, opts.overrides, planning)
+    if keep is not None:
+        trials = [t for t in trials if keep(t)]
     check_host(trials, host)
     check_folders(trials)
     if host.device == "cuda":
         import torch
 
-        check_devices_fit(trials, len(opts.gpus) or torch.cuda.device_count(), "this host's sweep")
+        nodes = Nodes.from_env()  # the first node of a group's allocation: the whole allocation's GPUs
+        here = len(opts.gpus) or torch.cuda.device_count()
+        check_devices_fit(trials, here * (nodes.count if nodes else 1), "this host's sweep")
     manifest = Manifest(spec.name, None, {t.key: ticket_of(t) for t in trials}, opts.max_retries, code_version(),
                         opts.recycle_after, opts.max_rss_mb, opts.fail_fast, joiner=not create)  # fmt: skip
     first = FirstWorker(opts, trials, manifest) if create else None

@@ -148,9 +148,10 @@ class GpuPermit:
 
 @contextlib.contextmanager
 def hold_group(
-    results: Path, slot: Slot, devices: int, folder: Path, log: Callable[[str], None]
+    results: Path, slot: Slot, devices: int, folder: Path, log: Callable[[str], None], of: int | None = None
 ) -> Iterator[list[str]]:
-    """The GPUs of a trial of `devices` > 1, each held exclusively: the slot's own and the host's next ones.
+    """The GPUs of a trial of `devices` > 1, each held exclusively: the slot's own and the host's next ones (`of`:
+    the whole group's devices, when this host runs `devices` of a group over several nodes).
 
     Every taker asks for its permits in one order (sorted ids), so two group trials never each hold a part of the
     other's devices; small trials finish theirs and wait at the gates meanwhile (no deadlock, no starvation). The
@@ -166,7 +167,9 @@ def hold_group(
         raise SenetError(f"train.devices: {devices} is not allowed on this host, whose sweep has {len(host)} GPU(s) "
                          f"({','.join(host)}); allowed: 1..{len(host)}, or more GPUs with --gpus")  # fmt: skip
     chosen = sorted([slot.gpu, *[g for g in host if g != slot.gpu][: devices - 1]])
-    line = f"waiting for GPUs {','.join(chosen)}, each alone: a trial of {devices} devices"
+    line = f"waiting for GPUs {','.join(chosen)}, each alone: a trial of {of or devices} devices"
+    if of is not None and of != devices:
+        line += f" ({devices} on this node)"
     log(line)
     before = os.environ.get("CUDA_VISIBLE_DEVICES")
     with contextlib.ExitStack() as held:

@@ -101,13 +101,14 @@ class SlurmOptions(BaseModel):
             wanted = 1
         return max(0, min(wanted, math.ceil(pending / max(1, per_task))))
 
-    def parameters(self, study: str, cpus: int) -> dict[str, Any]:
-        """submitit's `update_parameters` for one task of `cpus` CPUs."""
+    def parameters(self, study: str, cpus: int, nodes: int = 1) -> dict[str, Any]:
+        """submitit's `update_parameters` for one task of `cpus` CPUs per node, on one node (an array's task) or
+        on `nodes` (a group's allocation: one task per node, and a task that dies ends the others)."""
         extra: dict[str, Any] = {"requeue": True} if self.requeue else {"no-requeue": True}
         extra.update(self.slurm)
         params: dict[str, Any] = {
-            "slurm_job_name": f"senet-{study}",
-            "nodes": 1,
+            "slurm_job_name": f"senet-{study}" + ("-group" if nodes > 1 else ""),
+            "nodes": nodes,
             "tasks_per_node": 1,
             "cpus_per_task": cpus,
             "timeout_min": self.time_min,
@@ -116,10 +117,30 @@ class SlurmOptions(BaseModel):
         }
         if self.gpus_per_node:
             params["gpus_per_node"] = self.gpus_per_node
+        if nodes > 1:
+            params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
         optional = {"slurm_partition": self.partition, "slurm_mem": self.mem, "slurm_account": self.account,
                     "slurm_qos": self.qos, "slurm_array_parallelism": self.array_parallelism}  # fmt: skip
         params.update({k: v for k, v in optional.items() if v is not None})
         return params
+
+
+def nodes_for(devices: int, gpus_per_node: int) -> int:
+    """The nodes a trial of `devices` ranks spans on tasks of `gpus_per_node` GPUs: one while it fits on one (and on
+    CPU-only tasks, whose ranks share the task's CPUs), else that many whole nodes (`check_nodes` refused the rest)."""
+    if gpus_per_node < 1 or devices <= gpus_per_node:
+        return 1
+    return math.ceil(devices / gpus_per_node)
+
+
+def check_nodes(configs: Iterable[tuple[str, int]], gpus_per_node: int) -> None:
+    """A trial larger than one node takes whole nodes: refuse, before anything is written, a `train.devices` that
+    is no multiple of `--gpus-per-node` (`configs`: each trial's label and devices)."""
+    for label, devices in configs:
+        if gpus_per_node and devices > gpus_per_node and devices % gpus_per_node:
+            raise SenetError(f"train.devices: {devices} is not allowed for {label} with --gpus-per-node "
+                             f"{gpus_per_node}: a trial larger than one node takes whole nodes; allowed: "
+                             f"1..{gpus_per_node} or a multiple of {gpus_per_node}")  # fmt: skip
 
 
 def minutes(text: str) -> int:
@@ -286,20 +307,22 @@ def cancel_jobs(ids: Iterable[str]) -> list[str]:
     return live
 
 
-def describe_jobs(ids: list[str], states: dict[str, JobState]) -> list[str]:
-    """One line per submitted array job: its tasks' states counted (`123: 2 RUNNING, 1 PENDING`)."""
+def describe_jobs(ids: list[str], states: dict[str, JobState], groups: dict[str, str] | None = None) -> list[str]:
+    """One line per submitted job: an array's tasks' states counted (`123: 2 RUNNING, 1 PENDING`); `groups`: the
+    jobs that are one trial's allocation over several nodes, and that trial's key."""
     lines = []
     for job in ids:
         tasks = {k: s for k, s in states.items() if k.split("_")[0] == job}
+        name = f"job {job}" + (f" (trial {groups[job]}, several nodes)" if groups and job in groups else "")
         if not tasks:
-            lines.append(f"  job {job}: no longer known to Slurm (ended)")
+            lines.append(f"  {name}: no longer known to Slurm (ended)")
             continue
         counted: dict[str, int] = {}
         for s in tasks.values():
             counted[s.state] = counted.get(s.state, 0) + 1
         restarts = sum(s.restarts for s in tasks.values())
         said = ", ".join(f"{n} {state}" for state, n in sorted(counted.items()))
-        lines.append(f"  job {job}: {said}" + (f" ({restarts} requeues)" if restarts else ""))
+        lines.append(f"  {name}: {said}" + (f" ({restarts} requeues)" if restarts else ""))
     return lines
 
 

@@ -11,6 +11,11 @@ cancelled it requeues itself (a preempted job that exits within its grace time w
 Before a time limit submitit catches SIGUSR2 and calls `checkpoint`, which stops the workers the same way (SIGUSR2:
 a notice that never escalates), waits for them, and hands submitit the same task to requeue; the next run resumes
 the trials.
+
+A trial larger than one node is its own allocation (`GroupTask`, one task per node): the first node's task trains
+that trial alone, as an array task would, its group spanning the allocation (`ablations.training.nodes`); the other
+nodes' tasks join each group it starts. Stops reach the first task like an array task's; the others' processes
+ignore them (submitit requeues from the first task only), and end with the group.
 """
 
 from __future__ import annotations
@@ -18,15 +23,20 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from ablations.paths import STORAGE_ENV, TRACKING_ENV
 from ablations.sweep.ledger import slurm_job
 from ablations.sweep.slurm import job_states
+from ablations.training.nodes import NODES_ENV, Nodes
+
+if TYPE_CHECKING:
+    from ablations.study.trials import Trial
 
 CHECKPOINT_MARGIN_S = 5  # of the grace before the time limit, kept for submitit's requeue after the workers stop
 
@@ -71,6 +81,13 @@ class ArrayTask(Checkpointable):
         self.spec = spec
 
     def __call__(self, index: int) -> dict[str, Any]:
+        from ablations.sweep.slurm import nodes_for
+
+        gpus = self.spec.gpus_per_node  # the trials larger than one node wait for their own allocations
+        return self._join(index, lambda t: nodes_for(t.config.train.devices, gpus) == 1)
+
+    def _join(self, index: int, keep: Callable[[Trial], bool]) -> dict[str, Any]:
+        """Join the study's sweep with this allocation's workers, for the trials `keep` says."""
         from ablations.study.searched import searched
         from ablations.sweep.runner import run
         from ablations.sweep.slots import parse_gpus, parse_per_gpu
@@ -100,7 +117,7 @@ class ArrayTask(Checkpointable):
             max_rss_mb=t.max_rss_mb,
         )
         spec = searched(find_spec(t.study, opts.storage_url), opts.results)  # a search: what its controller asked
-        code, found = run(spec, opts, create=False, task=True)
+        code, found = run(spec, opts, create=False, task=True, keep=keep)
         if code == 130 and t.requeue:
             requeue_unless_cancelled()
         return {"exit": code, "index": index, "settled": sum(s.state.settled for s in found), "trials": len(found)}
@@ -117,3 +134,27 @@ class ArrayTask(Checkpointable):
             while time.monotonic() < deadline and any(p.poll() is None for p in sweep.children.values()):
                 time.sleep(0.1)
         return super().checkpoint(*args, **kwargs)
+
+
+class GroupTask(ArrayTask):
+    """The callable submitit runs on each node of a group's allocation: trial `key`, of `nodes` nodes."""
+
+    def __init__(self, spec: TaskSpec, key: str, nodes: int) -> None:
+        super().__init__(spec)
+        self.key, self.nodes = key, nodes
+
+    def __call__(self, index: int = 0) -> dict[str, Any]:
+        from submitit import JobEnvironment
+
+        from ablations.training.ddp import follow_group
+
+        job, restarts = os.environ.get("SLURM_JOB_ID", "local"), os.environ.get("SLURM_RESTART_COUNT", "0")
+        nodes = Nodes(Path(self.spec.results) / "slurm" / "groups" / f"{job}.{restarts}", self.nodes)
+        rank = JobEnvironment().global_rank
+        if rank:
+            return {"node": rank, "groups": follow_group(nodes, rank)}
+        os.environ[NODES_ENV] = nodes.to_env()  # the workers started here span the allocation
+        try:
+            return {**self._join(index, lambda t: t.key == self.key), "node": 0}
+        finally:
+            nodes.end()

@@ -45,8 +45,10 @@ class Stops:
         name = signal.Signals(signum).name
         if signum == signal.SIGUSR2 and (self.pending or self.pausing or self.stopped):
             return  # the scheduler's notice (or its supervisor's) said again: never "now"
-        if name == self.pausing and time.monotonic() - self.paused_at < ECHO_S:
-            return  # the same stop twice at once: Slurm's preemption without a grace time sends SIGTERM twice
+        if (name == self.pausing or (self.pausing == "SIGUSR2" and signum == signal.SIGTERM)) and (
+            time.monotonic() - self.paused_at < ECHO_S
+        ):  # the same stop twice at once: Slurm's preemption without a grace time sends SIGTERM twice, and a task's
+            return  # relay (SIGUSR2) may reach its worker before the scheduler's own SIGTERM does
         if self.held:
             self.pending = name
             return

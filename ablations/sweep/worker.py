@@ -60,6 +60,7 @@ from ablations.sweep.stops import STOPS, Stop, failpoint
 from ablations.tracking import Tracker, code_tags, environment_tags
 from ablations.training.ddp import train_trial
 from ablations.training.engine import Callback, Paused, Warm, is_out_of_memory
+from ablations.training.nodes import devices_here
 from ablations.training.result import RunResult
 from ablations.training.steps import Progress
 from senet_core import build_model, se_blocks
@@ -295,8 +296,9 @@ class Worker:
         self, cfg: RunConfig, exclusive: bool, folder: Path, log: Callable[[str], None]
     ) -> contextlib.AbstractContextManager[Any]:
         """The slot's GPU, shared (or alone after an out-of-memory failure), or every GPU of a group trial."""
-        if cfg.train.devices > 1 and self.slot.gpu is not None:
-            return hold_group(self.results, self.slot, cfg.train.devices, folder, log)
+        if cfg.train.devices > 1 and self.slot.gpu is not None:  # this node's part of a group over several nodes
+            n = cfg.train.devices
+            return hold_group(self.results, self.slot, devices_here(n), folder, log, of=n)
         return self.permit.hold(exclusive) if self.permit is not None else contextlib.nullcontext()
 
     def _start_run(self, attempt: Attempt, cfg: RunConfig) -> str | None:

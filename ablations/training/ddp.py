@@ -8,6 +8,12 @@ log lines to `events.jsonl` and its step counts to `progress.json`, asks before 
 answered `.ok` once the callbacks allowed it, or `stop`), and every rank pauses at the same step once the agent
 puts `pause` there. Any rank's death ends the attempt (the launcher stops the others): the worker records it as a
 crash, and the next attempt resumes from rank 0's last checkpoint with the same world size.
+
+A group larger than one node (`ablations.training.nodes`): the leader node's worker starts it the same way with a
+static rendezvous it hosts, and publishes each launch for the other nodes, whose tasks join it (`follow_group`).
+
+Stops reach the ranks only through the channel: a rank ignores SIGTERM and SIGUSR2 (a scheduler signals every
+process of a job at once; the worker pauses the whole group at one step instead), and dies with its agent.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -36,6 +43,7 @@ from ablations.errors import SenetError
 from ablations.training import group
 from ablations.training.ends import Paused
 from ablations.training.engine import Warm, pick_device, train
+from ablations.training.nodes import Nodes
 from ablations.training.result import RunResult
 from ablations.training.steps import Progress
 
@@ -44,6 +52,8 @@ POLL_S = 0.05  # how often the agent and rank 0 look at the channel
 PROGRESS_S = 0.5  # how often rank 0 writes its step counts
 AGREE_EVERY = 8  # steps between the ranks' agreements on a pause (one all-reduce each)
 GROUP_TIMEOUT = timedelta(minutes=30)  # a collective waits this long for a rank (rank 0 evaluates meanwhile)
+JOIN_TIMEOUT_S = 600  # the nodes of a group wait this long for each other at its start
+SHUTDOWN_S = 5  # a failed group's ranks get SIGKILL this long after the launcher's SIGTERM (which they ignore)
 
 
 class GroupFailed(RuntimeError):
@@ -55,7 +65,7 @@ class _Stopped(Exception):
 
 
 def _threads(world: int) -> int:
-    """CPU threads per rank: the worker's share (OMP_NUM_THREADS) split over its ranks, at least one each."""
+    """CPU threads per rank: the worker's share (OMP_NUM_THREADS) split over its node's ranks, at least one each."""
     share = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
     return max(1, share // world)
 
@@ -127,7 +137,9 @@ def _rank_main(tree: dict[str, Any], run_dir: str, cuda: bool) -> dict[str, Any]
     import torch.distributed as dist
 
     _die_with_parent()
-    torch.set_num_threads(_threads(int(os.environ["WORLD_SIZE"])))
+    for stop in (signal.SIGTERM, signal.SIGUSR2):  # the worker pauses the group; the launcher's SIGKILL still ends it
+        signal.signal(stop, signal.SIG_IGN)
+    torch.set_num_threads(_threads(int(os.environ["LOCAL_WORLD_SIZE"])))
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if cuda else "gloo", timeout=GROUP_TIMEOUT)
@@ -203,12 +215,67 @@ class _AgentBridge:
             )
 
 
-def _free_port() -> int:
-    import socket
-
+def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _launch_config(nodes: int, per_node: int, endpoint: str, log_dir: Path, node_rank: int = 0,
+                   run_id: str | None = None) -> Any:  # fmt: skip
+    """torch's launcher for one group: a local c10d rendezvous on one host, else a static one at `endpoint`, which
+    the agent of node rank 0 hosts (node ranks as the allocation orders its tasks)."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+    from torch.distributed.launcher.api import LaunchConfig
+
+    where: dict[str, Any] = (
+        {"rdzv_backend": "c10d", "local_addr": "127.0.0.1"}
+        if nodes == 1
+        else {"rdzv_backend": "static", "rdzv_configs": {"rank": node_rank, "timeout": JOIN_TIMEOUT_S}}
+    )
+    return LaunchConfig(
+        min_nodes=nodes, max_nodes=nodes, nproc_per_node=per_node, run_id=run_id or uuid.uuid4().hex,
+        rdzv_endpoint=endpoint, max_restarts=0, monitor_interval=0.1, start_method="spawn",
+        shutdown_timeout=SHUTDOWN_S, logs_specs=DefaultLogsSpecs(log_dir=str(log_dir)), **where,
+    )  # fmt: skip
+
+
+def _run_group(config: Any, tree: dict[str, Any], run_dir: str, cuda: bool, outcome: dict[str, Any]) -> None:
+    """The launcher's whole life for one group (on a thread of its own: it then installs no signal handlers, and
+    stops reach the ranks through the channel); `outcome` gets the ranks' returns, or what failed."""
+    from torch.distributed.launcher.api import elastic_launch
+
+    try:
+        outcome["ranks"] = elastic_launch(config, _rank_main)(tree, run_dir, cuda)
+    except BaseException as err:  # a rank that failed (ChildFailedError), or the launcher's own (a rendezvous)
+        outcome["failed"] = err
+
+
+def follow_group(nodes: Nodes, node_rank: int, log: Callable[[str], None] = print) -> int:
+    """A node other than the leader's (`node_rank` ≥ 1): join every group the leader publishes in `nodes.folder`, one
+    after another, until it says the allocation is over; returns how many groups this node joined. A group that
+    fails here fails on every node (the leader's attempt ends as a crash), so this node just waits for the next."""
+    joined = 0
+    while True:
+        newer = [n for n in nodes.groups() if n > joined]
+        if newer:
+            joined = newer[-1]
+            info = nodes.read(joined)
+            log(f"node {node_rank}: joining group {joined} at {info['endpoint']} ({info['per_node']} ranks here)")
+            config = _launch_config(nodes.count, info["per_node"], info["endpoint"], nodes.folder / f"node-{node_rank}",
+                                    node_rank, info["run_id"])  # fmt: skip
+            outcome: dict[str, Any] = {}
+            thread = threading.Thread(target=_run_group, args=(config, info["tree"], info["run_dir"], info["cuda"],
+                                                               outcome), name="ddp-node", daemon=True)  # fmt: skip
+            thread.start()
+            while thread.is_alive():  # joined in short waits: the main thread keeps taking (and ignoring) signals
+                thread.join(POLL_S * 4)
+            if "failed" in outcome:
+                log(f"node {node_rank}: group {joined} failed: {_first_line(outcome['failed'])}")
+            continue
+        if nodes.is_over():
+            return joined
+        time.sleep(POLL_S * 4)
 
 
 def _end_ranks() -> None:
@@ -233,7 +300,8 @@ def train_trial(
     if run_dir is None:
         raise SenetError(f"train.devices: {cfg.train.devices} needs a run folder (its ranks meet there)")
     cuda = pick_device(cfg.train.device).type == "cuda"
-    return train_ddp(cfg.model_dump(), cfg.train.devices, cuda, run_dir, callbacks, log, progress or Progress())
+    nodes = Nodes.from_env()
+    return train_ddp(cfg.model_dump(), cfg.train.devices, cuda, run_dir, callbacks, log, progress or Progress(), nodes)
 
 
 def train_ddp(
@@ -244,47 +312,45 @@ def train_ddp(
     callbacks: Sequence[Any],
     log: Callable[[str], None],
     progress: Progress,
+    nodes: Nodes | None = None,
 ) -> RunResult:
     """Train the resolved configuration `tree` as a group of `devices` ranks on this host (`cuda`: one GPU each,
-    the first `devices` of CUDA_VISIBLE_DEVICES); the callbacks hear rank 0 as they would a single-device run.
+    the first `devices` of CUDA_VISIBLE_DEVICES), or over the allocation's `nodes` (this host is the first, its
+    part of the ranks the first); the callbacks hear rank 0 as they would a single-device run.
 
     Raises:
         GroupFailed: a rank died or raised (its traceback is in the launcher's message).
         Paused: a callback asked for a pause and every rank stopped at the same checkpointed step.
         SenetError: the configuration or data is refused (a rank's one line).
     """
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
     # Its warning that it cannot install signal handlers off the main thread: by design here (stops reach the ranks
     # through `pause`, and a rank dies with its worker), so it would only mislead; its errors still show.
     logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.ERROR)
     channel = run_dir / CHANNEL
     shutil.rmtree(channel, ignore_errors=True)
     channel.mkdir(parents=True)
-    port = _free_port()
-    config = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=devices, run_id=uuid.uuid4().hex, rdzv_backend="c10d",
-        rdzv_endpoint=f"127.0.0.1:{port}", max_restarts=0, monitor_interval=0.1, start_method="spawn",
-        local_addr="127.0.0.1", logs_specs=DefaultLogsSpecs(log_dir=str(channel / "launcher")),
-    )  # fmt: skip
-    env = {"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}  # one host: the group talks over loopback only
+    count = nodes.count if nodes is not None else 1
+    if devices % count:
+        raise SenetError(f"train.devices: {devices} does not split over the allocation's {count} nodes; allowed: a "
+                         f"multiple of {count}")  # fmt: skip
+    per_node = devices // count
+    if nodes is None or count == 1:
+        config = _launch_config(1, devices, f"127.0.0.1:{_free_port()}", channel / "launcher")
+        env = {"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}  # one host: the group talks over loopback
+    else:  # the other nodes reach this host by its name; the site's NCCL/GLOO_SOCKET_IFNAME say over which network
+        endpoint = f"{socket.gethostname()}:{_free_port('')}"
+        config = _launch_config(count, per_node, endpoint, channel / "launcher")
+        number = nodes.publish({"endpoint": endpoint, "per_node": per_node, "run_id": config.run_id, "tree": tree,
+                                "run_dir": str(run_dir), "cuda": cuda})  # fmt: skip
+        log(f"group {number}: {devices} ranks over {count} nodes ({per_node} each), rendezvous at {endpoint}")
+        env = {}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update({k: os.environ.get(k) or v for k, v in env.items()})
     outcome: dict[str, Any] = {}
-
-    def launch() -> None:
-        try:
-            outcome["ranks"] = elastic_launch(config, _rank_main)(tree, str(run_dir), cuda)
-        except ChildFailedError as err:
-            outcome["failed"] = err
-        except BaseException as err:  # the launcher's own failure (a rendezvous that timed out)
-            outcome["failed"] = err
-
     bridge = _AgentBridge(channel, callbacks, log, progress)
-    thread = threading.Thread(target=launch, name="ddp-agent", daemon=True)  # off the main thread: the launcher
-    thread.start()  # then leaves the worker's signal handlers alone (stops reach the ranks through `pause`)
+    thread = threading.Thread(target=_run_group, args=(config, tree, str(run_dir), cuda, outcome), name="ddp-agent",
+                              daemon=True)  # fmt: skip
+    thread.start()
     try:
         while thread.is_alive():
             thread.join(POLL_S)

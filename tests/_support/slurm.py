@@ -11,6 +11,10 @@ There is no accounting (slurmdbd would need MariaDB), so `sacct` cannot answer; 
 first on PATH that prints the same `--parsable2` columns from `squeue --states=all`, which knows every job while the
 controller keeps it (MinJobAge, an hour here). That is all submitit asks of sacct.
 
+`start_slurm(nodes=2)` makes the same cluster of two nodes, `n1` and `n2`, each a slurmd of its own on this host
+(its own port, spool, pid and log file) with a share of the stand-in GPUs: multi-node allocations, srun across
+"nodes" and node-local environments are Slurm's own, only the hardware under them is one.
+
 The daemons run on the host's loopback, not in a network namespace: the clients (sbatch, squeue, submitit in the
 test process) would have to enter it too, and free ports on 127.0.0.1 already keep the cluster apart. If the
 binaries are absent or the cluster cannot start, the tests that need it skip with the reason; `make slurm-test`
@@ -54,9 +58,10 @@ exit 0  # a job the controller no longer knows is just absent, as sacct would le
 """
 
 
-def _free_port_above(low: int = 16000) -> int:
-    """A TCP port above `low` on 127.0.0.1 that nothing listens on at the moment of asking."""
-    for port in range(low + 1 + os.getpid() % 20000, 65535):
+def _free_port_above(low: int = 16000, spread: bool = True) -> int:
+    """A TCP port above `low` on 127.0.0.1 that nothing listens on at the moment of asking (`spread`: starting at an
+    offset of this process's own, so that two test runs at once rarely ask for the same)."""
+    for port in range(low + 1 + (os.getpid() % 20000 if spread else 0), 65535):
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -84,6 +89,7 @@ class SlurmCluster:
     env: dict[str, str]
     gpus: int
     cpus: int
+    nodes: tuple[str, ...] = ("localhost",)
     pids: dict[str, int] = field(default_factory=dict)
     start_s: float = 0.0  # seconds from the first daemon to the node idle
 
@@ -114,11 +120,15 @@ class SlurmCluster:
         out = self.run(["scontrol", "-o", "show", "job", job_id]).stdout
         return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
 
-    def node_state(self) -> str:
-        """The node's state with its flags (`IDLE`, `MIXED`, `ALLOCATED`, `IDLE+NOT_RESPONDING`, ...); `sinfo` would
-        say `idle` before slurmd has even registered."""
-        out = self.run(["scontrol", "-o", "show", "node", "localhost"], check=False).stdout
-        return dict(kv.split("=", 1) for kv in out.split() if "=" in kv).get("State", "")
+    def node_state(self, node: str | None = None) -> str:
+        """A node's state with its flags (`IDLE`, `MIXED`, `ALLOCATED`, `IDLE+NOT_RESPONDING`, ...); `sinfo` would
+        say `idle` before slurmd has even registered. Of several nodes, the first one that is not IDLE."""
+        for name in [node] if node else self.nodes:
+            out = self.run(["scontrol", "-o", "show", "node", name], check=False).stdout
+            state = dict(kv.split("=", 1) for kv in out.split() if "=" in kv).get("State", "")
+            if state != "IDLE":
+                return state
+        return "IDLE"
 
     def wait_idle(self, timeout: float = 60) -> None:
         """Wait until no job runs or waits and the node is idle again (and slurmd has registered)."""
@@ -141,7 +151,7 @@ class SlurmCluster:
             end = time.monotonic() + 15
             while time.monotonic() < end and self.run(["squeue", "-h", "-t", "R,CG"], check=False).stdout.strip():
                 time.sleep(0.2)
-        for name in ("slurmd", "slurmctld", "munged"):
+        for name in [*(n for n in self.pids if n.startswith("slurmd")), "slurmctld", "munged"]:
             if name in self.pids:
                 _end(self.pids.pop(name))
         for proc in _left_behind(self.root):
@@ -183,7 +193,7 @@ def _read_pid(path: Path, timeout: float = 15) -> int:
     raise RuntimeError(f"{path} never appeared")
 
 
-def _write_config(root: Path, gpus: int) -> None:
+def _write_config(root: Path, gpus: int, nodes: tuple[str, ...] = ("localhost",)) -> None:
     dev = root / "dev"
     dev.mkdir()
     files = []
@@ -200,6 +210,20 @@ def _write_config(root: Path, gpus: int) -> None:
     ctld_port, slurmd_port = _free_port_above(), 0
     while slurmd_port in (0, ctld_port):
         slurmd_port = _free_port_above(ctld_port)
+    ports = [slurmd_port]
+    while len(ports) < len(nodes):
+        ports.append(_free_port_above(ports[-1], spread=False))
+    each = gpus // len(nodes)
+    if len(nodes) == 1:
+        node_lines = f"NodeName=localhost NodeAddr=127.0.0.1 {_node_line()} Gres=gpu:{gpus} State=UNKNOWN"
+    else:  # several slurmd on this host: each its own port, and %n (the node's name) in its files' names
+        node_lines = "\n".join(f"NodeName={n} NodeHostname=localhost NodeAddr=127.0.0.1 Port={p} {_node_line()} "
+                               f"Gres=gpu:{each} State=UNKNOWN" for n, p in zip(nodes, ports, strict=True))  # fmt: skip
+        for n in nodes:
+            (state["spool"] / n).mkdir()
+    mark = "" if len(nodes) == 1 else "-%n"
+    spool = state["spool"] if len(nodes) == 1 else state["spool"] / "%n"
+    names = ",".join(nodes)
     # cred_expire: a requeued job waits this long before it may start again (Slurm's default, 120 s, would dominate
     # every requeue case)
     auth = f"socket={root / 'munge' / 'munge.socket'},cred_expire=10"
@@ -214,11 +238,11 @@ AuthType=auth/munge
 AuthInfo={auth}
 CredType=cred/munge
 StateSaveLocation={state["state"]}
-SlurmdSpoolDir={state["spool"]}
+SlurmdSpoolDir={spool}
 SlurmctldPidFile={state["run"] / "slurmctld.pid"}
-SlurmdPidFile={state["run"] / "slurmd.pid"}
+SlurmdPidFile={state["run"] / f"slurmd{mark}.pid"}
 SlurmctldLogFile={state["log"] / "slurmctld.log"}
-SlurmdLogFile={state["log"] / "slurmd.log"}
+SlurmdLogFile={state["log"] / f"slurmd{mark}.log"}
 SlurmctldDebug=info
 SlurmdDebug=info
 SelectType=select/cons_tres
@@ -241,28 +265,34 @@ PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 JobRequeue=1
 GresTypes=gpu
-NodeName=localhost NodeAddr=127.0.0.1 {_node_line()} Gres=gpu:{gpus} State=UNKNOWN
-PartitionName=low Nodes=localhost Default=YES PriorityTier=1 MaxTime=INFINITE State=UP GraceTime=20
-PartitionName=high Nodes=localhost PriorityTier=2 MaxTime=INFINITE State=UP
+{node_lines}
+PartitionName=low Nodes={names} Default=YES PriorityTier=1 MaxTime=INFINITE State=UP GraceTime=20
+PartitionName=high Nodes={names} PriorityTier=2 MaxTime=INFINITE State=UP
 """
     (root / "slurm.conf").write_text(conf)
-    names = files[0] if gpus == 1 else f"{dev}/nvidia[0-{gpus - 1}]"
-    (root / "gres.conf").write_text(f"AutoDetect=off\nNodeName=localhost Name=gpu File={names}\n")
+    gres = ["AutoDetect=off"]
+    for i, n in enumerate(nodes):
+        mine = files[i * each : (i + 1) * each]
+        named = mine[0] if len(mine) == 1 else f"{dev}/nvidia[{i * each}-{(i + 1) * each - 1}]"
+        gres.append(f"NodeName={n} Name=gpu File={named}")
+    (root / "gres.conf").write_text("\n".join(gres) + "\n")
     (root / "bin").mkdir()
     sacct = root / "bin" / "sacct"
     sacct.write_text(_SACCT)
     sacct.chmod(0o755)
 
 
-def start_slurm(gpus: int = 2) -> tuple[SlurmCluster | None, str]:
-    """A running cluster with its node idle, or None and the reason it could not be had."""
+def start_slurm(gpus: int = 2, nodes: int = 1) -> tuple[SlurmCluster | None, str]:
+    """A running cluster with its nodes idle (`gpus` stand-in GPUs shared evenly over `nodes` nodes), or None and the
+    reason it could not be had."""
     missing = [b for b in (*_DAEMONS, *_CLIENTS) if shutil.which(b) is None]
     if missing:
         return None, f"{', '.join(missing)} not installed (apt-get install slurm-wlm munge; make slurm-test does this)"
     root = Path(tempfile.mkdtemp(prefix="senet-slurm-"))
     root.chmod(0o700)  # the munge key and socket are this cluster's alone
+    names = ("localhost",) if nodes == 1 else tuple(f"n{i + 1}" for i in range(nodes))
     try:
-        _write_config(root, gpus)
+        _write_config(root, gpus, names)
     except (OSError, subprocess.SubprocessError, KeyError) as err:
         shutil.rmtree(root, ignore_errors=True)
         return None, f"could not write the cluster's configuration: {err}"
@@ -270,7 +300,7 @@ def start_slurm(gpus: int = 2) -> tuple[SlurmCluster | None, str]:
     env["PATH"] = f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     for key in [k for k in env if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")) and k != "SLURM_CONF"]:
         del env[key]  # a test run inside someone's Slurm job must not aim at their cluster
-    cluster = SlurmCluster(root, env, gpus, os.cpu_count() or 1)
+    cluster = SlurmCluster(root, env, gpus, os.cpu_count() or 1, names)
     daemon_env = {**env, _MARK: str(root)}
     began = time.monotonic()
     try:
@@ -304,8 +334,12 @@ def _start_daemons(cluster: SlurmCluster, env: dict[str, str]) -> None:
     conf = str(cluster.conf)
     _daemon(["slurmctld", "-f", conf, "-i"], env)  # -i: a fresh folder has no saved state to recover
     cluster.pids["slurmctld"] = _read_pid(root / "run" / "slurmctld.pid")
-    _daemon(["slurmd", "-f", conf, "-N", "localhost"], env)
-    cluster.pids["slurmd"] = _read_pid(root / "run" / "slurmd.pid")
+    for node in cluster.nodes:
+        _daemon(["slurmd", "-f", conf, "-N", node], env)
+        pid_file = "slurmd.pid" if cluster.nodes == ("localhost",) else f"slurmd-{node}.pid"
+        cluster.pids["slurmd" if cluster.nodes == ("localhost",) else f"slurmd-{node}"] = _read_pid(
+            root / "run" / pid_file
+        )
 
 
 def _daemon(cmd: list[str], env: dict[str, str]) -> None:

@@ -109,6 +109,21 @@ def test_a_gpu_group_larger_than_a_host_of_the_sweep_is_refused_before_anything_
         check_devices_fit(on_gpus, 2, "a task of --gpus-per-node 2")
     assert str(err.value) == (
         "train.devices: 4 is not allowed for train.devices=4: a task of --gpus-per-node 2 has 2 GPU(s); allowed: 1..2, "
-        "or a host with more (a trial's group stays on one host)"
+        "or a host with more (a group spans several hosts only under --launcher slurm)"
     )
     check_devices_fit(expand(load_spec(spec), host=Host("cpu")), 1, "this host's sweep")  # CPU ranks: no limit
+
+
+def test_under_slurm_a_group_larger_than_a_node_takes_whole_nodes():
+    from ablations.errors import SenetError
+    from ablations.sweep.slurm import check_nodes, nodes_for
+
+    assert [nodes_for(d, 8) for d in (1, 8, 16, 32)] == [1, 1, 2, 4]
+    assert nodes_for(16, 0) == 1  # CPU-only tasks: the ranks share one task's CPUs
+    check_nodes([("a", 4), ("b", 8), ("c", 24)], 8)
+    with pytest.raises(SenetError) as err:
+        check_nodes([("a", 8), ("se.reduction=4", 12)], 8)
+    assert str(err.value) == (
+        "train.devices: 12 is not allowed for se.reduction=4 with --gpus-per-node 8: a trial larger than one node "
+        "takes whole nodes; allowed: 1..8 or a multiple of 8"
+    )

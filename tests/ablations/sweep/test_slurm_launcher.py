@@ -48,6 +48,13 @@ def test_the_sbatch_parameters_carry_the_options_and_passthrough():
     assert p["slurm_qos"] == "high" and p["slurm_array_parallelism"] == 4
     assert p["slurm_additional_parameters"] == {"no-requeue": True, "constraint": "a100"}
     assert "gpus_per_node" not in SlurmOptions(gpus_per_node=0).parameters("tiny", cpus=2)
+    assert p["nodes"] == 1 and "slurm_srun_args" not in p
+
+
+def test_a_trial_larger_than_a_node_is_a_job_of_whole_nodes_whose_tasks_end_together():
+    p = SlurmOptions(gpus_per_node=8, cpus_per_gpu=6).parameters("tiny", cpus=48, nodes=2)
+    assert p["nodes"] == 2 and p["tasks_per_node"] == 1 and p["gpus_per_node"] == 8 and p["cpus_per_task"] == 48
+    assert p["slurm_srun_args"] == ["--kill-on-bad-exit=1"] and p["slurm_job_name"] == "senet-tiny-group"
 
 
 def test_the_cli_beats_the_study_which_beats_the_profile(tmp_path, monkeypatch):
@@ -88,6 +95,11 @@ def test_bad_launcher_options_name_their_source_and_field(tmp_path, monkeypatch,
         (["--launcher", "slurm", "--gpus", "0"], "--gpus: not with --launcher slurm"),
         (["--launcher", "slurm", "--time", "soon"], "--time: "),
         (["--launcher", "slurm", "--slurm", "nonsense"], "--slurm: 'nonsense' is not KEY=VALUE"),
+        (
+            ["--launcher", "slurm", "--gpus-per-node", "2", "--set", "train.devices=3", "--set", "train.batch_size=48"],
+            "train.devices: 3 is not allowed for se.excitation=sigmoid with --gpus-per-node 2: a trial larger than one "
+            "node takes whole nodes",
+        ),
     ],
 )
 def test_the_cli_refuses_bad_launcher_input_in_one_line_writing_nothing(tmp_path, capsys, extra, says):
@@ -156,8 +168,9 @@ def test_the_schedulers_notice_again_never_makes_a_pausing_worker_stop_at_once()
         stops.handler(signal.SIGUSR2, None)  # the job's notice: checkpoint at the next step
         assert stops.pausing == "SIGUSR2"
         stops.handler(signal.SIGUSR2, None)  # the task's word, or Slurm's again: still the next step
+        stops.paused_at -= 2.0  # (a SIGTERM at once is the scheduler's own beside the task's word: test_stops.py)
         with pytest.raises(Stop):
-            stops.handler(signal.SIGTERM, None)  # a second, different stop is "now", as before
+            stops.handler(signal.SIGTERM, None)  # a second, different stop later on is "now", as before
     twice = Stops()
     with twice.train():
         twice.handler(signal.SIGTERM, None)

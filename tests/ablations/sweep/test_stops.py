@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from ablations.sweep.stops import PAUSE_GRACE_S, Stop, Stops
+from ablations.sweep.stops import ECHO_S, PAUSE_GRACE_S, Stop, Stops
 
 
 def test_outside_training_a_stop_is_raised_at_once():
@@ -46,6 +46,23 @@ def test_each_training_starts_without_the_last_ones_pause():
             stops.handler(signal.SIGTERM, None)
         with stops.train():
             assert stops.pausing is None
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
+def test_the_schedulers_sigterm_right_after_the_tasks_sigusr2_is_the_same_stop():
+    """In a Slurm task the task relays a stop to its workers as SIGUSR2 while the scheduler's own SIGTERM reaches
+    them too, in either order: the pair is one stop (found by a preempted DDP group that lost its mid-epoch pause)."""
+    stops = Stops()
+    try:
+        with stops.train():
+            stops.handler(signal.SIGUSR2, None)
+            stops.handler(signal.SIGTERM, None)  # no raise: the pause goes on
+            assert stops.pausing == "SIGUSR2" and not stops.stopped
+            stops.paused_at -= 2 * ECHO_S
+            with pytest.raises(Stop, match="SIGUSR2"):
+                stops.handler(signal.SIGTERM, None)  # a SIGTERM later on: a second stop, at once
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
