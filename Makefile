@@ -67,8 +67,9 @@ faults: $(VENV)/.installed data postgres
 
 # The real one-node Slurm cluster and submitit driving it: GPU jobs on stand-in devices, job arrays, preemption and
 # requeue between partitions; then `--launcher slurm` end to end: a study through arrays, a task cancelled, preempted
-# and at its time limit, the controller killed, shared trials, cancel, Ctrl-C, chunks, a PostgreSQL ledger (about
-# 8 minutes; as root, since the daemons run as SlurmUser=root).
+# and at its time limit, the controller killed, shared trials, cancel, Ctrl-C, chunks, a PostgreSQL ledger; then a
+# two-node cluster (two slurmd on this host) for DDP groups over nodes: a two-node trial, a rank killed on the second
+# node, a preempted group (about 15 minutes; as root, since the daemons run as SlurmUser=root).
 slurm-test: $(VENV)/.installed slurm postgres
 	$(PY) -m pytest -q -m slurm
 
