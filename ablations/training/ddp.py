@@ -253,7 +253,8 @@ def _run_group(config: Any, tree: dict[str, Any], run_dir: str, cuda: bool, outc
 
 def follow_group(nodes: Nodes, node_rank: int, log: Callable[[str], None] = print) -> int:
     """A node other than the leader's (`node_rank` ≥ 1): join every group the leader publishes in `nodes.folder`, one
-    after another, until it says the allocation is over; returns how many groups this node joined. A group that
+    after another, until it says the allocation is over; returns the number of the last one it joined (0: none;
+    a follower that comes late joins the newest group only). A group that
     fails here fails on every node (the leader's attempt ends as a crash), so this node just waits for the next."""
     joined = 0
     while True:
