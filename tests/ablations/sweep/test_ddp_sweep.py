@@ -4,6 +4,7 @@ with group trials on stand-in GPUs without deadlock."""
 
 from __future__ import annotations
 
+import re
 import signal
 from datetime import datetime
 from pathlib import Path
@@ -81,26 +82,28 @@ def test_kill_9_of_the_worker_takes_its_ranks_with_it_and_the_trial_resumes(tmp_
 def test_a_stop_pauses_every_rank_at_one_step_and_the_rerun_resumes_mid_epoch(tmp_path):
     """Budget: about 40 s. Ctrl-C of the sweep while a 2-device trial trains epoch 2: the ranks agree on a step,
     rank 0 checkpoints there, the attempt ends `stopped` (no retry used) with no rank left, and the rerun goes on
-    from that step to one FINISHED run."""
+    from that step to one FINISHED run. (An epoch of 4,224 8×8 images takes 1-3 s here: the stop, passed from the
+    sweep to the worker to the ranks' next agreement, lands within the epoch after the first, whichever it is.)"""
     spec = write_spec(tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1,
-                      train={"epochs": 3, "devices": 2, "device": "cpu"}, data={"synthetic_train": 1056})  # fmt: skip
+                      train={"epochs": 4, "devices": 2, "device": "cpu"}, data={"synthetic_train": 4224})  # fmt: skip
     results = tmp_path / "results"
     proc = cli("sweep", str(spec), "--results", str(results), "--no-progress", "--max-retries", "0", cwd=tmp_path)
     log = wait_for(lambda: next(results.glob("runs/*/train.log"), None), timeout=120)
-    wait_for(lambda: "epoch 1/3" in log.read_text(), timeout=120, every=0.05)
+    wait_for(lambda: "epoch 1/4" in log.read_text(), timeout=120, every=0.05)
     owner = wait_for(lambda: [a for a in attempts(local_ledger(results)) if a.state == TrialState.RUNNING])[0].owner
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     ledger = attempts(local_ledger(results))
     assert [(a.state, a.kind) for a in ledger] == [(TrialState.FAIL, "stopped")]
-    assert "paused at epoch 2" in ledger[0].reason
+    paused = re.search(r"paused at epoch (\d+), step (\d+)", ledger[0].reason)
+    assert paused and int(paused[1]) in (2, 3) and int(paused[2]) > 0, ledger[0].reason  # mid-epoch, after the first
     assert not _ranks(owner.pid)
     rerun = cli("sweep", str(spec), "--results", str(results), "--no-progress", "--max-retries", "0", cwd=tmp_path)
     out, err = rerun.communicate(timeout=240)
     assert rerun.returncode == 0, err
     assert_each_trial_complete_once(local_ledger(results), results, 1)
-    assert "resumed in epoch 2 at step" in log.read_text()
+    assert f"resumed in epoch {paused[1]} at step {paused[2]}" in log.read_text()
 
 
 def _trained(folder: Path) -> tuple[datetime, datetime]:
