@@ -61,9 +61,10 @@ def test_killing_one_rank_ends_the_attempt_and_the_next_resumes_from_the_checkpo
 @pytest.mark.e2e
 def test_kill_9_of_the_worker_takes_its_ranks_with_it_and_the_trial_resumes(tmp_path):
     """Budget: about 40 s. The worker (the group's agent, holding the lease) dies by SIGKILL mid-epoch 2: its ranks
-    die with it (none writes on), the sweep judges the attempt a crash and the retry resumes from the checkpoint."""
+    die with it (none writes on), the sweep judges the attempt a crash and the retry resumes from the checkpoint.
+    (Epochs of 4,224 images, 1-3 s here: the trial is still training when the kill comes.)"""
     spec = write_spec(tmp_path, grid={"se.excitation": ["sigmoid"]}, seeds=1,
-                      train={"epochs": 3, "devices": 2, "device": "cpu"}, data={"synthetic_train": 1056})  # fmt: skip
+                      train={"epochs": 3, "devices": 2, "device": "cpu"}, data={"synthetic_train": 4224})  # fmt: skip
     results = tmp_path / "results"
     proc = cli("sweep", str(spec), "--results", str(results), "--no-progress", cwd=tmp_path)
     log = wait_for(lambda: next(results.glob("runs/*/train.log"), None), timeout=120)

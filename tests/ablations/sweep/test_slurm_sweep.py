@@ -30,7 +30,8 @@ pytest.importorskip("submitit")
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
 
-SLOW = {"epochs": 12, "device": "cpu"}  # about 1 s an epoch here: long enough to stop a trial mid-way
+SLOW = {"epochs": 12, "device": "cpu"}  # with SLOW_DATA 0.5-5 s an epoch here: long enough to stop a trial mid-way
+SLOW_DATA = {"synthetic_train": 1200}  # (the tiny 160 images take 0.1 s an epoch: a trial ends before a stop lands)
 
 
 def _spec(tmp_path: Path, name: str = "tiny", train: dict | None = None, **kw) -> Path:
@@ -88,7 +89,7 @@ def test_a_study_trains_through_a_job_array_and_status_shows_its_jobs(slurm_clus
 
 
 def test_a_task_cancelled_mid_trial_hands_its_trial_on_and_it_resumes(slurm_cluster, tmp_path):
-    spec, results = _spec(tmp_path, train=SLOW, seeds=1), tmp_path / "results"  # 2 trials
+    spec, results = _spec(tmp_path, train=SLOW, data=SLOW_DATA, seeds=1), tmp_path / "results"  # 2 trials
     proc = _sweep(slurm_cluster, spec, results, "--total-gpus", "1")
     wait_for(lambda: _running_at(results, 2), timeout=120)
     victim = _running_at(results, 2)[0]
@@ -102,7 +103,7 @@ def test_a_task_cancelled_mid_trial_hands_its_trial_on_and_it_resumes(slurm_clus
 
 def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(slurm_cluster, tmp_path):
     slurm_cluster.wait_idle()
-    spec, results = _spec(tmp_path, train=SLOW, seeds=1), tmp_path / "results"
+    spec, results = _spec(tmp_path, train=SLOW, data=SLOW_DATA, seeds=1), tmp_path / "results"
     whole = [f"--cpus-per-task={slurm_cluster.cpus}", f"--gpus-per-node={slurm_cluster.gpus}"]
     proc = _sweep(slurm_cluster, spec, results, "--partition", "low", "--nodes", "1", "--gpus-per-node", "2",
                   "--cpus-per-gpu", str(max(1, slurm_cluster.cpus // 2)))  # fmt: skip
@@ -178,7 +179,7 @@ def test_two_studies_sharing_trials_train_each_once(slurm_cluster, tmp_path):
 
 
 def test_cancel_ends_only_the_jobs_the_study_submitted(slurm_cluster, tmp_path):
-    spec, results = _spec(tmp_path, train=SLOW), tmp_path / "results"
+    spec, results = _spec(tmp_path, train=SLOW, data=SLOW_DATA), tmp_path / "results"
     other = slurm_cluster.run(["sbatch", "--parsable", "--cpus-per-task=1", "--wrap", "sleep 60"]).stdout.strip()
     out = subprocess.run([*_sweep_args(spec, results), "--total-gpus", "1", "--detach"], env=slurm_cluster.env,
                          cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -211,7 +212,7 @@ def test_on_postgresql_the_password_reaches_the_tasks_by_environment_only(slurm_
 
 
 def test_ctrl_c_cancels_the_jobs_and_worker_submits_more_tasks_that_finish_the_study(slurm_cluster, tmp_path):
-    spec, results = _spec(tmp_path, train=SLOW, seeds=1), tmp_path / "results"
+    spec, results = _spec(tmp_path, train=SLOW, data=SLOW_DATA, seeds=1), tmp_path / "results"
     proc = _sweep(slurm_cluster, spec, results, "--total-gpus", "1")
     wait_for(lambda: _running_at(results, 2), timeout=120)
     job = _running_at(results, 2)[0].owner.job
