@@ -19,6 +19,7 @@ import math
 import os
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ablations.config import Host
@@ -86,17 +87,28 @@ class JobBook:
             groups[trial] = [*groups.get(trial, []), *ids]
         self.ledger.set_note(self.key, note)
 
-    def groups(self) -> dict[str, list[str]]:
-        """Each trial larger than a node: the jobs submitted for it."""
-        return {k: [str(j) for j in v] for k, v in self.ledger.note(self.key).get("groups", {}).items()}
+    def jobs(self) -> Jobs:
+        """The note, read once."""
+        note = self.ledger.note(self.key)
+        groups = {k: [str(j) for j in v] for k, v in note.get("groups", {}).items()}
+        return Jobs([str(j) for j in note.get("jobs", [])], groups)
 
+
+@dataclass(frozen=True)
+class Jobs:
+    """The jobs a study submitted: `ids` all of them, `groups` each trial larger than a node's own."""
+
+    ids: list[str]
+    groups: dict[str, list[str]]
+
+    @property
     def trial_of(self) -> dict[str, str]:
         """Each job that is one trial's allocation: that trial's key."""
-        return {j: key for key, jobs in self.groups().items() for j in jobs}
+        return {j: key for key, jobs in self.groups.items() for j in jobs}
 
+    @property
     def arrays(self) -> list[str]:
-        grouped = {j for ids in self.groups().values() for j in ids}
-        return [j for j in self.ids() if j not in grouped]
+        return [j for j in self.ids if j not in self.trial_of]
 
 
 def study_jobs(storage_url: str, study: str) -> list[str]:
@@ -148,16 +160,11 @@ class SlurmSweep(Sweep):
         """Submit an array when trials of one node wait and no array of the study runs or queues, and a job for each
         waiting trial larger than a node that has none; False after RESUBMITS rounds of them in a row ended
         without progress."""
-        states = self.job_states()
-        self._say_jobs(states)
-        waiting = [s.trial for s in self.statuses if s.state == Standing.PENDING]
-        small = sum(self.nodes(t) == 1 for t in waiting)
-        if small and (live(self.book.arrays(), states) or live(self.book.arrays(), self.job_states(fresh=True))):
+        states, jobs = self.job_states(), self.book.jobs()
+        self._say_jobs(states, jobs)
+        small, large = self.waiting(jobs)
+        if small and (live(jobs.arrays, states) or live(jobs.arrays, self.job_states(fresh=True))):
             small = 0
-        groups = self.book.groups()
-        large = [t for t in waiting if self.nodes(t) > 1 and not live(groups.get(t.key, []), states)]
-        if large and any(live(groups.get(t.key, []), self.job_states(fresh=True)) for t in large):
-            large = [t for t in large if not live(groups.get(t.key, []), self._states)]
         if not small and not large:
             return True
         progress = (sum(s.state.settled for s in self.statuses), epochs_trained(attempts))
@@ -172,15 +179,25 @@ class SlurmSweep(Sweep):
         self.in_a_row, self.progress_then = self.in_a_row + 1, progress
         return True
 
+    def waiting(self, jobs: Jobs) -> tuple[int, list[Trial]]:
+        """The waiting trials: how many fit on one node (an array's to train), and those larger than a node that no
+        job of their own runs or queues for (Slurm asked again before they are submitted)."""
+        waiting = [s.trial for s in self.statuses if s.state == Standing.PENDING]
+        large = [t for t in waiting if self.nodes(t) > 1 and not live(jobs.groups.get(t.key, []), self.job_states())]
+        if large:
+            fresh = self.job_states(fresh=True)
+            large = [t for t in large if not live(jobs.groups.get(t.key, []), fresh)]
+        return sum(self.nodes(t) == 1 for t in waiting), large
+
     def _why_stranded(self) -> str:
         return (
             f"sweep: {RESUBMITS} Slurm arrays in a row ended without progress (no trial settled, no epoch trained); "
             f"their logs are in {self.folder}"
         )
 
-    def _say_jobs(self, states: dict[str, JobState]) -> None:
-        ids = [j for j in self.book.ids() if j not in self.cancelled]
-        lines = "\n".join(describe_jobs(ids, states, self.book.trial_of()))
+    def _say_jobs(self, states: dict[str, JobState], jobs: Jobs) -> None:
+        ids = [j for j in jobs.ids if j not in self.cancelled]
+        lines = "\n".join(describe_jobs(ids, states, jobs.trial_of))
         if lines and lines != self._said:
             self._said = lines
             self.say(f"slurm:\n{lines}")
@@ -323,14 +340,11 @@ def launch(spec: StudySpec, opts: SweepOptions, slurm: SlurmOptions, detach: boo
     sweep = SlurmSweep(spec, trials, opts, stores, dataclasses.replace(manifest, parent_run=parent), slurm, task)
     if not create:  # `worker --launcher slurm`: more tasks for the trials that wait, whatever else runs
         sweep._reconcile()
-        waiting = [s.trial for s in sweep.statuses if s.state == Standing.PENDING]
-        small = sum(sweep.nodes(t) == 1 for t in waiting)
+        small, large = sweep.waiting(sweep.book.jobs())
         if small:
             sweep.submit(small)
-        groups = sweep.book.groups()
-        for trial in [t for t in waiting if sweep.nodes(t) > 1]:
-            if not live(groups.get(trial.key, []), sweep.job_states(fresh=True)):
-                sweep.submit_group(trial)
+        for trial in large:
+            sweep.submit_group(trial)
     if detach:
         return sweep.detach(), sweep.statuses
     _install_signals(sweep)
@@ -357,8 +371,7 @@ def jobs_lines(storage_url: str, study: str) -> list[str]:
     """`status`: the study's Slurm jobs and their tasks' states (none when it submitted none)."""
     if not Ledger.exists(storage_url):
         return []
-    book = JobBook(Ledger.open(storage_url, patience=CONNECT_S), study)
-    ids = book.ids()
-    if not ids:
+    jobs = JobBook(Ledger.open(storage_url, patience=CONNECT_S), study).jobs()
+    if not jobs.ids:
         return []
-    return ["Slurm jobs:", *describe_jobs(ids, job_states(ids), book.trial_of())]
+    return ["Slurm jobs:", *describe_jobs(jobs.ids, job_states(jobs.ids), jobs.trial_of)]

@@ -307,13 +307,13 @@ def cancel_jobs(ids: Iterable[str]) -> list[str]:
     return live
 
 
-def describe_jobs(ids: list[str], states: dict[str, JobState], groups: dict[str, str] | None = None) -> list[str]:
-    """One line per submitted job: an array's tasks' states counted (`123: 2 RUNNING, 1 PENDING`); `groups`: the
+def describe_jobs(ids: list[str], states: dict[str, JobState], trial_of: dict[str, str] | None = None) -> list[str]:
+    """One line per submitted job: an array's tasks' states counted (`123: 2 RUNNING, 1 PENDING`); `trial_of`: the
     jobs that are one trial's allocation over several nodes, and that trial's key."""
     lines = []
     for job in ids:
         tasks = {k: s for k, s in states.items() if k.split("_")[0] == job}
-        name = f"job {job}" + (f" (trial {groups[job]}, several nodes)" if groups and job in groups else "")
+        name = f"job {job}" + (f" (trial {trial_of[job]}, several nodes)" if trial_of and job in trial_of else "")
         if not tasks:
             lines.append(f"  {name}: no longer known to Slurm (ended)")
             continue

@@ -32,7 +32,7 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 
 from ablations.paths import STORAGE_ENV, TRACKING_ENV
 from ablations.sweep.ledger import slurm_job
-from ablations.sweep.slurm import job_states
+from ablations.sweep.slurm import job_states, nodes_for
 from ablations.training.nodes import NODES_ENV, Nodes
 
 if TYPE_CHECKING:
@@ -81,8 +81,6 @@ class ArrayTask(Checkpointable):
         self.spec = spec
 
     def __call__(self, index: int) -> dict[str, Any]:
-        from ablations.sweep.slurm import nodes_for
-
         gpus = self.spec.gpus_per_node  # the trials larger than one node wait for their own allocations
         return self._join(index, lambda t: nodes_for(t.config.train.devices, gpus) == 1)
 
@@ -148,8 +146,8 @@ class GroupTask(ArrayTask):
 
         from ablations.training.ddp import follow_group
 
-        job, restarts = os.environ.get("SLURM_JOB_ID", "local"), os.environ.get("SLURM_RESTART_COUNT", "0")
-        nodes = Nodes(Path(self.spec.results) / "slurm" / "groups" / f"{job}.{restarts}", self.nodes)
+        job, restarts = slurm_job()
+        nodes = Nodes(Path(self.spec.results) / "slurm" / "groups" / f"{job or 'local'}.{restarts}", self.nodes)
         rank = JobEnvironment().global_rank
         if rank:
             return {"node": rank, "groups": follow_group(nodes, rank)}

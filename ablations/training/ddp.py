@@ -253,9 +253,9 @@ def _run_group(config: Any, tree: dict[str, Any], run_dir: str, cuda: bool, outc
 
 def follow_group(nodes: Nodes, node_rank: int, log: Callable[[str], None] = print) -> int:
     """A node other than the leader's (`node_rank` ≥ 1): join every group the leader publishes in `nodes.folder`, one
-    after another, until it says the allocation is over; returns the number of the last one it joined (0: none;
-    a follower that comes late joins the newest group only). A group that
-    fails here fails on every node (the leader's attempt ends as a crash), so this node just waits for the next."""
+    after another, until it says the allocation is over; returns the number of the last one it joined (0: none; a
+    follower that comes late joins the newest group only). A group that fails here fails on every node (the
+    leader's attempt ends as a crash), so this node just waits for the next."""
     joined = 0
     while True:
         newer = [n for n in nodes.groups() if n > joined]
